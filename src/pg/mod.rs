@@ -1,0 +1,6 @@
+//! Wire level: connection strings, TLS, the replication connection and the
+//! pgoutput decoder. Nothing above this module touches PostgreSQL's bytes.
+
+pub mod lsn;
+
+pub use lsn::Lsn;
