@@ -1,4 +1,15 @@
 //! ferry: change-data-capture replication between microservices' PostgreSQL
 //! databases. See DESIGN.md in the shared notes for the vocabulary and data path.
+//!
+//! The data path reads top to bottom: [`source`] (replication stream to
+//! transactions) → [`pipeline`] (wiring, feedback, retries) → [`apply`]
+//! (target writes and progress), with [`snapshot`] for the initial copy.
 
+pub mod apply;
+pub mod config;
+pub mod daemon;
 pub mod pg;
+pub mod pipeline;
+pub mod snapshot;
+pub mod source;
+pub mod tail;

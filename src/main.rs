@@ -1,1 +1,148 @@
-fn main() {}
+//! The `ferry` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use ferry::config::Config;
+use ferry::pg::conninfo::ConnInfo;
+use ferry::pg::names::QualifiedName;
+use ferry::tail::{self, TailOptions};
+
+/// ferry keeps microservices' private PostgreSQL databases in sync: it reads
+/// logical replication (pgoutput) from service databases and applies the
+/// changes each subscription selects to other services' databases.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log format on standard error. RUST_LOG filters (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: every subscription in the config file as its own
+    /// pipeline, until SIGTERM or SIGINT (which finish the transaction in
+    /// hand, confirm it to the source and exit).
+    Run {
+        /// The config file (TOML).
+        #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
+        config: PathBuf,
+    },
+    /// Print a database's live changes as JSON lines (one per change) on
+    /// standard output, until Ctrl-C.
+    ///
+    /// Creates a publication for the given tables and a temporary slot, both
+    /// removed on exit; with --slot, a permanent slot (and its publication)
+    /// is created when missing and kept, so a later run continues where this
+    /// one stopped.
+    Tail {
+        /// Source connection string, URL or key=value form as psql accepts
+        /// (e.g. postgresql://user@host:5432/db?sslmode=verify-full).
+        #[arg(long, env = "FERRY_TAIL_SOURCE")]
+        source: String,
+        /// A table to follow, SCHEMA.TABLE in SQL syntax (public."Order Lines"); repeatable.
+        #[arg(long = "table", value_name = "SCHEMA.TABLE", required_unless_present = "publication")]
+        tables: Vec<String>,
+        /// Read an existing publication instead of --table.
+        #[arg(long, conflicts_with = "tables")]
+        publication: Option<String>,
+        /// Use (and create if missing) this permanent slot instead of a temporary one.
+        #[arg(long)]
+        slot: Option<String>,
+        /// Password, when not in the connection string.
+        #[arg(long, env = "PGPASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A token cancelled by the first SIGINT or SIGTERM.
+fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+        trigger.cancel();
+    });
+    token
+}
+
+async fn tail_command(
+    source: String,
+    tables: Vec<String>,
+    publication: Option<String>,
+    slot: Option<String>,
+    password: Option<String>,
+) -> anyhow::Result<()> {
+    let mut source: ConnInfo = source.parse().context("bad --source")?;
+    if source.password.is_none() {
+        if let Some(password) = password {
+            source = source.with_password(password.into());
+        }
+    }
+    let tables = tables
+        .iter()
+        .map(|t| t.parse::<QualifiedName>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = TailOptions { source, tables, publication, slot };
+    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    tail::run(options, stdout, shutdown_token()).await?;
+    Ok(())
+}
+
+async fn run_command(config: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&config)?;
+    let failed = ferry::daemon::run(config, shutdown_token()).await;
+    if failed > 0 {
+        anyhow::bail!("{failed} pipeline(s) stopped with an error (see above)");
+    }
+    tracing::info!("all pipelines stopped cleanly");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Run { config } => run_command(config).await,
+        Command::Tail { source, tables, publication, slot, password } => {
+            tail_command(source, tables, publication, slot, password).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

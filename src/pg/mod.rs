@@ -1,6 +1,15 @@
 //! Wire level: connection strings, TLS, the replication connection and the
 //! pgoutput decoder. Nothing above this module touches PostgreSQL's bytes.
 
+pub mod connection;
+pub mod conninfo;
+pub mod error;
 pub mod lsn;
+pub mod names;
+pub mod pgoutput;
+pub mod replication;
+pub mod timestamp;
+pub mod tls;
 
+pub use error::{PgError, ServerError};
 pub use lsn::Lsn;

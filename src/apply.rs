@@ -1,0 +1,475 @@
+//! The target side: applies row changes to a target database with
+//! statements prepared per table, and records the subscription's progress in
+//! the same transaction as the changes it covers.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use tokio_postgres::types::{Format, IsNull, ToSql, Type};
+use tokio_postgres::{Client, Statement};
+
+use crate::config::TableMapping;
+use crate::pg::Lsn;
+use crate::pg::names::{QualifiedName, quote_ident};
+use crate::pg::pgoutput::{OldTuple, Relation, Tuple, Value};
+use crate::source::Change;
+
+/// Errors of the target side. They name the subscription and table and
+/// carry the SQLSTATE; never row values.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("target: {context}: {source}")]
+    Target { context: String, source: tokio_postgres::Error },
+    #[error("target table {table} does not exist")]
+    MissingTable { table: QualifiedName },
+    #[error("target table {table} has no primary key; ferry needs one to apply updates and deletes")]
+    NoPrimaryKey { table: QualifiedName },
+    #[error("source table {source_table} does not send key column {column} of target table {target}")]
+    KeyNotSent { source_table: QualifiedName, target: QualifiedName, column: String },
+    #[error("update of {table} found no row with key {key} on the target")]
+    MissingRow { table: QualifiedName, key: String },
+    #[error("{table}: {what} arrived without the row's key; set REPLICA IDENTITY on the source table (DEFAULT with a primary key, USING INDEX, or FULL)")]
+    NoKey { table: QualifiedName, what: &'static str },
+    #[error("a change arrived for {0}, which no table of this subscription maps")]
+    Unmapped(QualifiedName),
+}
+
+impl ApplyError {
+    /// The SQLSTATE of a target error, when there is one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            ApplyError::Target { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again later may succeed: the connection broke, the
+    /// server is shutting down or short of resources, or the transaction
+    /// lost a serialization race or a deadlock.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApplyError::Target { source, .. } => match source.code() {
+                None => true, // no SQLSTATE: the connection itself failed
+                Some(code) => {
+                    let code = code.code();
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || code.starts_with("57P")
+                        || code == "40001"
+                        || code == "40P01"
+                        || code == "55P03" // lock not available
+                }
+            },
+            _ => false,
+        }
+    }
+}
+
+fn target_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ApplyError {
+    let context = context.into();
+    move |source| ApplyError::Target { context, source }
+}
+
+/// A value in PostgreSQL's text form, sent as a text-format parameter so
+/// the target parses it with the column type's own input function: exactly
+/// what the source printed, whatever the type.
+#[derive(Debug)]
+pub struct TextParam<'a>(pub Option<&'a [u8]>);
+
+impl ToSql for TextParam<'_> {
+    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match self.0 {
+            Some(bytes) => {
+                out.put_slice(bytes);
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _ty: &Type) -> Format {
+        Format::Text
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// A target table as its catalog describes it.
+#[derive(Debug, Clone)]
+pub struct TargetTable {
+    pub name: QualifiedName,
+    pub columns: Vec<TargetColumn>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetColumn {
+    pub name: String,
+    /// `format_type` of the column, e.g. `character varying(10)`.
+    pub type_name: String,
+    pub is_key: bool,
+}
+
+impl TargetTable {
+    /// Reads a table's columns and primary key from the target's catalog.
+    pub async fn load(client: &Client, name: &QualifiedName) -> Result<TargetTable, ApplyError> {
+        let rows = client
+            .query(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+                        coalesce(a.attnum = ANY(i.indkey), false)
+                 FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                 LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+                 ORDER BY a.attnum",
+                &[&name.schema, &name.name],
+            )
+            .await
+            .map_err(target_error(format!("reading the columns of {name}")))?;
+        if rows.is_empty() {
+            return Err(ApplyError::MissingTable { table: name.clone() });
+        }
+        let columns: Vec<TargetColumn> = rows
+            .iter()
+            .map(|r| TargetColumn { name: r.get(0), type_name: r.get(1), is_key: r.get(2) })
+            .collect();
+        if !columns.iter().any(|c| c.is_key) {
+            return Err(ApplyError::NoPrimaryKey { table: name.clone() });
+        }
+        Ok(TargetTable { name: name.clone(), columns })
+    }
+}
+
+/// How one source relation (as last described by the server) lands in its
+/// target table.
+struct RelationPlan {
+    relation: Arc<Relation>,
+    target: QualifiedName,
+    /// (source column index, target column name) for every column the
+    /// target has.
+    columns: Vec<(usize, String)>,
+    /// Source column indexes of the target's primary key.
+    key: Vec<usize>,
+    insert: Statement,
+    delete: Statement,
+    /// Update statements by the set of columns present (unchanged TOAST
+    /// columns are left out of SET, so the target keeps its value).
+    updates: HashMap<Vec<bool>, Statement>,
+}
+
+/// Applies changes for one subscription over one target connection.
+pub struct Applier {
+    client: Client,
+    subscription: String,
+    /// Target tables by source table name.
+    tables: HashMap<QualifiedName, TargetTable>,
+    plans: HashMap<u32, RelationPlan>,
+}
+
+const PROGRESS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS ferry;
+CREATE TABLE IF NOT EXISTS ferry.progress (
+    subscription text PRIMARY KEY,
+    end_lsn pg_lsn NOT NULL,
+    commit_time timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);";
+
+impl Applier {
+    /// Prepares the target: the progress table, and the description of
+    /// every mapped table.
+    pub async fn new(client: Client, subscription: &str, mappings: &[TableMapping]) -> Result<Applier, ApplyError> {
+        client.batch_execute(PROGRESS_DDL).await.map_err(target_error("creating ferry.progress"))?;
+        let mut tables = HashMap::new();
+        for mapping in mappings {
+            tables.insert(mapping.from.clone(), TargetTable::load(&client, &mapping.to).await?);
+        }
+        Ok(Applier { client, subscription: subscription.to_string(), tables, plans: HashMap::new() })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The target table that `source` maps to.
+    pub fn target_table(&self, source: &QualifiedName) -> Option<&TargetTable> {
+        self.tables.get(source)
+    }
+
+    /// The end LSN of the last source transaction applied, as recorded.
+    pub async fn progress(&self) -> Result<Option<Lsn>, ApplyError> {
+        let row = self
+            .client
+            .query_opt("SELECT end_lsn::text FROM ferry.progress WHERE subscription = $1", &[&self.subscription])
+            .await
+            .map_err(target_error("reading progress"))?;
+        Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
+    }
+
+    pub async fn begin(&self) -> Result<(), ApplyError> {
+        self.client.batch_execute("BEGIN").await.map_err(target_error("BEGIN"))
+    }
+
+    /// Records `end_lsn` as applied and commits: the changes and the
+    /// progress become durable together or not at all.
+    pub async fn commit(&self, end_lsn: Lsn, commit_time: i64) -> Result<(), ApplyError> {
+        self.record_progress(end_lsn, commit_time).await?;
+        self.client.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))
+    }
+
+    /// Writes the progress row inside the current transaction.
+    pub async fn record_progress(&self, end_lsn: Lsn, commit_time: i64) -> Result<(), ApplyError> {
+        let lsn = end_lsn.to_string();
+        let time = crate::pg::timestamp::to_rfc3339(commit_time);
+        self.client
+            .execute(
+                "INSERT INTO ferry.progress (subscription, end_lsn, commit_time, updated_at)
+                 VALUES ($1, $2::text::pg_lsn, $3::text::timestamptz, now())
+                 ON CONFLICT (subscription) DO UPDATE
+                 SET end_lsn = EXCLUDED.end_lsn, commit_time = EXCLUDED.commit_time, updated_at = now()",
+                &[&self.subscription, &lsn, &time],
+            )
+            .await
+            .map_err(target_error("recording progress"))?;
+        Ok(())
+    }
+
+    pub async fn rollback(&self) {
+        let _ = self.client.batch_execute("ROLLBACK").await;
+    }
+
+    /// Applies one change inside the current transaction.
+    pub async fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
+        match change {
+            Change::Insert { relation, new } => {
+                let plan = self.plan(relation).await?;
+                let params: Vec<TextParam> = plan.columns.iter().map(|(i, _)| param(new, *i)).collect();
+                let context = format!("insert into {}", plan.target);
+                self.client.execute_raw(&plan.insert, params).await.map_err(target_error(context))?;
+            }
+            Change::Update { relation, old, new } => self.update(relation, old.as_ref(), new).await?,
+            Change::Delete { relation, old } => self.delete(relation, old).await?,
+            Change::Truncate { relations, restart_identity, .. } => {
+                self.truncate(relations, *restart_identity).await?;
+            }
+            // Messages are for consumers like `ferry tail`; a database has
+            // nowhere to put them.
+            Change::Message(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn update(&mut self, relation: &Arc<Relation>, old: Option<&OldTuple>, new: &Tuple) -> Result<(), ApplyError> {
+        let client = self.client.clone();
+        let plan = self.plan(relation).await?;
+        let key_tuple = key_tuple(old, new);
+        let present: Vec<bool> =
+            plan.columns.iter().map(|(i, _)| !matches!(new.0.get(*i), Some(Value::UnchangedToast))).collect();
+        if !plan.updates.contains_key(&present) {
+            let statement = prepare_update(&client, plan, &present).await?;
+            plan.updates.insert(present.clone(), statement);
+        }
+        let statement = &plan.updates[&present];
+        let mut params: Vec<TextParam> = plan
+            .columns
+            .iter()
+            .zip(&present)
+            .filter(|(_, present)| **present)
+            .map(|((i, _), _)| param(new, *i))
+            .collect();
+        for &k in &plan.key {
+            params.push(key_param(plan, key_tuple, new, k, "an update")?);
+        }
+        let context = format!("update of {}", plan.target);
+        let updated = client.execute_raw(statement, params).await.map_err(target_error(context))?;
+        if updated == 0 {
+            return Err(ApplyError::MissingRow { table: plan.target.clone(), key: describe_key(plan, key_tuple) });
+        }
+        Ok(())
+    }
+
+    async fn delete(&mut self, relation: &Arc<Relation>, old: &OldTuple) -> Result<(), ApplyError> {
+        let client = self.client.clone();
+        let plan = self.plan(relation).await?;
+        let (OldTuple::Key(tuple) | OldTuple::Full(tuple)) = old;
+        let params = plan
+            .key
+            .iter()
+            .map(|&k| key_param(plan, tuple, tuple, k, "a delete"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let context = format!("delete from {}", plan.target);
+        let deleted = client.execute_raw(&plan.delete, params).await.map_err(target_error(context))?;
+        if deleted == 0 {
+            // The row is already gone: the end state is the one the source
+            // has, so this is logged, not fatal.
+            tracing::warn!(
+                subscription = %self.subscription,
+                table = %plan.target,
+                key = %describe_key(plan, tuple),
+                "delete found no row on the target"
+            );
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, relations: &[Arc<Relation>], restart_identity: bool) -> Result<(), ApplyError> {
+        let mut targets = Vec::new();
+        for relation in relations {
+            let name = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
+            if let Some(table) = self.tables.get(&name) {
+                targets.push(table.name.to_string());
+            }
+        }
+        if targets.is_empty() {
+            return Ok(());
+        }
+        // Only the tables the source names: cascading on the target could
+        // empty tables ferry does not own.
+        let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
+        let sql = format!("TRUNCATE ONLY {}{restart}", targets.join(", "));
+        self.client.batch_execute(&sql).await.map_err(target_error(format!("truncate of {}", targets.join(", "))))
+    }
+
+    /// The plan for a relation, rebuilt whenever the server describes the
+    /// relation anew (after a reconnect or a schema change).
+    async fn plan(&mut self, relation: &Arc<Relation>) -> Result<&mut RelationPlan, ApplyError> {
+        let current = self.plans.get(&relation.oid).is_some_and(|p| Arc::ptr_eq(&p.relation, relation) || *p.relation == **relation);
+        if !current {
+            let plan = self.build_plan(relation).await?;
+            self.plans.insert(relation.oid, plan);
+        }
+        Ok(self.plans.get_mut(&relation.oid).expect("plan inserted above"))
+    }
+
+    async fn build_plan(&self, relation: &Arc<Relation>) -> Result<RelationPlan, ApplyError> {
+        let source = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
+        let table = self.tables.get(&source).ok_or_else(|| ApplyError::Unmapped(source.clone()))?;
+        let mut columns = Vec::new();
+        for (i, column) in relation.columns.iter().enumerate() {
+            if table.columns.iter().any(|c| c.name == column.name) {
+                columns.push((i, column.name.clone()));
+            } else {
+                tracing::warn!(
+                    subscription = %self.subscription,
+                    table = %source,
+                    column = %column.name,
+                    "source column has no counterpart in {} and is not replicated",
+                    table.name
+                );
+            }
+        }
+        let mut key = Vec::new();
+        for target_key in table.columns.iter().filter(|c| c.is_key) {
+            let index = relation.columns.iter().position(|c| c.name == target_key.name).ok_or_else(|| {
+                ApplyError::KeyNotSent {
+                    source_table: source.clone(),
+                    target: table.name.clone(),
+                    column: target_key.name.clone(),
+                }
+            })?;
+            key.push(index);
+        }
+        let names: Vec<String> = columns.iter().map(|(_, n)| quote_ident(n)).collect();
+        let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
+        let insert_sql =
+            format!("INSERT INTO {} ({}) VALUES ({})", table.name, names.join(", "), placeholders.join(", "));
+        let key_where = key_condition(relation, &key, 1);
+        let delete_sql = format!("DELETE FROM {} WHERE {key_where}", table.name);
+        let insert =
+            self.client.prepare(&insert_sql).await.map_err(target_error(format!("preparing insert into {}", table.name)))?;
+        let delete =
+            self.client.prepare(&delete_sql).await.map_err(target_error(format!("preparing delete from {}", table.name)))?;
+        Ok(RelationPlan {
+            relation: Arc::clone(relation),
+            target: table.name.clone(),
+            columns,
+            key,
+            insert,
+            delete,
+            updates: HashMap::new(),
+        })
+    }
+}
+
+/// `"id" = $n AND "region" = $n+1 ...` for the key columns.
+fn key_condition(relation: &Relation, key: &[usize], first: usize) -> String {
+    key.iter()
+        .enumerate()
+        .map(|(n, &i)| format!("{} = ${}", quote_ident(&relation.columns[i].name), first + n))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+async fn prepare_update(client: &Client, plan: &RelationPlan, present: &[bool]) -> Result<Statement, ApplyError> {
+    let assignments: Vec<String> = plan
+        .columns
+        .iter()
+        .zip(present)
+        .filter(|(_, present)| **present)
+        .enumerate()
+        .map(|(n, ((_, name), _))| format!("{} = ${}", quote_ident(name), n + 1))
+        .collect();
+    let set_count = assignments.len();
+    let sql = format!(
+        "UPDATE {} SET {} WHERE {}",
+        plan.target,
+        assignments.join(", "),
+        key_condition(&plan.relation, &plan.key, set_count + 1)
+    );
+    client.prepare(&sql).await.map_err(target_error(format!("preparing update of {}", plan.target)))
+}
+
+fn param(tuple: &Tuple, index: usize) -> TextParam<'_> {
+    match tuple.0.get(index) {
+        Some(Value::Text(bytes) | Value::Binary(bytes)) => TextParam(Some(bytes)),
+        _ => TextParam(None),
+    }
+}
+
+/// The tuple that identifies the row before the change: the old key or old
+/// row when the server sent one, else the new row (the key did not change).
+fn key_tuple<'a>(old: Option<&'a OldTuple>, new: &'a Tuple) -> &'a Tuple {
+    match old {
+        Some(OldTuple::Key(t) | OldTuple::Full(t)) => t,
+        None => new,
+    }
+}
+
+/// A key value, from `tuple`, falling back to `fallback` when the server
+/// left it out (unchanged TOAST in an old row).
+fn key_param<'a>(
+    plan: &RelationPlan,
+    tuple: &'a Tuple,
+    fallback: &'a Tuple,
+    index: usize,
+    what: &'static str,
+) -> Result<TextParam<'a>, ApplyError> {
+    let value = match tuple.0.get(index) {
+        Some(Value::UnchangedToast) => fallback.0.get(index),
+        other => other,
+    };
+    match value {
+        Some(Value::Text(bytes) | Value::Binary(bytes)) => Ok(TextParam(Some(bytes))),
+        _ => Err(ApplyError::NoKey { table: plan.target.clone(), what }),
+    }
+}
+
+/// The row's key as PostgreSQL shows it in errors, `(id, region)=(7, eu)`:
+/// what an operator needs to find the row, and no other column's value.
+fn describe_key(plan: &RelationPlan, tuple: &Tuple) -> String {
+    let names: Vec<&str> = plan.key.iter().map(|&i| plan.relation.columns[i].name.as_str()).collect();
+    let values: Vec<String> = plan
+        .key
+        .iter()
+        .map(|&i| match tuple.0.get(i) {
+            Some(Value::Text(b) | Value::Binary(b)) => String::from_utf8_lossy(b).into_owned(),
+            _ => "?".to_string(),
+        })
+        .collect();
+    format!("({})=({})", names.join(", "), values.join(", "))
+}

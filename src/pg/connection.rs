@@ -1,0 +1,519 @@
+//! A frontend/backend protocol connection written directly on
+//! `postgres-protocol`, because tokio-postgres cannot open a replication
+//! connection. It does startup, TLS negotiation, authentication (trust,
+//! password, md5, SCRAM-SHA-256), simple queries and raw framing; the
+//! replication layer builds on top of it.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::conninfo::{ConnInfo, Host, SslMode};
+use super::error::{PgError, ServerError};
+use super::tls;
+
+/// Frames larger than this are refused instead of allocated: no legitimate
+/// message comes close (PostgreSQL caps a field at 1 GB).
+const MAX_FRAME: usize = 1 << 30;
+
+/// The byte stream under a connection.
+enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One backend message: its tag and the whole frame (tag and length
+/// included, so postgres-protocol's parser can read the rare kinds).
+pub struct Frame {
+    pub tag: u8,
+    frame: Bytes,
+}
+
+impl Frame {
+    /// The message body after the tag and length.
+    pub fn body(&self) -> Bytes {
+        self.frame.slice(5..)
+    }
+
+    fn parse(&self) -> io::Result<backend::Message> {
+        let mut buf = BytesMut::from(&self.frame[..]);
+        backend::Message::parse(&mut buf)?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "incomplete message"))
+    }
+}
+
+/// The rows of a simple query, as text.
+#[derive(Debug, Default)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl QueryResult {
+    /// The value of `column` in the first row, if there is one.
+    pub fn first(&self, column: &str) -> Option<&str> {
+        let i = self.columns.iter().position(|c| c == column)?;
+        self.rows.first()?.get(i)?.as_deref()
+    }
+}
+
+pub struct Connection {
+    socket: Socket,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    /// The redacted connection string, for error messages and logs.
+    target: String,
+    parameters: HashMap<String, String>,
+}
+
+impl Connection {
+    /// Connects to the first host of `info` that answers, authenticates and
+    /// waits until the server is ready. `startup` adds startup parameters
+    /// (e.g. `replication=database`).
+    pub async fn connect(info: &ConnInfo, startup: &[(&str, &str)]) -> Result<Self, PgError> {
+        let target = info.to_string();
+        let mut last_error = None;
+        for (host, port) in info.endpoints() {
+            let attempt = Self::connect_one(info, host, port, startup, &target);
+            let result = match info.connect_timeout {
+                Some(limit) => tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| {
+                    Err(PgError::Connect {
+                        target: target.clone(),
+                        source: io::Error::new(io::ErrorKind::TimedOut, "connect_timeout expired"),
+                    })
+                }),
+                None => attempt.await,
+            };
+            match result {
+                Ok(conn) => return Ok(conn),
+                // Only connection-level failures move on to the next host,
+                // as libpq does; a refusal by the server is final.
+                Err(e @ (PgError::Connect { .. } | PgError::Io { .. })) => last_error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| PgError::Connect {
+            target,
+            source: io::Error::new(io::ErrorKind::InvalidInput, "no host to connect to"),
+        }))
+    }
+
+    async fn connect_one(
+        info: &ConnInfo,
+        host: &Host,
+        port: u16,
+        startup: &[(&str, &str)],
+        target: &str,
+    ) -> Result<Self, PgError> {
+        let connect_error = |source| PgError::Connect { target: target.to_string(), source };
+        let socket = match host {
+            Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                Socket::Unix(UnixStream::connect(path).await.map_err(connect_error)?)
+            }
+            Host::Tcp(name) => {
+                let tcp = TcpStream::connect((name.as_str(), port)).await.map_err(connect_error)?;
+                tcp.set_nodelay(true).map_err(connect_error)?;
+                negotiate_tls(info, name, tcp, target).await?
+            }
+        };
+        let mut conn = Connection {
+            socket,
+            read_buf: BytesMut::with_capacity(64 * 1024),
+            write_buf: BytesMut::with_capacity(8 * 1024),
+            target: target.to_string(),
+            parameters: HashMap::new(),
+        };
+        conn.startup(info, startup).await?;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, info: &ConnInfo, extra: &[(&str, &str)]) -> Result<(), PgError> {
+        let mut params = vec![
+            ("user", info.user()),
+            ("database", info.dbname()),
+            ("client_encoding", "UTF8"),
+        ];
+        if let Some(name) = &info.application_name {
+            params.push(("application_name", name));
+        }
+        if let Some(options) = &info.options {
+            params.push(("options", options));
+        }
+        params.extend_from_slice(extra);
+        frontend::startup_message(params, &mut self.write_buf).map_err(|e| self.io_error(e))?;
+        self.flush().await?;
+        self.authenticate(info).await?;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                b'K' => {}
+                b'Z' => return Ok(()),
+                b'E' => return Err(self.server_error(&frame)),
+                other => return Err(self.unexpected(other, "during startup")),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, info: &ConnInfo) -> Result<(), PgError> {
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let frame = self.read_frame().await?;
+            if frame.tag == b'E' {
+                let error = self.server_error(&frame);
+                return Err(match error {
+                    // 28P01 / 28000: wrong password or no pg_hba entry.
+                    PgError::Server { error, .. } if error.code.starts_with("28") => {
+                        PgError::Auth { target: self.target.clone(), message: error.to_string() }
+                    }
+                    other => other,
+                });
+            }
+            if frame.tag != b'R' {
+                return Err(self.unexpected(frame.tag, "during authentication"));
+            }
+            let message = frame.parse().map_err(|e| self.protocol(e.to_string()))?;
+            match message {
+                backend::Message::AuthenticationOk => return Ok(()),
+                backend::Message::AuthenticationCleartextPassword => {
+                    let password = self.password(info)?;
+                    frontend::password_message(password, &mut self.write_buf)
+                        .map_err(|e| self.io_error(e))?;
+                }
+                backend::Message::AuthenticationMd5Password(body) => {
+                    let password = self.password(info)?;
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        info.user().as_bytes(),
+                        password,
+                        body.salt(),
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut self.write_buf)
+                        .map_err(|e| self.io_error(e))?;
+                }
+                backend::Message::AuthenticationSasl(body) => {
+                    let mechanisms: Vec<String> = body
+                        .mechanisms()
+                        .map(|m| Ok(m.to_string()))
+                        .collect()
+                        .map_err(|e| self.protocol(e.to_string()))?;
+                    if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
+                        return Err(self.auth(format!(
+                            "server offers SASL mechanisms {mechanisms:?}, ferry speaks {SCRAM_SHA_256}"
+                        )));
+                    }
+                    let state = ScramSha256::new(self.password(info)?, ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, state.message(), &mut self.write_buf)
+                        .map_err(|e| self.io_error(e))?;
+                    scram = Some(state);
+                }
+                backend::Message::AuthenticationSaslContinue(body) => {
+                    let state = scram.as_mut().ok_or_else(|| self.protocol("SASL continue before SASL start".into()))?;
+                    state.update(body.data()).map_err(|e| self.auth(format!("SCRAM: {e}")))?;
+                    frontend::sasl_response(state.message(), &mut self.write_buf)
+                        .map_err(|e| self.io_error(e))?;
+                }
+                backend::Message::AuthenticationSaslFinal(body) => {
+                    let state = scram.as_mut().ok_or_else(|| self.protocol("SASL final before SASL start".into()))?;
+                    state.finish(body.data()).map_err(|e| {
+                        self.auth(format!("SCRAM: the server's proof is wrong ({e})"))
+                    })?;
+                    continue;
+                }
+                _ => {
+                    return Err(self.auth(
+                        "the server asks for an authentication method ferry does not support (use scram-sha-256, md5, password or trust)".into(),
+                    ));
+                }
+            }
+            self.flush().await?;
+        }
+    }
+
+    fn password<'a>(&self, info: &'a ConnInfo) -> Result<&'a [u8], PgError> {
+        info.password.as_ref().map(|p| p.expose().as_bytes()).ok_or_else(|| {
+            self.auth("the server asks for a password and none is configured".into())
+        })
+    }
+
+    /// The value of a server parameter reported at startup (`server_version`, ...).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(String::as_str)
+    }
+
+    /// The redacted connection string.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Reads the next message. Notices are logged and parameter changes
+    /// recorded here, so callers only see what they asked for. Cancel safe:
+    /// bytes read so far stay in the buffer.
+    pub async fn read_frame(&mut self) -> Result<Frame, PgError> {
+        loop {
+            if let Some(frame) = self.split_frame()? {
+                match frame.tag {
+                    b'N' => self.log_notice(&frame),
+                    b'S' => self.record_parameter(&frame),
+                    _ => return Ok(frame),
+                }
+                continue;
+            }
+            let n = self.socket.read_buf(&mut self.read_buf).await.map_err(|e| self.io_error(e))?;
+            if n == 0 {
+                return Err(self.io_error(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                )));
+            }
+        }
+    }
+
+    fn split_frame(&mut self) -> Result<Option<Frame>, PgError> {
+        if self.read_buf.len() < 5 {
+            return Ok(None);
+        }
+        let tag = self.read_buf[0];
+        let len = u32::from_be_bytes([self.read_buf[1], self.read_buf[2], self.read_buf[3], self.read_buf[4]]) as usize;
+        if !(4..=MAX_FRAME).contains(&len) {
+            return Err(self.protocol(format!("message of invalid length {len}")));
+        }
+        let total = len + 1;
+        if self.read_buf.len() < total {
+            self.read_buf.reserve(total - self.read_buf.len());
+            return Ok(None);
+        }
+        Ok(Some(Frame { tag, frame: self.read_buf.split_to(total).freeze() }))
+    }
+
+    fn log_notice(&self, frame: &Frame) {
+        if let Ok(error) = parse_error_fields(frame) {
+            tracing::info!(server = %self.target, "server notice: {error}");
+        }
+    }
+
+    fn record_parameter(&mut self, frame: &Frame) {
+        if let Ok(backend::Message::ParameterStatus(body)) = frame.parse() {
+            if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
+                self.parameters.insert(name.to_string(), value.to_string());
+            }
+        }
+    }
+
+    /// Appends a CopyData message to the write buffer; `flush` sends it.
+    pub fn buffer_copy_data(&mut self, payload: &[u8]) {
+        self.write_buf.reserve(5 + payload.len());
+        self.write_buf.extend_from_slice(&[b'd']);
+        self.write_buf.extend_from_slice(&((payload.len() + 4) as u32).to_be_bytes());
+        self.write_buf.extend_from_slice(payload);
+    }
+
+    /// Appends CopyDone to the write buffer.
+    pub fn buffer_copy_done(&mut self) {
+        frontend::copy_done(&mut self.write_buf);
+    }
+
+    /// Appends a simple Query message to the write buffer.
+    pub fn buffer_query(&mut self, sql: &str) -> Result<(), PgError> {
+        frontend::query(sql, &mut self.write_buf).map_err(|e| self.io_error(e))
+    }
+
+    pub async fn flush(&mut self) -> Result<(), PgError> {
+        let result = async {
+            self.socket.write_all(&self.write_buf).await?;
+            self.socket.flush().await
+        }
+        .await;
+        self.write_buf.clear();
+        result.map_err(|e| self.io_error(e))
+    }
+
+    /// Runs one statement with the simple query protocol and collects its
+    /// rows as text. Replication commands (IDENTIFY_SYSTEM, ...) go here too.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<QueryResult, PgError> {
+        self.buffer_query(sql)?;
+        self.flush().await?;
+        let mut result = QueryResult::default();
+        let mut error = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                b'T' => result.columns = self.row_description(&frame)?,
+                b'D' => result.rows.push(self.data_row(&frame)?),
+                b'C' | b'I' => {}
+                b'E' => error = Some(self.server_error(&frame)),
+                b'Z' => return error.map_or(Ok(result), Err),
+                other => return Err(self.unexpected(other, "in a query result")),
+            }
+        }
+    }
+
+    fn row_description(&self, frame: &Frame) -> Result<Vec<String>, PgError> {
+        match frame.parse() {
+            Ok(backend::Message::RowDescription(body)) => body
+                .fields()
+                .map(|f| Ok(f.name().to_string()))
+                .collect()
+                .map_err(|e| self.protocol(e.to_string())),
+            _ => Err(self.protocol("malformed RowDescription".into())),
+        }
+    }
+
+    fn data_row(&self, frame: &Frame) -> Result<Vec<Option<String>>, PgError> {
+        let Ok(backend::Message::DataRow(body)) = frame.parse() else {
+            return Err(self.protocol("malformed DataRow".into()));
+        };
+        let buffer = body.buffer();
+        body.ranges()
+            .map(|range| {
+                Ok(range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned()))
+            })
+            .collect()
+            .map_err(|e| self.protocol(e.to_string()))
+    }
+
+    /// Ends the session politely; errors are irrelevant at this point.
+    pub async fn terminate(mut self) {
+        frontend::terminate(&mut self.write_buf);
+        let _ = self.flush().await;
+        let _ = self.socket.shutdown().await;
+    }
+
+    pub fn server_error(&self, frame: &Frame) -> PgError {
+        match parse_error_fields(frame) {
+            Ok(error) => PgError::Server { target: self.target.clone(), error },
+            Err(e) => self.protocol(format!("malformed ErrorResponse: {e}")),
+        }
+    }
+
+    pub fn unexpected(&self, tag: u8, context: &str) -> PgError {
+        self.protocol(format!("message '{}' {context}", tag as char))
+    }
+
+    pub fn protocol(&self, message: String) -> PgError {
+        PgError::Protocol { target: self.target.clone(), message }
+    }
+
+    fn auth(&self, message: String) -> PgError {
+        PgError::Auth { target: self.target.clone(), message }
+    }
+
+    fn io_error(&self, source: io::Error) -> PgError {
+        PgError::Io { target: self.target.clone(), source }
+    }
+}
+
+/// Reads the fields of an ErrorResponse or NoticeResponse body.
+fn parse_error_fields(frame: &Frame) -> io::Result<ServerError> {
+    let mut body = frame.body();
+    let mut error = ServerError {
+        severity: String::new(),
+        code: String::new(),
+        message: String::new(),
+        detail: None,
+        hint: None,
+    };
+    while body.has_remaining() {
+        let kind = body.get_u8();
+        if kind == 0 {
+            break;
+        }
+        let end = body
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unterminated field"))?;
+        let value = String::from_utf8_lossy(&body[..end]).into_owned();
+        body.advance(end + 1);
+        match kind {
+            b'V' => error.severity = value,
+            b'S' if error.severity.is_empty() => error.severity = value,
+            b'C' => error.code = value,
+            b'M' => error.message = value,
+            b'D' => error.detail = Some(value),
+            b'H' => error.hint = Some(value),
+            _ => {}
+        }
+    }
+    Ok(error)
+}
+
+/// Asks the server for TLS as `sslmode` says and performs the handshake.
+async fn negotiate_tls(
+    info: &ConnInfo,
+    host: &str,
+    mut tcp: TcpStream,
+    target: &str,
+) -> Result<Socket, PgError> {
+    let tls_error = |message: String| PgError::Tls { target: target.to_string(), message };
+    let Some(config) = tls::client_config(info).map_err(|e| tls_error(e.to_string()))? else {
+        return Ok(Socket::Tcp(tcp));
+    };
+    let io_error = |source| PgError::Io { target: target.to_string(), source };
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await.map_err(io_error)?;
+    match tcp.read_u8().await.map_err(io_error)? {
+        b'S' => {}
+        b'N' if info.sslmode == SslMode::Prefer => return Ok(Socket::Tcp(tcp)),
+        b'N' => {
+            return Err(tls_error(format!(
+                "the server does not accept TLS connections, and sslmode={} requires it",
+                info.sslmode
+            )));
+        }
+        other => return Err(tls_error(format!("unexpected answer {other:#x} to the TLS request"))),
+    }
+    let name = tls::server_name(host).map_err(|e| tls_error(e.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
+    let stream = connector.connect(name, tcp).await.map_err(|e| tls_error(e.to_string()))?;
+    Ok(Socket::Tls(Box::new(stream)))
+}

@@ -1,0 +1,119 @@
+//! What a pipeline needs on its source before streaming: the tables exist
+//! and can be identified, the publication lists them, and the slot is
+//! where the target's progress expects it.
+
+use tokio_postgres::Client;
+
+use crate::config::Subscription;
+use crate::pg::names::{QualifiedName, quote_ident};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("source: {context}: {source}")]
+    Sql { context: String, source: tokio_postgres::Error },
+    #[error("source table {0} does not exist")]
+    MissingTable(QualifiedName),
+    #[error(
+        "source table {0} has no replica identity (no primary key, or REPLICA IDENTITY NOTHING): the source \
+         refuses its updates and deletes while it is published; add a primary key or run \
+         ALTER TABLE {0} REPLICA IDENTITY FULL"
+    )]
+    NoReplicaIdentity(QualifiedName),
+    #[error("publication {0:?} is configured but does not exist on the source; create it, or leave `publication` out and ferry manages one")]
+    MissingPublication(String),
+}
+
+fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
+    let context = context.into();
+    move |source| CatalogError::Sql { context, source }
+}
+
+/// Checks that every source table exists and has a usable replica identity.
+pub async fn check_tables(client: &Client, subscription: &Subscription) -> Result<(), CatalogError> {
+    for table in &subscription.tables {
+        let row = client
+            .query_opt(
+                "SELECT c.relreplident::text,
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&table.from.schema, &table.from.name],
+            )
+            .await
+            .map_err(sql_error(format!("looking up {}", table.from)))?
+            .ok_or_else(|| CatalogError::MissingTable(table.from.clone()))?;
+        let identity: String = row.get(0);
+        let has_primary_key: bool = row.get(1);
+        if identity == "n" || (identity == "d" && !has_primary_key) {
+            return Err(CatalogError::NoReplicaIdentity(table.from.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Makes the publication list exactly the subscription's tables when ferry
+/// manages it; checks that it exists otherwise. This must happen before the
+/// slot is created: the server reads publications as of the WAL it decodes.
+pub async fn ensure_publication(client: &Client, subscription: &Subscription) -> Result<(), CatalogError> {
+    let name = &subscription.publication;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[name])
+        .await
+        .map_err(sql_error("looking up the publication"))?
+        .is_some();
+    if !subscription.publication_managed {
+        return if exists { Ok(()) } else { Err(CatalogError::MissingPublication(name.clone())) };
+    }
+    let tables: Vec<String> = subscription.tables.iter().map(|t| t.from.to_string()).collect();
+    let tables = tables.join(", ");
+    let statement = if exists {
+        let listed = published_tables(client, name).await?;
+        let mut wanted: Vec<QualifiedName> = subscription.tables.iter().map(|t| t.from.clone()).collect();
+        wanted.sort();
+        if listed == wanted {
+            return Ok(());
+        }
+        format!("ALTER PUBLICATION {} SET TABLE {tables}", quote_ident(name))
+    } else {
+        format!("CREATE PUBLICATION {} FOR TABLE {tables}", quote_ident(name))
+    };
+    client.batch_execute(&statement).await.map_err(sql_error(format!("creating publication {name}")))?;
+    tracing::info!(subscription = %subscription.name, publication = %name, "publication set to {tables}");
+    Ok(())
+}
+
+async fn published_tables(client: &Client, publication: &str) -> Result<Vec<QualifiedName>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(sql_error("listing the publication's tables"))?;
+    let mut tables: Vec<QualifiedName> =
+        rows.iter().map(|r| QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1))).collect();
+    tables.sort();
+    Ok(tables)
+}
+
+/// What the source says about a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotState {
+    Missing,
+    /// The server invalidated it (it retained too much WAL): the changes it
+    /// held are gone.
+    Lost,
+    Usable,
+}
+
+pub async fn slot_state(client: &Client, slot: &str) -> Result<SlotState, CatalogError> {
+    let row = client
+        .query_opt("SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .map_err(sql_error("looking up the slot"))?;
+    Ok(match row {
+        None => SlotState::Missing,
+        Some(row) if row.get::<_, String>(0) == "lost" => SlotState::Lost,
+        Some(_) => SlotState::Usable,
+    })
+}

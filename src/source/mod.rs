@@ -1,0 +1,154 @@
+//! One pipeline's reading side: it turns the pgoutput stream of a slot into
+//! whole transactions, in commit order, and keeps the slot moving.
+//!
+//! Transactions arrive either whole (Begin … Commit) or, when they are
+//! large, streamed while still in progress: blocks of several transactions
+//! interleave and a block can be aborted, in part (a sub-transaction) or
+//! whole. Streamed changes are spooled to a temporary file and replayed at
+//! Stream Commit, so memory does not grow with the size of a transaction.
+
+mod assembler;
+pub mod catalog;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::pg::pgoutput::{self, LogicalMessage, OldTuple, Relation, Tuple};
+use crate::pg::replication::{ReplicationMessage, ReplicationStream};
+use crate::pg::{Lsn, PgError};
+
+pub use assembler::Assembler;
+
+/// One step of a committed transaction, as the rest of ferry sees it.
+#[derive(Debug, Clone)]
+pub enum SourceEvent {
+    Begin { xid: u32, commit_lsn: Lsn, commit_time: i64 },
+    /// The transaction was applied by another replicator (replication origin).
+    Origin { name: String },
+    Change(Change),
+    Commit { xid: u32, commit_lsn: Lsn, end_lsn: Lsn, commit_time: i64 },
+    /// A `pg_logical_emit_message` with `transactional = false`: it stands
+    /// alone, outside any transaction.
+    Message(LogicalMessage),
+}
+
+/// A row change, with the relation as the server last described it.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Insert { relation: Arc<Relation>, new: Tuple },
+    Update { relation: Arc<Relation>, old: Option<OldTuple>, new: Tuple },
+    Delete { relation: Arc<Relation>, old: OldTuple },
+    Truncate { relations: Vec<Arc<Relation>>, cascade: bool, restart_identity: bool },
+    Message(LogicalMessage),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error("cannot decode the replication stream: {0}")]
+    Decode(#[from] pgoutput::DecodeError),
+    #[error("the server sent a change for relation {0} before describing it")]
+    UnknownRelation(u32),
+    #[error("the replication stream is out of order: {0}")]
+    Sequence(String),
+    #[error("cannot spool a streamed transaction to a temporary file: {0}")]
+    Spool(#[from] io::Error),
+    #[error("the server ended the replication stream")]
+    StreamEnded,
+    #[error("the consumer of the change stream has stopped")]
+    ConsumerGone,
+}
+
+/// How often a standby status goes to the server even when nothing asks.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a stopping reader waits for the consumer to make the last
+/// transaction durable before it reports its final position anyway.
+const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(30);
+
+/// Reads a replication stream until `cancel` fires: decodes and assembles
+/// transactions into `out`, and reports `durable` (what the consumer has
+/// made durable) as the flush position.
+///
+/// When the source is idle — no transaction open and everything handed on
+/// already durable — the WAL end of keepalives is confirmed too, so the
+/// slot moves forward even when nothing it publishes changes.
+///
+/// On cancellation the transaction in hand is finished first; then `out`
+/// is closed, the consumer's last durable position awaited and confirmed,
+/// and the stream stopped cleanly.
+pub async fn read_stream(
+    mut stream: ReplicationStream,
+    out: mpsc::Sender<SourceEvent>,
+    mut durable: watch::Receiver<Lsn>,
+    cancel: CancellationToken,
+) -> Result<(), SourceError> {
+    let mut assembler = Assembler::new();
+    let mut feedback = Feedback::default();
+    let mut ticker = tokio::time::interval(STATUS_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = false;
+    loop {
+        if stopping && !assembler.in_transaction() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled(), if !stopping => stopping = true,
+            message = stream.next() => match message?.ok_or(SourceError::StreamEnded)? {
+                ReplicationMessage::XLogData { wal_end, data, .. } => {
+                    feedback.written = feedback.written.max(wal_end);
+                    assembler.handle(data, &out).await?;
+                }
+                ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
+                    feedback.written = feedback.written.max(wal_end);
+                    if !assembler.in_transaction() {
+                        feedback.idle_wal_end = feedback.idle_wal_end.max(wal_end);
+                    }
+                    if reply_requested {
+                        feedback.send(&mut stream, &assembler, *durable.borrow()).await?;
+                    }
+                }
+            },
+            _ = ticker.tick() => feedback.send(&mut stream, &assembler, *durable.borrow_and_update()).await?,
+        }
+    }
+    drop(out);
+    let last = assembler.last_commit_end();
+    let _ = tokio::time::timeout(FINAL_FLUSH_WAIT, durable.wait_for(|d| *d >= last)).await;
+    let final_durable = *durable.borrow();
+    feedback.send(&mut stream, &assembler, final_durable).await?;
+    stream.stop().await?;
+    Ok(())
+}
+
+/// The positions reported in standby status updates.
+#[derive(Default)]
+struct Feedback {
+    written: Lsn,
+    /// The latest keepalive WAL end seen outside a transaction.
+    idle_wal_end: Lsn,
+}
+
+impl Feedback {
+    /// The flush position: what the consumer made durable, or the idle WAL
+    /// end when everything handed on is durable and nothing is open.
+    fn flushed(&self, assembler: &Assembler, durable: Lsn) -> Lsn {
+        if !assembler.in_transaction() && durable >= assembler.last_commit_end() {
+            durable.max(self.idle_wal_end)
+        } else {
+            durable
+        }
+    }
+
+    async fn send(&self, stream: &mut ReplicationStream, assembler: &Assembler, durable: Lsn) -> Result<(), SourceError> {
+        let flushed = self.flushed(assembler, durable);
+        stream.send_status(self.written.max(flushed), flushed, flushed, false).await?;
+        Ok(())
+    }
+}

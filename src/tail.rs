@@ -1,0 +1,303 @@
+//! `ferry tail`: the live change stream of a database as JSON lines, for
+//! debugging (in the spirit of pg_recvlogical with wal2json).
+
+use std::io::Write;
+
+use serde_json::{Map, Value as Json, json};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::pg::conninfo::{ConnInfo, ConnInfoError};
+use crate::pg::names::{NameError, QualifiedName, quote_ident, quote_literal};
+use crate::pg::pgoutput::{LogicalMessage, OldTuple, Relation, Tuple, Value};
+use crate::pg::replication::{ReplicationClient, SlotKind, StartOptions};
+use crate::pg::{Lsn, PgError, timestamp, tls};
+use crate::source::{self, Change, SourceError, SourceEvent};
+
+/// What to tail.
+#[derive(Debug, Clone)]
+pub struct TailOptions {
+    pub source: ConnInfo,
+    /// Tables to publish; ferry creates a publication for them.
+    pub tables: Vec<QualifiedName>,
+    /// An existing publication to read instead of `tables`.
+    pub publication: Option<String>,
+    /// A permanent slot to read (created when missing); without it a
+    /// temporary slot lives as long as the command.
+    pub slot: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error("bad --source: {0}")]
+    ConnInfo(#[from] ConnInfoError),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("{0}")]
+    Sql(#[from] tls::SqlConnectError),
+    #[error("{context}: {source}")]
+    Query { context: String, source: tokio_postgres::Error },
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("publication {0:?} does not exist on the source")]
+    NoPublication(String),
+    #[error("give --table (one or more) or --publication")]
+    NothingToTail,
+    #[error("cannot write to standard output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+fn query_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> TailError {
+    let context = context.into();
+    move |source| TailError::Query { context, source }
+}
+
+/// Runs until `cancel` fires or the stream fails, printing one JSON line
+/// per change to `out`.
+pub async fn run(options: TailOptions, out: impl Write, cancel: CancellationToken) -> Result<(), TailError> {
+    let sql = tls::connect_sql(&options.source).await?;
+    let temporary_name = format!("ferry_tail_{}", std::process::id());
+    let (publication, created_publication) = prepare_publication(&sql, &options, &temporary_name).await?;
+
+    let mut replication = ReplicationClient::connect(&options.source).await?;
+    let slot = match &options.slot {
+        Some(name) => {
+            ensure_permanent_slot(&sql, &mut replication, name).await?;
+            name.clone()
+        }
+        None => {
+            replication.create_slot(&temporary_name, SlotKind::Temporary, false).await?;
+            temporary_name.clone()
+        }
+    };
+    let start = StartOptions { publications: vec![publication.clone()], protocol_version: None, messages: true, streaming: true };
+    let stream = replication.start(&slot, Lsn::ZERO, &start).await?;
+    tracing::info!(%slot, %publication, source = %options.source, "streaming changes; Ctrl-C stops");
+
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let (durable_tx, durable_rx) = watch::channel(Lsn::ZERO);
+    let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, cancel.clone()));
+    let printed = print_events(events_rx, out, durable_tx).await;
+    // The printer only stops early on an output error: stop reading too.
+    cancel.cancel();
+    let read = reader.await.unwrap_or(Ok(()));
+
+    if created_publication {
+        sql.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&publication)))
+            .await
+            .map_err(query_error("dropping the temporary publication"))?;
+    }
+    printed?;
+    read?;
+    Ok(())
+}
+
+/// Returns the publication to read and whether it is temporary (ours to drop).
+async fn prepare_publication(
+    sql: &tokio_postgres::Client,
+    options: &TailOptions,
+    temporary_name: &str,
+) -> Result<(String, bool), TailError> {
+    if let Some(name) = &options.publication {
+        let exists = sql
+            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[name])
+            .await
+            .map_err(query_error("looking up the publication"))?;
+        return match exists {
+            Some(_) => Ok((name.clone(), false)),
+            None => Err(TailError::NoPublication(name.clone())),
+        };
+    }
+    if options.tables.is_empty() {
+        return Err(TailError::NothingToTail);
+    }
+    let tables: Vec<String> = options.tables.iter().map(ToString::to_string).collect();
+    let tables = tables.join(", ");
+    // A permanent slot needs a publication that outlives this run: the
+    // server looks publications up as of the WAL it decodes.
+    let (name, temporary) = match &options.slot {
+        Some(slot) => (format!("ferry_tail_{slot}"), false),
+        None => (temporary_name.to_string(), true),
+    };
+    let exists = sql
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await
+        .map_err(query_error("looking up the publication"))?
+        .is_some();
+    let statement = if exists {
+        format!("ALTER PUBLICATION {} SET TABLE {tables}", quote_ident(&name))
+    } else {
+        format!("CREATE PUBLICATION {} FOR TABLE {tables}", quote_ident(&name))
+    };
+    sql.batch_execute(&statement).await.map_err(query_error(format!("creating publication {name}")))?;
+    Ok((name, temporary))
+}
+
+async fn ensure_permanent_slot(
+    sql: &tokio_postgres::Client,
+    replication: &mut ReplicationClient,
+    name: &str,
+) -> Result<(), TailError> {
+    let found = sql
+        .query_opt("SELECT plugin FROM pg_replication_slots WHERE slot_name = $1", &[&name])
+        .await
+        .map_err(query_error("looking up the slot"))?;
+    if found.is_none() {
+        replication.create_slot(name, SlotKind::Permanent, false).await?;
+        tracing::info!(slot = name, "created permanent slot; drop it with SELECT pg_drop_replication_slot({})", quote_literal(name));
+    }
+    Ok(())
+}
+
+/// Prints events and reports each printed commit as durable, so the slot
+/// only moves past what reached the output.
+async fn print_events(
+    mut events: mpsc::Receiver<SourceEvent>,
+    mut out: impl Write,
+    durable: watch::Sender<Lsn>,
+) -> Result<(), TailError> {
+    let mut transaction = TransactionContext::default();
+    while let Some(event) = events.recv().await {
+        match event {
+            SourceEvent::Begin { xid, commit_lsn, commit_time } => {
+                transaction = TransactionContext { xid: Some(xid), lsn: commit_lsn, commit_time: Some(commit_time) };
+            }
+            SourceEvent::Origin { .. } => {}
+            SourceEvent::Change(change) => {
+                for line in change_lines(&transaction, &change) {
+                    serde_json::to_writer(&mut out, &line).map_err(std::io::Error::from)?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            SourceEvent::Commit { end_lsn, .. } => {
+                out.flush()?;
+                durable.send_replace(end_lsn);
+                transaction = TransactionContext::default();
+            }
+            SourceEvent::Message(message) => {
+                let line = message_line(&TransactionContext::default(), &message);
+                serde_json::to_writer(&mut out, &line).map_err(std::io::Error::from)?;
+                out.write_all(b"\n")?;
+                out.flush()?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The transaction a change belongs to.
+#[derive(Debug, Default, Clone)]
+pub struct TransactionContext {
+    pub xid: Option<u32>,
+    /// The commit LSN (the WAL position of the transaction's commit record).
+    pub lsn: Lsn,
+    pub commit_time: Option<i64>,
+}
+
+/// The JSON lines for one change: one per row change, one per truncated table.
+pub fn change_lines(transaction: &TransactionContext, change: &Change) -> Vec<Json> {
+    match change {
+        Change::Insert { relation, new } => {
+            vec![row_line(transaction, "insert", relation, Some(new), None)]
+        }
+        Change::Update { relation, old, new } => {
+            vec![row_line(transaction, "update", relation, Some(new), old.as_ref())]
+        }
+        Change::Delete { relation, old } => vec![row_line(transaction, "delete", relation, None, Some(old))],
+        Change::Truncate { relations, cascade, restart_identity } => relations
+            .iter()
+            .map(|relation| {
+                let mut line = header(transaction, "truncate");
+                line.insert("schema".into(), json!(relation.namespace));
+                line.insert("table".into(), json!(relation.name));
+                line.insert("cascade".into(), json!(cascade));
+                line.insert("restart_identity".into(), json!(restart_identity));
+                Json::Object(line)
+            })
+            .collect(),
+        Change::Message(message) => vec![message_line(transaction, message)],
+    }
+}
+
+fn header(transaction: &TransactionContext, op: &str) -> Map<String, Json> {
+    let mut line = Map::new();
+    line.insert("lsn".into(), json!(transaction.lsn.to_string()));
+    line.insert("xid".into(), json!(transaction.xid));
+    line.insert("commit_time".into(), json!(transaction.commit_time.map(timestamp::to_rfc3339)));
+    line.insert("op".into(), json!(op));
+    line
+}
+
+fn row_line(
+    transaction: &TransactionContext,
+    op: &str,
+    relation: &Relation,
+    new: Option<&Tuple>,
+    old: Option<&OldTuple>,
+) -> Json {
+    let mut line = header(transaction, op);
+    line.insert("schema".into(), json!(relation.namespace));
+    line.insert("table".into(), json!(relation.name));
+    // The key of the row as it was: the old key when the server sent one
+    // (the key changed, or a delete), else the new row's.
+    let key_source = match (old, new) {
+        (Some(OldTuple::Key(t) | OldTuple::Full(t)), _) | (None, Some(t)) => Some(t),
+        (None, None) => None,
+    };
+    if let Some(tuple) = key_source {
+        line.insert("key".into(), tuple_object(relation, tuple, true));
+    }
+    if let Some(tuple) = new {
+        line.insert("new".into(), tuple_object(relation, tuple, false));
+    }
+    match old {
+        Some(OldTuple::Key(t)) => {
+            line.insert("old".into(), tuple_object(relation, t, true));
+        }
+        Some(OldTuple::Full(t)) => {
+            line.insert("old".into(), tuple_object(relation, t, false));
+        }
+        None => {}
+    }
+    Json::Object(line)
+}
+
+fn tuple_object(relation: &Relation, tuple: &Tuple, keys_only: bool) -> Json {
+    let mut object = Map::new();
+    for (column, value) in relation.columns.iter().zip(&tuple.0) {
+        if keys_only && !column.is_key {
+            continue;
+        }
+        object.insert(column.name.clone(), value_json(value));
+    }
+    Json::Object(object)
+}
+
+fn value_json(value: &Value) -> Json {
+    match value {
+        Value::Null => Json::Null,
+        // Never null: the value exists, the server just did not resend it.
+        Value::UnchangedToast => json!({ "unchanged_toast": true }),
+        Value::Text(bytes) => Json::String(String::from_utf8_lossy(bytes).into_owned()),
+        Value::Binary(bytes) => Json::String(format!("\\x{}", hex(bytes))),
+    }
+}
+
+fn message_line(transaction: &TransactionContext, message: &LogicalMessage) -> Json {
+    let mut line = header(transaction, "message");
+    line.insert("lsn".into(), json!(message.lsn.to_string()));
+    line.insert("transactional".into(), json!(message.transactional));
+    line.insert("prefix".into(), json!(message.prefix));
+    match std::str::from_utf8(&message.content) {
+        Ok(text) => line.insert("content".into(), json!(text)),
+        Err(_) => line.insert("content_hex".into(), json!(hex(&message.content))),
+    };
+    Json::Object(line)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,226 @@
+//! The replication connection against real servers: authentication
+//! methods, TLS modes, and typed server errors.
+
+mod support;
+
+use ferry::pg::PgError;
+use ferry::pg::conninfo::ConnInfo;
+use ferry::pg::replication::{ReplicationClient, SlotKind, StartOptions};
+use support::{Cluster, ClusterOptions};
+
+const PASSWORD: &str = "s3cr3t-p@ss/word";
+
+/// A cluster that demands `method` for TCP connections, with a role
+/// `ferry` (REPLICATION) whose password is stored for that method.
+async fn cluster_with_auth(method: &str) -> Cluster {
+    let cluster = Cluster::start_with(ClusterOptions {
+        hba: Some(format!(
+            "local all all trust\nhost all all 127.0.0.1/32 {method}\nhost replication all 127.0.0.1/32 {method}\n"
+        )),
+        conf: vec![format!(
+            "password_encryption = '{}'",
+            if method == "md5" { "md5" } else { "scram-sha-256" }
+        )],
+        ..Default::default()
+    });
+    let client = cluster.client("postgres").await;
+    client
+        .batch_execute(&format!("CREATE ROLE ferry LOGIN REPLICATION PASSWORD '{PASSWORD}'"))
+        .await
+        .unwrap();
+    cluster
+}
+
+fn url_with_password(cluster: &Cluster, password: &str) -> ConnInfo {
+    let encoded: String = password
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    format!("postgresql://ferry:{encoded}@127.0.0.1:{}/postgres?sslmode=disable", cluster.port).parse().unwrap()
+}
+
+async fn assert_password_login_works(method: &str) {
+    let cluster = cluster_with_auth(method).await;
+    let mut client = ReplicationClient::connect(&url_with_password(&cluster, PASSWORD)).await.unwrap();
+    let system = client.identify_system().await.unwrap();
+    assert_eq!(system.dbname.as_deref(), Some("postgres"));
+    let method_used = client
+        .simple_query("SELECT usename FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        .await
+        .unwrap();
+    assert_eq!(method_used.first("usename"), Some("ferry"));
+
+    let error = ReplicationClient::connect(&url_with_password(&cluster, "wrong")).await.err().unwrap();
+    let text = format!("{error} {error:?}");
+    assert!(matches!(error, PgError::Auth { .. }), "expected an authentication error, got {text}");
+    assert!(text.contains("28P01"), "the SQLSTATE should be reported: {text}");
+    assert!(!text.contains("wrong") && !text.contains(PASSWORD), "no password in errors: {text}");
+}
+
+#[tokio::test]
+async fn authenticates_with_scram_sha_256() {
+    assert_password_login_works("scram-sha-256").await;
+}
+
+#[tokio::test]
+async fn authenticates_with_md5() {
+    assert_password_login_works("md5").await;
+}
+
+#[tokio::test]
+async fn authenticates_with_a_cleartext_password() {
+    assert_password_login_works("password").await;
+}
+
+#[tokio::test]
+async fn a_missing_password_is_a_clear_error() {
+    let cluster = cluster_with_auth("scram-sha-256").await;
+    let info: ConnInfo = cluster.conninfo("ferry", "postgres").parse().unwrap();
+    let error = ReplicationClient::connect(&info).await.err().unwrap();
+    assert!(error.to_string().contains("none is configured"), "{error}");
+}
+
+#[tokio::test]
+async fn connects_over_a_unix_socket() {
+    let cluster = Cluster::start();
+    let info: ConnInfo =
+        format!("host={} port={} user=postgres dbname=postgres", cluster.socket_dir().display(), cluster.port)
+            .parse()
+            .unwrap();
+    let mut client = ReplicationClient::connect(&info).await.unwrap();
+    assert!(client.identify_system().await.unwrap().timeline >= 1);
+}
+
+async fn tls_cluster() -> (Cluster, tempfile::TempDir) {
+    let certs = support::certs::generate(&["localhost"]);
+    let cluster = Cluster::start_with(ClusterOptions {
+        conf: vec![
+            "ssl = on".into(),
+            "ssl_cert_file = 'server.crt'".into(),
+            "ssl_key_file = 'server.key'".into(),
+        ],
+        files: vec![
+            ("server.crt".into(), certs.server_cert_pem.into_bytes()),
+            ("server.key".into(), certs.server_key_pem.into_bytes()),
+        ],
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), certs.ca_pem).unwrap();
+    (cluster, dir)
+}
+
+async fn ssl_in_use(client: &mut ReplicationClient) -> String {
+    let result =
+        client.simple_query("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()").await.unwrap();
+    result.first("ssl").unwrap().to_string()
+}
+
+#[tokio::test]
+async fn tls_verify_full_accepts_the_right_host_and_rejects_a_wrong_one() {
+    let (cluster, dir) = tls_cluster().await;
+    let ca = dir.path().join("ca.pem");
+    let info = |host: &str, mode: &str| -> ConnInfo {
+        format!(
+            "host={host} port={} user=postgres dbname=postgres sslmode={mode} sslrootcert={}",
+            cluster.port,
+            ca.display()
+        )
+        .parse()
+        .unwrap()
+    };
+
+    let mut client = ReplicationClient::connect(&info("localhost", "verify-full")).await.unwrap();
+    assert_eq!(ssl_in_use(&mut client).await, "true");
+
+    // The certificate names "localhost", not 127.0.0.1.
+    let error = ReplicationClient::connect(&info("127.0.0.1", "verify-full")).await.err().unwrap();
+    assert!(matches!(error, PgError::Tls { .. }), "{error}");
+    let text = error.to_string();
+    assert!(text.contains("127.0.0.1") && text.to_lowercase().contains("not valid for"), "{text}");
+
+    // verify-ca checks the chain only; require checks nothing but encrypts.
+    let mut client = ReplicationClient::connect(&info("127.0.0.1", "verify-ca")).await.unwrap();
+    assert_eq!(ssl_in_use(&mut client).await, "true");
+    let mut client = ReplicationClient::connect(&info("127.0.0.1", "require")).await.unwrap();
+    assert_eq!(ssl_in_use(&mut client).await, "true");
+    let mut client = ReplicationClient::connect(&info("localhost", "disable")).await.unwrap();
+    assert_eq!(ssl_in_use(&mut client).await, "false");
+}
+
+#[tokio::test]
+async fn tls_verify_ca_rejects_a_certificate_from_another_authority() {
+    let (cluster, _dir) = tls_cluster().await;
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = other.path().join("other-ca.pem");
+    std::fs::write(&other_ca, support::certs::generate(&["localhost"]).ca_pem).unwrap();
+    let info: ConnInfo = format!(
+        "host=localhost port={} user=postgres dbname=postgres sslmode=verify-ca sslrootcert={}",
+        cluster.port,
+        other_ca.display()
+    )
+    .parse()
+    .unwrap();
+    let error = ReplicationClient::connect(&info).await.err().unwrap();
+    assert!(matches!(error, PgError::Tls { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn sslmode_require_fails_when_the_server_has_no_tls() {
+    let cluster = Cluster::start();
+    let info: ConnInfo =
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require", cluster.port)
+            .parse()
+            .unwrap();
+    let error = ReplicationClient::connect(&info).await.err().unwrap();
+    assert!(error.to_string().contains("does not accept TLS"), "{error}");
+    // prefer falls back to an unencrypted connection.
+    let info: ConnInfo =
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=prefer", cluster.port)
+            .parse()
+            .unwrap();
+    ReplicationClient::connect(&info).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_slot_in_use_is_a_typed_error_with_its_sqlstate() {
+    let cluster = Cluster::start();
+    let client = cluster.client("postgres").await;
+    client.batch_execute("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t").await.unwrap();
+    let info: ConnInfo = cluster.url("postgres").parse().unwrap();
+    let mut first = ReplicationClient::connect(&info).await.unwrap();
+    let slot = first.create_slot("busy", SlotKind::Permanent, false).await.unwrap();
+    assert_eq!(slot.snapshot_name, None);
+    let options = StartOptions { publications: vec!["p".into()], protocol_version: None, messages: true, streaming: true };
+    let _stream = first.start("busy", slot.consistent_point, &options).await.unwrap();
+
+    let second = ReplicationClient::connect(&info).await.unwrap();
+    let error = second.start("busy", slot.consistent_point, &options).await.err().unwrap();
+    assert_eq!(error.sqlstate(), Some("55006"), "{error}");
+    assert!(error.to_string().contains("busy"), "{error}");
+}
+
+#[tokio::test]
+async fn creates_a_slot_with_an_exported_snapshot_and_drops_it() {
+    let cluster = Cluster::start();
+    let info: ConnInfo = cluster.url("postgres").parse().unwrap();
+    let mut repl = ReplicationClient::connect(&info).await.unwrap();
+    let slot = repl.create_slot("with_snapshot", SlotKind::Permanent, true).await.unwrap();
+    let snapshot = slot.snapshot_name.expect("an exported snapshot");
+
+    // The snapshot is usable from an ordinary session while the
+    // replication connection stays idle.
+    let client = cluster.client("postgres").await;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snapshot}'; COMMIT"
+        ))
+        .await
+        .unwrap();
+
+    repl.drop_slot("with_snapshot", true).await.unwrap();
+    let left: i64 = client.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await.unwrap().get(0);
+    assert_eq!(left, 0);
+    let error = repl.drop_slot("with_snapshot", false).await.err().unwrap();
+    assert_eq!(error.sqlstate(), Some("42704"), "{error}");
+}

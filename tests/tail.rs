@@ -1,0 +1,327 @@
+//! `ferry tail` against real servers: every kind of change arrives as one
+//! JSON line with the server's own text for each value.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::Cluster;
+use support::tail::TailProcess;
+
+async fn setup(cluster: &Cluster, sql: &str) -> tokio_postgres::Client {
+    let client = cluster.client("postgres").await;
+    client.batch_execute(sql).await.unwrap();
+    client
+}
+
+fn tail(cluster: &Cluster, tables: &[&str]) -> TailProcess {
+    let url = cluster.url("postgres");
+    let mut args = vec!["--source", url.as_str()];
+    for table in tables {
+        args.extend(["--table", table]);
+    }
+    TailProcess::start(&args)
+}
+
+async fn slot_count(client: &tokio_postgres::Client) -> i64 {
+    client.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prints_inserts_updates_and_deletes_and_cleans_up_on_ctrl_c() {
+    let cluster = Cluster::start();
+    let client = setup(&cluster, "CREATE TABLE items (id int PRIMARY KEY, name text, note text)").await;
+    let tail = tail(&cluster, &["public.items"]);
+
+    client
+        .batch_execute(
+            "INSERT INTO items VALUES (1, 'one', NULL), (2, 'two', 'x');
+             UPDATE items SET name = 'uno' WHERE id = 1;
+             UPDATE items SET id = 10 WHERE id = 2;
+             DELETE FROM items WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    let lines = tail.take(5);
+
+    assert_eq!(lines[0]["op"], "insert");
+    assert_eq!(lines[0]["schema"], "public");
+    assert_eq!(lines[0]["table"], "items");
+    assert_eq!(lines[0]["key"], json!({"id": "1"}));
+    assert_eq!(lines[0]["new"], json!({"id": "1", "name": "one", "note": null}));
+    assert!(lines[0]["xid"].as_u64().is_some());
+    assert!(lines[0]["commit_time"].as_str().unwrap().ends_with('Z'));
+    assert!(lines[0]["lsn"].as_str().unwrap().contains('/'));
+    assert_eq!(lines[1]["new"]["id"], "2");
+
+    // An update that keeps the key: no old values under replica identity default.
+    assert_eq!(lines[2]["op"], "update");
+    assert_eq!(lines[2]["new"]["name"], "uno");
+    assert!(lines[2].get("old").is_none());
+
+    // A key change: the old key is sent and is the row's identity.
+    assert_eq!(lines[3]["op"], "update");
+    assert_eq!(lines[3]["key"], json!({"id": "2"}));
+    assert_eq!(lines[3]["old"], json!({"id": "2"}));
+    assert_eq!(lines[3]["new"], json!({"id": "10", "name": "two", "note": "x"}));
+
+    assert_eq!(lines[4]["op"], "delete");
+    assert_eq!(lines[4]["key"], json!({"id": "1"}));
+    assert!(lines[4].get("new").is_none());
+
+    // Each statement above was its own transaction, so xids differ.
+    assert_ne!(lines[2]["xid"], lines[3]["xid"]);
+
+    assert_eq!(slot_count(&client).await, 1);
+    assert!(tail.interrupt(), "ferry tail should exit 0 on SIGINT");
+    assert_eq!(slot_count(&client).await, 0, "the temporary slot must disappear");
+    let publications: i64 =
+        client.query_one("SELECT count(*) FROM pg_publication", &[]).await.unwrap().get(0);
+    assert_eq!(publications, 0, "the temporary publication must be dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_identity_full_sends_whole_old_rows() {
+    let cluster = Cluster::start();
+    let client = setup(
+        &cluster,
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int, owner text);
+         ALTER TABLE accounts REPLICA IDENTITY FULL;
+         INSERT INTO accounts VALUES (1, 100, 'ann');",
+    )
+    .await;
+    let tail = tail(&cluster, &["accounts"]);
+    client
+        .batch_execute("UPDATE accounts SET balance = 50 WHERE id = 1; DELETE FROM accounts WHERE id = 1;")
+        .await
+        .unwrap();
+    let lines = tail.take(2);
+    assert_eq!(lines[0]["op"], "update");
+    assert_eq!(lines[0]["old"], json!({"id": "1", "balance": "100", "owner": "ann"}));
+    assert_eq!(lines[0]["new"], json!({"id": "1", "balance": "50", "owner": "ann"}));
+    assert_eq!(lines[1]["op"], "delete");
+    assert_eq!(lines[1]["old"], json!({"id": "1", "balance": "50", "owner": "ann"}));
+    assert_eq!(lines[1]["key"], json!({"id": "1"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_with_cascade_names_every_table() {
+    let cluster = Cluster::start();
+    let client = setup(
+        &cluster,
+        "CREATE TABLE parent (id int PRIMARY KEY);
+         CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent);
+         INSERT INTO parent VALUES (1); INSERT INTO child VALUES (1, 1);",
+    )
+    .await;
+    let tail = tail(&cluster, &["parent", "child"]);
+    client.batch_execute("TRUNCATE parent RESTART IDENTITY CASCADE").await.unwrap();
+    let lines = tail.take(2);
+    let mut tables: Vec<&str> = lines.iter().map(|l| l["table"].as_str().unwrap()).collect();
+    tables.sort();
+    assert_eq!(tables, ["child", "parent"]);
+    for line in &lines {
+        assert_eq!(line["op"], "truncate");
+        assert_eq!(line["cascade"], true);
+        assert_eq!(line["restart_identity"], true);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_messages_arrive_in_and_out_of_transactions() {
+    let cluster = Cluster::start();
+    let client = setup(&cluster, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let tail = tail(&cluster, &["t"]);
+    client
+        .batch_execute(
+            "BEGIN; INSERT INTO t VALUES (1); SELECT pg_logical_emit_message(true, 'audit', 'in a transaction'); COMMIT;
+             SELECT pg_logical_emit_message(false, 'ping', 'standalone');",
+        )
+        .await
+        .unwrap();
+    let lines = tail.take(3);
+    assert_eq!(lines[0]["op"], "insert");
+    assert_eq!(lines[1]["op"], "message");
+    assert_eq!(lines[1]["transactional"], true);
+    assert_eq!(lines[1]["prefix"], "audit");
+    assert_eq!(lines[1]["content"], "in a transaction");
+    assert_eq!(lines[1]["xid"], lines[0]["xid"]);
+    assert_eq!(lines[2]["op"], "message");
+    assert_eq!(lines[2]["transactional"], false);
+    assert_eq!(lines[2]["content"], "standalone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_back_work_never_shows() {
+    let cluster = Cluster::start();
+    let client = setup(&cluster, "CREATE TABLE t (id int PRIMARY KEY, pad text)").await;
+    let tail = tail(&cluster, &["t"]);
+    client
+        .batch_execute(
+            "BEGIN; INSERT INTO t VALUES (1); ROLLBACK;
+             BEGIN; INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(100, 5099) g; ROLLBACK;
+             BEGIN; INSERT INTO t VALUES (2); SAVEPOINT s; INSERT INTO t VALUES (3); ROLLBACK TO SAVEPOINT s;
+                    INSERT INTO t VALUES (4); COMMIT;
+             INSERT INTO t VALUES (5);",
+        )
+        .await
+        .unwrap();
+    let ids: Vec<String> = tail.take(3).iter().map(|l| l["new"]["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, ["2", "4", "5"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_transaction_arrives_streamed_with_aborted_subtransactions_left_out() {
+    let cluster = Cluster::start();
+    let client = setup(&cluster, "CREATE TABLE big (id int PRIMARY KEY, pad text)").await;
+    let tail = tail(&cluster, &["big"]);
+    client
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO big SELECT g, 'row ' || g FROM generate_series(1, 100000) g;
+             SAVEPOINT s;
+             INSERT INTO big SELECT g, 'gone' FROM generate_series(100001, 120000) g;
+             ROLLBACK TO SAVEPOINT s;
+             INSERT INTO big SELECT g, 'row ' || g FROM generate_series(120001, 220000) g;
+             COMMIT;
+             INSERT INTO big VALUES (0, 'after');",
+        )
+        .await
+        .unwrap();
+    let lines = tail.take(200_001);
+    let xid = &lines[0]["xid"];
+    let mut expected = (1..=100_000).chain(120_001..=220_000);
+    for line in &lines[..200_000] {
+        assert_eq!(line["op"], "insert");
+        assert_eq!(&line["xid"], xid);
+        let id: u32 = line["new"]["id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(Some(id), expected.next(), "rows arrive once, in order, none from the aborted savepoint");
+        assert_eq!(line["new"]["pad"], format!("row {id}"));
+    }
+    assert_eq!(lines[200_000]["new"]["id"], "0");
+    let streamed: i64 = client
+        .query_one("SELECT coalesce(sum(stream_txns), 0)::bigint FROM pg_stat_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(streamed >= 1, "the transaction should have been streamed while in progress");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_toast_values_are_marked_not_null() {
+    let cluster = Cluster::start();
+    // Random text does not compress, so 20 kB of it is stored out of line.
+    let client = setup(
+        &cluster,
+        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
+         INSERT INTO docs SELECT 1, 'draft', string_agg(md5(g::text), '') FROM generate_series(1, 700) g;",
+    )
+    .await;
+    let tail = tail(&cluster, &["docs"]);
+    client.batch_execute("UPDATE docs SET title = 'final' WHERE id = 1").await.unwrap();
+    let line = tail.next();
+    assert_eq!(line["op"], "update");
+    assert_eq!(line["new"]["title"], "final");
+    assert_eq!(line["new"]["body"], json!({"unchanged_toast": true}));
+}
+
+/// Every built-in scalar type, arrays, an enum, a domain, a composite,
+/// json/jsonb, numeric NaN and infinite timestamps: each value as printed
+/// equals the server's own text for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_decodes_to_the_servers_text() {
+    let cluster = Cluster::start();
+    let columns = [
+        ("c_bool", "boolean", "true"),
+        ("c_int2", "smallint", "-32768"),
+        ("c_int4", "integer", "2147483647"),
+        ("c_int8", "bigint", "-9223372036854775808"),
+        ("c_numeric", "numeric", "12345678901234567890.123456789"),
+        ("c_numeric_nan", "numeric", "'NaN'"),
+        ("c_numeric_inf", "numeric", "'Infinity'"),
+        ("c_real", "real", "3.14159"),
+        ("c_double", "double precision", "'-Infinity'"),
+        ("c_double2", "double precision", "0.1"),
+        ("c_money", "money", "12.34"),
+        ("c_char", "char(5)", "'ab'"),
+        ("c_varchar", "varchar(10)", "'héllo'"),
+        ("c_text", "text", "E'line\\nbreak \"quoted\" \\\\ back'"),
+        ("c_name", "name", "'a_name'"),
+        ("c_bytea", "bytea", "'\\x00ff10'"),
+        ("c_date", "date", "'2024-02-29'"),
+        ("c_date_inf", "date", "'infinity'"),
+        ("c_time", "time", "'13:14:15.123456'"),
+        ("c_timetz", "timetz", "'13:14:15+02'"),
+        ("c_timestamp", "timestamp", "'2024-01-02 03:04:05.678'"),
+        ("c_timestamp_inf", "timestamp", "'-infinity'"),
+        ("c_timestamptz", "timestamptz", "'2024-01-02 03:04:05+05:30'"),
+        ("c_timestamptz_inf", "timestamptz", "'infinity'"),
+        ("c_interval", "interval", "'1 year 2 mons 3 days 04:05:06.7'"),
+        ("c_uuid", "uuid", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'"),
+        ("c_json", "json", "'{\"b\": 1,  \"a\": [1, 2]}'"),
+        ("c_jsonb", "jsonb", "'{\"b\": 1, \"a\": [1, 2, {\"c\": null}]}'"),
+        ("c_xml", "xml", "'<a>b</a>'"),
+        ("c_inet", "inet", "'192.168.0.1/24'"),
+        ("c_cidr", "cidr", "'10.0.0.0/8'"),
+        ("c_macaddr", "macaddr", "'08:00:2b:01:02:03'"),
+        ("c_macaddr8", "macaddr8", "'08:00:2b:01:02:03:04:05'"),
+        ("c_bit", "bit(4)", "B'1010'"),
+        ("c_varbit", "bit varying(8)", "B'101'"),
+        ("c_point", "point", "'(1.5,2)'"),
+        ("c_line", "line", "'{1,2,3}'"),
+        ("c_lseg", "lseg", "'[(0,0),(1,1)]'"),
+        ("c_box", "box", "'(1,1),(0,0)'"),
+        ("c_path", "path", "'[(0,0),(1,1),(2,0)]'"),
+        ("c_polygon", "polygon", "'((0,0),(1,1),(1,0))'"),
+        ("c_circle", "circle", "'<(0,0),1>'"),
+        ("c_tsvector", "tsvector", "'a fat cat'"),
+        ("c_tsquery", "tsquery", "'fat & cat'"),
+        ("c_int4range", "int4range", "'[1,10)'"),
+        ("c_tstzrange", "tstzrange", "'[2024-01-01,infinity)'"),
+        ("c_int4multirange", "int4multirange", "'{[1,3),[5,7)}'"),
+        ("c_oid", "oid", "4294967295"),
+        ("c_regclass", "regclass", "'pg_class'"),
+        ("c_pg_lsn", "pg_lsn", "'16/B374D848'"),
+        ("c_int_array", "integer[]", "'{1,NULL,3}'"),
+        ("c_text_array", "text[]", "ARRAY['a b', 'c\"d', NULL]"),
+        ("c_2d_array", "integer[][]", "'{{1,2},{3,4}}'"),
+        ("c_mood", "mood", "'happy'"),
+        ("c_mood_array", "mood[]", "'{sad,happy}'"),
+        ("c_positive", "positive", "42"),
+        ("c_composite", "pair", "ROW(1, 'x y')"),
+        ("c_null", "text", "NULL"),
+    ];
+    let definitions: Vec<String> = columns.iter().map(|(name, ty, _)| format!("{name} {ty}")).collect();
+    let values: Vec<&str> = columns.iter().map(|(_, _, v)| *v).collect();
+    let client = setup(
+        &cluster,
+        &format!(
+            "CREATE TYPE mood AS ENUM ('sad', 'happy');
+             CREATE DOMAIN positive AS integer CHECK (VALUE > 0);
+             CREATE TYPE pair AS (n integer, label text);
+             CREATE TABLE every_type (id int PRIMARY KEY, {});",
+            definitions.join(", ")
+        ),
+    )
+    .await;
+    let tail = tail(&cluster, &["every_type"]);
+    client
+        .batch_execute(&format!("INSERT INTO every_type VALUES (1, {})", values.join(", ")))
+        .await
+        .unwrap();
+    let line = tail.next();
+
+    let rows = client.simple_query("SELECT * FROM every_type").await.unwrap();
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .unwrap();
+    for (i, (name, ty, _)) in columns.iter().enumerate() {
+        let expected = row.get(i + 1).map(|s| Value::String(s.to_string())).unwrap_or(Value::Null);
+        assert_eq!(line["new"][name], expected, "column {name} of type {ty}");
+    }
+    assert_eq!(line["new"]["c_numeric_nan"], "NaN");
+    assert_eq!(line["new"]["c_timestamptz_inf"], "infinity");
+}
