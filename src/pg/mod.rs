@@ -2,5 +2,6 @@
 //! pgoutput decoder. Nothing above this module touches PostgreSQL's bytes.
 
 pub mod lsn;
+pub mod pgoutput;
 
 pub use lsn::Lsn;
