@@ -11,5 +11,6 @@ pub mod replication;
 pub mod timestamp;
 pub mod tls;
 
+pub use conninfo::{ConnInfo, ConnInfoError, Host, Secret, SslMode};
 pub use error::{PgError, ServerError};
 pub use lsn::Lsn;
