@@ -30,7 +30,9 @@ pub enum ApplyError {
     KeyNotSent { source_table: QualifiedName, target: QualifiedName, column: String },
     #[error("update of {table} found no row with key {key} on the target")]
     MissingRow { table: QualifiedName, key: String },
-    #[error("{table}: {what} arrived without the row's key; set REPLICA IDENTITY on the source table (DEFAULT with a primary key, USING INDEX, or FULL)")]
+    #[error(
+        "{table}: {what} arrived without the row's key; set REPLICA IDENTITY on the source table (DEFAULT with a primary key, USING INDEX, or FULL)"
+    )]
     NoKey { table: QualifiedName, what: &'static str },
     #[error("a change arrived for {0}, which no table of this subscription maps")]
     Unmapped(QualifiedName),
@@ -183,7 +185,11 @@ CREATE TABLE IF NOT EXISTS ferry.progress (
 impl Applier {
     /// Prepares the target: the progress table, and the description of
     /// every mapped table.
-    pub async fn new(client: Client, subscription: &str, mappings: &[TableMapping]) -> Result<Applier, ApplyError> {
+    pub async fn new(
+        client: Client,
+        subscription: &str,
+        mappings: &[TableMapping],
+    ) -> Result<Applier, ApplyError> {
         client.batch_execute(PROGRESS_DDL).await.map_err(target_error("creating ferry.progress"))?;
         let mut tables = HashMap::new();
         for mapping in mappings {
@@ -205,7 +211,10 @@ impl Applier {
     pub async fn progress(&self) -> Result<Option<Lsn>, ApplyError> {
         let row = self
             .client
-            .query_opt("SELECT end_lsn::text FROM ferry.progress WHERE subscription = $1", &[&self.subscription])
+            .query_opt(
+                "SELECT end_lsn::text FROM ferry.progress WHERE subscription = $1",
+                &[&self.subscription],
+            )
             .await
             .map_err(target_error("reading progress"))?;
         Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
@@ -247,7 +256,8 @@ impl Applier {
     pub async fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
         match change {
             Change::Insert { relation, new } => {
-                let plan = self.plan(relation).await?;
+                self.ensure_plan(relation).await?;
+                let plan = &self.plans[&relation.oid];
                 let params: Vec<TextParam> = plan.columns.iter().map(|(i, _)| param(new, *i)).collect();
                 let context = format!("insert into {}", plan.target);
                 self.client.execute_raw(&plan.insert, params).await.map_err(target_error(context))?;
@@ -264,14 +274,20 @@ impl Applier {
         Ok(())
     }
 
-    async fn update(&mut self, relation: &Arc<Relation>, old: Option<&OldTuple>, new: &Tuple) -> Result<(), ApplyError> {
-        let client = self.client.clone();
-        let plan = self.plan(relation).await?;
+    async fn update(
+        &mut self,
+        relation: &Arc<Relation>,
+        old: Option<&OldTuple>,
+        new: &Tuple,
+    ) -> Result<(), ApplyError> {
+        self.ensure_plan(relation).await?;
+        let client = &self.client;
+        let plan = self.plans.get_mut(&relation.oid).expect("ensured above");
         let key_tuple = key_tuple(old, new);
         let present: Vec<bool> =
             plan.columns.iter().map(|(i, _)| !matches!(new.0.get(*i), Some(Value::UnchangedToast))).collect();
         if !plan.updates.contains_key(&present) {
-            let statement = prepare_update(&client, plan, &present).await?;
+            let statement = prepare_update(client, plan, &present).await?;
             plan.updates.insert(present.clone(), statement);
         }
         let statement = &plan.updates[&present];
@@ -288,14 +304,18 @@ impl Applier {
         let context = format!("update of {}", plan.target);
         let updated = client.execute_raw(statement, params).await.map_err(target_error(context))?;
         if updated == 0 {
-            return Err(ApplyError::MissingRow { table: plan.target.clone(), key: describe_key(plan, key_tuple) });
+            return Err(ApplyError::MissingRow {
+                table: plan.target.clone(),
+                key: describe_key(plan, key_tuple),
+            });
         }
         Ok(())
     }
 
     async fn delete(&mut self, relation: &Arc<Relation>, old: &OldTuple) -> Result<(), ApplyError> {
-        let client = self.client.clone();
-        let plan = self.plan(relation).await?;
+        self.ensure_plan(relation).await?;
+        let client = &self.client;
+        let plan = &self.plans[&relation.oid];
         let (OldTuple::Key(tuple) | OldTuple::Full(tuple)) = old;
         let params = plan
             .key
@@ -317,7 +337,11 @@ impl Applier {
         Ok(())
     }
 
-    async fn truncate(&mut self, relations: &[Arc<Relation>], restart_identity: bool) -> Result<(), ApplyError> {
+    async fn truncate(
+        &mut self,
+        relations: &[Arc<Relation>],
+        restart_identity: bool,
+    ) -> Result<(), ApplyError> {
         let mut targets = Vec::new();
         for relation in relations {
             let name = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
@@ -332,18 +356,25 @@ impl Applier {
         // empty tables ferry does not own.
         let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
         let sql = format!("TRUNCATE ONLY {}{restart}", targets.join(", "));
-        self.client.batch_execute(&sql).await.map_err(target_error(format!("truncate of {}", targets.join(", "))))
+        self.client
+            .batch_execute(&sql)
+            .await
+            .map_err(target_error(format!("truncate of {}", targets.join(", "))))
     }
 
-    /// The plan for a relation, rebuilt whenever the server describes the
-    /// relation anew (after a reconnect or a schema change).
-    async fn plan(&mut self, relation: &Arc<Relation>) -> Result<&mut RelationPlan, ApplyError> {
-        let current = self.plans.get(&relation.oid).is_some_and(|p| Arc::ptr_eq(&p.relation, relation) || *p.relation == **relation);
+    /// Makes sure the plan for a relation matches its latest description
+    /// (the server describes relations anew after a reconnect or a schema
+    /// change).
+    async fn ensure_plan(&mut self, relation: &Arc<Relation>) -> Result<(), ApplyError> {
+        let current = self
+            .plans
+            .get(&relation.oid)
+            .is_some_and(|p| Arc::ptr_eq(&p.relation, relation) || *p.relation == **relation);
         if !current {
             let plan = self.build_plan(relation).await?;
             self.plans.insert(relation.oid, plan);
         }
-        Ok(self.plans.get_mut(&relation.oid).expect("plan inserted above"))
+        Ok(())
     }
 
     async fn build_plan(&self, relation: &Arc<Relation>) -> Result<RelationPlan, ApplyError> {
@@ -380,10 +411,16 @@ impl Applier {
             format!("INSERT INTO {} ({}) VALUES ({})", table.name, names.join(", "), placeholders.join(", "));
         let key_where = key_condition(relation, &key, 1);
         let delete_sql = format!("DELETE FROM {} WHERE {key_where}", table.name);
-        let insert =
-            self.client.prepare(&insert_sql).await.map_err(target_error(format!("preparing insert into {}", table.name)))?;
-        let delete =
-            self.client.prepare(&delete_sql).await.map_err(target_error(format!("preparing delete from {}", table.name)))?;
+        let insert = self
+            .client
+            .prepare(&insert_sql)
+            .await
+            .map_err(target_error(format!("preparing insert into {}", table.name)))?;
+        let delete = self
+            .client
+            .prepare(&delete_sql)
+            .await
+            .map_err(target_error(format!("preparing delete from {}", table.name)))?;
         Ok(RelationPlan {
             relation: Arc::clone(relation),
             target: table.name.clone(),
@@ -405,7 +442,11 @@ fn key_condition(relation: &Relation, key: &[usize], first: usize) -> String {
         .join(" AND ")
 }
 
-async fn prepare_update(client: &Client, plan: &RelationPlan, present: &[bool]) -> Result<Statement, ApplyError> {
+async fn prepare_update(
+    client: &Client,
+    plan: &RelationPlan,
+    present: &[bool],
+) -> Result<Statement, ApplyError> {
     let assignments: Vec<String> = plan
         .columns
         .iter()

@@ -237,7 +237,10 @@ impl Checker<'_> {
                 Ok(text) => Some(info.with_password(Secret::new(text.trim_end_matches(['\n', '\r'])))),
                 Err(error) => {
                     let path = file.get_ref().display();
-                    self.report(file.span(), format!("{kind} {name:?}: cannot read password_file {path}: {error}"));
+                    self.report(
+                        file.span(),
+                        format!("{kind} {name:?}: cannot read password_file {path}: {error}"),
+                    );
                     None
                 }
             };
@@ -247,7 +250,10 @@ impl Checker<'_> {
                 Ok(value) => Some(info.with_password(Secret::new(value))),
                 Err(_) => {
                     let var_name = var.get_ref();
-                    self.report(var.span(), format!("{kind} {name:?}: environment variable {var_name} is not set"));
+                    self.report(
+                        var.span(),
+                        format!("{kind} {name:?}: environment variable {var_name} is not set"),
+                    );
                     None
                 }
             };
@@ -319,7 +325,12 @@ impl Checker<'_> {
         valid
     }
 
-    fn check_reference<T>(&mut self, name: &Spanned<String>, known: &BTreeMap<String, T>, kind: &str) -> bool {
+    fn check_reference<T>(
+        &mut self,
+        name: &Spanned<String>,
+        known: &BTreeMap<String, T>,
+        kind: &str,
+    ) -> bool {
         let found = known.contains_key(name.get_ref());
         if !found {
             let list: Vec<&String> = known.keys().collect();

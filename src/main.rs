@@ -103,15 +103,12 @@ async fn tail_command(
     password: Option<String>,
 ) -> anyhow::Result<()> {
     let mut source: ConnInfo = source.parse().context("bad --source")?;
-    if source.password.is_none() {
-        if let Some(password) = password {
-            source = source.with_password(password.into());
-        }
+    if source.password.is_none()
+        && let Some(password) = password
+    {
+        source = source.with_password(password.into());
     }
-    let tables = tables
-        .iter()
-        .map(|t| t.parse::<QualifiedName>())
-        .collect::<Result<Vec<_>, _>>()?;
+    let tables = tables.iter().map(|t| t.parse::<QualifiedName>()).collect::<Result<Vec<_>, _>>()?;
     let options = TailOptions { source, tables, publication, slot };
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
     tail::run(options, stdout, shutdown_token()).await?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{ApplyError, Applier};
+use crate::apply::{Applier, ApplyError};
 use crate::config::Subscription;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::replication::{ReplicationClient, SlotKind, StartOptions};
@@ -60,7 +60,7 @@ impl PipelineError {
         match self {
             PipelineError::Pg(e) | PipelineError::Source(SourceError::Pg(e)) => pg_retryable(e),
             PipelineError::Source(SourceError::StreamEnded) => true,
-            PipelineError::Connect(e) => e.sqlstate().is_none_or(sqlstate_retryable),
+            PipelineError::Connect(e) => e.sqlstate().is_none_or(|c| sqlstate_retryable(c.code())),
             PipelineError::Apply(e) => e.is_retryable(),
             PipelineError::Snapshot(SnapshotError::Sql { source, .. })
             | PipelineError::Catalog(CatalogError::Sql { source, .. }) => {
@@ -89,7 +89,11 @@ fn pg_retryable(error: &PgError) -> bool {
 
 /// Connection trouble, shutdowns, lack of resources, lost races.
 fn sqlstate_retryable(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") || code == "40001" || code == "40P01"
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || code == "40001"
+        || code == "40P01"
 }
 
 /// Everything one pipeline needs.
@@ -151,10 +155,16 @@ async fn run_once(spec: &PipelineSpec, cancel: &CancellationToken) -> Result<(),
     let start = match (progress, catalog::slot_state(&source_sql, &sub.slot).await?) {
         (Some(progress), SlotState::Usable) => progress,
         (Some(_), SlotState::Missing) => {
-            return Err(PipelineError::SlotVanished { slot: sub.slot.clone(), subscription: sub.name.clone() });
+            return Err(PipelineError::SlotVanished {
+                slot: sub.slot.clone(),
+                subscription: sub.name.clone(),
+            });
         }
         (Some(_), SlotState::Lost) => {
-            return Err(PipelineError::SlotInvalidated { slot: sub.slot.clone(), subscription: sub.name.clone() });
+            return Err(PipelineError::SlotInvalidated {
+                slot: sub.slot.clone(),
+                subscription: sub.name.clone(),
+            });
         }
         (None, state) => {
             // Nothing was ever committed on the target, so a slot left over
@@ -205,7 +215,10 @@ async fn initial_sync(
         snapshot::begin_at_snapshot(source_sql, snapshot_name).await?;
         for table in &sub.tables {
             let started = Instant::now();
-            let target = applier.target_table(&table.from).cloned().ok_or_else(|| ApplyError::Unmapped(table.from.clone()))?;
+            let target = applier
+                .target_table(&table.from)
+                .cloned()
+                .ok_or_else(|| ApplyError::Unmapped(table.from.clone()))?;
             let rows = snapshot::copy_table(source_sql, &table.from, applier.client(), &target).await?;
             tracing::info!(
                 subscription = %sub.name,
@@ -313,7 +326,11 @@ impl ApplyState {
 
     /// Commits the open target transaction up to its last whole source
     /// transaction.
-    async fn commit(&mut self, applier: &mut Applier, durable: &watch::Sender<Lsn>) -> Result<(), ApplyError> {
+    async fn commit(
+        &mut self,
+        applier: &mut Applier,
+        durable: &watch::Sender<Lsn>,
+    ) -> Result<(), ApplyError> {
         match self.batch.take() {
             Some(Batch { last_commit: Some((end_lsn, commit_time)), .. }) => {
                 applier.commit(end_lsn, commit_time).await?;
@@ -333,7 +350,11 @@ impl ApplyState {
     /// The reader has stopped. Work that ends at a source commit is kept;
     /// a source transaction cut in the middle is rolled back (the source
     /// sends it again next time).
-    async fn finish(&mut self, applier: &mut Applier, durable: &watch::Sender<Lsn>) -> Result<(), ApplyError> {
+    async fn finish(
+        &mut self,
+        applier: &mut Applier,
+        durable: &watch::Sender<Lsn>,
+    ) -> Result<(), ApplyError> {
         if self.batch.is_none() {
             return Ok(());
         }

@@ -72,7 +72,12 @@ pub async fn run(options: TailOptions, out: impl Write, cancel: CancellationToke
             temporary_name.clone()
         }
     };
-    let start = StartOptions { publications: vec![publication.clone()], protocol_version: None, messages: true, streaming: true };
+    let start = StartOptions {
+        publications: vec![publication.clone()],
+        protocol_version: None,
+        messages: true,
+        streaming: true,
+    };
     let stream = replication.start(&slot, Lsn::ZERO, &start).await?;
     tracing::info!(%slot, %publication, source = %options.source, "streaming changes; Ctrl-C stops");
 
@@ -146,7 +151,11 @@ async fn ensure_permanent_slot(
         .map_err(query_error("looking up the slot"))?;
     if found.is_none() {
         replication.create_slot(name, SlotKind::Permanent, false).await?;
-        tracing::info!(slot = name, "created permanent slot; drop it with SELECT pg_drop_replication_slot({})", quote_literal(name));
+        tracing::info!(
+            slot = name,
+            "created permanent slot; drop it with SELECT pg_drop_replication_slot({})",
+            quote_literal(name)
+        );
     }
     Ok(())
 }
@@ -162,7 +171,8 @@ async fn print_events(
     while let Some(event) = events.recv().await {
         match event {
             SourceEvent::Begin { xid, commit_lsn, commit_time } => {
-                transaction = TransactionContext { xid: Some(xid), lsn: commit_lsn, commit_time: Some(commit_time) };
+                transaction =
+                    TransactionContext { xid: Some(xid), lsn: commit_lsn, commit_time: Some(commit_time) };
             }
             SourceEvent::Origin { .. } => {}
             SourceEvent::Change(change) => {

@@ -36,7 +36,9 @@ fn url_with_password(cluster: &Cluster, password: &str) -> ConnInfo {
         .bytes()
         .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect();
-    format!("postgresql://ferry:{encoded}@127.0.0.1:{}/postgres?sslmode=disable", cluster.port).parse().unwrap()
+    format!("postgresql://ferry:{encoded}@127.0.0.1:{}/postgres?sslmode=disable", cluster.port)
+        .parse()
+        .unwrap()
 }
 
 async fn assert_password_login_works(method: &str) {
@@ -83,10 +85,13 @@ async fn a_missing_password_is_a_clear_error() {
 #[tokio::test]
 async fn connects_over_a_unix_socket() {
     let cluster = Cluster::start();
-    let info: ConnInfo =
-        format!("host={} port={} user=postgres dbname=postgres", cluster.socket_dir().display(), cluster.port)
-            .parse()
-            .unwrap();
+    let info: ConnInfo = format!(
+        "host={} port={} user=postgres dbname=postgres",
+        cluster.socket_dir().display(),
+        cluster.port
+    )
+    .parse()
+    .unwrap();
     let mut client = ReplicationClient::connect(&info).await.unwrap();
     assert!(client.identify_system().await.unwrap().timeline >= 1);
 }
@@ -186,12 +191,20 @@ async fn sslmode_require_fails_when_the_server_has_no_tls() {
 async fn a_slot_in_use_is_a_typed_error_with_its_sqlstate() {
     let cluster = Cluster::start();
     let client = cluster.client("postgres").await;
-    client.batch_execute("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t")
+        .await
+        .unwrap();
     let info: ConnInfo = cluster.url("postgres").parse().unwrap();
     let mut first = ReplicationClient::connect(&info).await.unwrap();
     let slot = first.create_slot("busy", SlotKind::Permanent, false).await.unwrap();
     assert_eq!(slot.snapshot_name, None);
-    let options = StartOptions { publications: vec!["p".into()], protocol_version: None, messages: true, streaming: true };
+    let options = StartOptions {
+        publications: vec!["p".into()],
+        protocol_version: None,
+        messages: true,
+        streaming: true,
+    };
     let _stream = first.start("busy", slot.consistent_point, &options).await.unwrap();
 
     let second = ReplicationClient::connect(&info).await.unwrap();

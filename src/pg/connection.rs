@@ -33,11 +33,7 @@ enum Socket {
 }
 
 impl AsyncRead for Socket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -123,8 +119,8 @@ impl Connection {
     pub async fn connect(info: &ConnInfo, startup: &[(&str, &str)]) -> Result<Self, PgError> {
         let target = info.to_string();
         let mut last_error = None;
-        for (host, port) in info.endpoints() {
-            let attempt = Self::connect_one(info, host, port, startup, &target);
+        for endpoint in info.endpoints() {
+            let attempt = Self::connect_one(info, &endpoint.host, endpoint.port, startup, &target);
             let result = match info.connect_timeout {
                 Some(limit) => tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| {
                     Err(PgError::Connect {
@@ -179,11 +175,8 @@ impl Connection {
     }
 
     async fn startup(&mut self, info: &ConnInfo, extra: &[(&str, &str)]) -> Result<(), PgError> {
-        let mut params = vec![
-            ("user", info.user()),
-            ("database", info.dbname()),
-            ("client_encoding", "UTF8"),
-        ];
+        let mut params =
+            vec![("user", info.user()), ("database", info.dbname()), ("client_encoding", "UTF8")];
         if let Some(name) = &info.application_name {
             params.push(("application_name", name));
         }
@@ -257,16 +250,19 @@ impl Connection {
                     scram = Some(state);
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
-                    let state = scram.as_mut().ok_or_else(|| self.protocol("SASL continue before SASL start".into()))?;
+                    let state = scram
+                        .as_mut()
+                        .ok_or_else(|| self.protocol("SASL continue before SASL start".into()))?;
                     state.update(body.data()).map_err(|e| self.auth(format!("SCRAM: {e}")))?;
                     frontend::sasl_response(state.message(), &mut self.write_buf)
                         .map_err(|e| self.io_error(e))?;
                 }
                 backend::Message::AuthenticationSaslFinal(body) => {
-                    let state = scram.as_mut().ok_or_else(|| self.protocol("SASL final before SASL start".into()))?;
-                    state.finish(body.data()).map_err(|e| {
-                        self.auth(format!("SCRAM: the server's proof is wrong ({e})"))
-                    })?;
+                    let state =
+                        scram.as_mut().ok_or_else(|| self.protocol("SASL final before SASL start".into()))?;
+                    state
+                        .finish(body.data())
+                        .map_err(|e| self.auth(format!("SCRAM: the server's proof is wrong ({e})")))?;
                     continue;
                 }
                 _ => {
@@ -280,9 +276,10 @@ impl Connection {
     }
 
     fn password<'a>(&self, info: &'a ConnInfo) -> Result<&'a [u8], PgError> {
-        info.password.as_ref().map(|p| p.expose().as_bytes()).ok_or_else(|| {
-            self.auth("the server asks for a password and none is configured".into())
-        })
+        info.password
+            .as_ref()
+            .map(|p| p.expose().as_bytes())
+            .ok_or_else(|| self.auth("the server asks for a password and none is configured".into()))
     }
 
     /// The value of a server parameter reported at startup (`server_version`, ...).
@@ -323,7 +320,8 @@ impl Connection {
             return Ok(None);
         }
         let tag = self.read_buf[0];
-        let len = u32::from_be_bytes([self.read_buf[1], self.read_buf[2], self.read_buf[3], self.read_buf[4]]) as usize;
+        let len = u32::from_be_bytes([self.read_buf[1], self.read_buf[2], self.read_buf[3], self.read_buf[4]])
+            as usize;
         if !(4..=MAX_FRAME).contains(&len) {
             return Err(self.protocol(format!("message of invalid length {len}")));
         }
@@ -342,17 +340,17 @@ impl Connection {
     }
 
     fn record_parameter(&mut self, frame: &Frame) {
-        if let Ok(backend::Message::ParameterStatus(body)) = frame.parse() {
-            if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
-                self.parameters.insert(name.to_string(), value.to_string());
-            }
+        if let Ok(backend::Message::ParameterStatus(body)) = frame.parse()
+            && let (Ok(name), Ok(value)) = (body.name(), body.value())
+        {
+            self.parameters.insert(name.to_string(), value.to_string());
         }
     }
 
     /// Appends a CopyData message to the write buffer; `flush` sends it.
     pub fn buffer_copy_data(&mut self, payload: &[u8]) {
         self.write_buf.reserve(5 + payload.len());
-        self.write_buf.extend_from_slice(&[b'd']);
+        self.write_buf.extend_from_slice(b"d");
         self.write_buf.extend_from_slice(&((payload.len() + 4) as u32).to_be_bytes());
         self.write_buf.extend_from_slice(payload);
     }
@@ -414,9 +412,7 @@ impl Connection {
         };
         let buffer = body.buffer();
         body.ranges()
-            .map(|range| {
-                Ok(range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned()))
-            })
+            .map(|range| Ok(range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned())))
             .collect()
             .map_err(|e| self.protocol(e.to_string()))
     }
@@ -430,7 +426,7 @@ impl Connection {
 
     pub fn server_error(&self, frame: &Frame) -> PgError {
         match parse_error_fields(frame) {
-            Ok(error) => PgError::Server { target: self.target.clone(), error },
+            Ok(error) => PgError::Server { target: self.target.clone(), error: Box::new(error) },
             Err(e) => self.protocol(format!("malformed ErrorResponse: {e}")),
         }
     }

@@ -95,10 +95,7 @@ impl Host {
         } else if text.starts_with('/') {
             Host::Unix(PathBuf::from(text))
         } else {
-            let unbracketed = text
-                .strip_prefix('[')
-                .and_then(|t| t.strip_suffix(']'))
-                .unwrap_or(text);
+            let unbracketed = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
             Host::Tcp(unbracketed.to_string())
         }
     }
@@ -271,11 +268,7 @@ pub enum ConnInfoError {
     BadUrlPort { host: String },
 
     #[error("invalid {name} \"{value}\": expected {expected}")]
-    InvalidValue {
-        name: &'static str,
-        value: String,
-        expected: &'static str,
-    },
+    InvalidValue { name: &'static str, value: String, expected: &'static str },
 
     #[error("{ports} ports for {hosts} hosts: give one port for all hosts or one port per host")]
     PortCount { ports: usize, hosts: usize },
@@ -341,22 +334,13 @@ impl ConnInfo {
     /// port: 5432; one port: the same for all hosts).
     pub fn endpoints(&self) -> Vec<Endpoint> {
         let default_host = [Host::Unix(PathBuf::from(DEFAULT_SOCKET_DIR))];
-        let hosts: &[Host] = if self.hosts.is_empty() {
-            &default_host
-        } else {
-            &self.hosts
-        };
+        let hosts: &[Host] = if self.hosts.is_empty() { &default_host } else { &self.hosts };
         hosts
             .iter()
             .enumerate()
             .map(|(i, host)| Endpoint {
                 host: host.clone(),
-                port: self
-                    .ports
-                    .get(i)
-                    .or_else(|| self.ports.first())
-                    .copied()
-                    .unwrap_or(DEFAULT_PORT),
+                port: self.ports.get(i).or_else(|| self.ports.first()).copied().unwrap_or(DEFAULT_PORT),
             })
             .collect()
     }
@@ -412,10 +396,7 @@ impl ConnInfo {
 fn default_user() -> &'static str {
     static USER: OnceLock<String> = OnceLock::new();
     USER.get_or_init(|| {
-        std::env::var("USER")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "postgres".to_string())
+        std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "postgres".to_string())
     })
 }
 
@@ -438,11 +419,8 @@ impl fmt::Display for ConnInfo {
             write!(f, ":{}", endpoint.port)?;
         }
         write!(f, "/{}?sslmode={}", encode(self.dbname()), self.sslmode)?;
-        let paths = [
-            ("sslrootcert", &self.sslrootcert),
-            ("sslcert", &self.sslcert),
-            ("sslkey", &self.sslkey),
-        ];
+        let paths =
+            [("sslrootcert", &self.sslrootcert), ("sslcert", &self.sslcert), ("sslkey", &self.sslkey)];
         for (name, path) in paths {
             if let Some(path) = path {
                 write!(f, "&{name}={}", encode(&path.to_string_lossy()))?;
@@ -502,11 +480,7 @@ impl Draft {
             "port" => {
                 self.ports = match text {
                     None => None,
-                    Some(v) => Some(
-                        v.split(',')
-                            .map(parse_port_entry)
-                            .collect::<Result<_, _>>()?,
-                    ),
+                    Some(v) => Some(v.split(',').map(parse_port_entry).collect::<Result<_, _>>()?),
                 }
             }
             "user" => self.user = text,
@@ -523,9 +497,7 @@ impl Draft {
             // string copied with replication=database must still be usable.
             "replication" => {}
             _ => {
-                return Err(ConnInfoError::UnknownParameter {
-                    name: key.to_string(),
-                });
+                return Err(ConnInfoError::UnknownParameter { name: key.to_string() });
             }
         }
         Ok(())
@@ -543,10 +515,7 @@ impl Draft {
                 list.iter().map(|p| p.unwrap_or(DEFAULT_PORT)).collect()
             }
             Some(list) => {
-                return Err(ConnInfoError::PortCount {
-                    ports: list.len(),
-                    hosts: hosts.len(),
-                });
+                return Err(ConnInfoError::PortCount { ports: list.len(), hosts: hosts.len() });
             }
         };
         let system_roots = self.sslrootcert.as_deref() == Some(Path::new(SYSTEM_ROOTS));
@@ -594,23 +563,18 @@ fn parse_connect_timeout(value: &str) -> Result<Option<Duration>, ConnInfoError>
     if value.is_empty() {
         return Ok(None);
     }
-    let seconds: i64 = value
-        .trim()
-        .parse()
-        .map_err(|_| ConnInfoError::InvalidValue {
-            name: "connect_timeout",
-            value: value.to_string(),
-            expected: "a whole number of seconds (0 waits forever)",
-        })?;
+    let seconds: i64 = value.trim().parse().map_err(|_| ConnInfoError::InvalidValue {
+        name: "connect_timeout",
+        value: value.to_string(),
+        expected: "a whole number of seconds (0 waits forever)",
+    })?;
     Ok((seconds > 0).then(|| Duration::from_secs(seconds.max(2) as u64)))
 }
 
 /// The text after `postgresql://` or `postgres://`, if `s` is a URL.
 fn url_rest(s: &str) -> Option<&str> {
     ["postgresql://", "postgres://"].iter().find_map(|prefix| {
-        s.get(..prefix.len())
-            .filter(|head| head.eq_ignore_ascii_case(prefix))
-            .map(|_| &s[prefix.len()..])
+        s.get(..prefix.len()).filter(|head| head.eq_ignore_ascii_case(prefix)).map(|_| &s[prefix.len()..])
     })
 }
 
@@ -639,9 +603,7 @@ fn parse_url(rest: &str, draft: &mut Draft) -> Result<(), ConnInfoError> {
             };
             draft.set("user", decode(user, "user name")?)?;
             if let Some(password) = password {
-                draft.password = Some(decode(password, "password")?)
-                    .filter(|p| !p.is_empty())
-                    .map(Secret);
+                draft.password = Some(decode(password, "password")?).filter(|p| !p.is_empty()).map(Secret);
             }
             hosts
         }
@@ -704,10 +666,7 @@ fn parse_url_hosts(text: &str, draft: &mut Draft) -> Result<(), ConnInfoError> {
             }
             let after = &inside[close + 1..];
             if let Some(found) = after.chars().next().filter(|c| !matches!(c, ':' | ',')) {
-                return Err(ConnInfoError::AfterIpv6 {
-                    address: address.to_string(),
-                    found,
-                });
+                return Err(ConnInfoError::AfterIpv6 { address: address.to_string(), found });
             }
             (decode(address, "host")?, after)
         } else {
@@ -868,8 +827,7 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> ConnInfo {
-        s.parse()
-            .unwrap_or_else(|e| panic!("{s:?} should parse, got: {e}"))
+        s.parse().unwrap_or_else(|e| panic!("{s:?} should parse, got: {e}"))
     }
 
     fn parse_err(s: &str) -> ConnInfoError {
@@ -886,10 +844,7 @@ mod tests {
     /// The password must not show in any rendering of a value or an error.
     fn assert_hidden(password: &str, rendered: &[String]) {
         for text in rendered {
-            assert!(
-                !text.contains(password),
-                "{text:?} leaks the password {password:?}"
-            );
+            assert!(!text.contains(password), "{text:?} leaks the password {password:?}");
         }
     }
 
@@ -928,8 +883,7 @@ mod tests {
 
     #[test]
     fn percent_decoding_applies_to_user_host_dbname_and_query() {
-        let info =
-            parse("postgresql://us%65r@%2Fvar%2Flib%2Fpostgresql/my%20db?application_name=a%26b");
+        let info = parse("postgresql://us%65r@%2Fvar%2Flib%2Fpostgresql/my%20db?application_name=a%26b");
         assert_eq!(info.user(), "user");
         assert_eq!(info.hosts, vec![Host::Unix("/var/lib/postgresql".into())]);
         assert_eq!(info.dbname(), "my db");
@@ -969,18 +923,9 @@ mod tests {
 
     #[test]
     fn malformed_ipv6_is_rejected() {
-        assert_eq!(
-            parse_err("postgresql://[::1/d"),
-            ConnInfoError::UnclosedIpv6
-        );
-        assert_eq!(
-            parse_err("postgresql://[]:5432/d"),
-            ConnInfoError::EmptyIpv6
-        );
-        assert!(matches!(
-            parse_err("postgresql://[::1]x/d"),
-            ConnInfoError::AfterIpv6 { found: 'x', .. }
-        ));
+        assert_eq!(parse_err("postgresql://[::1/d"), ConnInfoError::UnclosedIpv6);
+        assert_eq!(parse_err("postgresql://[]:5432/d"), ConnInfoError::EmptyIpv6);
+        assert!(matches!(parse_err("postgresql://[::1]x/d"), ConnInfoError::AfterIpv6 { found: 'x', .. }));
     }
 
     #[test]
@@ -991,10 +936,7 @@ mod tests {
             info.endpoints()[0].host.socket_path(5433),
             Some(PathBuf::from("/var/run/postgresql/.s.PGSQL.5433"))
         );
-        assert_eq!(
-            info.endpoints()[0].to_string(),
-            "/var/run/postgresql/.s.PGSQL.5433"
-        );
+        assert_eq!(info.endpoints()[0].to_string(), "/var/run/postgresql/.s.PGSQL.5433");
         assert_eq!(info.dbname(), "orders");
     }
 
@@ -1024,21 +966,10 @@ mod tests {
     #[test]
     fn unknown_parameters_are_rejected_by_name() {
         let err = parse_err("postgresql://u@h/d?sslmod=require");
-        assert_eq!(
-            err,
-            ConnInfoError::UnknownParameter {
-                name: "sslmod".into()
-            }
-        );
+        assert_eq!(err, ConnInfoError::UnknownParameter { name: "sslmod".into() });
         assert!(err.to_string().contains("\"sslmod\""));
-        assert!(
-            err.to_string().contains("sslmode"),
-            "lists what is accepted"
-        );
-        assert!(matches!(
-            parse_err("host=h hostaddr=10.0.0.1"),
-            ConnInfoError::UnknownParameter { .. }
-        ));
+        assert!(err.to_string().contains("sslmode"), "lists what is accepted");
+        assert!(matches!(parse_err("host=h hostaddr=10.0.0.1"), ConnInfoError::UnknownParameter { .. }));
     }
 
     #[test]
@@ -1065,10 +996,8 @@ mod tests {
 
     #[test]
     fn default_user_comes_from_the_environment() {
-        let expected = std::env::var("USER")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "postgres".into());
+        let expected =
+            std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "postgres".into());
         assert_eq!(default_user(), expected);
     }
 
@@ -1123,20 +1052,14 @@ mod tests {
     #[test]
     fn key_value_host_lists_and_unix_sockets() {
         let info = parse("host=/tmp,h2,[::1] port=5433,5434,");
-        assert_eq!(
-            info.hosts,
-            vec![Host::Unix("/tmp".into()), tcp("h2"), tcp("::1")]
-        );
+        assert_eq!(info.hosts, vec![Host::Unix("/tmp".into()), tcp("h2"), tcp("::1")]);
         assert_eq!(info.ports, vec![5433, 5434, 5432]);
         assert_eq!(info.endpoints()[0].to_string(), "/tmp/.s.PGSQL.5433",);
     }
 
     #[test]
     fn port_count_must_be_one_or_one_per_host() {
-        assert_eq!(
-            parse_err("host=a,b,c port=1,2"),
-            ConnInfoError::PortCount { ports: 2, hosts: 3 }
-        );
+        assert_eq!(parse_err("host=a,b,c port=1,2"), ConnInfoError::PortCount { ports: 2, hosts: 3 });
         assert_eq!(parse("host=a,b,c port=7").ports, vec![7, 7, 7]);
         assert!(matches!(
             parse_err("postgresql://u@h/d?host=a,b,c&port=1,2"),
@@ -1148,27 +1071,15 @@ mod tests {
     fn invalid_values_are_named() {
         let err = parse_err("host=h port=543x");
         assert!(err.to_string().contains("port \"543x\""), "{err}");
-        assert!(matches!(
-            parse_err("port=0"),
-            ConnInfoError::InvalidValue { name: "port", .. }
-        ));
-        assert!(matches!(
-            parse_err("port=70000"),
-            ConnInfoError::InvalidValue { name: "port", .. }
-        ));
+        assert!(matches!(parse_err("port=0"), ConnInfoError::InvalidValue { name: "port", .. }));
+        assert!(matches!(parse_err("port=70000"), ConnInfoError::InvalidValue { name: "port", .. }));
         let err = parse_err("sslmode=verify");
         assert!(err.to_string().contains("verify-full"), "{err}");
         assert!(matches!(
             parse_err("connect_timeout=soon"),
-            ConnInfoError::InvalidValue {
-                name: "connect_timeout",
-                ..
-            }
+            ConnInfoError::InvalidValue { name: "connect_timeout", .. }
         ));
-        assert!(matches!(
-            parse_err("postgresql://u@h:abc/d"),
-            ConnInfoError::BadUrlPort { .. }
-        ));
+        assert!(matches!(parse_err("postgresql://u@h:abc/d"), ConnInfoError::BadUrlPort { .. }));
     }
 
     #[test]
@@ -1190,10 +1101,7 @@ mod tests {
     fn connect_timeout_follows_libpq() {
         assert_eq!(parse("connect_timeout=0").connect_timeout, None);
         assert_eq!(parse("connect_timeout=-3").connect_timeout, None);
-        assert_eq!(
-            parse("connect_timeout=1").connect_timeout,
-            Some(Duration::from_secs(2))
-        );
+        assert_eq!(parse("connect_timeout=1").connect_timeout, Some(Duration::from_secs(2)));
     }
 
     #[test]
@@ -1203,27 +1111,17 @@ mod tests {
         assert!(info.uses_system_roots());
         assert_eq!(
             parse_err("host=h sslrootcert=system sslmode=require"),
-            ConnInfoError::WeakSslModeWithSystemRoots {
-                mode: SslMode::Require
-            }
+            ConnInfoError::WeakSslModeWithSystemRoots { mode: SslMode::Require }
         );
     }
 
     #[test]
     fn malformed_key_value_strings() {
-        assert_eq!(
-            parse_err("host=h mydb"),
-            ConnInfoError::MissingEquals { position: 7 }
-        );
-        assert_eq!(
-            parse_err("host=h =x"),
-            ConnInfoError::EmptyKey { position: 7 }
-        );
+        assert_eq!(parse_err("host=h mydb"), ConnInfoError::MissingEquals { position: 7 });
+        assert_eq!(parse_err("host=h =x"), ConnInfoError::EmptyKey { position: 7 });
         assert_eq!(
             parse_err("host=h application_name='x"),
-            ConnInfoError::UnterminatedQuote {
-                key: "application_name".into()
-            }
+            ConnInfoError::UnterminatedQuote { key: "application_name".into() }
         );
     }
 
@@ -1235,35 +1133,17 @@ mod tests {
         );
         assert_eq!(
             parse_err("postgresql://u@h/d%2"),
-            ConnInfoError::BadPercentEncoding {
-                part: "database name"
-            }
+            ConnInfoError::BadPercentEncoding { part: "database name" }
         );
-        assert_eq!(
-            parse_err("postgresql://u@h/d%00"),
-            ConnInfoError::NulInValue {
-                part: "database name"
-            }
-        );
-        assert_eq!(
-            parse_err("postgresql://u@h/%ff"),
-            ConnInfoError::NotUtf8 {
-                part: "database name"
-            }
-        );
-        assert!(matches!(
-            parse_err("postgresql://u@h/d?a"),
-            ConnInfoError::QueryMissingEquals { index: 1 }
-        ));
+        assert_eq!(parse_err("postgresql://u@h/d%00"), ConnInfoError::NulInValue { part: "database name" });
+        assert_eq!(parse_err("postgresql://u@h/%ff"), ConnInfoError::NotUtf8 { part: "database name" });
+        assert!(matches!(parse_err("postgresql://u@h/d?a"), ConnInfoError::QueryMissingEquals { index: 1 }));
     }
 
     #[test]
     fn display_is_a_url_without_the_password() {
         let info = parse("postgresql://ferry:hunter2@db:5432/orders?sslmode=verify-full");
-        assert_eq!(
-            info.to_string(),
-            "postgresql://ferry@db:5432/orders?sslmode=verify-full"
-        );
+        assert_eq!(info.to_string(), "postgresql://ferry@db:5432/orders?sslmode=verify-full");
         let info = parse(
             "host=/var/run/postgresql,::1 user='a b' password=x dbname=d \
              sslrootcert=/ca.pem application_name=app connect_timeout=9 options='-c x=1'",
@@ -1362,22 +1242,10 @@ mod tests {
 
     #[test]
     fn password_mistakes_get_a_hint() {
-        assert_eq!(
-            parse_err("postgresql://u:hun@ter2@h/d"),
-            ConnInfoError::UnencodedAt
-        );
-        assert_eq!(
-            parse_err("postgresql://u:hun/ter2@h/d"),
-            ConnInfoError::SlashInUserInfo
-        );
-        assert_eq!(
-            parse_err("host=h password=hun ter2"),
-            ConnInfoError::PasswordNeedsQuoting
-        );
-        assert_eq!(
-            parse_err("postgresql://h/d?password=hun&ter2"),
-            ConnInfoError::PasswordNeedsEncoding
-        );
+        assert_eq!(parse_err("postgresql://u:hun@ter2@h/d"), ConnInfoError::UnencodedAt);
+        assert_eq!(parse_err("postgresql://u:hun/ter2@h/d"), ConnInfoError::SlashInUserInfo);
+        assert_eq!(parse_err("host=h password=hun ter2"), ConnInfoError::PasswordNeedsQuoting);
+        assert_eq!(parse_err("postgresql://h/d?password=hun&ter2"), ConnInfoError::PasswordNeedsEncoding);
     }
 
     #[test]
@@ -1389,10 +1257,7 @@ mod tests {
              &connect_timeout=4&options=-c%20x%3D1",
         );
         let config = info.to_tokio_postgres();
-        assert_eq!(
-            config.get_hosts(),
-            &[TpHost::Tcp("h1".into()), TpHost::Tcp("h2".into())]
-        );
+        assert_eq!(config.get_hosts(), &[TpHost::Tcp("h1".into()), TpHost::Tcp("h2".into())]);
         assert_eq!(config.get_ports(), &[1, 2]);
         assert_eq!(config.get_user(), Some("u"));
         assert_eq!(config.get_password(), Some(&b"pw"[..]));
@@ -1409,10 +1274,7 @@ mod tests {
         assert_eq!(config.get_dbname(), Some(default_user()));
 
         let config = ConnInfo::default().to_tokio_postgres();
-        assert_eq!(
-            config.get_hosts(),
-            &[TpHost::Unix(DEFAULT_SOCKET_DIR.into())]
-        );
+        assert_eq!(config.get_hosts(), &[TpHost::Unix(DEFAULT_SOCKET_DIR.into())]);
         assert_eq!(config.get_ports(), &[DEFAULT_PORT]);
     }
 }

@@ -39,7 +39,7 @@ pub enum PgError {
     #[error("authentication with {target} failed: {message}")]
     Auth { target: String, message: String },
     #[error("{target}: {error}")]
-    Server { target: String, error: ServerError },
+    Server { target: String, error: Box<ServerError> },
     #[error("connection to {target} lost: {source}")]
     Io { target: String, source: io::Error },
     #[error("unexpected reply from {target}: {message}")]

@@ -50,11 +50,7 @@ pub struct DecodeOptions {
 /// match what the server sends, and guessing past that would misread the
 /// stream.
 pub fn decode(buf: Bytes, opts: DecodeOptions) -> Result<Message, DecodeError> {
-    let mut r = Reader {
-        buf,
-        pos: 0,
-        message: "pgoutput",
-    };
+    let mut r = Reader { buf, pos: 0, message: "pgoutput" };
     let tag = r.u8("message tag")?;
     let msg = match tag {
         b'B' => {
@@ -76,10 +72,7 @@ pub fn decode(buf: Bytes, opts: DecodeOptions) -> Result<Message, DecodeError> {
         }
         b'O' => {
             r.message = "Origin";
-            Message::Origin(Origin {
-                lsn: r.lsn("origin LSN")?,
-                name: r.string("origin name")?,
-            })
+            Message::Origin(Origin { lsn: r.lsn("origin LSN")?, name: r.string("origin name")? })
         }
         b'R' => {
             r.message = "Relation";
@@ -106,14 +99,7 @@ pub fn decode(buf: Bytes, opts: DecodeOptions) -> Result<Message, DecodeError> {
                     type_modifier: r.i32("column type modifier")?,
                 });
             }
-            Message::Relation(Relation {
-                xid,
-                oid,
-                namespace,
-                name,
-                replica_identity,
-                columns,
-            })
+            Message::Relation(Relation { xid, oid, namespace, name, replica_identity, columns })
         }
         b'Y' => {
             r.message = "Type";
@@ -138,11 +124,7 @@ pub fn decode(buf: Bytes, opts: DecodeOptions) -> Result<Message, DecodeError> {
                     });
                 }
             }
-            Message::Insert(Insert {
-                xid,
-                relation,
-                new: r.tuple()?,
-            })
+            Message::Insert(Insert { xid, relation, new: r.tuple()? })
         }
         b'U' => {
             r.message = "Update";
@@ -172,12 +154,7 @@ pub fn decode(buf: Bytes, opts: DecodeOptions) -> Result<Message, DecodeError> {
                     }
                 }
             }
-            Message::Update(Update {
-                xid,
-                relation,
-                old,
-                new: r.tuple()?,
-            })
+            Message::Update(Update { xid, relation, old, new: r.tuple()? })
         }
         b'D' => {
             r.message = "Delete";
@@ -257,12 +234,7 @@ pub fn decode(buf: Bytes, opts: DecodeOptions) -> Result<Message, DecodeError> {
             } else {
                 (None, None)
             };
-            Message::StreamAbort(StreamAbort {
-                xid,
-                subxid,
-                abort_lsn,
-                abort_time,
-            })
+            Message::StreamAbort(StreamAbort { xid, subxid, abort_lsn, abort_time })
         }
         b'b' => {
             r.message = "Begin Prepare";
@@ -325,10 +297,7 @@ impl Decoder {
     /// `stream_abort_info` must be true exactly when replication was started
     /// with protocol version 4 and `streaming 'parallel'`.
     pub fn new(stream_abort_info: bool) -> Self {
-        Decoder {
-            stream_abort_info,
-            streaming: None,
-        }
+        Decoder { stream_abort_info, streaming: None }
     }
 
     /// Decodes the next message of the stream. On error the state is left as
@@ -337,10 +306,7 @@ impl Decoder {
         let msg = decode(buf, self.options())?;
         match (&msg, self.streaming) {
             (Message::StreamStart(start), Some(open)) => {
-                return Err(DecodeError::NestedStreamStart {
-                    open,
-                    xid: start.xid,
-                });
+                return Err(DecodeError::NestedStreamStart { open, xid: start.xid });
             }
             (Message::StreamStart(start), None) => self.streaming = Some(start.xid),
             (Message::StreamStop, None) => return Err(DecodeError::StreamStopOutsideStream),
@@ -352,10 +318,7 @@ impl Decoder {
 
     /// The options the next message will be decoded with.
     pub fn options(&self) -> DecodeOptions {
-        DecodeOptions {
-            in_stream: self.streaming.is_some(),
-            stream_abort_info: self.stream_abort_info,
-        }
+        DecodeOptions { in_stream: self.streaming.is_some(), stream_abort_info: self.stream_abort_info }
     }
 
     /// The top-level transaction of the open stream block, if any.
@@ -613,10 +576,7 @@ pub enum DecodeError {
         "pgoutput {message} message ended before its {field}: the frame is truncated, \
          or the server speaks a different protocol version or streaming mode than ferry asked for"
     )]
-    UnexpectedEof {
-        message: &'static str,
-        field: &'static str,
-    },
+    UnexpectedEof { message: &'static str, field: &'static str },
     #[error(
         "unknown pgoutput message tag {}: the server may speak a newer protocol than \
          the proto_version ferry requested",
@@ -626,40 +586,24 @@ pub enum DecodeError {
     #[error("unknown tuple column kind {}: expected 'n', 'u', 't' or 'b'", ShowByte(*.0))]
     UnknownTupleKind(u8),
     #[error("{message} message has tuple marker {}, expected {expected}", ShowByte(*.marker))]
-    BadTupleMarker {
-        message: &'static str,
-        marker: u8,
-        expected: &'static str,
-    },
+    BadTupleMarker { message: &'static str, marker: u8, expected: &'static str },
     #[error("unknown replica identity {} in Relation message: expected 'd', 'n', 'f' or 'i'", ShowByte(*.0))]
     UnknownReplicaIdentity(u8),
     #[error(
         "{field} in pgoutput {message} message is not valid UTF-8: \
          connect with client_encoding=UTF8"
     )]
-    InvalidUtf8 {
-        message: &'static str,
-        field: &'static str,
-    },
+    InvalidUtf8 { message: &'static str, field: &'static str },
     #[error("{field} in pgoutput {message} message is not NUL-terminated: the frame is truncated")]
-    MissingNul {
-        message: &'static str,
-        field: &'static str,
-    },
+    MissingNul { message: &'static str, field: &'static str },
     #[error("{field} in pgoutput {message} message is negative ({len})")]
-    NegativeLength {
-        message: &'static str,
-        field: &'static str,
-        len: i32,
-    },
+    NegativeLength { message: &'static str, field: &'static str, len: i32 },
     #[error(
         "{count} unexpected bytes after a pgoutput {message} message: the decoder's options \
          (stream block, v4 parallel abort info) do not match what the server sends"
     )]
     TrailingBytes { message: &'static str, count: usize },
-    #[error(
-        "Stream Start for transaction {xid} while the stream block of transaction {open} is still open"
-    )]
+    #[error("Stream Start for transaction {xid} while the stream block of transaction {open} is still open")]
     NestedStreamStart { open: u32, xid: u32 },
     #[error("Stream Stop without an open stream block")]
     StreamStopOutsideStream,
@@ -690,10 +634,7 @@ struct Reader {
 
 impl Reader {
     fn eof(&self, field: &'static str) -> DecodeError {
-        DecodeError::UnexpectedEof {
-            message: self.message,
-            field,
-        }
+        DecodeError::UnexpectedEof { message: self.message, field }
     }
 
     fn remaining(&self) -> usize {
@@ -702,10 +643,7 @@ impl Reader {
 
     /// End of the next `n` bytes, if they are there.
     fn end(&self, n: usize, field: &'static str) -> Result<usize, DecodeError> {
-        self.pos
-            .checked_add(n)
-            .filter(|&end| end <= self.buf.len())
-            .ok_or_else(|| self.eof(field))
+        self.pos.checked_add(n).filter(|&end| end <= self.buf.len()).ok_or_else(|| self.eof(field))
     }
 
     fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
@@ -746,11 +684,7 @@ impl Reader {
     /// An Int32 count or length, which PostgreSQL never sends negative.
     fn length(&mut self, field: &'static str) -> Result<usize, DecodeError> {
         let len = self.i32(field)?;
-        usize::try_from(len).map_err(|_| DecodeError::NegativeLength {
-            message: self.message,
-            field,
-            len,
-        })
+        usize::try_from(len).map_err(|_| DecodeError::NegativeLength { message: self.message, field, len })
     }
 
     /// The next `n` bytes as a slice of the received frame, without copying.
@@ -763,17 +697,12 @@ impl Reader {
     }
 
     fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {
-        let missing_nul = || DecodeError::MissingNul {
-            message: self.message,
-            field,
-        };
+        let missing_nul = || DecodeError::MissingNul { message: self.message, field };
         let rest = self.buf.get(self.pos..).ok_or_else(missing_nul)?;
         let len = rest.iter().position(|&b| b == 0).ok_or_else(missing_nul)?;
         let text = rest.get(..len).ok_or_else(missing_nul)?;
-        let text = std::str::from_utf8(text).map_err(|_| DecodeError::InvalidUtf8 {
-            message: self.message,
-            field,
-        })?;
+        let text = std::str::from_utf8(text)
+            .map_err(|_| DecodeError::InvalidUtf8 { message: self.message, field })?;
         let text = text.to_owned();
         self.pos = self.end(len, field)?;
         self.pos = self.end(1, field)?;
@@ -784,19 +713,11 @@ impl Reader {
     /// own reader puts the name back, and so do we.
     fn namespace(&mut self) -> Result<String, DecodeError> {
         let name = self.string("namespace")?;
-        Ok(if name.is_empty() {
-            PG_CATALOG.to_owned()
-        } else {
-            name
-        })
+        Ok(if name.is_empty() { PG_CATALOG.to_owned() } else { name })
     }
 
     fn xid(&mut self, opts: DecodeOptions) -> Result<Option<u32>, DecodeError> {
-        if opts.in_stream {
-            Ok(Some(self.u32("transaction id")?))
-        } else {
-            Ok(None)
-        }
+        if opts.in_stream { Ok(Some(self.u32("transaction id")?)) } else { Ok(None) }
     }
 
     fn tuple(&mut self) -> Result<Tuple, DecodeError> {
@@ -838,10 +759,7 @@ impl Reader {
     fn finish(self) -> Result<(), DecodeError> {
         match self.remaining() {
             0 => Ok(()),
-            count => Err(DecodeError::TrailingBytes {
-                message: self.message,
-                count,
-            }),
+            count => Err(DecodeError::TrailingBytes { message: self.message, count }),
         }
     }
 }
@@ -1017,14 +935,7 @@ fn put_string(out: &mut BytesMut, s: &str) {
 }
 
 fn put_namespace(out: &mut BytesMut, namespace: &str) {
-    put_string(
-        out,
-        if namespace == PG_CATALOG {
-            ""
-        } else {
-            namespace
-        },
-    );
+    put_string(out, if namespace == PG_CATALOG { "" } else { namespace });
 }
 
 fn put_counted(out: &mut BytesMut, bytes: &[u8]) {
@@ -1089,18 +1000,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const PLAIN: DecodeOptions = DecodeOptions {
-        in_stream: false,
-        stream_abort_info: false,
-    };
-    const STREAM: DecodeOptions = DecodeOptions {
-        in_stream: true,
-        stream_abort_info: false,
-    };
-    const PARALLEL: DecodeOptions = DecodeOptions {
-        in_stream: false,
-        stream_abort_info: true,
-    };
+    const PLAIN: DecodeOptions = DecodeOptions { in_stream: false, stream_abort_info: false };
+    const STREAM: DecodeOptions = DecodeOptions { in_stream: true, stream_abort_info: false };
+    const PARALLEL: DecodeOptions = DecodeOptions { in_stream: false, stream_abort_info: true };
 
     fn frame(parts: &[&[u8]]) -> Bytes {
         Bytes::from(parts.concat())
@@ -1118,16 +1020,10 @@ mod tests {
         assert_eq!(decode(wire.clone(), opts), Ok(expected.clone()));
         assert_eq!(encode(&expected, opts), wire, "encode is not the inverse");
         for len in 0..wire.len() {
-            assert!(
-                decode(wire.slice(..len), opts).is_err(),
-                "prefix of {len} bytes decoded: {wire:?}"
-            );
+            assert!(decode(wire.slice(..len), opts).is_err(), "prefix of {len} bytes decoded: {wire:?}");
         }
         let longer = frame(&[&wire, b"\0"]);
-        assert!(matches!(
-            decode(longer, opts),
-            Err(DecodeError::TrailingBytes { count: 1, .. })
-        ));
+        assert!(matches!(decode(longer, opts), Err(DecodeError::TrailingBytes { count: 1, .. })));
     }
 
     const LSN: u64 = 0x16_B374_D848;
@@ -1139,29 +1035,14 @@ mod tests {
 
     #[test]
     fn begin() {
-        let wire = frame(&[
-            b"B",
-            &LSN.to_be_bytes(),
-            &TS.to_be_bytes(),
-            &731u32.to_be_bytes(),
-        ]);
-        let msg = Message::Begin(Begin {
-            final_lsn: Lsn(LSN),
-            commit_time: TS,
-            xid: 731,
-        });
+        let wire = frame(&[b"B", &LSN.to_be_bytes(), &TS.to_be_bytes(), &731u32.to_be_bytes()]);
+        let msg = Message::Begin(Begin { final_lsn: Lsn(LSN), commit_time: TS, xid: 731 });
         check(PLAIN, wire, msg);
     }
 
     #[test]
     fn commit() {
-        let wire = frame(&[
-            b"C",
-            &[0],
-            &LSN.to_be_bytes(),
-            &(LSN + 8).to_be_bytes(),
-            &TS.to_be_bytes(),
-        ]);
+        let wire = frame(&[b"C", &[0], &LSN.to_be_bytes(), &(LSN + 8).to_be_bytes(), &TS.to_be_bytes()]);
         let msg = Message::Commit(Commit {
             flags: 0,
             commit_lsn: Lsn(LSN),
@@ -1174,10 +1055,7 @@ mod tests {
     #[test]
     fn origin() {
         let wire = frame(&[b"O", &LSN.to_be_bytes(), b"ferry_orders\0"]);
-        let msg = Message::Origin(Origin {
-            lsn: Lsn(LSN),
-            name: "ferry_orders".into(),
-        });
+        let msg = Message::Origin(Origin { lsn: Lsn(LSN), name: "ferry_orders".into() });
         check(PLAIN, wire, msg);
     }
 
@@ -1189,18 +1067,8 @@ mod tests {
             name: "orders".into(),
             replica_identity: ReplicaIdentity::Default,
             columns: vec![
-                RelationColumn {
-                    is_key: true,
-                    name: "id".into(),
-                    type_oid: 20,
-                    type_modifier: -1,
-                },
-                RelationColumn {
-                    is_key: false,
-                    name: "note".into(),
-                    type_oid: 1043,
-                    type_modifier: 68,
-                },
+                RelationColumn { is_key: true, name: "id".into(), type_oid: 20, type_modifier: -1 },
+                RelationColumn { is_key: false, name: "note".into(), type_oid: 1043, type_modifier: 68 },
             ],
         }
     }
@@ -1287,12 +1155,7 @@ mod tests {
 
     #[test]
     fn type_message_in_stream() {
-        let wire = frame(&[
-            b"Y",
-            &5u32.to_be_bytes(),
-            &16500u32.to_be_bytes(),
-            b"app\0mood\0",
-        ]);
+        let wire = frame(&[b"Y", &5u32.to_be_bytes(), &16500u32.to_be_bytes(), b"app\0mood\0"]);
         let msg = Message::Type(TypeInfo {
             xid: Some(5),
             oid: 16500,
@@ -1328,29 +1191,15 @@ mod tests {
     fn insert_with_every_tuple_kind() {
         let (tuple_wire, tuple) = every_kind_tuple();
         let wire = frame(&[b"I", &16384u32.to_be_bytes(), b"N", &tuple_wire]);
-        let msg = Message::Insert(Insert {
-            xid: None,
-            relation: 16384,
-            new: tuple,
-        });
+        let msg = Message::Insert(Insert { xid: None, relation: 16384, new: tuple });
         check(PLAIN, wire, msg);
     }
 
     #[test]
     fn insert_in_stream() {
         let (tuple_wire, tuple) = every_kind_tuple();
-        let wire = frame(&[
-            b"I",
-            &901u32.to_be_bytes(),
-            &16384u32.to_be_bytes(),
-            b"N",
-            &tuple_wire,
-        ]);
-        let msg = Message::Insert(Insert {
-            xid: Some(901),
-            relation: 16384,
-            new: tuple,
-        });
+        let wire = frame(&[b"I", &901u32.to_be_bytes(), &16384u32.to_be_bytes(), b"N", &tuple_wire]);
+        let msg = Message::Insert(Insert { xid: Some(901), relation: 16384, new: tuple });
         check(STREAM, wire, msg);
     }
 
@@ -1373,11 +1222,7 @@ mod tests {
         });
         check(PLAIN, wire, msg);
         let wire = frame(&[b"I", &1u32.to_be_bytes(), b"N", &0u16.to_be_bytes()]);
-        let msg = Message::Insert(Insert {
-            xid: None,
-            relation: 1,
-            new: Tuple(vec![]),
-        });
+        let msg = Message::Insert(Insert { xid: None, relation: 1, new: Tuple(vec![]) });
         check(PLAIN, wire, msg);
     }
 
@@ -1391,12 +1236,7 @@ mod tests {
     fn update_without_old_tuple() {
         let (new_wire, new) = one_text("new");
         let wire = frame(&[b"U", &16384u32.to_be_bytes(), b"N", &new_wire]);
-        let msg = Message::Update(Update {
-            xid: None,
-            relation: 16384,
-            old: None,
-            new,
-        });
+        let msg = Message::Update(Update { xid: None, relation: 16384, old: None, new });
         check(PLAIN, wire, msg);
     }
 
@@ -1404,20 +1244,8 @@ mod tests {
     fn update_with_old_key() {
         let (old_wire, old) = one_text("1");
         let (new_wire, new) = one_text("2");
-        let wire = frame(&[
-            b"U",
-            &16384u32.to_be_bytes(),
-            b"K",
-            &old_wire,
-            b"N",
-            &new_wire,
-        ]);
-        let msg = Message::Update(Update {
-            xid: None,
-            relation: 16384,
-            old: Some(OldTuple::Key(old)),
-            new,
-        });
+        let wire = frame(&[b"U", &16384u32.to_be_bytes(), b"K", &old_wire, b"N", &new_wire]);
+        let msg = Message::Update(Update { xid: None, relation: 16384, old: Some(OldTuple::Key(old)), new });
         check(PLAIN, wire, msg);
     }
 
@@ -1425,21 +1253,10 @@ mod tests {
     fn update_with_full_old_row_in_stream() {
         let (old_wire, old) = one_text("before");
         let (new_wire, new) = one_text("after");
-        let wire = frame(&[
-            b"U",
-            &902u32.to_be_bytes(),
-            &16384u32.to_be_bytes(),
-            b"O",
-            &old_wire,
-            b"N",
-            &new_wire,
-        ]);
-        let msg = Message::Update(Update {
-            xid: Some(902),
-            relation: 16384,
-            old: Some(OldTuple::Full(old)),
-            new,
-        });
+        let wire =
+            frame(&[b"U", &902u32.to_be_bytes(), &16384u32.to_be_bytes(), b"O", &old_wire, b"N", &new_wire]);
+        let msg =
+            Message::Update(Update { xid: Some(902), relation: 16384, old: Some(OldTuple::Full(old)), new });
         check(STREAM, wire, msg);
     }
 
@@ -1447,37 +1264,18 @@ mod tests {
     fn delete_with_key_and_with_full_row() {
         let (old_wire, old) = one_text("1");
         let wire = frame(&[b"D", &16384u32.to_be_bytes(), b"K", &old_wire]);
-        let msg = Message::Delete(Delete {
-            xid: None,
-            relation: 16384,
-            old: OldTuple::Key(old.clone()),
-        });
+        let msg = Message::Delete(Delete { xid: None, relation: 16384, old: OldTuple::Key(old.clone()) });
         check(PLAIN, wire, msg);
 
-        let wire = frame(&[
-            b"D",
-            &903u32.to_be_bytes(),
-            &16384u32.to_be_bytes(),
-            b"O",
-            &old_wire,
-        ]);
-        let msg = Message::Delete(Delete {
-            xid: Some(903),
-            relation: 16384,
-            old: OldTuple::Full(old),
-        });
+        let wire = frame(&[b"D", &903u32.to_be_bytes(), &16384u32.to_be_bytes(), b"O", &old_wire]);
+        let msg = Message::Delete(Delete { xid: Some(903), relation: 16384, old: OldTuple::Full(old) });
         check(STREAM, wire, msg);
     }
 
     #[test]
     fn truncate() {
-        let wire = frame(&[
-            b"T",
-            &2i32.to_be_bytes(),
-            &[3],
-            &16384u32.to_be_bytes(),
-            &16390u32.to_be_bytes(),
-        ]);
+        let wire =
+            frame(&[b"T", &2i32.to_be_bytes(), &[3], &16384u32.to_be_bytes(), &16390u32.to_be_bytes()]);
         let msg = Message::Truncate(Truncate {
             xid: None,
             cascade: true,
@@ -1486,13 +1284,7 @@ mod tests {
         });
         check(PLAIN, wire, msg);
 
-        let wire = frame(&[
-            b"T",
-            &904u32.to_be_bytes(),
-            &1i32.to_be_bytes(),
-            &[2],
-            &16384u32.to_be_bytes(),
-        ]);
+        let wire = frame(&[b"T", &904u32.to_be_bytes(), &1i32.to_be_bytes(), &[2], &16384u32.to_be_bytes()]);
         let msg = Message::Truncate(Truncate {
             xid: Some(904),
             cascade: false,
@@ -1504,14 +1296,7 @@ mod tests {
 
     #[test]
     fn logical_messages() {
-        let wire = frame(&[
-            b"M",
-            &[0],
-            &LSN.to_be_bytes(),
-            b"ferry\0",
-            &5i32.to_be_bytes(),
-            b"hello",
-        ]);
+        let wire = frame(&[b"M", &[0], &LSN.to_be_bytes(), b"ferry\0", &5i32.to_be_bytes(), b"hello"]);
         let msg = Message::Message(LogicalMessage {
             xid: None,
             transactional: false,
@@ -1521,14 +1306,8 @@ mod tests {
         });
         check(PLAIN, wire, msg);
 
-        let wire = frame(&[
-            b"M",
-            &905u32.to_be_bytes(),
-            &[1],
-            &LSN.to_be_bytes(),
-            b"ferry\0",
-            &0i32.to_be_bytes(),
-        ]);
+        let wire =
+            frame(&[b"M", &905u32.to_be_bytes(), &[1], &LSN.to_be_bytes(), b"ferry\0", &0i32.to_be_bytes()]);
         let msg = Message::Message(LogicalMessage {
             xid: Some(905),
             transactional: true,
@@ -1542,16 +1321,10 @@ mod tests {
     #[test]
     fn stream_start_and_stop() {
         let wire = frame(&[b"S", &906u32.to_be_bytes(), &[1]]);
-        let msg = Message::StreamStart(StreamStart {
-            xid: 906,
-            first_segment: true,
-        });
+        let msg = Message::StreamStart(StreamStart { xid: 906, first_segment: true });
         check(PLAIN, wire, msg);
         let wire = frame(&[b"S", &906u32.to_be_bytes(), &[0]]);
-        let msg = Message::StreamStart(StreamStart {
-            xid: 906,
-            first_segment: false,
-        });
+        let msg = Message::StreamStart(StreamStart { xid: 906, first_segment: false });
         check(PLAIN, wire, msg);
         check(STREAM, frame(&[b"E"]), Message::StreamStop);
     }
@@ -1579,12 +1352,8 @@ mod tests {
     #[test]
     fn stream_abort_without_v4_info() {
         let wire = frame(&[b"A", &906u32.to_be_bytes(), &907u32.to_be_bytes()]);
-        let msg = Message::StreamAbort(StreamAbort {
-            xid: 906,
-            subxid: 907,
-            abort_lsn: None,
-            abort_time: None,
-        });
+        let msg =
+            Message::StreamAbort(StreamAbort { xid: 906, subxid: 907, abort_lsn: None, abort_time: None });
         check(PLAIN, wire, msg);
     }
 
@@ -1607,10 +1376,7 @@ mod tests {
         // Decoding with the wrong option is an error, not a silent misread.
         assert_eq!(
             decode(wire, PLAIN),
-            Err(DecodeError::TrailingBytes {
-                message: "Stream Abort",
-                count: 16
-            })
+            Err(DecodeError::TrailingBytes { message: "Stream Abort", count: 16 })
         );
     }
 
@@ -1711,15 +1477,9 @@ mod tests {
 
     #[test]
     fn empty_frame_and_unknown_tags_are_errors() {
-        assert!(matches!(
-            decode(Bytes::new(), PLAIN),
-            Err(DecodeError::UnexpectedEof { .. })
-        ));
+        assert!(matches!(decode(Bytes::new(), PLAIN), Err(DecodeError::UnexpectedEof { .. })));
         for tag in [b'Z', b'X', 0, 0xFF, b'w', b'k'] {
-            assert_eq!(
-                decode(frame(&[&[tag], &[0; 32]]), PLAIN),
-                Err(DecodeError::UnknownMessage(tag))
-            );
+            assert_eq!(decode(frame(&[&[tag], &[0; 32]]), PLAIN), Err(DecodeError::UnknownMessage(tag)));
         }
         let shown = DecodeError::UnknownMessage(b'Z').to_string();
         assert!(shown.contains("'Z' (0x5a)"), "{shown}");
@@ -1728,10 +1488,7 @@ mod tests {
     #[test]
     fn unknown_tuple_kind_is_an_error() {
         let wire = frame(&[b"I", &1u32.to_be_bytes(), b"N", &1u16.to_be_bytes(), b"x"]);
-        assert_eq!(
-            decode(wire, PLAIN),
-            Err(DecodeError::UnknownTupleKind(b'x'))
-        );
+        assert_eq!(decode(wire, PLAIN), Err(DecodeError::UnknownTupleKind(b'x')));
     }
 
     #[test]
@@ -1747,19 +1504,13 @@ mod tests {
         }
         // An old tuple must be followed by 'N'.
         let wire = frame(&[b"U", &1u32.to_be_bytes(), b"K", &tuple, b"K", &tuple]);
-        assert!(matches!(
-            decode(wire, PLAIN),
-            Err(DecodeError::BadTupleMarker { marker: b'K', .. })
-        ));
+        assert!(matches!(decode(wire, PLAIN), Err(DecodeError::BadTupleMarker { marker: b'K', .. })));
     }
 
     #[test]
     fn unknown_replica_identity_is_an_error() {
         let wire = frame(&[b"R", &7u32.to_be_bytes(), b"s\0t\0x", &[0, 0]]);
-        assert_eq!(
-            decode(wire, PLAIN),
-            Err(DecodeError::UnknownReplicaIdentity(b'x'))
-        );
+        assert_eq!(decode(wire, PLAIN), Err(DecodeError::UnknownReplicaIdentity(b'x')));
     }
 
     #[test]
@@ -1767,65 +1518,32 @@ mod tests {
         let wire = frame(&[b"O", &LSN.to_be_bytes(), b"caf\xE9\0"]);
         assert_eq!(
             decode(wire, PLAIN),
-            Err(DecodeError::InvalidUtf8 {
-                message: "Origin",
-                field: "origin name"
-            })
+            Err(DecodeError::InvalidUtf8 { message: "Origin", field: "origin name" })
         );
         let wire = frame(&[b"O", &LSN.to_be_bytes(), b"cafe"]);
         assert_eq!(
             decode(wire, PLAIN),
-            Err(DecodeError::MissingNul {
-                message: "Origin",
-                field: "origin name"
-            })
+            Err(DecodeError::MissingNul { message: "Origin", field: "origin name" })
         );
     }
 
     #[test]
     fn negative_lengths_are_errors() {
-        let wire = frame(&[
-            b"I",
-            &1u32.to_be_bytes(),
-            b"N",
-            &1u16.to_be_bytes(),
-            b"t",
-            &(-1i32).to_be_bytes(),
-        ]);
-        assert!(matches!(
-            decode(wire, PLAIN),
-            Err(DecodeError::NegativeLength { len: -1, .. })
-        ));
+        let wire =
+            frame(&[b"I", &1u32.to_be_bytes(), b"N", &1u16.to_be_bytes(), b"t", &(-1i32).to_be_bytes()]);
+        assert!(matches!(decode(wire, PLAIN), Err(DecodeError::NegativeLength { len: -1, .. })));
         let wire = frame(&[b"T", &i32::MIN.to_be_bytes(), &[0]]);
-        assert!(matches!(
-            decode(wire, PLAIN),
-            Err(DecodeError::NegativeLength { .. })
-        ));
+        assert!(matches!(decode(wire, PLAIN), Err(DecodeError::NegativeLength { .. })));
     }
 
     #[test]
     fn lying_counts_fail_without_reserving_memory() {
         let wire = frame(&[b"T", &i32::MAX.to_be_bytes(), &[0]]);
-        assert!(matches!(
-            decode(wire, PLAIN),
-            Err(DecodeError::UnexpectedEof { .. })
-        ));
+        assert!(matches!(decode(wire, PLAIN), Err(DecodeError::UnexpectedEof { .. })));
         let wire = frame(&[b"I", &1u32.to_be_bytes(), b"N", &u16::MAX.to_be_bytes()]);
-        assert!(matches!(
-            decode(wire, PLAIN),
-            Err(DecodeError::UnexpectedEof { .. })
-        ));
-        let wire = frame(&[
-            b"M",
-            &[0],
-            &LSN.to_be_bytes(),
-            b"p\0",
-            &i32::MAX.to_be_bytes(),
-        ]);
-        assert!(matches!(
-            decode(wire, PLAIN),
-            Err(DecodeError::UnexpectedEof { .. })
-        ));
+        assert!(matches!(decode(wire, PLAIN), Err(DecodeError::UnexpectedEof { .. })));
+        let wire = frame(&[b"M", &[0], &LSN.to_be_bytes(), b"p\0", &i32::MAX.to_be_bytes()]);
+        assert!(matches!(decode(wire, PLAIN), Err(DecodeError::UnexpectedEof { .. })));
     }
 
     #[test]
@@ -1833,48 +1551,28 @@ mod tests {
         let mut decoder = Decoder::new(false);
         let (tuple_wire, tuple) = one_text("x");
         let plain_insert = frame(&[b"I", &1u32.to_be_bytes(), b"N", &tuple_wire]);
-        let streamed_insert = frame(&[
-            b"I",
-            &910u32.to_be_bytes(),
-            &1u32.to_be_bytes(),
-            b"N",
-            &tuple_wire,
-        ]);
+        let streamed_insert = frame(&[b"I", &910u32.to_be_bytes(), &1u32.to_be_bytes(), b"N", &tuple_wire]);
 
         assert!(matches!(
             decoder.decode(plain_insert.clone()),
             Ok(Message::Insert(Insert { xid: None, .. }))
         ));
-        decoder
-            .decode(frame(&[b"S", &910u32.to_be_bytes(), &[1]]))
-            .unwrap();
+        decoder.decode(frame(&[b"S", &910u32.to_be_bytes(), &[1]])).unwrap();
         assert_eq!(decoder.streaming_xid(), Some(910));
         assert_eq!(
             decoder.decode(streamed_insert),
-            Ok(Message::Insert(Insert {
-                xid: Some(910),
-                relation: 1,
-                new: tuple,
-            }))
+            Ok(Message::Insert(Insert { xid: Some(910), relation: 1, new: tuple }))
         );
         assert_eq!(decoder.decode(frame(&[b"E"])), Ok(Message::StreamStop));
         assert_eq!(decoder.streaming_xid(), None);
-        assert!(matches!(
-            decoder.decode(plain_insert),
-            Ok(Message::Insert(Insert { xid: None, .. }))
-        ));
+        assert!(matches!(decoder.decode(plain_insert), Ok(Message::Insert(Insert { xid: None, .. }))));
     }
 
     #[test]
     fn decoder_rejects_unbalanced_stream_blocks() {
         let mut decoder = Decoder::new(false);
-        assert_eq!(
-            decoder.decode(frame(&[b"E"])),
-            Err(DecodeError::StreamStopOutsideStream)
-        );
-        decoder
-            .decode(frame(&[b"S", &1u32.to_be_bytes(), &[1]]))
-            .unwrap();
+        assert_eq!(decoder.decode(frame(&[b"E"])), Err(DecodeError::StreamStopOutsideStream));
+        decoder.decode(frame(&[b"S", &1u32.to_be_bytes(), &[1]])).unwrap();
         assert_eq!(
             decoder.decode(frame(&[b"S", &2u32.to_be_bytes(), &[1]])),
             Err(DecodeError::NestedStreamStart { open: 1, xid: 2 })
@@ -1885,20 +1583,11 @@ mod tests {
     #[test]
     fn decoder_passes_stream_abort_info_on() {
         let mut decoder = Decoder::new(true);
-        let wire = frame(&[
-            b"A",
-            &1u32.to_be_bytes(),
-            &2u32.to_be_bytes(),
-            &LSN.to_be_bytes(),
-            &TS.to_be_bytes(),
-        ]);
+        let wire =
+            frame(&[b"A", &1u32.to_be_bytes(), &2u32.to_be_bytes(), &LSN.to_be_bytes(), &TS.to_be_bytes()]);
         assert!(matches!(
             decoder.decode(wire),
-            Ok(Message::StreamAbort(StreamAbort {
-                abort_lsn: Some(_),
-                abort_time: Some(_),
-                ..
-            }))
+            Ok(Message::StreamAbort(StreamAbort { abort_lsn: Some(_), abort_time: Some(_), .. }))
         ));
     }
 
@@ -1922,11 +1611,7 @@ mod tests {
     }
 
     fn arb_xid(opts: DecodeOptions) -> BoxedStrategy<Option<u32>> {
-        if opts.in_stream {
-            any::<u32>().prop_map(Some).boxed()
-        } else {
-            Just(None).boxed()
-        }
+        if opts.in_stream { any::<u32>().prop_map(Some).boxed() } else { Just(None).boxed() }
     }
 
     fn arb_tuple() -> impl Strategy<Value = Tuple> {
@@ -1940,31 +1625,20 @@ mod tests {
     }
 
     fn arb_old_tuple() -> impl Strategy<Value = OldTuple> {
-        prop_oneof![
-            arb_tuple().prop_map(OldTuple::Key),
-            arb_tuple().prop_map(OldTuple::Full),
-        ]
+        prop_oneof![arb_tuple().prop_map(OldTuple::Key), arb_tuple().prop_map(OldTuple::Full),]
     }
 
     fn arb_prepare(flags: BoxedStrategy<u8>) -> impl Strategy<Value = PrepareInfo> {
-        (
-            flags,
-            arb_lsn(),
-            arb_lsn(),
-            any::<i64>(),
-            any::<u32>(),
-            arb_string(),
+        (flags, arb_lsn(), arb_lsn(), any::<i64>(), any::<u32>(), arb_string()).prop_map(
+            |(flags, prepare_lsn, end_lsn, prepare_time, xid, gid)| PrepareInfo {
+                flags,
+                prepare_lsn,
+                end_lsn,
+                prepare_time,
+                xid,
+                gid,
+            },
         )
-            .prop_map(|(flags, prepare_lsn, end_lsn, prepare_time, xid, gid)| {
-                PrepareInfo {
-                    flags,
-                    prepare_lsn,
-                    end_lsn,
-                    prepare_time,
-                    xid,
-                    gid,
-                }
-            })
     }
 
     /// Every message `decode` can produce under `opts`.
@@ -1985,19 +1659,13 @@ mod tests {
             },
         );
         let abort_info = if opts.stream_abort_info {
-            (arb_lsn(), any::<i64>())
-                .prop_map(|(l, t)| (Some(l), Some(t)))
-                .boxed()
+            (arb_lsn(), any::<i64>()).prop_map(|(l, t)| (Some(l), Some(t))).boxed()
         } else {
             Just((None, None)).boxed()
         };
         prop_oneof![
             (arb_lsn(), any::<i64>(), any::<u32>()).prop_map(|(final_lsn, commit_time, xid)| {
-                Message::Begin(Begin {
-                    final_lsn,
-                    commit_time,
-                    xid,
-                })
+                Message::Begin(Begin { final_lsn, commit_time, xid })
             }),
             (any::<u8>(), arb_lsn(), arb_lsn(), any::<i64>()).prop_map(
                 |(flags, commit_lsn, end_lsn, commit_time)| Message::Commit(Commit {
@@ -2017,53 +1685,28 @@ mod tests {
                 proptest::collection::vec(column, 0..5)
             )
                 .prop_map(|(xid, oid, namespace, name, replica_identity, columns)| {
-                    Message::Relation(Relation {
-                        xid,
-                        oid,
-                        namespace,
-                        name,
-                        replica_identity,
-                        columns,
-                    })
+                    Message::Relation(Relation { xid, oid, namespace, name, replica_identity, columns })
                 }),
-            (xid(), any::<u32>(), arb_namespace(), arb_string()).prop_map(
-                |(xid, oid, namespace, name)| Message::Type(TypeInfo {
-                    xid,
-                    oid,
-                    namespace,
-                    name,
-                })
+            (xid(), any::<u32>(), arb_namespace(), arb_string()).prop_map(|(xid, oid, namespace, name)| {
+                Message::Type(TypeInfo { xid, oid, namespace, name })
+            }),
+            (xid(), any::<u32>(), arb_tuple()).prop_map(|(xid, relation, new)| Message::Insert(Insert {
+                xid,
+                relation,
+                new
+            })),
+            (xid(), any::<u32>(), proptest::option::of(arb_old_tuple()), arb_tuple())
+                .prop_map(|(xid, relation, old, new)| Message::Update(Update { xid, relation, old, new })),
+            (xid(), any::<u32>(), arb_old_tuple()).prop_map(|(xid, relation, old)| Message::Delete(Delete {
+                xid,
+                relation,
+                old
+            })),
+            (xid(), any::<bool>(), any::<bool>(), proptest::collection::vec(any::<u32>(), 0..5)).prop_map(
+                |(xid, cascade, restart_identity, relations)| {
+                    Message::Truncate(Truncate { xid, cascade, restart_identity, relations })
+                }
             ),
-            (xid(), any::<u32>(), arb_tuple())
-                .prop_map(|(xid, relation, new)| Message::Insert(Insert { xid, relation, new })),
-            (
-                xid(),
-                any::<u32>(),
-                proptest::option::of(arb_old_tuple()),
-                arb_tuple()
-            )
-                .prop_map(|(xid, relation, old, new)| Message::Update(Update {
-                    xid,
-                    relation,
-                    old,
-                    new,
-                })),
-            (xid(), any::<u32>(), arb_old_tuple())
-                .prop_map(|(xid, relation, old)| Message::Delete(Delete { xid, relation, old })),
-            (
-                xid(),
-                any::<bool>(),
-                any::<bool>(),
-                proptest::collection::vec(any::<u32>(), 0..5)
-            )
-                .prop_map(|(xid, cascade, restart_identity, relations)| {
-                    Message::Truncate(Truncate {
-                        xid,
-                        cascade,
-                        restart_identity,
-                        relations,
-                    })
-                }),
             (xid(), any::<bool>(), arb_lsn(), arb_string(), arb_bytes()).prop_map(
                 |(xid, transactional, lsn, prefix, content)| Message::Message(LogicalMessage {
                     xid,
@@ -2077,42 +1720,19 @@ mod tests {
                 Message::StreamStart(StreamStart { xid, first_segment })
             }),
             Just(Message::StreamStop),
-            (
-                any::<u32>(),
-                any::<u8>(),
-                arb_lsn(),
-                arb_lsn(),
-                any::<i64>()
-            )
-                .prop_map(|(xid, flags, commit_lsn, end_lsn, commit_time)| {
-                    Message::StreamCommit(StreamCommit {
-                        xid,
-                        flags,
-                        commit_lsn,
-                        end_lsn,
-                        commit_time,
-                    })
-                }),
-            (any::<u32>(), any::<u32>(), abort_info).prop_map(
-                |(xid, subxid, (abort_lsn, abort_time))| Message::StreamAbort(StreamAbort {
-                    xid,
-                    subxid,
-                    abort_lsn,
-                    abort_time,
-                })
+            (any::<u32>(), any::<u8>(), arb_lsn(), arb_lsn(), any::<i64>()).prop_map(
+                |(xid, flags, commit_lsn, end_lsn, commit_time)| {
+                    Message::StreamCommit(StreamCommit { xid, flags, commit_lsn, end_lsn, commit_time })
+                }
             ),
+            (any::<u32>(), any::<u32>(), abort_info).prop_map(|(xid, subxid, (abort_lsn, abort_time))| {
+                Message::StreamAbort(StreamAbort { xid, subxid, abort_lsn, abort_time })
+            }),
             arb_prepare(Just(0).boxed()).prop_map(Message::BeginPrepare),
             arb_prepare(any::<u8>().boxed()).prop_map(Message::Prepare),
             arb_prepare(any::<u8>().boxed()).prop_map(Message::StreamPrepare),
-            (
-                any::<u8>(),
-                arb_lsn(),
-                arb_lsn(),
-                any::<i64>(),
-                any::<u32>(),
-                arb_string()
-            )
-                .prop_map(|(flags, commit_lsn, end_lsn, commit_time, xid, gid)| {
+            (any::<u8>(), arb_lsn(), arb_lsn(), any::<i64>(), any::<u32>(), arb_string()).prop_map(
+                |(flags, commit_lsn, end_lsn, commit_time, xid, gid)| {
                     Message::CommitPrepared(CommitPrepared {
                         flags,
                         commit_lsn,
@@ -2121,26 +1741,11 @@ mod tests {
                         xid,
                         gid,
                     })
-                }),
-            (
-                any::<u8>(),
-                arb_lsn(),
-                arb_lsn(),
-                any::<i64>(),
-                any::<i64>(),
-                any::<u32>(),
-                arb_string()
-            )
+                }
+            ),
+            (any::<u8>(), arb_lsn(), arb_lsn(), any::<i64>(), any::<i64>(), any::<u32>(), arb_string())
                 .prop_map(
-                    |(
-                        flags,
-                        prepare_end_lsn,
-                        rollback_end_lsn,
-                        prepare_time,
-                        rollback_time,
-                        xid,
-                        gid,
-                    )| {
+                    |(flags, prepare_end_lsn, rollback_end_lsn, prepare_time, rollback_time, xid, gid)| {
                         Message::RollbackPrepared(RollbackPrepared {
                             flags,
                             prepare_end_lsn,
@@ -2157,10 +1762,8 @@ mod tests {
     }
 
     fn arb_options() -> impl Strategy<Value = DecodeOptions> {
-        (any::<bool>(), any::<bool>()).prop_map(|(in_stream, stream_abort_info)| DecodeOptions {
-            in_stream,
-            stream_abort_info,
-        })
+        (any::<bool>(), any::<bool>())
+            .prop_map(|(in_stream, stream_abort_info)| DecodeOptions { in_stream, stream_abort_info })
     }
 
     fn arb_options_and_message() -> impl Strategy<Value = (DecodeOptions, Message)> {

@@ -80,9 +80,8 @@ impl ReplicationClient {
     pub async fn connect(info: &ConnInfo) -> Result<Self, PgError> {
         let conn = Connection::connect(info, &[("replication", "database")]).await?;
         let version = conn.parameter("server_version").unwrap_or_default().to_string();
-        let server_version_num = parse_server_version(&version).ok_or_else(|| {
-            conn.protocol(format!("cannot read the server version {version:?}"))
-        })?;
+        let server_version_num = parse_server_version(&version)
+            .ok_or_else(|| conn.protocol(format!("cannot read the server version {version:?}")))?;
         Ok(ReplicationClient { conn, server_version_num })
     }
 
@@ -133,7 +132,8 @@ impl ReplicationClient {
             (false, true) => " EXPORT_SNAPSHOT",
             (false, false) => " NOEXPORT_SNAPSHOT",
         };
-        let sql = format!("CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput{snapshot}", quote_ident(name));
+        let sql =
+            format!("CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput{snapshot}", quote_ident(name));
         let result = self.conn.simple_query(&sql).await?;
         let consistent_point = result
             .first("consistent_point")
@@ -156,9 +156,8 @@ impl ReplicationClient {
 
     /// The pgoutput options START_REPLICATION will send for `options`.
     pub fn plugin_options(&self, options: &StartOptions) -> Vec<(String, String)> {
-        let version = options
-            .protocol_version
-            .unwrap_or_else(|| highest_protocol_version(self.server_version_num));
+        let version =
+            options.protocol_version.unwrap_or_else(|| highest_protocol_version(self.server_version_num));
         let publications: Vec<String> = options.publications.iter().map(|p| quote_ident(p)).collect();
         let mut list = vec![
             ("proto_version".to_string(), version.to_string()),
@@ -193,18 +192,16 @@ impl ReplicationClient {
         );
         self.conn.buffer_query(&sql)?;
         self.conn.flush().await?;
-        loop {
-            let frame = self.conn.read_frame().await?;
-            match frame.tag {
-                b'W' => break,
-                b'E' => {
-                    let error = self.conn.server_error(&frame);
-                    // The server follows an error with ReadyForQuery.
-                    let _ = self.conn.read_frame().await;
-                    return Err(error);
-                }
-                other => return Err(self.conn.unexpected(other, "after START_REPLICATION")),
+        let frame = self.conn.read_frame().await?;
+        match frame.tag {
+            b'W' => {}
+            b'E' => {
+                let error = self.conn.server_error(&frame);
+                // The server follows an error with ReadyForQuery.
+                let _ = self.conn.read_frame().await;
+                return Err(error);
             }
+            other => return Err(self.conn.unexpected(other, "after START_REPLICATION")),
         }
         Ok(ReplicationStream { conn: self.conn, status: Vec::with_capacity(34) })
     }
@@ -233,14 +230,12 @@ impl ReplicationStream {
     /// The next message; `None` when the server ended the stream. Cancel
     /// safe, so it can sit in a `select!` beside a status timer.
     pub async fn next(&mut self) -> Result<Option<ReplicationMessage>, PgError> {
-        loop {
-            let frame = self.conn.read_frame().await?;
-            match frame.tag {
-                b'd' => return self.parse_copy_data(frame.body()).map(Some),
-                b'c' => return Ok(None),
-                b'E' => return Err(self.conn.server_error(&frame)),
-                other => return Err(self.conn.unexpected(other, "in the replication stream")),
-            }
+        let frame = self.conn.read_frame().await?;
+        match frame.tag {
+            b'd' => self.parse_copy_data(frame.body()).map(Some),
+            b'c' => Ok(None),
+            b'E' => Err(self.conn.server_error(&frame)),
+            other => Err(self.conn.unexpected(other, "in the replication stream")),
         }
     }
 

@@ -21,9 +21,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Connection, NoTls};
@@ -39,18 +37,10 @@ const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {what} file {}: {error}", .path.display())]
-    ReadFile {
-        what: &'static str,
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    ReadFile { what: &'static str, path: PathBuf, error: std::io::Error },
 
     #[error("{what} file {} is not valid PEM: {error}", .path.display())]
-    BadPem {
-        what: &'static str,
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    BadPem { what: &'static str, path: PathBuf, error: std::io::Error },
 
     #[error(
         "{what} file {} holds no certificate (expected PEM \"BEGIN CERTIFICATE\" blocks)",
@@ -88,11 +78,7 @@ pub enum TlsError {
         .cert.display(),
         .key.display()
     )]
-    ClientAuth {
-        cert: PathBuf,
-        key: PathBuf,
-        error: rustls::Error,
-    },
+    ClientAuth { cert: PathBuf, key: PathBuf, error: rustls::Error },
 
     #[error("cannot build the certificate verifier: {0}")]
     Verifier(rustls::client::VerifierBuilderError),
@@ -131,11 +117,7 @@ pub fn client_config(info: &ConnInfo) -> Result<Option<Arc<ClientConfig>>, TlsEr
     let mut config = match client_auth {
         Some((cert_path, key_path, certs, key)) => builder
             .with_client_auth_cert(certs, key)
-            .map_err(|error| TlsError::ClientAuth {
-                cert: cert_path,
-                key: key_path,
-                error,
-            })?,
+            .map_err(|error| TlsError::ClientAuth { cert: cert_path, key: key_path, error })?,
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
@@ -145,13 +127,8 @@ pub fn client_config(info: &ConnInfo) -> Result<Option<Arc<ClientConfig>>, TlsEr
 /// The name a server's certificate is checked against: an IP address when
 /// `host` is one (brackets allowed), a DNS name otherwise.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    ServerName::try_from(bare.to_string()).map_err(|_| TlsError::InvalidServerName {
-        host: host.to_string(),
-    })
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    ServerName::try_from(bare.to_string()).map_err(|_| TlsError::InvalidServerName { host: host.to_string() })
 }
 
 /// The certificate verifier for `info.sslmode` (not `disable`).
@@ -180,29 +157,17 @@ fn load_roots(info: &ConnInfo) -> Result<Arc<RootCertStore>, TlsError> {
             let certs = read_certs("sslrootcert", path)?;
             let (added, ignored) = roots.add_parsable_certificates(certs);
             if added == 0 {
-                return Err(TlsError::UnusableRoots {
-                    path: path.clone(),
-                    ignored,
-                });
+                return Err(TlsError::UnusableRoots { path: path.clone(), ignored });
             }
         }
         _ => {
             let found = rustls_native_certs::load_native_certs();
             let (added, _) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
-                let detail = found
-                    .errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ");
+                let detail = found.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
                 return Err(TlsError::NoSystemRoots {
                     mode: info.sslmode,
-                    detail: if detail.is_empty() {
-                        detail
-                    } else {
-                        format!(" ({detail})")
-                    },
+                    detail: if detail.is_empty() { detail } else { format!(" ({detail})") },
                 });
             }
         }
@@ -211,37 +176,21 @@ fn load_roots(info: &ConnInfo) -> Result<Arc<RootCertStore>, TlsError> {
 }
 
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|error| TlsError::ReadFile {
-        what,
-        path: path.to_path_buf(),
-        error,
-    })
+    std::fs::read(path).map_err(|error| TlsError::ReadFile { what, path: path.to_path_buf(), error })
 }
 
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read_file(what, path)?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| TlsError::BadPem {
-            what,
-            path: path.to_path_buf(),
-            error,
-        })?;
+        .map_err(|error| TlsError::BadPem { what, path: path.to_path_buf(), error })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificates {
-            what,
-            path: path.to_path_buf(),
-        });
+        return Err(TlsError::NoCertificates { what, path: path.to_path_buf() });
     }
     Ok(certs)
 }
 
-type ClientAuth = (
-    PathBuf,
-    PathBuf,
-    Vec<CertificateDer<'static>>,
-    PrivateKeyDer<'static>,
-);
+type ClientAuth = (PathBuf, PathBuf, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
 fn client_auth(info: &ConnInfo) -> Result<Option<ClientAuth>, TlsError> {
     let (cert_path, key_path) = match (&info.sslcert, &info.sslkey) {
@@ -253,14 +202,8 @@ fn client_auth(info: &ConnInfo) -> Result<Option<ClientAuth>, TlsError> {
     let certs = read_certs("sslcert", cert_path)?;
     let pem = read_file("sslkey", key_path)?;
     let key = rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|error| TlsError::BadPem {
-            what: "sslkey",
-            path: key_path.clone(),
-            error,
-        })?
-        .ok_or_else(|| TlsError::NoPrivateKey {
-            path: key_path.clone(),
-        })?;
+        .map_err(|error| TlsError::BadPem { what: "sslkey", path: key_path.clone(), error })?
+        .ok_or_else(|| TlsError::NoPrivateKey { path: key_path.clone() })?;
     Ok(Some((cert_path.clone(), key_path.clone(), certs, key)))
 }
 
@@ -274,9 +217,7 @@ struct EncryptionOnly {
 
 impl EncryptionOnly {
     fn new(provider: &CryptoProvider) -> Self {
-        EncryptionOnly {
-            algorithms: provider.signature_verification_algorithms,
-        }
+        EncryptionOnly { algorithms: provider.signature_verification_algorithms }
     }
 }
 
@@ -332,13 +273,7 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -380,10 +315,7 @@ pub enum SqlConnectError {
     /// Every host tried failed; `attempts` is in the order tried and never
     /// empty. An authentication failure ends the search early, as in libpq.
     #[error("cannot connect to {target}: {}", Attempts(.attempts))]
-    Failed {
-        target: String,
-        attempts: Vec<Attempt>,
-    },
+    Failed { target: String, attempts: Vec<Attempt> },
 }
 
 impl SqlConnectError {
@@ -410,12 +342,7 @@ pub struct Attempt {
 pub enum AttemptFailure {
     /// The server answered with an error (authentication, unknown database,
     /// too many connections, starting up, ...).
-    Server {
-        code: SqlState,
-        message: String,
-        detail: Option<String>,
-        hint: Option<String>,
-    },
+    Server { code: SqlState, message: String, detail: Option<String>, hint: Option<String> },
     /// The host could not be reached, or the TLS handshake failed.
     Connect(tokio_postgres::Error),
     /// `connect_timeout` passed before the connection was ready.
@@ -425,12 +352,7 @@ pub enum AttemptFailure {
 impl fmt::Display for AttemptFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AttemptFailure::Server {
-                code,
-                message,
-                hint,
-                ..
-            } => {
+            AttemptFailure::Server { code, message, hint, .. } => {
                 write!(f, "server error {}: {message}", code.code())?;
                 if let Some(hint) = hint {
                     write!(f, " (hint: {hint})")?;
@@ -449,11 +371,7 @@ impl fmt::Display for AttemptFailure {
                 Ok(())
             }
             AttemptFailure::Timeout(after) => {
-                write!(
-                    f,
-                    "no connection after {}s (connect_timeout)",
-                    after.as_secs()
-                )
+                write!(f, "no connection after {}s (connect_timeout)", after.as_secs())
             }
         }
     }
@@ -488,10 +406,7 @@ impl fmt::Display for Attempts<'_> {
 /// (with the redacted target) and the client's calls fail.
 pub async fn connect_sql(info: &ConnInfo) -> Result<Client, SqlConnectError> {
     let target = info.to_string();
-    let tls = client_config(info).map_err(|error| SqlConnectError::Tls {
-        target: target.clone(),
-        error,
-    })?;
+    let tls = client_config(info).map_err(|error| SqlConnectError::Tls { target: target.clone(), error })?;
     let mut attempts = Vec::new();
     for endpoint in info.endpoints() {
         match connect_endpoint(info, &endpoint, tls.as_ref(), &target).await {
@@ -517,19 +432,14 @@ async fn connect_endpoint(
     tls: Option<&Arc<ClientConfig>>,
     target: &str,
 ) -> Result<Client, AttemptFailure> {
-    let single = ConnInfo {
-        hosts: vec![endpoint.host.clone()],
-        ports: vec![endpoint.port],
-        ..info.clone()
-    };
+    let single = ConnInfo { hosts: vec![endpoint.host.clone()], ports: vec![endpoint.port], ..info.clone() };
     let config = single.to_tokio_postgres();
     let connecting = async {
         let connected = match (&endpoint.host, tls) {
             // PostgreSQL offers no TLS on Unix sockets.
             (Host::Tcp(_), Some(tls)) => {
-                let (client, connection) = config
-                    .connect(MakeRustlsConnect::new(ClientConfig::clone(tls)))
-                    .await?;
+                let (client, connection) =
+                    config.connect(MakeRustlsConnect::new(ClientConfig::clone(tls))).await?;
                 spawn_connection(connection, target, endpoint);
                 client
             }
@@ -544,9 +454,9 @@ async fn connect_endpoint(
     let result = match info.connect_timeout {
         // tokio-postgres' own timeout covers only the TCP connect; libpq's
         // covers the whole startup, TLS and authentication included.
-        Some(after) => tokio::time::timeout(after, connecting)
-            .await
-            .map_err(|_| AttemptFailure::Timeout(after))?,
+        Some(after) => {
+            tokio::time::timeout(after, connecting).await.map_err(|_| AttemptFailure::Timeout(after))?
+        }
         None => connecting.await,
     };
     result.map_err(|error| match error.as_db_error() {
@@ -579,8 +489,7 @@ where
 mod tests {
     use super::*;
     use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
     };
     use std::io::Write as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -595,27 +504,16 @@ mod tests {
     fn pki(ca_name: &str) -> Pki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, ca_name);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        ca_params.distinguished_name.push(DnType::CommonName, ca_name);
+        ca_params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let server_key = KeyPair::generate().unwrap();
         let mut server_params =
             CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        server_params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
+        server_params.distinguished_name.push(DnType::CommonName, "localhost");
         let server_cert = server_params.signed_by(&server_key, &ca).unwrap();
-        Pki {
-            ca_pem: ca.pem(),
-            server_cert: server_cert.der().clone(),
-            server_key,
-        }
+        Pki { ca_pem: ca.pem(), server_cert: server_cert.der().clone(), server_key }
     }
 
     fn pem_file(contents: &str) -> tempfile::NamedTempFile {
@@ -654,10 +552,7 @@ mod tests {
         check(&verifier, &pki.server_cert, "127.0.0.1").unwrap();
 
         let err = check(&verifier, &pki.server_cert, "db.example.com").unwrap_err();
-        assert!(
-            err.to_string().contains("db.example.com"),
-            "the error should name the host: {err}"
-        );
+        assert!(err.to_string().contains("db.example.com"), "the error should name the host: {err}");
         assert!(check(&verifier, &pki.server_cert, "10.1.2.3").is_err());
     }
 
@@ -668,10 +563,7 @@ mod tests {
         let roots = pem_file(&ours.ca_pem);
         let verifier = verifier(&info(SslMode::VerifyFull, Some(roots.path())), &ring()).unwrap();
         let err = check(&verifier, &theirs.server_cert, "localhost").unwrap_err();
-        assert!(matches!(
-            err,
-            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
-        ));
+        assert!(matches!(err, rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)));
     }
 
     #[test]
@@ -688,10 +580,7 @@ mod tests {
         for host in ["localhost", "db.example.com"] {
             let err = check(&verifier, &theirs.server_cert, host).unwrap_err();
             assert!(
-                matches!(
-                    err,
-                    rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
-                ),
+                matches!(err, rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)),
                 "{host}: {err}"
             );
         }
@@ -718,18 +607,12 @@ mod tests {
 
     #[test]
     fn disable_has_no_tls_config() {
-        assert!(
-            client_config(&info(SslMode::Disable, None))
-                .unwrap()
-                .is_none()
-        );
+        assert!(client_config(&info(SslMode::Disable, None)).unwrap().is_none());
     }
 
     #[test]
     fn configs_offer_the_postgresql_alpn() {
-        let config = client_config(&info(SslMode::Require, None))
-            .unwrap()
-            .unwrap();
+        let config = client_config(&info(SslMode::Require, None)).unwrap().unwrap();
         assert_eq!(config.alpn_protocols, vec![b"postgresql".to_vec()]);
     }
 
@@ -738,27 +621,16 @@ mod tests {
         let missing = Path::new("/nonexistent/ferry/root.crt");
         let err = client_config(&info(SslMode::VerifyFull, Some(missing))).unwrap_err();
         assert!(matches!(err, TlsError::ReadFile { .. }));
-        assert!(
-            err.to_string().contains("/nonexistent/ferry/root.crt"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("/nonexistent/ferry/root.crt"), "{err}");
 
         let empty = pem_file("");
         let err = client_config(&info(SslMode::VerifyCa, Some(empty.path()))).unwrap_err();
         assert!(matches!(err, TlsError::NoCertificates { .. }));
-        assert!(
-            err.to_string()
-                .contains(&empty.path().display().to_string()),
-            "{err}"
-        );
+        assert!(err.to_string().contains(&empty.path().display().to_string()), "{err}");
 
         let garbage = pem_file("-----BEGIN CERTIFICATE-----\nnot base64!\n");
         let err = client_config(&info(SslMode::VerifyCa, Some(garbage.path()))).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains(&garbage.path().display().to_string()),
-            "{err}"
-        );
+        assert!(err.to_string().contains(&garbage.path().display().to_string()), "{err}");
     }
 
     #[test]
@@ -775,17 +647,11 @@ mod tests {
 
         let mut with_cert = info(SslMode::Require, None);
         with_cert.sslcert = Some(cert.path().to_path_buf());
-        assert!(matches!(
-            client_config(&with_cert).unwrap_err(),
-            TlsError::CertWithoutKey
-        ));
+        assert!(matches!(client_config(&with_cert).unwrap_err(), TlsError::CertWithoutKey));
 
         let mut with_key = info(SslMode::Require, None);
         with_key.sslkey = Some(key.path().to_path_buf());
-        assert!(matches!(
-            client_config(&with_key).unwrap_err(),
-            TlsError::KeyWithoutCert
-        ));
+        assert!(matches!(client_config(&with_key).unwrap_err(), TlsError::KeyWithoutCert));
 
         let mut both = with_cert.clone();
         both.sslkey = Some(key.path().to_path_buf());
@@ -794,30 +660,15 @@ mod tests {
 
         let mut key_is_a_cert = with_cert;
         key_is_a_cert.sslkey = Some(cert.path().to_path_buf());
-        assert!(matches!(
-            client_config(&key_is_a_cert).unwrap_err(),
-            TlsError::NoPrivateKey { .. }
-        ));
+        assert!(matches!(client_config(&key_is_a_cert).unwrap_err(), TlsError::NoPrivateKey { .. }));
     }
 
     #[test]
     fn server_names_for_dns_names_and_addresses() {
-        assert!(matches!(
-            server_name("db.internal").unwrap(),
-            ServerName::DnsName(_)
-        ));
-        assert!(matches!(
-            server_name("127.0.0.1").unwrap(),
-            ServerName::IpAddress(_)
-        ));
-        assert!(matches!(
-            server_name("::1").unwrap(),
-            ServerName::IpAddress(_)
-        ));
-        assert!(matches!(
-            server_name("[2001:db8::1]").unwrap(),
-            ServerName::IpAddress(_)
-        ));
+        assert!(matches!(server_name("db.internal").unwrap(), ServerName::DnsName(_)));
+        assert!(matches!(server_name("127.0.0.1").unwrap(), ServerName::IpAddress(_)));
+        assert!(matches!(server_name("::1").unwrap(), ServerName::IpAddress(_)));
+        assert!(matches!(server_name("[2001:db8::1]").unwrap(), ServerName::IpAddress(_)));
         let err = server_name("not a host!").unwrap_err();
         assert!(err.to_string().contains("not a host!"));
     }
@@ -843,9 +694,7 @@ mod tests {
             stream.flush().await?;
             Ok::<_, std::io::Error>(())
         });
-        let mut stream = connector
-            .connect(server_name(host).unwrap(), client_io)
-            .await?;
+        let mut stream = connector.connect(server_name(host).unwrap(), client_io).await?;
         let mut byte = [0u8];
         stream.read_exact(&mut byte).await?;
         assert_eq!(&byte, b"S");
@@ -867,9 +716,7 @@ mod tests {
         assert!(err.to_string().contains("db.example.com"), "{err}");
         handshake(&ours, &ca, "db.example.com").await.unwrap();
         assert!(handshake(&theirs, &ca, "localhost").await.is_err());
-        handshake(&theirs, &require, "db.example.com")
-            .await
-            .unwrap();
+        handshake(&theirs, &require, "db.example.com").await.unwrap();
     }
 
     fn closed_port() -> u16 {
@@ -880,11 +727,10 @@ mod tests {
     #[tokio::test]
     async fn unreachable_hosts_are_all_reported_without_the_password() {
         let (a, b) = (closed_port(), closed_port());
-        let info: ConnInfo = format!(
-            "postgresql://ferry:hunter2@127.0.0.1:{a},127.0.0.1:{b}/orders?sslmode=disable"
-        )
-        .parse()
-        .unwrap();
+        let info: ConnInfo =
+            format!("postgresql://ferry:hunter2@127.0.0.1:{a},127.0.0.1:{b}/orders?sslmode=disable")
+                .parse()
+                .unwrap();
         let err = connect_sql(&info).await.unwrap_err();
         let SqlConnectError::Failed { attempts, .. } = &err else {
             panic!("expected Failed, got {err:?}");
@@ -904,10 +750,7 @@ mod tests {
     async fn missing_socket_directory_is_an_attempt_failure() {
         let info: ConnInfo = "host=/nonexistent/ferry port=5999".parse().unwrap();
         let err = connect_sql(&info).await.unwrap_err();
-        assert!(
-            err.to_string().contains("/nonexistent/ferry/.s.PGSQL.5999"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("/nonexistent/ferry/.s.PGSQL.5999"), "{err}");
     }
 
     #[tokio::test]
@@ -965,11 +808,10 @@ mod tests {
     async fn authentication_failure_reports_sqlstate_and_stops_the_host_search() {
         let (port, server) = refusing_server().await;
         let other = closed_port();
-        let info: ConnInfo = format!(
-            "postgresql://ferry:hunter2@127.0.0.1:{port},127.0.0.1:{other}/orders?sslmode=disable"
-        )
-        .parse()
-        .unwrap();
+        let info: ConnInfo =
+            format!("postgresql://ferry:hunter2@127.0.0.1:{port},127.0.0.1:{other}/orders?sslmode=disable")
+                .parse()
+                .unwrap();
         let err = connect_sql(&info).await.unwrap_err();
         assert_eq!(err.sqlstate(), Some(&SqlState::INVALID_PASSWORD));
         let SqlConnectError::Failed { attempts, .. } = &err else {

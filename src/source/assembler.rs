@@ -26,7 +26,11 @@ struct Spool {
 
 impl Spool {
     fn new() -> io::Result<Spool> {
-        Ok(Spool { writer: BufWriter::with_capacity(256 * 1024, tempfile::tempfile()?), len: 0, first_offsets: Vec::new() })
+        Ok(Spool {
+            writer: BufWriter::with_capacity(256 * 1024, tempfile::tempfile()?),
+            len: 0,
+            first_offsets: Vec::new(),
+        })
     }
 
     fn append(&mut self, xid: u32, raw: &[u8]) -> io::Result<()> {
@@ -128,12 +132,32 @@ impl Assembler {
         match message {
             Message::Begin(begin) => {
                 self.open_xid = Some(begin.xid);
-                send(out, SourceEvent::Begin { xid: begin.xid, commit_lsn: begin.final_lsn, commit_time: begin.commit_time }).await
+                send(
+                    out,
+                    SourceEvent::Begin {
+                        xid: begin.xid,
+                        commit_lsn: begin.final_lsn,
+                        commit_time: begin.commit_time,
+                    },
+                )
+                .await
             }
             Message::Commit(commit) => {
-                let xid = self.open_xid.take().ok_or_else(|| SourceError::Sequence("Commit without Begin".into()))?;
+                let xid = self
+                    .open_xid
+                    .take()
+                    .ok_or_else(|| SourceError::Sequence("Commit without Begin".into()))?;
                 self.last_commit_end = commit.end_lsn;
-                send(out, SourceEvent::Commit { xid, commit_lsn: commit.commit_lsn, end_lsn: commit.end_lsn, commit_time: commit.commit_time }).await
+                send(
+                    out,
+                    SourceEvent::Commit {
+                        xid,
+                        commit_lsn: commit.commit_lsn,
+                        end_lsn: commit.end_lsn,
+                        commit_time: commit.commit_time,
+                    },
+                )
+                .await
             }
             Message::Origin(origin) => send(out, SourceEvent::Origin { name: origin.name }).await,
             Message::StreamStart(start) => {
@@ -150,23 +174,52 @@ impl Assembler {
             Message::StreamAbort(abort) => self.stream_abort(abort.xid, abort.subxid),
             Message::StreamCommit(commit) => {
                 let spool = self.streams.remove(&commit.xid).ok_or_else(|| {
-                    SourceError::Sequence(format!("Stream Commit of transaction {} that never started", commit.xid))
+                    SourceError::Sequence(format!(
+                        "Stream Commit of transaction {} that never started",
+                        commit.xid
+                    ))
                 })?;
-                send(out, SourceEvent::Begin { xid: commit.xid, commit_lsn: commit.commit_lsn, commit_time: commit.commit_time }).await?;
+                send(
+                    out,
+                    SourceEvent::Begin {
+                        xid: commit.xid,
+                        commit_lsn: commit.commit_lsn,
+                        commit_time: commit.commit_time,
+                    },
+                )
+                .await?;
                 self.replay(spool, out).await?;
                 self.last_commit_end = commit.end_lsn;
-                send(out, SourceEvent::Commit { xid: commit.xid, commit_lsn: commit.commit_lsn, end_lsn: commit.end_lsn, commit_time: commit.commit_time }).await
+                send(
+                    out,
+                    SourceEvent::Commit {
+                        xid: commit.xid,
+                        commit_lsn: commit.commit_lsn,
+                        end_lsn: commit.end_lsn,
+                        commit_time: commit.commit_time,
+                    },
+                )
+                .await
             }
-            Message::BeginPrepare(_) | Message::Prepare(_) | Message::CommitPrepared(_) | Message::RollbackPrepared(_) | Message::StreamPrepare(_) => {
-                Err(SourceError::Sequence("two-phase commit messages arrived, but ferry never asks for them".into()))
-            }
+            Message::BeginPrepare(_)
+            | Message::Prepare(_)
+            | Message::CommitPrepared(_)
+            | Message::RollbackPrepared(_)
+            | Message::StreamPrepare(_) => Err(SourceError::Sequence(
+                "two-phase commit messages arrived, but ferry never asks for them".into(),
+            )),
             other => self.data_message(other, raw, out).await,
         }
     }
 
     /// Relation, Type and row messages: spooled inside a stream block,
     /// otherwise resolved and sent on.
-    async fn data_message(&mut self, message: Message, raw: Bytes, out: &mpsc::Sender<SourceEvent>) -> Result<(), SourceError> {
+    async fn data_message(
+        &mut self,
+        message: Message,
+        raw: Bytes,
+        out: &mpsc::Sender<SourceEvent>,
+    ) -> Result<(), SourceError> {
         if let Some(top) = self.stream_block {
             let xid = message_xid(&message).unwrap_or(top);
             let spool = self.streams.get_mut(&top).ok_or_else(|| {
@@ -266,4 +319,3 @@ fn resolve(
         other => return Err(SourceError::Sequence(format!("unexpected message {other:?}"))),
     })
 }
-

@@ -19,7 +19,9 @@ pub enum CatalogError {
          ALTER TABLE {0} REPLICA IDENTITY FULL"
     )]
     NoReplicaIdentity(QualifiedName),
-    #[error("publication {0:?} is configured but does not exist on the source; create it, or leave `publication` out and ferry manages one")]
+    #[error(
+        "publication {0:?} is configured but does not exist on the source; create it, or leave `publication` out and ferry manages one"
+    )]
     MissingPublication(String),
 }
 

@@ -26,11 +26,22 @@ pub use assembler::Assembler;
 /// One step of a committed transaction, as the rest of ferry sees it.
 #[derive(Debug, Clone)]
 pub enum SourceEvent {
-    Begin { xid: u32, commit_lsn: Lsn, commit_time: i64 },
+    Begin {
+        xid: u32,
+        commit_lsn: Lsn,
+        commit_time: i64,
+    },
     /// The transaction was applied by another replicator (replication origin).
-    Origin { name: String },
+    Origin {
+        name: String,
+    },
     Change(Change),
-    Commit { xid: u32, commit_lsn: Lsn, end_lsn: Lsn, commit_time: i64 },
+    Commit {
+        xid: u32,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time: i64,
+    },
     /// A `pg_logical_emit_message` with `transactional = false`: it stands
     /// alone, outside any transaction.
     Message(LogicalMessage),
@@ -111,11 +122,15 @@ pub async fn read_stream(
                         feedback.idle_wal_end = feedback.idle_wal_end.max(wal_end);
                     }
                     if reply_requested {
-                        feedback.send(&mut stream, &assembler, *durable.borrow()).await?;
+                        let durable = *durable.borrow();
+                        feedback.send(&mut stream, &assembler, durable).await?;
                     }
                 }
             },
-            _ = ticker.tick() => feedback.send(&mut stream, &assembler, *durable.borrow_and_update()).await?,
+            _ = ticker.tick() => {
+                let durable = *durable.borrow_and_update();
+                feedback.send(&mut stream, &assembler, durable).await?;
+            }
         }
     }
     drop(out);
@@ -146,7 +161,12 @@ impl Feedback {
         }
     }
 
-    async fn send(&self, stream: &mut ReplicationStream, assembler: &Assembler, durable: Lsn) -> Result<(), SourceError> {
+    async fn send(
+        &self,
+        stream: &mut ReplicationStream,
+        assembler: &Assembler,
+        durable: Lsn,
+    ) -> Result<(), SourceError> {
         let flushed = self.flushed(assembler, durable);
         stream.send_status(self.written.max(flushed), flushed, flushed, false).await?;
         Ok(())

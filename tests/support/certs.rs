@@ -21,5 +21,9 @@ pub fn generate(names: &[&str]) -> TestCerts {
     let mut server_params = CertificateParams::new(names).unwrap();
     server_params.distinguished_name.push(rcgen::DnType::CommonName, "ferry test server");
     let server_cert = server_params.signed_by(&server_key, &ca).unwrap();
-    TestCerts { ca_pem: ca.pem(), server_cert_pem: server_cert.pem(), server_key_pem: server_key.serialize_pem() }
+    TestCerts {
+        ca_pem: ca.pem(),
+        server_cert_pem: server_cert.pem(),
+        server_key_pem: server_key.serialize_pem(),
+    }
 }

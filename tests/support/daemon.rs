@@ -101,7 +101,12 @@ impl Drop for Daemon {
 
 /// A checksum of a table's contents in key order, over `columns`, each
 /// value in its text form.
-pub async fn checksum(client: &tokio_postgres::Client, table: &str, columns: &str, key: &str) -> (i64, String) {
+pub async fn checksum(
+    client: &tokio_postgres::Client,
+    table: &str,
+    columns: &str,
+    key: &str,
+) -> (i64, String) {
     let row = client
         .query_one(
             &format!(

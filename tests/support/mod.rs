@@ -72,10 +72,7 @@ fn pg_command(program: &str) -> Command {
 
 /// Runs a server binary and insists that it succeeds.
 fn run_pg(program: &str, args: &[&str]) -> Output {
-    let out = pg_command(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let out = pg_command(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
     assert!(
         out.status.success(),
         "{program} {args:?} failed: {}{}",
@@ -119,7 +116,10 @@ impl Cluster {
         }
         let data = dir.path().join("data");
         let data_str = data.to_str().unwrap();
-        run_pg("initdb", &["-D", data_str, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "--locale=C.UTF-8"]);
+        run_pg(
+            "initdb",
+            &["-D", data_str, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "--locale=C.UTF-8"],
+        );
         let port = free_port();
         let mut conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
@@ -157,7 +157,10 @@ impl Cluster {
     fn pg_ctl_start(&self) {
         let data = self.data_dir();
         let log = self.dir.path().join("server.log");
-        run_pg("pg_ctl", &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]);
+        run_pg(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"],
+        );
     }
 
     /// Stops the server (fast shutdown) and starts it again.
@@ -201,7 +204,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         // Immediate: nothing in a throwaway cluster is worth a checkpoint.
         let data = self.data_dir();
-        let _ = pg_command("pg_ctl").args(["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]).output();
+        let _ = pg_command("pg_ctl")
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"])
+            .output();
     }
 }
 
