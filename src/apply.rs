@@ -2,18 +2,20 @@
 //! statements prepared per table, and records the subscription's progress in
 //! the same transaction as the changes it covers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::error::Error as StdError;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio_postgres::types::{Format, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
 use crate::config::TableMapping;
 use crate::pg::Lsn;
 use crate::pg::names::{QualifiedName, quote_ident};
-use crate::pg::pgoutput::{OldTuple, Relation, Tuple, Value};
+use crate::pg::pgoutput::{OldTuple, Relation, ReplicaIdentity, Tuple, Value};
 use crate::source::Change;
 
 /// Errors of the target side. They name the subscription and table and
@@ -28,6 +30,8 @@ pub enum ApplyError {
     NoPrimaryKey { table: QualifiedName },
     #[error("source table {source_table} does not send key column {column} of target table {target}")]
     KeyNotSent { source_table: QualifiedName, target: QualifiedName, column: String },
+    #[error("key column {column} of source table {source_table} is missing in target table {target}")]
+    KeyColumnMissing { source_table: QualifiedName, target: QualifiedName, column: String },
     #[error("update of {table} found no row with key {key} on the target")]
     MissingRow { table: QualifiedName, key: String },
     #[error(
@@ -78,11 +82,11 @@ fn target_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error
 /// the target parses it with the column type's own input function: exactly
 /// what the source printed, whatever the type.
 #[derive(Debug)]
-pub struct TextParam<'a>(pub Option<&'a [u8]>);
+pub struct TextParam(pub Option<Bytes>);
 
-impl ToSql for TextParam<'_> {
+impl ToSql for TextParam {
     fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
-        match self.0 {
+        match &self.0 {
             Some(bytes) => {
                 out.put_slice(bytes);
                 Ok(IsNull::No)
@@ -152,11 +156,11 @@ impl TargetTable {
 /// target table.
 struct RelationPlan {
     relation: Arc<Relation>,
-    target: QualifiedName,
+    target: Arc<QualifiedName>,
     /// (source column index, target column name) for every column the
     /// target has.
     columns: Vec<(usize, String)>,
-    /// Source column indexes of the target's primary key.
+    /// Source column indexes of the row's key on the target.
     key: Vec<usize>,
     insert: Statement,
     delete: Statement,
@@ -165,13 +169,23 @@ struct RelationPlan {
     updates: HashMap<Vec<bool>, Statement>,
 }
 
+/// A statement sent but not yet answered; it resolves to its own check.
+type InFlight = Pin<Box<dyn Future<Output = Result<(), ApplyError>> + Send>>;
+
+/// How many statements may be sent ahead of their answers. Pipelining them
+/// turns one round trip per row into one per this many rows.
+const MAX_IN_FLIGHT: usize = 2048;
+
 /// Applies changes for one subscription over one target connection.
 pub struct Applier {
-    client: Client,
-    subscription: String,
+    client: Arc<Client>,
+    subscription: Arc<str>,
     /// Target tables by source table name.
     tables: HashMap<QualifiedName, TargetTable>,
     plans: HashMap<u32, RelationPlan>,
+    /// Statements sent and not yet answered, oldest first. Their requests
+    /// are on the wire in this order, which is the source's order.
+    in_flight: VecDeque<InFlight>,
 }
 
 const PROGRESS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS ferry;
@@ -195,7 +209,13 @@ impl Applier {
         for mapping in mappings {
             tables.insert(mapping.from.clone(), TargetTable::load(&client, &mapping.to).await?);
         }
-        Ok(Applier { client, subscription: subscription.to_string(), tables, plans: HashMap::new() })
+        Ok(Applier {
+            client: Arc::new(client),
+            subscription: subscription.into(),
+            tables,
+            plans: HashMap::new(),
+            in_flight: VecDeque::new(),
+        })
     }
 
     pub fn client(&self) -> &Client {
@@ -208,31 +228,33 @@ impl Applier {
     }
 
     /// The end LSN of the last source transaction applied, as recorded.
-    pub async fn progress(&self) -> Result<Option<Lsn>, ApplyError> {
+    pub async fn progress(&mut self) -> Result<Option<Lsn>, ApplyError> {
         let row = self
             .client
             .query_opt(
                 "SELECT end_lsn::text FROM ferry.progress WHERE subscription = $1",
-                &[&self.subscription],
+                &[&&*self.subscription],
             )
             .await
             .map_err(target_error("reading progress"))?;
         Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
     }
 
-    pub async fn begin(&self) -> Result<(), ApplyError> {
+    pub async fn begin(&mut self) -> Result<(), ApplyError> {
         self.client.batch_execute("BEGIN").await.map_err(target_error("BEGIN"))
     }
 
     /// Records `end_lsn` as applied and commits: the changes and the
     /// progress become durable together or not at all.
-    pub async fn commit(&self, end_lsn: Lsn, commit_time: i64) -> Result<(), ApplyError> {
+    pub async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<(), ApplyError> {
         self.record_progress(end_lsn, commit_time).await?;
         self.client.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))
     }
 
-    /// Writes the progress row inside the current transaction.
-    pub async fn record_progress(&self, end_lsn: Lsn, commit_time: i64) -> Result<(), ApplyError> {
+    /// Writes the progress row inside the current transaction, after every
+    /// statement sent before it has succeeded.
+    pub async fn record_progress(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<(), ApplyError> {
+        self.settle().await?;
         let lsn = end_lsn.to_string();
         let time = crate::pg::timestamp::to_rfc3339(commit_time);
         self.client
@@ -241,37 +263,80 @@ impl Applier {
                  VALUES ($1, $2::text::pg_lsn, $3::text::timestamptz, now())
                  ON CONFLICT (subscription) DO UPDATE
                  SET end_lsn = EXCLUDED.end_lsn, commit_time = EXCLUDED.commit_time, updated_at = now()",
-                &[&self.subscription, &lsn, &time],
+                &[&&*self.subscription, &lsn, &time],
             )
             .await
             .map_err(target_error("recording progress"))?;
         Ok(())
     }
 
-    pub async fn rollback(&self) {
+    /// Abandons the current transaction and whatever is still in flight.
+    pub async fn rollback(&mut self) {
+        self.in_flight.clear();
         let _ = self.client.batch_execute("ROLLBACK").await;
     }
 
-    /// Applies one change inside the current transaction.
+    /// Waits for every statement in flight; the first failure wins.
+    async fn settle(&mut self) -> Result<(), ApplyError> {
+        while let Some(statement) = self.in_flight.pop_front() {
+            if let Err(error) = statement.await {
+                self.in_flight.clear();
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a statement now (its first poll puts the request on the wire)
+    /// and keeps its answer for later, so rows are applied without waiting
+    /// for each other.
+    async fn send(
+        &mut self,
+        statement: impl Future<Output = Result<(), ApplyError>> + Send + 'static,
+    ) -> Result<(), ApplyError> {
+        if let Some(pending) = start(Box::pin(statement))? {
+            self.in_flight.push_back(pending);
+        }
+        if self.in_flight.len() > MAX_IN_FLIGHT
+            && let Some(oldest) = self.in_flight.pop_front()
+            && let Err(error) = oldest.await
+        {
+            self.in_flight.clear();
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Applies one change inside the current transaction. Its outcome may
+    /// only be known at the next commit.
     pub async fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
         match change {
-            Change::Insert { relation, new } => {
-                self.ensure_plan(relation).await?;
-                let plan = &self.plans[&relation.oid];
-                let params: Vec<TextParam> = plan.columns.iter().map(|(i, _)| param(new, *i)).collect();
-                let context = format!("insert into {}", plan.target);
-                self.client.execute_raw(&plan.insert, params).await.map_err(target_error(context))?;
-            }
-            Change::Update { relation, old, new } => self.update(relation, old.as_ref(), new).await?,
-            Change::Delete { relation, old } => self.delete(relation, old).await?,
+            Change::Insert { relation, new } => self.insert(relation, new).await,
+            Change::Update { relation, old, new } => self.update(relation, old.as_ref(), new).await,
+            Change::Delete { relation, old } => self.delete(relation, old).await,
             Change::Truncate { relations, restart_identity, .. } => {
-                self.truncate(relations, *restart_identity).await?;
+                self.truncate(relations, *restart_identity).await
             }
             // Messages are for consumers like `ferry tail`; a database has
             // nowhere to put them.
-            Change::Message(_) => {}
+            Change::Message(_) => Ok(()),
         }
-        Ok(())
+    }
+
+    async fn insert(&mut self, relation: &Arc<Relation>, new: &Tuple) -> Result<(), ApplyError> {
+        self.ensure_plan(relation).await?;
+        let plan = &self.plans[&relation.oid];
+        let params: Vec<TextParam> = plan.columns.iter().map(|(i, _)| param(new, *i)).collect();
+        let (client, statement, target) =
+            (Arc::clone(&self.client), plan.insert.clone(), Arc::clone(&plan.target));
+        self.send(async move {
+            client
+                .execute_raw(&statement, params)
+                .await
+                .map_err(target_error(format!("insert into {target}")))?;
+            Ok(())
+        })
+        .await
     }
 
     async fn update(
@@ -281,16 +346,17 @@ impl Applier {
         new: &Tuple,
     ) -> Result<(), ApplyError> {
         self.ensure_plan(relation).await?;
-        let client = &self.client;
         let plan = self.plans.get_mut(&relation.oid).expect("ensured above");
-        let key_tuple = key_tuple(old, new);
         let present: Vec<bool> =
             plan.columns.iter().map(|(i, _)| !matches!(new.0.get(*i), Some(Value::UnchangedToast))).collect();
         if !plan.updates.contains_key(&present) {
-            let statement = prepare_update(client, plan, &present).await?;
+            self.settle().await?;
+            let plan = self.plans.get_mut(&relation.oid).expect("ensured above");
+            let statement = prepare_update(&self.client, plan, &present).await?;
             plan.updates.insert(present.clone(), statement);
         }
-        let statement = &plan.updates[&present];
+        let plan = &self.plans[&relation.oid];
+        let key_tuple = key_tuple(old, new);
         let mut params: Vec<TextParam> = plan
             .columns
             .iter()
@@ -301,40 +367,48 @@ impl Applier {
         for &k in &plan.key {
             params.push(key_param(plan, key_tuple, new, k, "an update")?);
         }
-        let context = format!("update of {}", plan.target);
-        let updated = client.execute_raw(statement, params).await.map_err(target_error(context))?;
-        if updated == 0 {
-            return Err(ApplyError::MissingRow {
-                table: plan.target.clone(),
-                key: describe_key(plan, key_tuple),
-            });
-        }
-        Ok(())
+        let key = describe_key(plan, key_tuple);
+        let (client, statement, target) =
+            (Arc::clone(&self.client), plan.updates[&present].clone(), Arc::clone(&plan.target));
+        self.send(async move {
+            let updated = client
+                .execute_raw(&statement, params)
+                .await
+                .map_err(target_error(format!("update of {target}")))?;
+            if updated == 0 {
+                return Err(ApplyError::MissingRow { table: (*target).clone(), key });
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn delete(&mut self, relation: &Arc<Relation>, old: &OldTuple) -> Result<(), ApplyError> {
         self.ensure_plan(relation).await?;
-        let client = &self.client;
         let plan = &self.plans[&relation.oid];
-        let (OldTuple::Key(tuple) | OldTuple::Full(tuple)) = old;
+        let tuple = old.tuple();
         let params = plan
             .key
             .iter()
             .map(|&k| key_param(plan, tuple, tuple, k, "a delete"))
             .collect::<Result<Vec<_>, _>>()?;
-        let context = format!("delete from {}", plan.target);
-        let deleted = client.execute_raw(&plan.delete, params).await.map_err(target_error(context))?;
-        if deleted == 0 {
-            // The row is already gone: the end state is the one the source
-            // has, so this is logged, not fatal.
-            tracing::warn!(
-                subscription = %self.subscription,
-                table = %plan.target,
-                key = %describe_key(plan, tuple),
-                "delete found no row on the target"
-            );
-        }
-        Ok(())
+        let key = describe_key(plan, tuple);
+        let subscription = Arc::clone(&self.subscription);
+        let (client, statement, target) =
+            (Arc::clone(&self.client), plan.delete.clone(), Arc::clone(&plan.target));
+        self.send(async move {
+            let deleted = client
+                .execute_raw(&statement, params)
+                .await
+                .map_err(target_error(format!("delete from {target}")))?;
+            if deleted == 0 {
+                // The row is already gone: the end state is the one the
+                // source has, so this is logged, not fatal.
+                tracing::warn!(%subscription, table = %target, %key, "delete found no row on the target");
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn truncate(
@@ -342,16 +416,15 @@ impl Applier {
         relations: &[Arc<Relation>],
         restart_identity: bool,
     ) -> Result<(), ApplyError> {
-        let mut targets = Vec::new();
-        for relation in relations {
-            let name = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
-            if let Some(table) = self.tables.get(&name) {
-                targets.push(table.name.to_string());
-            }
-        }
+        let targets: Vec<String> = relations
+            .iter()
+            .filter_map(|r| self.tables.get(&QualifiedName::new(r.namespace.clone(), r.name.clone())))
+            .map(|t| t.name.to_string())
+            .collect();
         if targets.is_empty() {
             return Ok(());
         }
+        self.settle().await?;
         // Only the tables the source names: cascading on the target could
         // empty tables ferry does not own.
         let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
@@ -371,66 +444,114 @@ impl Applier {
             .get(&relation.oid)
             .is_some_and(|p| Arc::ptr_eq(&p.relation, relation) || *p.relation == **relation);
         if !current {
-            let plan = self.build_plan(relation).await?;
+            self.settle().await?;
+            let source = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
+            let table = self.tables.get(&source).ok_or_else(|| ApplyError::Unmapped(source.clone()))?;
+            let plan = build_plan(&self.client, &self.subscription, relation, &source, table).await?;
             self.plans.insert(relation.oid, plan);
         }
         Ok(())
     }
+}
 
-    async fn build_plan(&self, relation: &Arc<Relation>) -> Result<RelationPlan, ApplyError> {
-        let source = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
-        let table = self.tables.get(&source).ok_or_else(|| ApplyError::Unmapped(source.clone()))?;
-        let mut columns = Vec::new();
-        for (i, column) in relation.columns.iter().enumerate() {
-            if table.columns.iter().any(|c| c.name == column.name) {
-                columns.push((i, column.name.clone()));
-            } else {
-                tracing::warn!(
-                    subscription = %self.subscription,
-                    table = %source,
-                    column = %column.name,
-                    "source column has no counterpart in {} and is not replicated",
-                    table.name
-                );
-            }
+/// Works out how a relation's rows land in `table` and prepares the
+/// statements for it.
+async fn build_plan(
+    client: &Client,
+    subscription: &str,
+    relation: &Arc<Relation>,
+    source: &QualifiedName,
+    table: &TargetTable,
+) -> Result<RelationPlan, ApplyError> {
+    let mut columns = Vec::new();
+    for (i, column) in relation.columns.iter().enumerate() {
+        if table.columns.iter().any(|c| c.name == column.name) {
+            columns.push((i, column.name.clone()));
+        } else {
+            tracing::warn!(
+                subscription = %subscription,
+                table = %source,
+                column = %column.name,
+                "source column has no counterpart in {} and is not replicated",
+                table.name
+            );
         }
-        let mut key = Vec::new();
-        for target_key in table.columns.iter().filter(|c| c.is_key) {
-            let index = relation.columns.iter().position(|c| c.name == target_key.name).ok_or_else(|| {
-                ApplyError::KeyNotSent {
-                    source_table: source.clone(),
-                    target: table.name.clone(),
-                    column: target_key.name.clone(),
-                }
-            })?;
-            key.push(index);
-        }
-        let names: Vec<String> = columns.iter().map(|(_, n)| quote_ident(n)).collect();
-        let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
-        let insert_sql =
-            format!("INSERT INTO {} ({}) VALUES ({})", table.name, names.join(", "), placeholders.join(", "));
-        let key_where = key_condition(relation, &key, 1);
-        let delete_sql = format!("DELETE FROM {} WHERE {key_where}", table.name);
-        let insert = self
-            .client
-            .prepare(&insert_sql)
-            .await
-            .map_err(target_error(format!("preparing insert into {}", table.name)))?;
-        let delete = self
-            .client
-            .prepare(&delete_sql)
-            .await
-            .map_err(target_error(format!("preparing delete from {}", table.name)))?;
-        Ok(RelationPlan {
-            relation: Arc::clone(relation),
-            target: table.name.clone(),
-            columns,
-            key,
-            insert,
-            delete,
-            updates: HashMap::new(),
-        })
     }
+    let key = key_columns(relation, source, table)?;
+    let names: Vec<String> = columns.iter().map(|(_, n)| quote_ident(n)).collect();
+    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
+    let insert_sql =
+        format!("INSERT INTO {} ({}) VALUES ({})", table.name, names.join(", "), placeholders.join(", "));
+    let delete_sql = format!("DELETE FROM {} WHERE {}", table.name, key_condition(relation, &key, 1));
+    let insert = client
+        .prepare(&insert_sql)
+        .await
+        .map_err(target_error(format!("preparing insert into {}", table.name)))?;
+    let delete = client
+        .prepare(&delete_sql)
+        .await
+        .map_err(target_error(format!("preparing delete from {}", table.name)))?;
+    Ok(RelationPlan {
+        relation: Arc::clone(relation),
+        target: Arc::new(table.name.clone()),
+        columns,
+        key,
+        insert,
+        delete,
+        updates: HashMap::new(),
+    })
+}
+
+/// Polls a statement once, which sends its request; returns it when its
+/// answer is still to come.
+fn start(mut statement: InFlight) -> Result<Option<InFlight>, ApplyError> {
+    let mut context = Context::from_waker(Waker::noop());
+    match statement.as_mut().poll(&mut context) {
+        Poll::Ready(result) => result.map(|()| None),
+        Poll::Pending => Ok(Some(statement)),
+    }
+}
+
+/// The source columns that identify a row on the target: the relation's
+/// replica identity (its primary key or the index it names), or the
+/// target's primary key when the identity is the full row (comparing
+/// every column would fail for types without equality, like json).
+fn key_columns(
+    relation: &Relation,
+    source: &QualifiedName,
+    table: &TargetTable,
+) -> Result<Vec<usize>, ApplyError> {
+    if relation.replica_identity == ReplicaIdentity::Full {
+        return table
+            .columns
+            .iter()
+            .filter(|c| c.is_key)
+            .map(|target_key| {
+                relation.columns.iter().position(|c| c.name == target_key.name).ok_or_else(|| {
+                    ApplyError::KeyNotSent {
+                        source_table: source.clone(),
+                        target: table.name.clone(),
+                        column: target_key.name.clone(),
+                    }
+                })
+            })
+            .collect();
+    }
+    let key: Vec<usize> =
+        relation.columns.iter().enumerate().filter(|(_, c)| c.is_key).map(|(i, _)| i).collect();
+    if key.is_empty() {
+        return Err(ApplyError::NoKey { table: source.clone(), what: "a table description" });
+    }
+    if let Some(&missing) =
+        key.iter().find(|&&i| !table.columns.iter().any(|c| c.name == relation.columns[i].name))
+    {
+        return Err(ApplyError::KeyColumnMissing {
+            source_table: source.clone(),
+            target: table.name.clone(),
+            column: relation.columns[missing].name.clone(),
+        });
+    }
+    Ok(key)
 }
 
 /// `"id" = $n AND "region" = $n+1 ...` for the key columns.
@@ -465,9 +586,9 @@ async fn prepare_update(
     client.prepare(&sql).await.map_err(target_error(format!("preparing update of {}", plan.target)))
 }
 
-fn param(tuple: &Tuple, index: usize) -> TextParam<'_> {
+fn param(tuple: &Tuple, index: usize) -> TextParam {
     match tuple.0.get(index) {
-        Some(Value::Text(bytes) | Value::Binary(bytes)) => TextParam(Some(bytes)),
+        Some(Value::Text(bytes) | Value::Binary(bytes)) => TextParam(Some(bytes.clone())),
         _ => TextParam(None),
     }
 }
@@ -483,20 +604,20 @@ fn key_tuple<'a>(old: Option<&'a OldTuple>, new: &'a Tuple) -> &'a Tuple {
 
 /// A key value, from `tuple`, falling back to `fallback` when the server
 /// left it out (unchanged TOAST in an old row).
-fn key_param<'a>(
+fn key_param(
     plan: &RelationPlan,
-    tuple: &'a Tuple,
-    fallback: &'a Tuple,
+    tuple: &Tuple,
+    fallback: &Tuple,
     index: usize,
     what: &'static str,
-) -> Result<TextParam<'a>, ApplyError> {
+) -> Result<TextParam, ApplyError> {
     let value = match tuple.0.get(index) {
         Some(Value::UnchangedToast) => fallback.0.get(index),
         other => other,
     };
     match value {
-        Some(Value::Text(bytes) | Value::Binary(bytes)) => Ok(TextParam(Some(bytes))),
-        _ => Err(ApplyError::NoKey { table: plan.target.clone(), what }),
+        Some(Value::Text(bytes) | Value::Binary(bytes)) => Ok(TextParam(Some(bytes.clone()))),
+        _ => Err(ApplyError::NoKey { table: (*plan.target).clone(), what }),
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod config;
 pub mod daemon;
+pub mod fault;
 pub mod pg;
 pub mod pipeline;
 pub mod snapshot;

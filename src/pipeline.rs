@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{Applier, ApplyError};
 use crate::config::Subscription;
+use crate::fault;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::replication::{ReplicationClient, SlotKind, StartOptions};
 use crate::pg::{Lsn, PgError, tls};
@@ -334,6 +335,7 @@ impl ApplyState {
         match self.batch.take() {
             Some(Batch { last_commit: Some((end_lsn, commit_time)), .. }) => {
                 applier.commit(end_lsn, commit_time).await?;
+                fault::point(fault::AFTER_TARGET_COMMIT);
                 self.advance(end_lsn, durable);
             }
             Some(_) => applier.rollback().await,

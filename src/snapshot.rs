@@ -6,6 +6,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::Client;
 
 use crate::apply::TargetTable;
+use crate::fault;
 use crate::pg::names::{QualifiedName, quote_ident, quote_literal};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +84,7 @@ pub async fn copy_table(
     futures_util::pin_mut!(sink);
     while let Some(chunk) = out.next().await {
         let chunk = chunk.map_err(sql_error(format!("reading {from}")))?;
+        fault::point(fault::DURING_SNAPSHOT_COPY);
         sink.send(chunk).await.map_err(sql_error(format!("writing {}", to.name)))?;
     }
     sink.as_mut().finish().await.map_err(sql_error(format!("finishing the copy into {}", to.name)))

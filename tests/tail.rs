@@ -232,75 +232,14 @@ async fn unchanged_toast_values_are_marked_not_null() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_type_decodes_to_the_servers_text() {
     let cluster = Cluster::start();
-    let columns = [
-        ("c_bool", "boolean", "true"),
-        ("c_int2", "smallint", "-32768"),
-        ("c_int4", "integer", "2147483647"),
-        ("c_int8", "bigint", "-9223372036854775808"),
-        ("c_numeric", "numeric", "12345678901234567890.123456789"),
-        ("c_numeric_nan", "numeric", "'NaN'"),
-        ("c_numeric_inf", "numeric", "'Infinity'"),
-        ("c_real", "real", "3.14159"),
-        ("c_double", "double precision", "'-Infinity'"),
-        ("c_double2", "double precision", "0.1"),
-        ("c_money", "money", "12.34"),
-        ("c_char", "char(5)", "'ab'"),
-        ("c_varchar", "varchar(10)", "'héllo'"),
-        ("c_text", "text", "E'line\\nbreak \"quoted\" \\\\ back'"),
-        ("c_name", "name", "'a_name'"),
-        ("c_bytea", "bytea", "'\\x00ff10'"),
-        ("c_date", "date", "'2024-02-29'"),
-        ("c_date_inf", "date", "'infinity'"),
-        ("c_time", "time", "'13:14:15.123456'"),
-        ("c_timetz", "timetz", "'13:14:15+02'"),
-        ("c_timestamp", "timestamp", "'2024-01-02 03:04:05.678'"),
-        ("c_timestamp_inf", "timestamp", "'-infinity'"),
-        ("c_timestamptz", "timestamptz", "'2024-01-02 03:04:05+05:30'"),
-        ("c_timestamptz_inf", "timestamptz", "'infinity'"),
-        ("c_interval", "interval", "'1 year 2 mons 3 days 04:05:06.7'"),
-        ("c_uuid", "uuid", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'"),
-        ("c_json", "json", "'{\"b\": 1,  \"a\": [1, 2]}'"),
-        ("c_jsonb", "jsonb", "'{\"b\": 1, \"a\": [1, 2, {\"c\": null}]}'"),
-        ("c_xml", "xml", "'<a>b</a>'"),
-        ("c_inet", "inet", "'192.168.0.1/24'"),
-        ("c_cidr", "cidr", "'10.0.0.0/8'"),
-        ("c_macaddr", "macaddr", "'08:00:2b:01:02:03'"),
-        ("c_macaddr8", "macaddr8", "'08:00:2b:01:02:03:04:05'"),
-        ("c_bit", "bit(4)", "B'1010'"),
-        ("c_varbit", "bit varying(8)", "B'101'"),
-        ("c_point", "point", "'(1.5,2)'"),
-        ("c_line", "line", "'{1,2,3}'"),
-        ("c_lseg", "lseg", "'[(0,0),(1,1)]'"),
-        ("c_box", "box", "'(1,1),(0,0)'"),
-        ("c_path", "path", "'[(0,0),(1,1),(2,0)]'"),
-        ("c_polygon", "polygon", "'((0,0),(1,1),(1,0))'"),
-        ("c_circle", "circle", "'<(0,0),1>'"),
-        ("c_tsvector", "tsvector", "'a fat cat'"),
-        ("c_tsquery", "tsquery", "'fat & cat'"),
-        ("c_int4range", "int4range", "'[1,10)'"),
-        ("c_tstzrange", "tstzrange", "'[2024-01-01,infinity)'"),
-        ("c_int4multirange", "int4multirange", "'{[1,3),[5,7)}'"),
-        ("c_oid", "oid", "4294967295"),
-        ("c_regclass", "regclass", "'pg_class'"),
-        ("c_pg_lsn", "pg_lsn", "'16/B374D848'"),
-        ("c_int_array", "integer[]", "'{1,NULL,3}'"),
-        ("c_text_array", "text[]", "ARRAY['a b', 'c\"d', NULL]"),
-        ("c_2d_array", "integer[][]", "'{{1,2},{3,4}}'"),
-        ("c_mood", "mood", "'happy'"),
-        ("c_mood_array", "mood[]", "'{sad,happy}'"),
-        ("c_positive", "positive", "42"),
-        ("c_composite", "pair", "ROW(1, 'x y')"),
-        ("c_null", "text", "NULL"),
-    ];
+    let columns = support::types::COLUMNS;
     let definitions: Vec<String> = columns.iter().map(|(name, ty, _)| format!("{name} {ty}")).collect();
     let values: Vec<&str> = columns.iter().map(|(_, _, v)| *v).collect();
     let client = setup(
         &cluster,
         &format!(
-            "CREATE TYPE mood AS ENUM ('sad', 'happy');
-             CREATE DOMAIN positive AS integer CHECK (VALUE > 0);
-             CREATE TYPE pair AS (n integer, label text);
-             CREATE TABLE every_type (id int PRIMARY KEY, {});",
+            "{} CREATE TABLE every_type (id int PRIMARY KEY, {});",
+            support::types::SUPPORTING_TYPES,
             definitions.join(", ")
         ),
     )

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{Change, SourceError, SourceEvent};
+use crate::fault;
 use crate::pg::Lsn;
 use crate::pg::pgoutput::{self, DecodeOptions, Message, Relation};
 
@@ -267,6 +268,7 @@ impl Assembler {
                 other => {
                     let change = resolve(&self.relations, Some(&streamed), other)?;
                     send(out, SourceEvent::Change(change)).await?;
+                    fault::point(fault::IN_STREAMED_TRANSACTION);
                 }
             }
         }

@@ -86,6 +86,18 @@ impl Daemon {
         }
     }
 
+    /// Waits for the process to exit by itself and returns its exit code.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "ferry did not exit; logs:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
@@ -97,6 +109,19 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A subscription config for one source and one target database, with
+/// `tables` as (from, to) and `extra` lines for the subscription.
+pub fn config(source: &str, target: &str, name: &str, tables: &[(&str, &str)], extra: &str) -> String {
+    let mut text = format!(
+        "[sources.src]\nurl = \"{source}\"\n\n[targets.dst]\nurl = \"{target}\"\n\n\
+         [[subscriptions]]\nname = \"{name}\"\nsource = \"src\"\ntarget = \"dst\"\n{extra}\n"
+    );
+    for (from, to) in tables {
+        text.push_str(&format!("\n[[subscriptions.tables]]\nfrom = '{from}'\nto = '{to}'\n"));
+    }
+    text
 }
 
 /// A checksum of a table's contents in key order, over `columns`, each

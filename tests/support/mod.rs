@@ -7,6 +7,7 @@
 pub mod certs;
 pub mod daemon;
 pub mod tail;
+pub mod types;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -165,7 +166,17 @@ impl Cluster {
 
     /// Stops the server (fast shutdown) and starts it again.
     pub fn restart(&self) {
+        self.stop();
+        self.pg_ctl_start();
+    }
+
+    /// Stops the server (fast shutdown): clients see their connections end.
+    pub fn stop(&self) {
         run_pg("pg_ctl", &["-D", self.data_dir().to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn start_again(&self) {
         self.pg_ctl_start();
     }
 
