@@ -4,10 +4,12 @@
 //! The data path reads top to bottom: [`source`] (replication stream to
 //! transactions) → [`pipeline`] (wiring, feedback, retries) → [`apply`]
 //! (target writes and progress), with [`snapshot`] for the initial copy.
+//! [`demo`] runs all of it between two throwaway clusters.
 
 pub mod apply;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod fault;
 pub mod pg;
 pub mod pipeline;
