@@ -86,7 +86,8 @@ fn newest_debian_bindir() -> Option<PathBuf> {
     candidates.pop().map(|(_, bin)| bin)
 }
 
-fn running_as_root() -> bool {
+/// PostgreSQL refuses to run as root; as root, its commands run as the server user.
+pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }

@@ -16,48 +16,13 @@ use std::sync::OnceLock;
 
 use tempfile::TempDir;
 
-/// Where the server binaries are: `PG_BIN`, `pg_config --bindir`, or the
-/// newest `/usr/lib/postgresql/*/bin`.
+/// Where the server binaries are (see `ferry::demo::cluster::find_pg_bin`).
 pub fn pg_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        find_pg_bin().unwrap_or_else(|| {
-            panic!(
-                "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found. Install them \
-                 (Debian: apt-get install postgresql) or set PG_BIN to their folder."
-            )
-        })
-    })
+    BIN.get_or_init(|| ferry::demo::cluster::find_pg_bin().unwrap_or_else(|e| panic!("{e}")))
 }
 
-fn find_pg_bin() -> Option<PathBuf> {
-    let has_initdb = |dir: &Path| dir.join("initdb").is_file();
-    if let Some(dir) = std::env::var_os("PG_BIN").map(PathBuf::from) {
-        return has_initdb(&dir).then_some(dir);
-    }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if has_initdb(&dir) {
-            return Some(dir);
-        }
-    }
-    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            has_initdb(&bin).then_some((version, bin))
-        })
-        .collect();
-    candidates.sort();
-    candidates.pop().map(|(_, bin)| bin)
-}
-
-fn running_as_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
-}
+use ferry::demo::cluster::running_as_root;
 
 /// A server binary's command, run as `postgres` when we are root.
 fn pg_command(program: &str) -> Command {
