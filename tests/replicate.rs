@@ -26,7 +26,8 @@ async fn exec(client: &tokio_postgres::Client, sql: &str) {
     client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
-const ITEMS: &str = "CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int, updated timestamptz DEFAULT now())";
+const ITEMS: &str =
+    "CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int, updated timestamptz DEFAULT now())";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_existing_rows_then_streams_changes_made_during_the_copy() {
@@ -34,7 +35,11 @@ async fn copies_existing_rows_then_streams_changes_made_during_the_copy() {
     let src = source.client("postgres").await;
     let dst = target.client("postgres").await;
     exec(&src, ITEMS).await;
-    exec(&src, "INSERT INTO items (id, name, qty) SELECT g, 'item ' || g, g % 100 FROM generate_series(1, 50000) g").await;
+    exec(
+        &src,
+        "INSERT INTO items (id, name, qty) SELECT g, 'item ' || g, g % 100 FROM generate_series(1, 50000) g",
+    )
+    .await;
     exec(&dst, ITEMS).await;
 
     // Keep writing while the daemon starts and copies.
