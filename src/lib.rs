@@ -13,3 +13,4 @@ pub mod pipeline;
 pub mod snapshot;
 pub mod source;
 pub mod tail;
+pub mod validate;
