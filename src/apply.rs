@@ -14,6 +14,7 @@ use tokio_postgres::{Client, Statement};
 
 use crate::config::TableMapping;
 use crate::pg::Lsn;
+use crate::pg::catalog::{self, Column};
 use crate::pg::names::{QualifiedName, quote_ident};
 use crate::pg::pgoutput::{OldTuple, Relation, ReplicaIdentity, Tuple, Value};
 use crate::source::Change;
@@ -110,45 +111,31 @@ impl ToSql for TextParam {
 #[derive(Debug, Clone)]
 pub struct TargetTable {
     pub name: QualifiedName,
-    pub columns: Vec<TargetColumn>,
-}
-
-#[derive(Debug, Clone)]
-pub struct TargetColumn {
-    pub name: String,
-    /// `format_type` of the column, e.g. `character varying(10)`.
-    pub type_name: String,
-    pub is_key: bool,
+    pub columns: Vec<Column>,
 }
 
 impl TargetTable {
     /// Reads a table's columns and primary key from the target's catalog.
     pub async fn load(client: &Client, name: &QualifiedName) -> Result<TargetTable, ApplyError> {
-        let rows = client
-            .query(
-                "SELECT a.attname, format_type(a.atttypid, a.atttypmod),
-                        coalesce(a.attnum = ANY(i.indkey), false)
-                 FROM pg_class c
-                 JOIN pg_namespace n ON n.oid = c.relnamespace
-                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                 LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
-                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
-                 ORDER BY a.attnum",
-                &[&name.schema, &name.name],
-            )
+        let columns = catalog::table_columns(client, name)
             .await
             .map_err(target_error(format!("reading the columns of {name}")))?;
-        if rows.is_empty() {
+        if columns.is_empty() {
             return Err(ApplyError::MissingTable { table: name.clone() });
         }
-        let columns: Vec<TargetColumn> = rows
-            .iter()
-            .map(|r| TargetColumn { name: r.get(0), type_name: r.get(1), is_key: r.get(2) })
-            .collect();
         if !columns.iter().any(|c| c.is_key) {
             return Err(ApplyError::NoPrimaryKey { table: name.clone() });
         }
         Ok(TargetTable { name: name.clone(), columns })
+    }
+
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The primary key's columns, in table order.
+    pub fn key_columns(&self) -> impl Iterator<Item = &Column> {
+        self.columns.iter().filter(|c| c.is_key)
     }
 }
 
@@ -465,7 +452,7 @@ async fn build_plan(
 ) -> Result<RelationPlan, ApplyError> {
     let mut columns = Vec::new();
     for (i, column) in relation.columns.iter().enumerate() {
-        if table.columns.iter().any(|c| c.name == column.name) {
+        if table.column(&column.name).is_some() {
             columns.push((i, column.name.clone()));
         } else {
             tracing::warn!(
@@ -523,9 +510,7 @@ fn key_columns(
 ) -> Result<Vec<usize>, ApplyError> {
     if relation.replica_identity == ReplicaIdentity::Full {
         return table
-            .columns
-            .iter()
-            .filter(|c| c.is_key)
+            .key_columns()
             .map(|target_key| {
                 relation.columns.iter().position(|c| c.name == target_key.name).ok_or_else(|| {
                     ApplyError::KeyNotSent {
@@ -542,9 +527,7 @@ fn key_columns(
     if key.is_empty() {
         return Err(ApplyError::NoKey { table: source.clone(), what: "a table description" });
     }
-    if let Some(&missing) =
-        key.iter().find(|&&i| !table.columns.iter().any(|c| c.name == relation.columns[i].name))
-    {
+    if let Some(&missing) = key.iter().find(|&&i| table.column(&relation.columns[i].name).is_none()) {
         return Err(ApplyError::KeyColumnMissing {
             source_table: source.clone(),
             target: table.name.clone(),

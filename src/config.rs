@@ -143,13 +143,18 @@ impl Config {
 
     /// Validates config text; `path` only names the file in diagnostics.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut checker = Checker { text, path, diagnostics: Vec::new() };
+        Config::parse_with_env(text, path, &|name| std::env::var(name))
+    }
+
+    /// [`Config::parse`] with `env` in place of the process environment.
+    fn parse_with_env(text: &str, path: &Path, env: &EnvLookup) -> Result<Config, ConfigError> {
+        let mut checker = Checker { text, path, env, diagnostics: Vec::new() };
         let raw: RawConfig = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(error) => {
                 // Only the message, never toml's snippet of the line: the
                 // line may be a URL with a password in it.
-                checker.report(error.span().unwrap_or(0..0), error.message().to_string());
+                checker.report(error.span().unwrap_or(0..0), without_value(error.message()));
                 return Err(checker.into_error());
             }
         };
@@ -158,15 +163,48 @@ impl Config {
     }
 }
 
+/// serde says "invalid type: string \"…\", expected a boolean", quoting the
+/// value it found, and that value may be a password written in the wrong
+/// place. Keeps the kind of value and what was expected; drops the value.
+fn without_value(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let expected = rest.rfind(", expected ").map_or("", |i| &rest[i..]);
+            let found = &rest[..rest.len() - expected.len()];
+            let kind = found.split(['"', '`']).next().unwrap_or_default().trim_end();
+            return format!("{prefix}{kind}{expected}");
+        }
+    }
+    message.to_string()
+}
+
+fn shared_slot_message(other: &str, subscription: &Subscription) -> String {
+    if other == subscription.name {
+        format!("subscription name {other:?} is used twice")
+    } else {
+        format!(
+            "subscriptions {other:?} and {:?} would share the slot {}; rename one",
+            subscription.name, subscription.slot
+        )
+    }
+}
+
+type EnvLookup = dyn Fn(&str) -> Result<String, std::env::VarError>;
+
 struct Checker<'a> {
     text: &'a str,
     path: &'a Path,
+    env: &'a EnvLookup,
     diagnostics: Vec<Diagnostic>,
 }
 
 impl Checker<'_> {
     fn report(&mut self, span: Range<usize>, message: String) {
-        let before = &self.text[..span.start.min(self.text.len())];
+        let mut start = span.start.min(self.text.len());
+        while !self.text.is_char_boundary(start) {
+            start -= 1;
+        }
+        let before = &self.text[..start];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         self.diagnostics.push(Diagnostic { file: self.path.to_path_buf(), line, column, message });
@@ -182,15 +220,12 @@ impl Checker<'_> {
         let mut subscriptions = Vec::new();
         let mut slots = BTreeMap::new();
         for sub in &raw.subscriptions {
-            if let Some(subscription) = self.subscription(sub, &sources, &targets) {
+            // References are checked against every defined name, so a
+            // database with a bad url is reported once, not again as unknown
+            // by each subscription that uses it.
+            if let Some(subscription) = self.subscription(sub, &raw.sources, &raw.targets) {
                 if let Some(other) = slots.insert(subscription.slot.clone(), subscription.name.clone()) {
-                    self.report(
-                        sub.get_ref().name.span(),
-                        format!(
-                            "subscriptions {other:?} and {:?} would share the slot {}; rename one",
-                            subscription.name, subscription.slot
-                        ),
-                    );
+                    self.report(sub.get_ref().name.span(), shared_slot_message(&other, &subscription));
                 }
                 subscriptions.push(subscription);
             }
@@ -217,55 +252,61 @@ impl Checker<'_> {
 
     fn database(&mut self, name: &str, db: &Spanned<RawDatabase>, kind: &str) -> Option<ConnInfo> {
         let raw = db.get_ref();
+        let what = format!("{kind} {name:?}");
         let info: ConnInfo = match raw.url.get_ref().parse() {
             Ok(info) => info,
             Err(error) => {
-                self.report(raw.url.span(), format!("{kind} {name:?}: invalid url: {error}"));
+                self.report(raw.url.span(), format!("{what}: invalid url: {error}"));
                 return None;
             }
         };
-        let given = [info.password.is_some(), raw.password_file.is_some(), raw.password_env.is_some()];
-        if given.iter().filter(|g| **g).count() > 1 {
-            self.report(
-                db.span(),
-                format!("{kind} {name:?}: give the password one way only (in the url, password_file or password_env)"),
-            );
+        let in_url = info.password.is_some().then(|| raw.url.span());
+        let in_file = raw.password_file.as_ref().map(Spanned::span);
+        let in_env = raw.password_env.as_ref().map(Spanned::span);
+        let given: Vec<Range<usize>> = [in_url, in_file, in_env].into_iter().flatten().collect();
+        if let [_, second, ..] = given.as_slice() {
+            let message =
+                format!("{what}: give the password one way only (in the url, password_file or password_env)");
+            self.report(second.clone(), message);
             return None;
         }
-        if let Some(file) = &raw.password_file {
-            return match std::fs::read_to_string(file.get_ref()) {
-                Ok(text) => Some(info.with_password(Secret::new(text.trim_end_matches(['\n', '\r'])))),
-                Err(error) => {
-                    let path = file.get_ref().display();
-                    self.report(
-                        file.span(),
-                        format!("{kind} {name:?}: cannot read password_file {path}: {error}"),
-                    );
-                    None
-                }
-            };
+        let password = match (&raw.password_file, &raw.password_env) {
+            (Some(file), _) => self.password_file(&what, file)?,
+            (None, Some(var)) => self.password_env(&what, var)?,
+            (None, None) => return Some(info),
+        };
+        Some(info.with_password(password))
+    }
+
+    /// The file's first line ends at the newline a text editor adds.
+    fn password_file(&mut self, what: &str, file: &Spanned<PathBuf>) -> Option<Secret> {
+        match std::fs::read_to_string(file.get_ref()) {
+            Ok(text) => Some(Secret::new(text.trim_end_matches(['\n', '\r']))),
+            Err(error) => {
+                let path = file.get_ref().display();
+                self.report(file.span(), format!("{what}: cannot read password_file {path}: {error}"));
+                None
+            }
         }
-        if let Some(var) = &raw.password_env {
-            return match std::env::var(var.get_ref()) {
-                Ok(value) => Some(info.with_password(Secret::new(value))),
-                Err(_) => {
-                    let var_name = var.get_ref();
-                    self.report(
-                        var.span(),
-                        format!("{kind} {name:?}: environment variable {var_name} is not set"),
-                    );
-                    None
-                }
-            };
-        }
-        Some(info)
+    }
+
+    fn password_env(&mut self, what: &str, var: &Spanned<String>) -> Option<Secret> {
+        let name = var.get_ref();
+        // Not `VarError`'s own message: it quotes a value that is not UTF-8.
+        let problem = match (self.env)(name) {
+            Ok(value) => return Some(Secret::new(value)),
+            Err(std::env::VarError::NotPresent) => "is not set",
+            Err(std::env::VarError::NotUnicode(_)) => "is not valid UTF-8",
+        };
+        self.report(var.span(), format!("{what}: environment variable {name} {problem}"));
+        None
     }
 
     fn subscription(
         &mut self,
         sub: &Spanned<RawSubscription>,
-        sources: &BTreeMap<String, ConnInfo>,
-        targets: &BTreeMap<String, ConnInfo>,
+        sources: &BTreeMap<String, Spanned<RawDatabase>>,
+        targets: &BTreeMap<String, Spanned<RawDatabase>>,
     ) -> Option<Subscription> {
         let raw = sub.get_ref();
         let name = raw.name.get_ref();
@@ -276,29 +317,16 @@ impl Checker<'_> {
             self.report(sub.span(), format!("subscription {name:?} has no [[subscriptions.tables]]"));
             ok = false;
         }
-        let mut tables = Vec::new();
-        let mut seen_from = BTreeSet::new();
-        let mut seen_to = BTreeSet::new();
-        for table in &raw.tables {
-            let Some(mapping) = self.table(table) else {
-                ok = false;
-                continue;
-            };
-            if !seen_from.insert(mapping.from.clone()) {
-                self.report(table.get_ref().from.span(), format!("table {} is listed twice", mapping.from));
-                ok = false;
-            }
-            if !seen_to.insert(mapping.to.clone()) {
-                self.report(table.span(), format!("two tables map to {}", mapping.to));
-                ok = false;
-            }
-            tables.push(mapping);
-        }
+        let tables = self.tables(&raw.tables);
         let slot = format!("ferry_{}", name.replace('-', "_"));
         let (publication, publication_managed) = match &raw.publication {
-            Some(p) => (p.get_ref().clone(), false),
+            Some(p) => {
+                ok &= self.check_publication_name(p);
+                (p.get_ref().clone(), false)
+            }
             None => (slot.clone(), true),
         };
+        let tables = tables?;
         ok.then(|| Subscription {
             name: name.clone(),
             source: raw.source.get_ref().clone(),
@@ -309,6 +337,44 @@ impl Checker<'_> {
             publication_managed,
             tables,
         })
+    }
+
+    /// The table mappings, each source table once and each target table once.
+    fn tables(&mut self, raw: &[Spanned<RawTable>]) -> Option<Vec<TableMapping>> {
+        let mut ok = true;
+        let mut tables = Vec::new();
+        let mut seen_from = BTreeSet::new();
+        let mut seen_to = BTreeSet::new();
+        for table in raw {
+            let Some(mapping) = self.table(table) else {
+                ok = false;
+                continue;
+            };
+            let raw = table.get_ref();
+            if !seen_from.insert(mapping.from.clone()) {
+                self.report(raw.from.span(), format!("table {} is listed twice", mapping.from));
+                ok = false;
+            }
+            if !seen_to.insert(mapping.to.clone()) {
+                let span = raw.to.as_ref().unwrap_or(&raw.from).span();
+                self.report(span, format!("two tables map to {}", mapping.to));
+                ok = false;
+            }
+            tables.push(mapping);
+        }
+        ok.then_some(tables)
+    }
+
+    fn check_publication_name(&mut self, name: &Spanned<String>) -> bool {
+        let text = name.get_ref();
+        let valid = !text.is_empty() && text.len() <= 63;
+        if !valid {
+            self.report(
+                name.span(),
+                format!("publication name {text:?} must be 1 to 63 bytes (PostgreSQL's limit for names)"),
+            );
+        }
+        valid
     }
 
     fn check_subscription_name(&mut self, name: &Spanned<String>) -> bool {
@@ -357,5 +423,343 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::env::VarError;
+    use std::io::Write;
+
+    use super::*;
+
+    const SECRET: &str = "hunter2-do-not-print";
+
+    /// The environment the tests see: one variable, holding a password.
+    fn env(name: &str) -> Result<String, VarError> {
+        match name {
+            "CUSTOMERS_PASSWORD" => Ok(format!("{SECRET}-env")),
+            _ => Err(VarError::NotPresent),
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, Path::new("ferry.toml"), &env)
+    }
+
+    /// Each diagnostic as `line:column: message`.
+    fn diagnostics(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(config) => panic!("expected errors, got {config:?}"),
+            Err(ConfigError::Invalid { diagnostics }) => {
+                diagnostics.iter().map(|d| format!("{}:{}: {}", d.line, d.column, d.message)).collect()
+            }
+            Err(other) => panic!("expected diagnostics, got {other}"),
+        }
+    }
+
+    /// A config with one subscription from `a` to `b`, then `rest`.
+    fn with_databases(rest: &str) -> String {
+        format!(
+            "[sources.a]\nurl = \"postgresql://h/a\"\n\n[targets.b]\nurl = \"postgresql://h/b\"\n\n{rest}"
+        )
+    }
+
+    const FULL: &str = r#"
+[server]
+listen = "0.0.0.0:9999"
+
+[sources.customers]
+url = "postgresql://ferry@customers-db:5432/customers?sslmode=verify-full"
+password_env = "CUSTOMERS_PASSWORD"
+
+[targets.orders]
+url = "host=orders-db dbname=orders user=ferry"
+
+[[subscriptions]]
+name = "customers-to-orders"
+source = "customers"
+target = "orders"
+
+[[subscriptions.tables]]
+from = "public.customers"
+to = "replica.customers"
+
+[[subscriptions.tables]]
+from = 'public."Order Lines"'
+
+[[subscriptions]]
+name = "audit"
+source = "customers"
+target = "orders"
+snapshot = false
+publication = "audit_pub"
+tables = [{ from = "Audit" }]
+"#;
+
+    #[test]
+    fn a_full_config_parses_with_its_defaults() {
+        let config = parse(FULL).unwrap();
+        assert_eq!(config.server.listen, "0.0.0.0:9999".parse().unwrap());
+        assert_eq!(config.sources["customers"].password, Some(Secret::new(format!("{SECRET}-env"))));
+        assert_eq!(config.targets["orders"].dbname(), "orders");
+        let [first, second] = config.subscriptions.as_slice() else { panic!("two subscriptions") };
+        assert_eq!(first.slot, "ferry_customers_to_orders");
+        assert_eq!(first.publication, "ferry_customers_to_orders");
+        assert!(first.publication_managed);
+        assert!(first.snapshot);
+        assert_eq!(
+            first.tables,
+            [
+                TableMapping {
+                    from: QualifiedName::new("public", "customers"),
+                    to: QualifiedName::new("replica", "customers"),
+                },
+                TableMapping {
+                    from: QualifiedName::new("public", "Order Lines"),
+                    to: QualifiedName::new("public", "Order Lines"),
+                },
+            ]
+        );
+        assert_eq!((second.publication.as_str(), second.publication_managed), ("audit_pub", false));
+        assert!(!second.snapshot);
+        assert_eq!(second.tables[0].to, QualifiedName::new("public", "audit"));
+    }
+
+    #[test]
+    fn server_section_is_optional() {
+        let config = parse(&with_databases(
+            "[[subscriptions]]\nname = \"s\"\nsource = \"a\"\ntarget = \"b\"\ntables = [{ from = \"t\" }]\n",
+        ))
+        .unwrap();
+        assert_eq!(config.server.listen, default_listen());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_where_they_are() {
+        let text = "[sources.a]\nurl = \"postgresql://h/a\"\npasswd = \"x\"\n";
+        assert_eq!(
+            diagnostics(text),
+            ["3:1: unknown field `passwd`, expected one of `url`, `password_file`, `password_env`"]
+        );
+        let text = with_databases(
+            "[[subscriptions]]\nname = \"s\"\nsource = \"a\"\ntarget = \"b\"\n\n\
+             [[subscriptions.tables]]\nfrom = \"t\"\n    colums = [\"id\"]\n",
+        );
+        assert_eq!(diagnostics(&text), ["14:5: unknown field `colums`, expected `from` or `to`"]);
+        let text = "[sourcs.a]\nurl = \"postgresql://h/a\"\n";
+        let found = diagnostics(text);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with("1:2: unknown field `sourcs`"), "{found:?}");
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let text = with_databases(
+            "[[subscriptions]]\nname = \"s\"\nsource = \"nope\"\ntarget = \"missing\"\n\n\
+             [[subscriptions.tables]]\nfrom = \"public.a b\"\n",
+        );
+        assert_eq!(
+            diagnostics(&text),
+            [
+                r#"9:10: unknown source "nope" (defined: ["a"])"#,
+                r#"10:10: unknown target "missing" (defined: ["b"])"#,
+                r#"13:8: invalid table name "public.a b": unquoted names may hold only letters, digits, _ and $; quote the others"#,
+            ]
+        );
+        let shown = parse(&text).unwrap_err().to_string();
+        assert_eq!(shown.lines().count(), 3);
+        assert!(shown.lines().all(|l| l.starts_with("ferry.toml:")), "{shown}");
+    }
+
+    #[test]
+    fn a_bad_url_is_one_problem_not_also_an_unknown_source() {
+        let text = "[sources.a]\nurl = \"postgresql://h/a?sslmode=sometimes\"\n\n[targets.b]\nurl = \"postgresql://h/b\"\n\n\
+                    [[subscriptions]]\nname = \"s\"\nsource = \"a\"\ntarget = \"b\"\ntables = [{ from = \"t\" }]\n";
+        assert_eq!(
+            diagnostics(text),
+            [
+                r#"2:7: source "a": invalid url: invalid sslmode "sometimes": expected disable, allow, prefer, require, verify-ca or verify-full"#
+            ]
+        );
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        let text = with_databases(
+            "[[subscriptions]]\nname = \"s\"\nsource = \"a\"\ntarget = \"b\"\n\
+             tables = [{ from = \"straße\", to = \"ü b\" }]\n",
+        );
+        // "straße" is 7 bytes: byte columns would say 36.
+        let found = diagnostics(&text);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with("11:35: invalid table name \"ü b\""), "{found:?}");
+    }
+
+    #[test]
+    fn two_subscriptions_cannot_share_a_slot() {
+        let sub = |name: &str| {
+            format!(
+                "[[subscriptions]]\nname = \"{name}\"\nsource = \"a\"\ntarget = \"b\"\ntables = [{{ from = \"t\" }}]\n\n"
+            )
+        };
+        let text = with_databases(&(sub("a-b") + &sub("a_b")));
+        assert_eq!(
+            diagnostics(&text),
+            [r#"14:8: subscriptions "a-b" and "a_b" would share the slot ferry_a_b; rename one"#]
+        );
+        let text = with_databases(&(sub("same") + &sub("same")));
+        assert_eq!(diagnostics(&text), [r#"14:8: subscription name "same" is used twice"#]);
+    }
+
+    #[test]
+    fn tables_are_listed_once_on_each_side() {
+        let text = with_databases(
+            "[[subscriptions]]\nname = \"s\"\nsource = \"a\"\ntarget = \"b\"\n\
+             tables = [{ from = \"t\" }, { from = \"public.t\", to = \"u\" }, { from = \"v\", to = \"T\" }]\n",
+        );
+        assert_eq!(
+            diagnostics(&text),
+            [r#"11:36: table "public"."t" is listed twice"#, r#"11:79: two tables map to "public"."t""#,]
+        );
+    }
+
+    #[test]
+    fn names_are_checked() {
+        let text = with_databases(
+            "[[subscriptions]]\nname = \"Customers\"\nsource = \"a\"\ntarget = \"b\"\npublication = \"\"\ntables = []\n",
+        );
+        assert_eq!(
+            diagnostics(&text),
+            [
+                r#"8:8: subscription name "Customers" must be 1 to 57 characters of a-z, 0-9, - and _ (it names the slot)"#,
+                r#"7:1: subscription "Customers" has no [[subscriptions.tables]]"#,
+                r#"11:15: publication name "" must be 1 to 63 bytes (PostgreSQL's limit for names)"#,
+            ]
+        );
+        assert_eq!(diagnostics(""), ["1:1: no [[subscriptions]]: nothing to replicate"]);
+    }
+
+    fn one_database(database: &str) -> String {
+        format!(
+            "{database}\n[targets.b]\nurl = \"postgresql://h/b\"\n\n\
+             [[subscriptions]]\nname = \"s\"\nsource = \"a\"\ntarget = \"b\"\ntables = [{{ from = \"t\" }}]\n"
+        )
+    }
+
+    #[test]
+    fn password_from_a_file_without_its_newline() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "{SECRET} with spaces").unwrap();
+        let text = one_database(&format!(
+            "[sources.a]\nurl = \"postgresql://ferry@h/a\"\npassword_file = '{}'\n",
+            file.path().display()
+        ));
+        let config = parse(&text).unwrap();
+        assert_eq!(
+            config.sources["a"].password.as_ref().map(Secret::expose),
+            Some(&*format!("{SECRET} with spaces"))
+        );
+    }
+
+    #[test]
+    fn an_unreadable_password_file_is_named() {
+        let text = one_database(
+            "[sources.a]\nurl = \"postgresql://h/a\"\npassword_file = '/nonexistent/ferry-pw'\n",
+        );
+        let found = diagnostics(&text);
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].starts_with(r#"3:17: source "a": cannot read password_file /nonexistent/ferry-pw: "#),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn password_from_the_environment() {
+        let text =
+            one_database("[sources.a]\nurl = \"postgresql://h/a\"\npassword_env = \"CUSTOMERS_PASSWORD\"\n");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.sources["a"].password, Some(Secret::new(format!("{SECRET}-env"))));
+    }
+
+    #[test]
+    fn a_missing_environment_variable_is_named() {
+        let text =
+            one_database("[sources.a]\nurl = \"postgresql://h/a\"\npassword_env = \"ORDERS_PASSWORD\"\n");
+        assert_eq!(
+            diagnostics(&text),
+            [r#"3:16: source "a": environment variable ORDERS_PASSWORD is not set"#]
+        );
+    }
+
+    #[test]
+    fn the_password_is_given_one_way_only() {
+        let one_way_only = "give the password one way only (in the url, password_file or password_env)";
+        let text = one_database(
+            "[sources.a]\nurl = \"postgresql://h/a\"\npassword_file = \"/run/pw\"\npassword_env = \"CUSTOMERS_PASSWORD\"\n",
+        );
+        assert_eq!(diagnostics(&text), [format!("4:16: source \"a\": {one_way_only}")]);
+        let text = one_database(&format!(
+            "[sources.a]\nurl = \"postgresql://u:{SECRET}@h/a\"\npassword_env = \"CUSTOMERS_PASSWORD\"\n"
+        ));
+        assert_eq!(diagnostics(&text), [format!("3:16: source \"a\": {one_way_only}")]);
+    }
+
+    /// Display and Debug of whatever `text` gives, which must not contain
+    /// the secret.
+    fn assert_no_secret(text: &str) {
+        let shown = match parse(text) {
+            Ok(config) => format!("{config:?}"),
+            Err(error) => format!("{error}\n{error:?}"),
+        };
+        assert!(!shown.contains(SECRET), "the password leaked:\n{shown}");
+    }
+
+    #[test]
+    fn passwords_never_appear_in_errors_or_debug_output() {
+        let url = format!("postgresql://ferry:{SECRET}@h/a");
+        // A syntax error on the line of the url.
+        assert_no_secret(&format!("[sources.a]\nurl = \"{url}\" oops\n"));
+        // A password where another kind of value belongs, or under a wrong key.
+        assert_no_secret(&format!("[sources.a]\nurl = \"{url}\"\nsnapshot = \"{SECRET}\"\n"));
+        assert_no_secret(&with_databases(&format!(
+            "[[subscriptions]]\nname = \"s\"\nsource = \"a\"\ntarget = \"b\"\nsnapshot = \"{SECRET}\"\ntables = []\n"
+        )));
+        assert_no_secret(&format!("[sources.a]\nurl = \"postgresql://h/a\"\npassword = \"{SECRET}\"\n"));
+        assert_no_secret(&format!(
+            "[sources.a]\nurl = \"postgresql://h/a\"\npassword_env = [\"{SECRET}\"]\n"
+        ));
+        // Urls with a password and something else wrong.
+        for bad in ["?sslmode=sometimes", "?bogus=1", "&x"] {
+            assert_no_secret(&one_database(&format!("[sources.a]\nurl = \"{url}{bad}\"\n")));
+        }
+        assert_no_secret(&one_database(&format!(
+            "[sources.a]\nurl = \"postgresql://u:{SECRET}@h:99999/a\"\n"
+        )));
+        assert_no_secret(&one_database(&format!("[sources.a]\nurl = \"host=h password={SECRET} port=x\"\n")));
+        // Passwords given twice, and valid configs holding passwords.
+        assert_no_secret(&one_database(&format!(
+            "[sources.a]\nurl = \"{url}\"\npassword_env = \"CUSTOMERS_PASSWORD\"\n"
+        )));
+        assert_no_secret(&one_database(&format!("[sources.a]\nurl = \"{url}\"\n")));
+        assert_no_secret(FULL);
+    }
+
+    #[test]
+    fn serde_messages_lose_the_value_they_quote() {
+        assert_eq!(
+            without_value(r#"invalid type: string "p@ss, expected \"x\"", expected a boolean"#),
+            "invalid type: string, expected a boolean"
+        );
+        assert_eq!(
+            without_value("invalid value: integer `70000`, expected u16"),
+            "invalid value: integer, expected u16"
+        );
+        assert_eq!(
+            without_value("invalid type: map, expected a string"),
+            "invalid type: map, expected a string"
+        );
+        assert_eq!(without_value("unknown field `x`, expected `url`"), "unknown field `x`, expected `url`");
     }
 }

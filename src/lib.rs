@@ -16,3 +16,4 @@ pub mod pipeline;
 pub mod snapshot;
 pub mod source;
 pub mod tail;
+pub mod validate;

@@ -12,6 +12,7 @@ use ferry::config::Config;
 use ferry::pg::conninfo::ConnInfo;
 use ferry::pg::names::QualifiedName;
 use ferry::tail::{self, TailOptions};
+use ferry::validate;
 
 /// ferry keeps microservices' private PostgreSQL databases in sync: it reads
 /// logical replication (pgoutput) from service databases and applies the
@@ -65,6 +66,18 @@ enum Command {
         /// The config file (TOML).
         #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
         config: PathBuf,
+    },
+    /// Check a config file and, unless --offline, every source and target it
+    /// names: tables, keys, replica identity, publications, column types.
+    /// Prints what each subscription would do, then the problems found.
+    /// Exits with 1 when there is an error (warnings alone exit with 0).
+    Validate {
+        /// The config file (TOML).
+        #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
+        config: PathBuf,
+        /// Check the config file only; connect to no database.
+        #[arg(long)]
+        offline: bool,
     },
     /// Print a database's live changes as JSON lines (one per change) on
     /// standard output, until Ctrl-C.
@@ -182,6 +195,22 @@ async fn run_command(config: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the config's problems, or the plan with what the databases say.
+async fn validate_command(config: PathBuf, offline: bool) -> ExitCode {
+    let config = match Config::load(&config) {
+        Ok(config) => config,
+        Err(error) => {
+            for line in error.to_string().lines() {
+                eprintln!("error: {line}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = if offline { validate::offline(&config) } else { validate::online(&config).await };
+    print!("{report}");
+    if report.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -189,6 +218,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run_command(config).await,
         Command::Demo { seconds } => demo_command(seconds).await,
+        Command::Validate { config, offline } => return validate_command(config, offline).await,
         Command::Tail { source, tables, publication, slot, password } => {
             tail_command(source, tables, publication, slot, password).await
         }

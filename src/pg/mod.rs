@@ -1,6 +1,8 @@
 //! Wire level: connection strings, TLS, the replication connection and the
-//! pgoutput decoder. Nothing above this module touches PostgreSQL's bytes.
+//! pgoutput decoder, and the catalog queries both ends share. Nothing above
+//! this module touches PostgreSQL's bytes.
 
+pub mod catalog;
 pub mod connection;
 pub mod conninfo;
 pub mod error;

@@ -1,6 +1,7 @@
 //! SQL names: quoting for statements ferry writes, and parsing of the
 //! qualified table names users write (`public."Order Lines"`).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -8,6 +9,14 @@ use std::str::FromStr;
 /// words and non-ASCII names survive (`"Order ""Lines"""`).
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes an identifier only when it must be, for people to read
+/// (`customers`, `"Order Lines"`). It parses back to the same name.
+pub fn quote_ident_if_needed(name: &str) -> Cow<'_, str> {
+    let plain = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain { Cow::Borrowed(name) } else { Cow::Owned(quote_ident(name)) }
 }
 
 /// Quotes a string literal (`'it''s'`). Backslashes are literal with
@@ -27,6 +36,12 @@ pub struct QualifiedName {
 impl QualifiedName {
     pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
         QualifiedName { schema: schema.into(), name: name.into() }
+    }
+
+    /// `public."Order Lines"`: quoted only where needed, for people to read.
+    /// `Display` quotes every part, for SQL.
+    pub fn readable(&self) -> String {
+        format!("{}.{}", quote_ident_if_needed(&self.schema), quote_ident_if_needed(&self.name))
     }
 }
 
@@ -132,6 +147,20 @@ mod tests {
         assert_eq!(QualifiedName::new("public", "Order Lines").to_string(), "\"public\".\"Order Lines\"");
         assert_eq!(quote_ident("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn readable_form_quotes_only_what_needs_it_and_parses_back() {
+        for (name, shown) in [
+            (QualifiedName::new("public", "customers"), "public.customers"),
+            (QualifiedName::new("public", "Order Lines"), "public.\"Order Lines\""),
+            (QualifiedName::new("sales_2", "_t$1"), "sales_2._t$1"),
+            (QualifiedName::new("a.b", "1x"), "\"a.b\".\"1x\""),
+            (QualifiedName::new("kunden", "straße"), "kunden.\"straße\""),
+        ] {
+            assert_eq!(name.readable(), shown);
+            assert_eq!(parse(&name.readable()), name);
+        }
     }
 
     #[test]

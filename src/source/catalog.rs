@@ -5,6 +5,7 @@
 use tokio_postgres::Client;
 
 use crate::config::Subscription;
+use crate::pg::catalog::{self, Column};
 use crate::pg::names::{QualifiedName, quote_ident};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,10 @@ pub enum CatalogError {
         "publication {0:?} is configured but does not exist on the source; create it, or leave `publication` out and ferry manages one"
     )]
     MissingPublication(String),
+    #[error(
+        "wal_level is {0}; logical replication needs wal_level = logical on the source (set it and restart the server)"
+    )]
+    WalLevel(String),
 }
 
 fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
@@ -30,42 +35,76 @@ fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -
     move |source| CatalogError::Sql { context, source }
 }
 
-/// Checks that every source table exists and has a usable replica identity.
+/// Checks that every source table exists and has a usable replica identity;
+/// stops at the first that does not.
 pub async fn check_tables(client: &Client, subscription: &Subscription) -> Result<(), CatalogError> {
     for table in &subscription.tables {
-        let row = client
-            .query_opt(
-                "SELECT c.relreplident::text,
-                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-                &[&table.from.schema, &table.from.name],
-            )
-            .await
-            .map_err(sql_error(format!("looking up {}", table.from)))?
-            .ok_or_else(|| CatalogError::MissingTable(table.from.clone()))?;
-        let identity: String = row.get(0);
-        let has_primary_key: bool = row.get(1);
-        if identity == "n" || (identity == "d" && !has_primary_key) {
-            return Err(CatalogError::NoReplicaIdentity(table.from.clone()));
-        }
+        check_table(client, &table.from).await?;
     }
     Ok(())
+}
+
+/// Checks that a source table exists and has a usable replica identity.
+pub async fn check_table(client: &Client, table: &QualifiedName) -> Result<(), CatalogError> {
+    let row = client
+        .query_opt(
+            "SELECT c.relreplident::text,
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(sql_error(format!("looking up {table}")))?
+        .ok_or_else(|| CatalogError::MissingTable(table.clone()))?;
+    let identity: String = row.get(0);
+    let has_primary_key: bool = row.get(1);
+    if identity == "n" || (identity == "d" && !has_primary_key) {
+        return Err(CatalogError::NoReplicaIdentity(table.clone()));
+    }
+    Ok(())
+}
+
+/// The columns of a source table, in table order; empty when it does not exist.
+pub async fn source_columns(client: &Client, table: &QualifiedName) -> Result<Vec<Column>, CatalogError> {
+    catalog::table_columns(client, table).await.map_err(sql_error(format!("reading the columns of {table}")))
+}
+
+/// Checks that the server writes the WAL logical decoding needs.
+pub async fn check_wal_level(client: &Client) -> Result<(), CatalogError> {
+    let row = client.query_one("SHOW wal_level", &[]).await.map_err(sql_error("reading wal_level"))?;
+    let level: String = row.get(0);
+    if level == "logical" { Ok(()) } else { Err(CatalogError::WalLevel(level)) }
+}
+
+/// Checks that a configured publication exists. A managed one needs no
+/// check: ferry creates it.
+pub async fn check_publication(client: &Client, subscription: &Subscription) -> Result<(), CatalogError> {
+    let name = &subscription.publication;
+    if subscription.publication_managed || publication_exists(client, name).await? {
+        Ok(())
+    } else {
+        Err(CatalogError::MissingPublication(name.clone()))
+    }
+}
+
+async fn publication_exists(client: &Client, name: &str) -> Result<bool, CatalogError> {
+    let row = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await
+        .map_err(sql_error("looking up the publication"))?;
+    Ok(row.is_some())
 }
 
 /// Makes the publication list exactly the subscription's tables when ferry
 /// manages it; checks that it exists otherwise. This must happen before the
 /// slot is created: the server reads publications as of the WAL it decodes.
 pub async fn ensure_publication(client: &Client, subscription: &Subscription) -> Result<(), CatalogError> {
-    let name = &subscription.publication;
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[name])
-        .await
-        .map_err(sql_error("looking up the publication"))?
-        .is_some();
     if !subscription.publication_managed {
-        return if exists { Ok(()) } else { Err(CatalogError::MissingPublication(name.clone())) };
+        return check_publication(client, subscription).await;
     }
+    let name = &subscription.publication;
+    let exists = publication_exists(client, name).await?;
     let tables: Vec<String> = subscription.tables.iter().map(|t| t.from.to_string()).collect();
     let tables = tables.join(", ");
     let statement = if exists {

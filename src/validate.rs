@@ -1,0 +1,512 @@
+//! `ferry validate`: checks a config against its databases before anything
+//! runs, and shows what each subscription would do.
+//!
+//! Offline, only the config file is checked ([`Config::load`] does that) and
+//! the plan is printed. Online, every source and target is connected to, all
+//! at once, and then, for each table of each subscription:
+//!
+//! - the source table exists and has a primary key or another usable replica
+//!   identity, and a configured publication exists (errors otherwise);
+//! - the target table exists and has a primary key, and every column of that
+//!   key exists in the source table (errors otherwise);
+//! - columns on both sides have the same type (a warning otherwise, see below);
+//! - source columns the target lacks are listed: they are not replicated.
+//!
+//! **Types.** Values cross as text: the target parses what the source
+//! printed with its own column type's input function. The rule is: the same
+//! `format_type` on both sides is fine; anything else is a warning naming
+//! both types, not an error, because many such pairs work (`integer` →
+//! `bigint`, `character varying(20)` → `text`) while others fail for some
+//! values only (`text` → `integer`, `bigint` → `integer`), which only the
+//! data can tell.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio_postgres::Client;
+
+use crate::apply::{ApplyError, TargetTable};
+use crate::config::{Config, Subscription, TableMapping};
+use crate::pg::catalog::Column;
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::names::{QualifiedName, quote_ident_if_needed};
+use crate::pg::tls;
+use crate::source::catalog::{self, CatalogError};
+
+/// How long a database may take to accept a connection when its url sets no
+/// `connect_timeout`: validation should answer, not hang on a lost host.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// `ferry run` would fail.
+    Error,
+    /// `ferry run` may work, or fail on some rows.
+    Warning,
+}
+
+/// One finding about a database, a subscription or one of its tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub severity: Severity,
+    /// What it is about: `source customers`, `subscription s, table public.t`.
+    pub subject: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{severity}: {}: {}", self.subject, self.message)
+    }
+}
+
+/// The problems found about one subject.
+struct Findings {
+    subject: String,
+    problems: Vec<Problem>,
+}
+
+impl Findings {
+    fn new(subject: String) -> Findings {
+        Findings { subject, problems: Vec::new() }
+    }
+
+    fn error(&mut self, message: impl ToString) {
+        self.push(Severity::Error, message.to_string());
+    }
+
+    fn warning(&mut self, message: impl ToString) {
+        self.push(Severity::Warning, message.to_string());
+    }
+
+    fn push(&mut self, severity: Severity, message: String) {
+        self.problems.push(Problem { severity, subject: self.subject.clone(), message });
+    }
+}
+
+/// What validation found: the plan, and the problems in the order found.
+/// `Display` prints it for the operator.
+#[derive(Debug)]
+pub struct Report {
+    subscriptions: Vec<SubscriptionPlan>,
+    problems: Vec<Problem>,
+    /// No database was contacted.
+    offline: bool,
+}
+
+#[derive(Debug)]
+struct SubscriptionPlan {
+    subscription: Subscription,
+    /// One per table, in config order; `None` where the columns are unknown
+    /// (offline, or one side could not be read).
+    columns: Vec<Option<ColumnPlan>>,
+}
+
+/// Which source columns reach the target, in source table order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ColumnPlan {
+    replicated: Vec<String>,
+    not_in_target: Vec<String>,
+}
+
+impl Report {
+    /// Errors and warnings, in the order found.
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.count(Severity::Error) > 0
+    }
+
+    fn count(&self, severity: Severity) -> usize {
+        self.problems.iter().filter(|p| p.severity == severity).count()
+    }
+}
+
+/// The plan from the config alone.
+pub fn offline(config: &Config) -> Report {
+    let subscriptions = config
+        .subscriptions
+        .iter()
+        .map(|s| SubscriptionPlan { subscription: s.clone(), columns: vec![None; s.tables.len()] })
+        .collect();
+    Report { subscriptions, problems: Vec::new(), offline: true }
+}
+
+/// The plan, checked against every source and target.
+pub async fn online(config: &Config) -> Report {
+    let mut report = offline(config);
+    report.offline = false;
+    let ((sources, source_problems), (targets, target_problems)) =
+        tokio::join!(connect_all(&config.sources, "source"), connect_all(&config.targets, "target"));
+    report.problems.extend(source_problems);
+    report.problems.extend(target_problems);
+    report.problems.extend(check_sources(&sources).await);
+    let checks = config
+        .subscriptions
+        .iter()
+        .map(|sub| check_subscription(sub, sources.get(&sub.source), targets.get(&sub.target)));
+    for (plan, (columns, problems)) in report.subscriptions.iter_mut().zip(join_all(checks).await) {
+        plan.columns = columns;
+        report.problems.extend(problems);
+    }
+    report
+}
+
+/// Connects to every database of one kind at once. The ones that cannot be
+/// reached are problems, named by the config's name and the url without its
+/// password.
+async fn connect_all(
+    databases: &BTreeMap<String, ConnInfo>,
+    kind: &str,
+) -> (BTreeMap<String, Client>, Vec<Problem>) {
+    let attempts = join_all(databases.iter().map(|(name, info)| async move { (name, connect(info).await) }));
+    let mut clients = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (name, result) in attempts.await {
+        match result {
+            Ok(client) => {
+                clients.insert(name.clone(), client);
+            }
+            Err(error) => {
+                let mut database = Findings::new(format!("{kind} {name}"));
+                database.error(error);
+                problems.extend(database.problems);
+            }
+        }
+    }
+    (clients, problems)
+}
+
+async fn connect(info: &ConnInfo) -> Result<Client, tls::SqlConnectError> {
+    let info = ConnInfo { connect_timeout: info.connect_timeout.or(Some(CONNECT_TIMEOUT)), ..info.clone() };
+    tls::connect_sql(&info).await
+}
+
+/// What every source needs whatever its tables: logical WAL.
+async fn check_sources(sources: &BTreeMap<String, Client>) -> Vec<Problem> {
+    let checks = sources.iter().map(|(name, client)| async move {
+        let mut findings = Findings::new(format!("source {name}"));
+        if let Err(error) = catalog::check_wal_level(client).await {
+            findings.error(error);
+        }
+        findings.problems
+    });
+    join_all(checks).await.into_iter().flatten().collect()
+}
+
+/// Checks a subscription's publication and tables on whichever of its
+/// databases could be reached.
+async fn check_subscription(
+    sub: &Subscription,
+    source: Option<&Client>,
+    target: Option<&Client>,
+) -> (Vec<Option<ColumnPlan>>, Vec<Problem>) {
+    let mut findings = Findings::new(format!("subscription {}", sub.name));
+    if let Some(source) = source
+        && let Err(error) = catalog::check_publication(source, sub).await
+    {
+        findings.error(error);
+    }
+    let mut problems = findings.problems;
+    let mut columns = Vec::new();
+    for table in &sub.tables {
+        let mut findings =
+            Findings::new(format!("subscription {}, table {}", sub.name, table.from.readable()));
+        columns.push(check_table(table, source, target, &mut findings).await);
+        problems.extend(findings.problems);
+    }
+    (columns, problems)
+}
+
+/// Checks both sides of one table mapping; the column plan when both could
+/// be read.
+async fn check_table(
+    table: &TableMapping,
+    source: Option<&Client>,
+    target: Option<&Client>,
+    findings: &mut Findings,
+) -> Option<ColumnPlan> {
+    let source_columns = match source {
+        Some(client) => read_source(client, &table.from, findings).await,
+        None => None,
+    };
+    let target_table = match target {
+        Some(client) => TargetTable::load(client, &table.to).await.map_err(|e| findings.error(e)).ok(),
+        None => None,
+    };
+    Some(compare(table, &source_columns?, &target_table?, findings))
+}
+
+/// The source table's columns, when it exists. An unusable replica identity
+/// is reported, and the columns are still compared.
+async fn read_source(client: &Client, table: &QualifiedName, findings: &mut Findings) -> Option<Vec<Column>> {
+    match catalog::check_table(client, table).await {
+        Ok(()) => {}
+        Err(error @ CatalogError::NoReplicaIdentity(_)) => findings.error(error),
+        Err(error) => {
+            findings.error(error);
+            return None;
+        }
+    }
+    catalog::source_columns(client, table).await.map_err(|e| findings.error(e)).ok()
+}
+
+/// Lines the source columns up with the target's: a target key column the
+/// source lacks is an error, a type that differs a warning.
+fn compare(
+    table: &TableMapping,
+    source: &[Column],
+    target: &TargetTable,
+    findings: &mut Findings,
+) -> ColumnPlan {
+    for key in target.key_columns() {
+        if !source.iter().any(|c| c.name == key.name) {
+            findings.error(ApplyError::KeyNotSent {
+                source_table: table.from.clone(),
+                target: table.to.clone(),
+                column: key.name.clone(),
+            });
+        }
+    }
+    let mut plan = ColumnPlan::default();
+    for column in source {
+        match target.column(&column.name) {
+            Some(other) => {
+                if other.type_name != column.type_name {
+                    findings.warning(type_warning(column, other));
+                }
+                plan.replicated.push(column.name.clone());
+            }
+            None => plan.not_in_target.push(column.name.clone()),
+        }
+    }
+    plan
+}
+
+fn type_warning(source: &Column, target: &Column) -> String {
+    format!(
+        "column {}: source type {}, target type {}; values cross as text, so every value must also be valid {} input",
+        quote_ident_if_needed(&source.name),
+        source.type_name,
+        target.type_name,
+        target.type_name
+    )
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for plan in &self.subscriptions {
+            write!(f, "{plan}")?;
+        }
+        for problem in &self.problems {
+            writeln!(f, "{problem}")?;
+        }
+        writeln!(f, "{}", self.summary())
+    }
+}
+
+impl Report {
+    /// `ok: 1 subscription, 2 tables`, or `failed: 3 errors, 1 warning (…)`.
+    fn summary(&self) -> String {
+        let tables: usize = self.subscriptions.iter().map(|p| p.subscription.tables.len()).sum();
+        let scope =
+            format!("{}, {}", counted(self.subscriptions.len(), "subscription"), counted(tables, "table"));
+        let (errors, warnings) = (self.count(Severity::Error), self.count(Severity::Warning));
+        if errors > 0 {
+            return format!(
+                "failed: {}, {} ({scope})",
+                counted(errors, "error"),
+                counted(warnings, "warning")
+            );
+        }
+        let mut line = format!("ok: {scope}");
+        if warnings > 0 {
+            line.push_str(&format!(", {}", counted(warnings, "warning")));
+        }
+        if self.offline {
+            line.push_str(" (offline: no database contacted)");
+        }
+        line
+    }
+}
+
+fn counted(n: usize, thing: &str) -> String {
+    if n == 1 { format!("1 {thing}") } else { format!("{n} {thing}s") }
+}
+
+impl fmt::Display for SubscriptionPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sub = &self.subscription;
+        let publication = if sub.publication_managed { "managed" } else { "configured" };
+        let snapshot = if sub.snapshot { "on" } else { "off" };
+        writeln!(
+            f,
+            "subscription {}: source {} → target {}, slot {}, publication {} ({publication}), snapshot {snapshot}",
+            sub.name, sub.source, sub.target, sub.slot, sub.publication
+        )?;
+        for (table, columns) in sub.tables.iter().zip(&self.columns) {
+            write!(f, "  {} → {}", table.from.readable(), table.to.readable())?;
+            match columns {
+                Some(columns) => writeln!(f, "  {columns}")?,
+                None => writeln!(f)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `columns: id, name, email (3 of 4; not in target: ssn)`
+impl fmt::Display for ColumnPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names =
+            |list: &[String]| list.iter().map(|n| quote_ident_if_needed(n)).collect::<Vec<_>>().join(", ");
+        let replicated =
+            if self.replicated.is_empty() { "none".to_string() } else { names(&self.replicated) };
+        write!(f, "columns: {replicated}")?;
+        if !self.not_in_target.is_empty() {
+            let total = self.replicated.len() + self.not_in_target.len();
+            write!(
+                f,
+                " ({} of {total}; not in target: {})",
+                self.replicated.len(),
+                names(&self.not_in_target)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn column(name: &str, type_name: &str, is_key: bool) -> Column {
+        Column { name: name.into(), type_name: type_name.into(), is_key }
+    }
+
+    fn mapping() -> TableMapping {
+        TableMapping {
+            from: QualifiedName::new("public", "customers"),
+            to: QualifiedName::new("replica", "customers"),
+        }
+    }
+
+    fn messages(findings: &Findings) -> Vec<String> {
+        findings.problems.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn offline_plan_shows_each_subscription_and_table() {
+        let text = r#"
+            [sources.customers]
+            url = "postgresql://ferry:secret@db/customers"
+            [targets.orders]
+            url = "postgresql://ferry@db/orders"
+            [[subscriptions]]
+            name = "customers-to-orders"
+            source = "customers"
+            target = "orders"
+            tables = [{ from = "public.customers", to = "replica.customers" }, { from = 'public."Order Lines"' }]
+            [[subscriptions]]
+            name = "audit"
+            source = "customers"
+            target = "orders"
+            publication = "audit_pub"
+            snapshot = false
+            tables = [{ from = "audit" }]
+        "#;
+        let config = Config::parse(text, Path::new("ferry.toml")).unwrap();
+        let report = offline(&config);
+        assert!(!report.has_errors());
+        assert_eq!(
+            report.to_string(),
+            "subscription customers-to-orders: source customers → target orders, slot ferry_customers_to_orders, \
+             publication ferry_customers_to_orders (managed), snapshot on\n  \
+             public.customers → replica.customers\n  \
+             public.\"Order Lines\" → public.\"Order Lines\"\n\
+             subscription audit: source customers → target orders, slot ferry_audit, publication audit_pub \
+             (configured), snapshot off\n  \
+             public.audit → public.audit\n\
+             ok: 2 subscriptions, 3 tables (offline: no database contacted)\n"
+        );
+    }
+
+    #[test]
+    fn compare_lists_what_is_replicated_and_what_is_not() {
+        let source = [
+            column("id", "integer", true),
+            column("name", "text", false),
+            column("email", "text", false),
+            column("ssn", "text", false),
+        ];
+        let target = TargetTable {
+            name: mapping().to,
+            columns: vec![
+                column("id", "integer", true),
+                column("name", "text", false),
+                column("email", "text", false),
+            ],
+        };
+        let mut findings = Findings::new("subscription s, table public.customers".into());
+        let plan = compare(&mapping(), &source, &target, &mut findings);
+        assert!(findings.problems.is_empty());
+        assert_eq!(plan.to_string(), "columns: id, name, email (3 of 4; not in target: ssn)");
+    }
+
+    #[test]
+    fn compare_reports_missing_key_columns_and_type_differences() {
+        let source = [column("id", "integer", true), column("Total", "text", false)];
+        let target = TargetTable {
+            name: mapping().to,
+            columns: vec![
+                column("region", "text", true),
+                column("id", "bigint", true),
+                column("Total", "numeric(12,2)", false),
+            ],
+        };
+        let mut findings = Findings::new("subscription s, table public.customers".into());
+        let plan = compare(&mapping(), &source, &target, &mut findings);
+        assert_eq!(
+            messages(&findings),
+            [
+                "error: subscription s, table public.customers: source table \"public\".\"customers\" does not \
+                 send key column region of target table \"replica\".\"customers\"",
+                "warning: subscription s, table public.customers: column id: source type integer, target type \
+                 bigint; values cross as text, so every value must also be valid bigint input",
+                "warning: subscription s, table public.customers: column \"Total\": source type text, target \
+                 type numeric(12,2); values cross as text, so every value must also be valid numeric(12,2) input",
+            ]
+        );
+        assert_eq!(plan.to_string(), "columns: id, \"Total\"");
+    }
+
+    #[test]
+    fn a_table_sharing_no_column_replicates_none() {
+        let plan = ColumnPlan { replicated: vec![], not_in_target: vec!["a".into(), "b".into()] };
+        assert_eq!(plan.to_string(), "columns: none (0 of 2; not in target: a, b)");
+    }
+
+    #[test]
+    fn summary_counts_errors_and_warnings() {
+        let problem = |severity| Problem { severity, subject: "source a".into(), message: "m".into() };
+        let mut report =
+            Report { subscriptions: Vec::new(), problems: vec![problem(Severity::Warning)], offline: false };
+        assert_eq!(report.summary(), "ok: 0 subscriptions, 0 tables, 1 warning");
+        assert!(!report.has_errors());
+        report.problems.push(problem(Severity::Error));
+        report.problems.push(problem(Severity::Error));
+        assert_eq!(report.summary(), "failed: 2 errors, 1 warning (0 subscriptions, 0 tables)");
+        assert!(report.has_errors());
+        assert_eq!(report.problems[1].to_string(), "error: source a: m");
+    }
+}

@@ -1,0 +1,247 @@
+//! `ferry validate` run as the binary against real clusters: the plan for a
+//! good setup, every problem of a bad one at once, and no database at all.
+
+mod support;
+
+use std::net::TcpListener;
+use std::process::Output;
+
+use support::{Cluster, ClusterOptions};
+
+/// The result of `ferry validate --config <config> <args>`.
+struct Validated {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Validated {
+    fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    fn assert_mentions(&self, expected: &str) {
+        assert!(self.output().contains(expected), "expected {expected:?} in:\n{}", self.output());
+    }
+}
+
+async fn validate(config: &str, args: &[&str]) -> Validated {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, config).unwrap();
+    let Output { status, stdout, stderr } = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("validate")
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .output()
+        .await
+        .expect("running ferry validate");
+    Validated {
+        code: status.code(),
+        stdout: String::from_utf8(stdout).unwrap(),
+        stderr: String::from_utf8(stderr).unwrap(),
+    }
+}
+
+/// One subscription `customers-to-orders` from `source` to `target`, with
+/// `extra` lines in it and then `tables` as (from, to).
+fn config(source: &str, target: &str, extra: &str, tables: &[(&str, &str)]) -> String {
+    let mut text = format!(
+        "[sources.customers]\nurl = \"{source}\"\n\n[targets.orders]\nurl = \"{target}\"\n\n\
+         [[subscriptions]]\nname = \"customers-to-orders\"\nsource = \"customers\"\ntarget = \"orders\"\n{extra}\n"
+    );
+    for (from, to) in tables {
+        text.push_str(&format!("\n[[subscriptions.tables]]\nfrom = '{from}'\nto = '{to}'\n"));
+    }
+    text
+}
+
+async fn exec(client: &tokio_postgres::Client, sql: &str) {
+    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// A cluster with a `customers` (source) and an `orders` (target) database.
+async fn source_and_target(cluster: &Cluster) -> (tokio_postgres::Client, tokio_postgres::Client) {
+    let admin = cluster.client("postgres").await;
+    // One statement at a time: CREATE DATABASE cannot run in a transaction.
+    exec(&admin, "CREATE DATABASE customers").await;
+    exec(&admin, "CREATE DATABASE orders").await;
+    (cluster.client("customers").await, cluster.client("orders").await)
+}
+
+/// A local port nothing listens on.
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_setup_passes_and_prints_the_plan_without_changing_anything() {
+    let cluster = Cluster::start();
+    let (source, target) = source_and_target(&cluster).await;
+    exec(&source, "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, ssn text)").await;
+    exec(
+        &target,
+        "CREATE SCHEMA replica; CREATE TABLE replica.customers (id int PRIMARY KEY, name text, email text)",
+    )
+    .await;
+    let text = config(
+        &cluster.url("customers"),
+        &cluster.url("orders"),
+        "",
+        &[("public.customers", "replica.customers")],
+    );
+
+    let validated = validate(&text, &[]).await;
+
+    assert_eq!(validated.code, Some(0), "{}", validated.output());
+    assert_eq!(
+        validated.stdout,
+        "subscription customers-to-orders: source customers → target orders, slot ferry_customers_to_orders, \
+         publication ferry_customers_to_orders (managed), snapshot on\n  \
+         public.customers → replica.customers  columns: id, name, email (3 of 4; not in target: ssn)\n\
+         ok: 1 subscription, 1 table\n"
+    );
+    let created: i64 = source
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_slots)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(created, 0, "validate created a publication or a slot");
+    let ferry_schema =
+        target.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = 'ferry'", &[]).await.unwrap();
+    assert!(ferry_schema.is_none(), "validate created the ferry schema on the target");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_every_problem_of_every_table_at_once() {
+    let cluster = Cluster::start();
+    let (source, target) = source_and_target(&cluster).await;
+    exec(
+        &source,
+        "CREATE TABLE keyless_target (id int PRIMARY KEY, name text);
+         CREATE TABLE unidentified (id int PRIMARY KEY, name text);
+         ALTER TABLE unidentified REPLICA IDENTITY NOTHING;
+         CREATE TABLE regional (id int PRIMARY KEY, name text);
+         CREATE TABLE typed (id int PRIMARY KEY, amount text)",
+    )
+    .await;
+    exec(
+        &target,
+        "CREATE TABLE present_only_here (id int PRIMARY KEY);
+         CREATE TABLE keyless_target (id int, name text);
+         CREATE TABLE unidentified (id int PRIMARY KEY, name text);
+         CREATE TABLE regional (id int, region text, name text, PRIMARY KEY (id, region));
+         CREATE TABLE typed (id int PRIMARY KEY, amount integer)",
+    )
+    .await;
+    let text = config(
+        &cluster.url("customers"),
+        &cluster.url("orders"),
+        "publication = \"orders_pub\"",
+        &[
+            ("public.not_there", "public.present_only_here"),
+            ("keyless_target", "keyless_target"),
+            ("unidentified", "unidentified"),
+            ("regional", "regional"),
+            ("typed", "typed"),
+        ],
+    );
+
+    let validated = validate(&text, &[]).await;
+
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    let sub = "subscription customers-to-orders";
+    for expected in [
+        format!("error: {sub}: publication \"orders_pub\" is configured but does not exist on the source"),
+        format!("error: {sub}, table public.not_there: source table \"public\".\"not_there\" does not exist"),
+        format!(
+            "error: {sub}, table public.keyless_target: target table \"public\".\"keyless_target\" has no primary key"
+        ),
+        format!(
+            "error: {sub}, table public.unidentified: source table \"public\".\"unidentified\" has no replica identity"
+        ),
+        format!(
+            "error: {sub}, table public.regional: source table \"public\".\"regional\" does not send key column \
+             region of target table \"public\".\"regional\""
+        ),
+        format!("warning: {sub}, table public.typed: column amount: source type text, target type integer"),
+        "  public.typed → public.typed  columns: id, amount\n".to_string(),
+        "failed: 5 errors, 1 warning (1 subscription, 5 tables)".to_string(),
+    ] {
+        validated.assert_mentions(&expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_without_logical_wal_is_an_error() {
+    let cluster = Cluster::start_with(ClusterOptions {
+        conf: vec!["wal_level = replica".into()],
+        ..Default::default()
+    });
+    let (source, target) = source_and_target(&cluster).await;
+    exec(&source, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    exec(&target, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let text = config(&cluster.url("customers"), &cluster.url("orders"), "", &[("t", "t")]);
+
+    let validated = validate(&text, &[]).await;
+
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    validated.assert_mentions(
+        "error: source customers: wal_level is replica; logical replication needs wal_level = logical",
+    );
+}
+
+#[tokio::test]
+async fn offline_checks_the_file_without_any_database() {
+    let port = closed_port();
+    let text = config(
+        &format!("postgresql://ferry@127.0.0.1:{port}/customers"),
+        &format!("postgresql://ferry@127.0.0.1:{port}/orders"),
+        "",
+        &[("public.customers", "replica.customers")],
+    );
+
+    let validated = validate(&text, &["--offline"]).await;
+
+    assert_eq!(validated.code, Some(0), "{}", validated.output());
+    assert_eq!(
+        validated.stdout,
+        "subscription customers-to-orders: source customers → target orders, slot ferry_customers_to_orders, \
+         publication ferry_customers_to_orders (managed), snapshot on\n  \
+         public.customers → replica.customers\n\
+         ok: 1 subscription, 1 table (offline: no database contacted)\n"
+    );
+
+    let broken = text.replace("target = \"orders\"", "target = \"shipping\"");
+    let validated = validate(&broken, &["--offline"]).await;
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    assert!(validated.stdout.is_empty(), "{}", validated.stdout);
+    validated.assert_mentions("ferry.toml:10:10: unknown target \"shipping\" (defined: [\"orders\"])");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_an_error_that_keeps_the_password_secret() {
+    let port = closed_port();
+    let password = "s3cret-Pa55word";
+    let text = config(
+        &format!("postgresql://ferry:{password}@127.0.0.1:{port}/customers?sslmode=disable"),
+        &format!("postgresql://ferry:{password}@127.0.0.1:{port}/orders?sslmode=disable"),
+        "",
+        &[("public.customers", "public.customers")],
+    );
+
+    let validated = validate(&text, &[]).await;
+
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    validated.assert_mentions(&format!(
+        "error: source customers: cannot connect to postgresql://ferry@127.0.0.1:{port}/customers"
+    ));
+    validated.assert_mentions(&format!(
+        "error: target orders: cannot connect to postgresql://ferry@127.0.0.1:{port}/orders"
+    ));
+    assert!(!validated.output().contains(password), "the password leaked:\n{}", validated.output());
+}
