@@ -15,6 +15,7 @@ use tokio_postgres::{Client, Statement};
 use crate::config::TableMapping;
 use crate::pg::Lsn;
 use crate::pg::catalog::{self, Column};
+use crate::pg::error::describe_sql_error;
 use crate::pg::names::{QualifiedName, quote_ident};
 use crate::pg::pgoutput::{OldTuple, Relation, ReplicaIdentity, Tuple, Value};
 use crate::source::Change;
@@ -23,7 +24,7 @@ use crate::source::Change;
 /// carry the SQLSTATE; never row values.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("target: {context}: {source}")]
+    #[error("target: {context}: {}", describe_sql_error(source))]
     Target { context: String, source: tokio_postgres::Error },
     #[error("target table {table} does not exist")]
     MissingTable { table: QualifiedName },
@@ -149,6 +150,10 @@ struct RelationPlan {
     columns: Vec<(usize, String)>,
     /// Source column indexes of the row's key on the target.
     key: Vec<usize>,
+    /// The key columns' names, and their positions among `columns`, to
+    /// name the row in errors.
+    key_names: Arc<[String]>,
+    key_positions: Arc<[usize]>,
     insert: Statement,
     delete: Statement,
     /// Update statements by the set of columns present (unchanged TOAST
@@ -316,11 +321,14 @@ impl Applier {
         let params: Vec<TextParam> = plan.columns.iter().map(|(i, _)| param(new, *i)).collect();
         let (client, statement, target) =
             (Arc::clone(&self.client), plan.insert.clone(), Arc::clone(&plan.target));
+        let key_names = Arc::clone(&plan.key_names);
+        let key_positions = Arc::clone(&plan.key_positions);
         self.send(async move {
-            client
-                .execute_raw(&statement, params)
-                .await
-                .map_err(target_error(format!("insert into {target}")))?;
+            if let Err(error) = client.execute_raw(&statement, params.iter()).await {
+                // Only now, on the error path, is the key spelled out.
+                let key = key_text(&key_names, key_positions.iter().map(|&p| params[p].0.as_deref()));
+                return Err(target_error(format!("insert into {target}, key {key}"))(error));
+            }
             Ok(())
         })
         .await
@@ -478,11 +486,15 @@ async fn build_plan(
         .prepare(&delete_sql)
         .await
         .map_err(target_error(format!("preparing delete from {}", table.name)))?;
+    let key_names = key.iter().map(|&k| relation.columns[k].name.clone()).collect();
+    let key_positions = key.iter().filter_map(|&k| columns.iter().position(|(i, _)| *i == k)).collect();
     Ok(RelationPlan {
         relation: Arc::clone(relation),
         target: Arc::new(table.name.clone()),
         columns,
         key,
+        key_names,
+        key_positions,
         insert,
         delete,
         updates: HashMap::new(),
@@ -607,14 +619,18 @@ fn key_param(
 /// The row's key as PostgreSQL shows it in errors, `(id, region)=(7, eu)`:
 /// what an operator needs to find the row, and no other column's value.
 fn describe_key(plan: &RelationPlan, tuple: &Tuple) -> String {
-    let names: Vec<&str> = plan.key.iter().map(|&i| plan.relation.columns[i].name.as_str()).collect();
-    let values: Vec<String> = plan
-        .key
-        .iter()
-        .map(|&i| match tuple.0.get(i) {
-            Some(Value::Text(b) | Value::Binary(b)) => String::from_utf8_lossy(b).into_owned(),
-            _ => "?".to_string(),
-        })
+    key_text(
+        &plan.key_names,
+        plan.key.iter().map(|&i| match tuple.0.get(i) {
+            Some(Value::Text(b) | Value::Binary(b)) => Some(&b[..]),
+            _ => None,
+        }),
+    )
+}
+
+fn key_text<'a>(names: &[String], values: impl Iterator<Item = Option<&'a [u8]>>) -> String {
+    let values: Vec<String> = values
+        .map(|v| v.map_or_else(|| "NULL".to_string(), |b| String::from_utf8_lossy(b).into_owned()))
         .collect();
     format!("({})=({})", names.join(", "), values.join(", "))
 }

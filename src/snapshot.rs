@@ -7,11 +7,12 @@ use tokio_postgres::Client;
 
 use crate::apply::TargetTable;
 use crate::fault;
+use crate::pg::error::describe_sql_error;
 use crate::pg::names::{QualifiedName, quote_ident, quote_literal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("snapshot: {context}: {source}")]
+    #[error("snapshot: {context}: {}", describe_sql_error(source))]
     Sql { context: String, source: tokio_postgres::Error },
     #[error(
         "target table {0} is not empty; the initial copy only fills empty tables (empty it, or set snapshot = false)"

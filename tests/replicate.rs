@@ -60,3 +60,185 @@ async fn copies_existing_rows_then_streams_changes_made_during_the_copy() {
     assert!(checksum(&dst, "items", "id", "id").await.0 > 49_000);
     drop(daemon);
 }
+
+async fn slot_confirmed(client: &tokio_postgres::Client) -> String {
+    client
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'ferry_test'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_confirms_and_a_restart_resumes_without_duplicates() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    let dst = target.client("postgres").await;
+    let schema = "CREATE TABLE counter (id int PRIMARY KEY, n bigint); CREATE TABLE log (id bigint PRIMARY KEY, note text);";
+    exec(&src, schema).await;
+    exec(&src, "INSERT INTO counter VALUES (1, 0)").await;
+    exec(&dst, schema).await;
+    let config = config(&source, &target, &[("counter", "counter"), ("log", "log")], "");
+
+    let daemon = Daemon::start(&config);
+    daemon.wait_for_log("streaming", SETTLE).await;
+    for i in 0..50 {
+        exec(
+            &src,
+            &format!("BEGIN; UPDATE counter SET n = n + 1; INSERT INTO log VALUES ({i}, 'x'); COMMIT;"),
+        )
+        .await;
+    }
+    wait_for_same(&src, &dst, "counter", "counter", "id, n", "id", SETTLE).await;
+    let (code, _) = daemon.signal_and_wait("TERM");
+    assert_eq!(code, Some(0), "SIGTERM should end ferry cleanly");
+
+    // Feedback after durability: what the source may forget is exactly what
+    // the target recorded.
+    let progress: String = dst
+        .query_one("SELECT end_lsn::text FROM ferry.progress WHERE subscription = 'test'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let confirmed = slot_confirmed(&src).await;
+    let (progress, confirmed): (ferry::pg::Lsn, ferry::pg::Lsn) =
+        (progress.parse().unwrap(), confirmed.parse().unwrap());
+    assert!(confirmed <= progress, "confirmed {confirmed} must not pass the target's progress {progress}");
+
+    // Changes while ferry is down arrive after the restart, once.
+    for i in 50..80 {
+        exec(
+            &src,
+            &format!("BEGIN; UPDATE counter SET n = n + 1; INSERT INTO log VALUES ({i}, 'y'); COMMIT;"),
+        )
+        .await;
+    }
+    let daemon = Daemon::start(&config);
+    wait_for_same(&src, &dst, "log", "log", "id, note", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "counter", "counter", "id, n", "id", SETTLE).await;
+    let n: i64 = dst.query_one("SELECT n FROM counter", &[]).await.unwrap().get(0);
+    assert_eq!(n, 80);
+    let (code, _) = daemon.signal_and_wait("INT");
+    assert_eq!(code, Some(0), "SIGINT should end ferry cleanly too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_key_changes_toast_truncate_and_every_replica_identity() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    let dst = target.client("postgres").await;
+    let schema = "
+        CREATE TABLE plain (id int PRIMARY KEY, v text);
+        CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
+        CREATE TABLE full_identity (id int PRIMARY KEY, data jsonb, n int);
+        CREATE TABLE by_index (id int PRIMARY KEY, code text NOT NULL, n int);
+        CREATE UNIQUE INDEX by_index_code ON by_index (code);";
+    exec(&src, schema).await;
+    exec(&src, "ALTER TABLE full_identity REPLICA IDENTITY FULL; ALTER TABLE by_index REPLICA IDENTITY USING INDEX by_index_code;").await;
+    // The target keys by_index on code, as its source identity does.
+    exec(
+        &dst,
+        &schema.replace(
+            "by_index (id int PRIMARY KEY, code text NOT NULL",
+            "by_index (id int, code text PRIMARY KEY",
+        ),
+    )
+    .await;
+    exec(
+        &src,
+        "INSERT INTO docs SELECT 1, 'draft', string_agg(md5(g::text), '') FROM generate_series(1, 700) g",
+    )
+    .await;
+    let tables =
+        [("plain", "plain"), ("docs", "docs"), ("full_identity", "full_identity"), ("by_index", "by_index")];
+    let daemon = Daemon::start(&config(&source, &target, &tables, ""));
+    daemon.wait_for_log("streaming", SETTLE).await;
+
+    for statement in [
+        "INSERT INTO plain VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+        "UPDATE plain SET id = 10 WHERE id = 1",
+        "UPDATE plain SET id = id + 100, v = v || '!'",
+        "DELETE FROM plain WHERE id = 102",
+        "UPDATE docs SET title = 'final' WHERE id = 1",
+        "INSERT INTO full_identity VALUES (1, '{\"a\": 1}', 1), (2, '[1, 2]', 2)",
+        "UPDATE full_identity SET n = 5, data = '{\"b\": [null]}' WHERE id = 1",
+        "DELETE FROM full_identity WHERE id = 2",
+        "INSERT INTO by_index VALUES (1, 'one', 1), (2, 'two', 2)",
+        "UPDATE by_index SET n = 10 WHERE code = 'one'",
+        "UPDATE by_index SET code = 'uno' WHERE code = 'one'",
+        "DELETE FROM by_index WHERE code = 'two'",
+    ] {
+        exec(&src, statement).await;
+    }
+    wait_for_same(&src, &dst, "plain", "plain", "id, v", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "docs", "docs", "id, title, body", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "full_identity", "full_identity", "id, data, n", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "by_index", "by_index", "id, code, n", "code", SETTLE).await;
+    let body_length: i32 = dst.query_one("SELECT length(body) FROM docs", &[]).await.unwrap().get(0);
+    assert_eq!(body_length, 700 * 32, "an unchanged TOAST value keeps its target value");
+
+    exec(&src, "TRUNCATE plain, docs").await;
+    wait_for_same(&src, &dst, "plain", "plain", "id, v", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "docs", "docs", "id", "id", SETTLE).await;
+    assert_eq!(checksum(&dst, "plain", "id", "id").await.0, 0);
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_identifiers_and_every_type_arrive_as_on_the_source() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    let dst = target.client("postgres").await;
+    let definitions: Vec<String> =
+        support::types::COLUMNS.iter().map(|(name, ty, _)| format!("{name} {ty}")).collect();
+    let schema = format!(
+        "{types}
+         CREATE SCHEMA \"Sales Dept\";
+         CREATE TABLE \"Sales Dept\".\"Order Lines\" (\"Id\" int PRIMARY KEY, \"select\" text, \"naïve col\" int, \"MixedCase\" text);
+         CREATE TABLE every_type (id int PRIMARY KEY, {columns});",
+        types = support::types::SUPPORTING_TYPES,
+        columns = definitions.join(", ")
+    );
+    exec(&src, &schema).await;
+    exec(&dst, &schema).await;
+    let values: Vec<&str> = support::types::COLUMNS.iter().map(|(_, _, v)| *v).collect();
+    // One row copied by the snapshot, one streamed.
+    exec(&src, &format!("INSERT INTO every_type VALUES (1, {})", values.join(", "))).await;
+    let tables =
+        [(r#""Sales Dept"."Order Lines""#, r#""Sales Dept"."Order Lines""#), ("every_type", "every_type")];
+    let daemon = Daemon::start(&config(&source, &target, &tables, ""));
+    daemon.wait_for_log("streaming", SETTLE).await;
+    exec(&src, &format!("INSERT INTO every_type VALUES (2, {})", values.join(", "))).await;
+    exec(&src, "INSERT INTO \"Sales Dept\".\"Order Lines\" VALUES (1, 'from', 2, 'Ünïcødé')").await;
+    exec(&src, "UPDATE \"Sales Dept\".\"Order Lines\" SET \"select\" = 'where', \"MixedCase\" = NULL").await;
+
+    let names: Vec<&str> = support::types::COLUMNS.iter().map(|(name, _, _)| *name).collect();
+    wait_for_same(&src, &dst, "every_type", "every_type", &format!("id, {}", names.join(", ")), "id", SETTLE)
+        .await;
+    let odd = r#""Sales Dept"."Order Lines""#;
+    wait_for_same(&src, &dst, odd, odd, r#""Id", "select", "naïve col", "MixedCase""#, r#""Id""#, SETTLE)
+        .await;
+    // Compare value by value too, so a mismatch names its column.
+    let text = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<Option<String>> {
+        rows.into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => {
+                    Some((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect())
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    for id in [1, 2] {
+        let query = format!("SELECT * FROM every_type WHERE id = {id}");
+        let (expected, actual) =
+            (text(src.simple_query(&query).await.unwrap()), text(dst.simple_query(&query).await.unwrap()));
+        for (i, name) in std::iter::once("id").chain(names.iter().copied()).enumerate() {
+            assert_eq!(actual[i], expected[i], "row {id}, column {name}");
+        }
+    }
+    drop(daemon);
+}

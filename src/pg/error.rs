@@ -63,3 +63,13 @@ impl PgError {
         }
     }
 }
+
+/// An ordinary SQL error (tokio-postgres) for logs: severity, SQLSTATE and
+/// message, without the server's DETAIL, which can quote row values
+/// ("Failing row contains ...").
+pub fn describe_sql_error(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => error.to_string(),
+    }
+}

@@ -6,11 +6,12 @@ use tokio_postgres::Client;
 
 use crate::config::Subscription;
 use crate::pg::catalog::{self, Column};
+use crate::pg::error::describe_sql_error;
 use crate::pg::names::{QualifiedName, quote_ident};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("source: {context}: {source}")]
+    #[error("source: {context}: {}", describe_sql_error(source))]
     Sql { context: String, source: tokio_postgres::Error },
     #[error("source table {0} does not exist")]
     MissingTable(QualifiedName),

@@ -1,0 +1,212 @@
+//! Failures a replicator meets in production: a target that goes away, a
+//! change the target refuses for good, a slot that vanished or was
+//! invalidated, a table the source cannot identify rows of, and a source
+//! that writes nothing the subscription reads.
+
+mod support;
+
+use std::time::Duration;
+
+use support::daemon::{Daemon, wait_for_same};
+use support::{Cluster, ClusterOptions};
+
+const SETTLE: Duration = Duration::from_secs(120);
+
+async fn exec(client: &tokio_postgres::Client, sql: &str) {
+    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Two subscriptions from one source: `a` into `target_a`, `b` into `target_b`.
+fn two_pipelines(source: &Cluster, target_a: &Cluster, target_b: &Cluster) -> String {
+    format!(
+        "[sources.src]\nurl = \"{}\"\n\n[targets.a]\nurl = \"{}\"\n\n[targets.b]\nurl = \"{}\"\n\n\
+         [[subscriptions]]\nname = \"to-a\"\nsource = \"src\"\ntarget = \"a\"\n\
+         [[subscriptions.tables]]\nfrom = \"items_a\"\n\n\
+         [[subscriptions]]\nname = \"to-b\"\nsource = \"src\"\ntarget = \"b\"\n\
+         [[subscriptions.tables]]\nfrom = \"items_b\"\n",
+        source.url("postgres"),
+        target_a.url("postgres"),
+        target_b.url("postgres")
+    )
+}
+
+async fn setup_two(check: &str) -> (Cluster, Cluster, Cluster) {
+    let (source, target_a, target_b) = (Cluster::start(), Cluster::start(), Cluster::start());
+    let schema = format!(
+        "CREATE TABLE items_a (id int PRIMARY KEY, qty int {check}); CREATE TABLE items_b (id int PRIMARY KEY, qty int);"
+    );
+    exec(&source.client("postgres").await, &schema.replace(check, "")).await;
+    exec(&target_a.client("postgres").await, &schema).await;
+    exec(&target_b.client("postgres").await, &schema).await;
+    (source, target_a, target_b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_goes_away_is_retried_while_other_pipelines_carry_on() {
+    let (source, target_a, target_b) = setup_two("").await;
+    let daemon = Daemon::start(&two_pipelines(&source, &target_a, &target_b));
+    daemon.wait_for_log("subscription=to-a slot=ferry_to_a", SETTLE).await;
+    daemon.wait_for_log("subscription=to-b slot=ferry_to_b", SETTLE).await;
+    let src = source.client("postgres").await;
+
+    target_a.stop();
+    for i in 0..20 {
+        exec(&src, &format!("INSERT INTO items_a VALUES ({i}, {i}); INSERT INTO items_b VALUES ({i}, {i});"))
+            .await;
+    }
+    // b keeps up while a is down.
+    let dst_b = target_b.client("postgres").await;
+    wait_for_same(&src, &dst_b, "items_b", "items_b", "id, qty", "id", SETTLE).await;
+    daemon.wait_for_log("retrying in", SETTLE).await;
+    let retry = daemon.wait_for_log("subscription=to-a", SETTLE).await;
+    assert!(!retry.contains("password"), "{retry}");
+
+    target_a.start_again();
+    let dst_a = target_a.client("postgres").await;
+    wait_for_same(&src, &dst_a, "items_a", "items_a", "id, qty", "id", SETTLE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_target_refuses_stops_only_its_pipeline_with_a_clear_error() {
+    let (source, target_a, target_b) = setup_two("CHECK (qty < 100)").await;
+    let mut daemon = Daemon::start(&two_pipelines(&source, &target_a, &target_b));
+    daemon.wait_for_log("subscription=to-a slot=ferry_to_a", SETTLE).await;
+    let src = source.client("postgres").await;
+    exec(&src, "INSERT INTO items_a VALUES (1, 5); INSERT INTO items_a VALUES (7, 500);").await;
+
+    let stopped = daemon.wait_for_log("pipeline stopped", SETTLE).await;
+    for needle in ["to-a", "23514", "items_a", "(id)=(7)", "check constraint"] {
+        assert!(stopped.contains(needle), "the error should name {needle}: {stopped}");
+    }
+    assert!(!stopped.contains("500"), "no row values beyond the key: {stopped}");
+
+    // The other pipeline is unaffected.
+    exec(&src, "INSERT INTO items_b VALUES (1, 1), (2, 2)").await;
+    let dst_b = target_b.client("postgres").await;
+    wait_for_same(&src, &dst_b, "items_b", "items_b", "id, qty", "id", SETTLE).await;
+    assert!(daemon.is_running());
+    // Nothing of the refused transaction was applied.
+    let rows: i64 = target_a
+        .client("postgres")
+        .await
+        .query_one("SELECT count(*) FROM items_a", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
+}
+
+fn one_pipeline(source: &Cluster, target: &Cluster) -> String {
+    support::daemon::config(
+        &source.url("postgres"),
+        &target.url("postgres"),
+        "test",
+        &[("items", "items")],
+        "",
+    )
+}
+
+async fn setup_one(source_options: ClusterOptions) -> (Cluster, Cluster) {
+    let (source, target) = (Cluster::start_with(source_options), Cluster::start());
+    let schema = "CREATE TABLE items (id int PRIMARY KEY, qty int); CREATE TABLE unrelated (id serial PRIMARY KEY, pad text);";
+    exec(&source.client("postgres").await, schema).await;
+    exec(&target.client("postgres").await, schema).await;
+    (source, target)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_slot_is_a_clear_error_not_a_fresh_start() {
+    let (source, target) = setup_one(ClusterOptions::default()).await;
+    let config = one_pipeline(&source, &target);
+    let daemon = Daemon::start(&config);
+    daemon.wait_for_log("streaming", SETTLE).await;
+    assert_eq!(daemon.signal_and_wait("TERM").0, Some(0));
+    exec(&source.client("postgres").await, "SELECT pg_drop_replication_slot('ferry_test')").await;
+
+    let mut daemon = Daemon::start(&config);
+    assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(1));
+    let logs = daemon.logs();
+    assert!(logs.contains("slot ferry_test no longer exists"), "{logs}");
+    let slots: i64 = source
+        .client("postgres")
+        .await
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "ferry must not silently create a new slot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidated_slot_is_a_clear_error() {
+    let options = ClusterOptions {
+        conf: vec![
+            "max_slot_wal_keep_size = 1MB".into(),
+            "wal_keep_size = 0".into(),
+            "max_wal_size = 32MB".into(),
+            "min_wal_size = 32MB".into(),
+        ],
+        ..Default::default()
+    };
+    let (source, target) = setup_one(options).await;
+    let config = one_pipeline(&source, &target);
+    let daemon = Daemon::start(&config);
+    daemon.wait_for_log("streaming", SETTLE).await;
+    assert_eq!(daemon.signal_and_wait("TERM").0, Some(0));
+    let src = source.client("postgres").await;
+    for _ in 0..4 {
+        exec(&src, "INSERT INTO unrelated (pad) SELECT repeat('x', 1000) FROM generate_series(1, 20000); SELECT pg_switch_wal(); CHECKPOINT;").await;
+    }
+    let status: String = src
+        .query_one("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'ferry_test'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "lost", "the test needs the server to invalidate the slot");
+
+    let mut daemon = Daemon::start(&config);
+    assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(1));
+    assert!(daemon.logs().contains("was invalidated"), "{}", daemon.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_identity_nothing_is_refused_with_what_to_do() {
+    let (source, target) = setup_one(ClusterOptions::default()).await;
+    exec(&source.client("postgres").await, "ALTER TABLE items REPLICA IDENTITY NOTHING").await;
+    let mut daemon = Daemon::start(&one_pipeline(&source, &target));
+    assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(1));
+    let logs = daemon.logs();
+    assert!(logs.contains("no replica identity") && logs.contains("REPLICA IDENTITY"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_source_still_advances_its_slot() {
+    let (source, target) = setup_one(ClusterOptions::default()).await;
+    let daemon = Daemon::start(&one_pipeline(&source, &target));
+    daemon.wait_for_log("streaming", SETTLE).await;
+    let src = source.client("postgres").await;
+    // Only a table no subscription reads changes.
+    exec(&src, "INSERT INTO unrelated (pad) SELECT 'x' FROM generate_series(1, 1000)").await;
+    let written: String = src.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let written: ferry::pg::Lsn = written.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let confirmed: String = src
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'ferry_test'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if confirmed.parse::<ferry::pg::Lsn>().unwrap() >= written {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "confirmed_flush_lsn {confirmed} stayed before {written} for a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(daemon);
+}
