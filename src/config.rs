@@ -56,6 +56,7 @@ pub struct Subscription {
     /// configured (then it must exist).
     pub publication: String,
     pub publication_managed: bool,
+    pub on_error: OnError,
     pub tables: Vec<TableMapping>,
 }
 
@@ -63,6 +64,108 @@ pub struct Subscription {
 pub struct TableMapping {
     pub from: QualifiedName,
     pub to: QualifiedName,
+    pub columns: ColumnSelection,
+    /// Source column name → target column name.
+    pub rename: BTreeMap<String, String>,
+    /// The row filter as written (`where`); compiled against the source's
+    /// column types when the pipeline starts.
+    pub filter: Option<String>,
+    pub operations: Operations,
+}
+
+impl TableMapping {
+    /// `from` copied whole into `to`: every column, row and operation.
+    pub fn new(from: QualifiedName, to: QualifiedName) -> Self {
+        TableMapping {
+            from,
+            to,
+            columns: ColumnSelection::All,
+            rename: BTreeMap::new(),
+            filter: None,
+            operations: Operations::default(),
+        }
+    }
+
+    /// The target name of a source column.
+    pub fn target_column<'a>(&'a self, source: &'a str) -> &'a str {
+        self.rename.get(source).map_or(source, String::as_str)
+    }
+}
+
+/// Which source columns a table carries. Names are exact column names as in
+/// the catalog (no case folding).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ColumnSelection {
+    #[default]
+    All,
+    Only(Vec<String>),
+    Except(Vec<String>),
+}
+
+impl ColumnSelection {
+    /// Whether a source column is carried.
+    pub fn includes(&self, column: &str) -> bool {
+        match self {
+            ColumnSelection::All => true,
+            ColumnSelection::Only(list) => list.iter().any(|c| c == column),
+            ColumnSelection::Except(list) => !list.iter().any(|c| c == column),
+        }
+    }
+
+    /// The columns the selection names, to check them against the source.
+    pub fn named(&self) -> &[String] {
+        match self {
+            ColumnSelection::All => &[],
+            ColumnSelection::Only(list) | ColumnSelection::Except(list) => list,
+        }
+    }
+}
+
+/// The kinds of change a table lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operations {
+    pub insert: bool,
+    pub update: bool,
+    pub delete: bool,
+    pub truncate: bool,
+}
+
+impl Default for Operations {
+    fn default() -> Self {
+        Operations { insert: true, update: true, delete: true, truncate: true }
+    }
+}
+
+impl Operations {
+    /// The kinds left out, for logs and the plan (`delete, truncate`).
+    pub fn dropped(&self) -> Vec<&'static str> {
+        [("insert", self.insert), ("update", self.update), ("delete", self.delete), ("truncate", self.truncate)]
+            .into_iter()
+            .filter(|(_, kept)| !kept)
+            .map(|(name, _)| name)
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    #[default]
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+/// What a pipeline does with a change the target refuses for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Stop the pipeline with the error.
+    #[default]
+    Stop,
+    /// Record the change in `ferry.dead_letters` on the target and go on.
+    DeadLetter,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +198,8 @@ struct RawSubscription {
     #[serde(default = "yes")]
     snapshot: bool,
     publication: Option<Spanned<String>>,
+    #[serde(default)]
+    on_error: OnError,
     tables: Vec<Spanned<RawTable>>,
 }
 
@@ -107,6 +212,13 @@ fn yes() -> bool {
 struct RawTable {
     from: Spanned<String>,
     to: Option<Spanned<String>>,
+    columns: Option<Spanned<Vec<String>>>,
+    exclude: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    rename: BTreeMap<String, String>,
+    #[serde(rename = "where")]
+    filter: Option<Spanned<String>>,
+    operations: Option<Spanned<Vec<Operation>>>,
 }
 
 /// One problem in a config file, located like a compiler diagnostic.
@@ -335,6 +447,7 @@ impl Checker<'_> {
             slot,
             publication,
             publication_managed,
+            on_error: raw.on_error,
             tables,
         })
     }
@@ -412,7 +525,33 @@ impl Checker<'_> {
             Some(to) => self.table_name(to)?,
             None => from.clone(),
         };
-        Some(TableMapping { from, to })
+        let columns = match (&raw.columns, &raw.exclude) {
+            (Some(_), Some(exclude)) => {
+                self.report(exclude.span(), "give `columns` or `exclude`, not both".into());
+                return None;
+            }
+            (Some(columns), None) => ColumnSelection::Only(columns.get_ref().clone()),
+            (None, Some(exclude)) => ColumnSelection::Except(exclude.get_ref().clone()),
+            (None, None) => ColumnSelection::All,
+        };
+        let operations = match &raw.operations {
+            None => Operations::default(),
+            Some(list) if list.get_ref().is_empty() => {
+                self.report(list.span(), "`operations` is empty: the table would receive nothing".into());
+                return None;
+            }
+            Some(list) => {
+                let has = |op| list.get_ref().contains(&op);
+                Operations {
+                    insert: has(Operation::Insert),
+                    update: has(Operation::Update),
+                    delete: has(Operation::Delete),
+                    truncate: has(Operation::Truncate),
+                }
+            }
+        };
+        let filter = raw.filter.as_ref().map(|f| f.get_ref().clone());
+        Some(TableMapping { from, to, columns, rename: raw.rename.clone(), filter, operations })
     }
 
     fn table_name(&mut self, name: &Spanned<String>) -> Option<QualifiedName> {
@@ -511,14 +650,8 @@ tables = [{ from = "Audit" }]
         assert_eq!(
             first.tables,
             [
-                TableMapping {
-                    from: QualifiedName::new("public", "customers"),
-                    to: QualifiedName::new("replica", "customers"),
-                },
-                TableMapping {
-                    from: QualifiedName::new("public", "Order Lines"),
-                    to: QualifiedName::new("public", "Order Lines"),
-                },
+                TableMapping::new(QualifiedName::new("public", "customers"), QualifiedName::new("replica", "customers")),
+                TableMapping::new(QualifiedName::new("public", "Order Lines"), QualifiedName::new("public", "Order Lines")),
             ]
         );
         assert_eq!((second.publication.as_str(), second.publication_managed), ("audit_pub", false));

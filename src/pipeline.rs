@@ -8,11 +8,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{Applier, ApplyError};
-use crate::config::Subscription;
+use crate::config::{OnError, Subscription};
 use crate::fault;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::replication::{ReplicationClient, SlotKind, StartOptions};
 use crate::pg::{Lsn, PgError, tls};
+use crate::route::{LoadError, TableRoute};
 use crate::snapshot::{self, SnapshotError};
 use crate::source::catalog::{self, CatalogError, SlotState};
 use crate::source::{self, SourceError, SourceEvent};
@@ -40,6 +41,12 @@ pub enum PipelineError {
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Route(#[from] LoadError),
+    /// Not a failure: the pipeline restarts and applies the source
+    /// transactions up to `until` carefully, setting refused changes aside.
+    #[error("a change was refused; replaying up to {until} to record it as a dead letter")]
+    ReplayCarefully { until: Lsn },
     #[error(
         "slot {slot} no longer exists on the source, but the target has progress recorded: changes since then \
          are lost to ferry. To start over, empty the target tables and run \
@@ -62,9 +69,10 @@ impl PipelineError {
             PipelineError::Pg(e) | PipelineError::Source(SourceError::Pg(e)) => pg_retryable(e),
             PipelineError::Source(SourceError::StreamEnded) => true,
             PipelineError::Connect(e) => e.sqlstate().is_none_or(|c| sqlstate_retryable(c.code())),
-            PipelineError::Apply(e) => e.is_retryable(),
+            PipelineError::Apply(e) | PipelineError::Route(LoadError::Target(e)) => e.is_retryable(),
             PipelineError::Snapshot(SnapshotError::Sql { source, .. })
-            | PipelineError::Catalog(CatalogError::Sql { source, .. }) => {
+            | PipelineError::Catalog(CatalogError::Sql { source, .. })
+            | PipelineError::Route(LoadError::Source(CatalogError::Sql { source, .. })) => {
                 source.code().is_none_or(|c| sqlstate_retryable(c.code()))
             }
             _ => false,
@@ -111,10 +119,18 @@ pub struct PipelineSpec {
 pub async fn run(spec: PipelineSpec, cancel: CancellationToken) -> Result<(), PipelineError> {
     let name = spec.subscription.name.clone();
     let mut backoff = Duration::from_secs(1);
+    let mut careful_until = None;
     loop {
         let started = Instant::now();
-        let error = match run_once(&spec, &cancel).await {
+        let error = match run_once(&spec, &cancel, careful_until).await {
             Ok(()) => return Ok(()),
+            Err(PipelineError::ReplayCarefully { until }) => {
+                // A change was refused for good and dead letters are on:
+                // replay up to that transaction one statement at a time.
+                tracing::info!(subscription = %name, %until, "replaying statement by statement to set the refused change aside");
+                careful_until = Some(until);
+                continue;
+            }
             Err(error) => error,
         };
         if cancel.is_cancelled() {
@@ -143,14 +159,25 @@ pub async fn run(spec: PipelineSpec, cancel: CancellationToken) -> Result<(), Pi
 }
 
 /// One attempt: set up, copy if new, then stream until cancelled or broken.
-async fn run_once(spec: &PipelineSpec, cancel: &CancellationToken) -> Result<(), PipelineError> {
+async fn run_once(
+    spec: &PipelineSpec,
+    cancel: &CancellationToken,
+    careful_until: Option<Lsn>,
+) -> Result<(), PipelineError> {
     let sub = &spec.subscription;
     let target = tls::connect_sql(&spec.target).await?;
-    let mut applier = Applier::new(target, &sub.name, &sub.tables).await?;
-    let progress = applier.progress().await?;
-
     let source_sql = tls::connect_sql(&spec.source).await?;
     catalog::check_tables(&source_sql, sub).await?;
+    let mut routes = Vec::new();
+    for mapping in &sub.tables {
+        let route = TableRoute::load(mapping, &source_sql, &target).await?;
+        log_shape(&sub.name, &route);
+        routes.push(route);
+    }
+    let dead_letters = sub.on_error == OnError::DeadLetter;
+    let mut applier = Applier::new(target, &sub.name, routes, dead_letters).await?;
+    let progress = applier.progress().await?;
+
     catalog::ensure_publication(&source_sql, sub).await?;
     let mut replication = ReplicationClient::connect(&spec.source).await?;
     let start = match (progress, catalog::slot_state(&source_sql, &sub.slot).await?) {
@@ -191,7 +218,7 @@ async fn run_once(spec: &PipelineSpec, cancel: &CancellationToken) -> Result<(),
     let (durable_tx, durable_rx) = watch::channel(start);
     let stop_reader = cancel.child_token();
     let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone()));
-    let applied = apply_events(&mut applier, events_rx, &durable_tx, start).await;
+    let applied = apply_events(&mut applier, events_rx, &durable_tx, start, careful_until).await;
     if applied.is_err() {
         stop_reader.cancel();
     }
@@ -199,6 +226,18 @@ async fn run_once(spec: &PipelineSpec, cancel: &CancellationToken) -> Result<(),
     applied?;
     read?;
     Ok(())
+}
+
+/// Says in the log what a table lets through, when it is not everything.
+fn log_shape(subscription: &str, route: &TableRoute) {
+    let mapping = &route.mapping;
+    let dropped = mapping.operations.dropped();
+    if !dropped.is_empty() {
+        tracing::info!(%subscription, table = %mapping.from, "not replicating {}", dropped.join(", "));
+    }
+    if let Some(filter) = &mapping.filter {
+        tracing::info!(%subscription, table = %mapping.from, "only rows where {filter}");
+    }
 }
 
 /// Creates the slot and, when asked, copies the tables under its snapshot;
@@ -216,11 +255,8 @@ async fn initial_sync(
         snapshot::begin_at_snapshot(source_sql, snapshot_name).await?;
         for table in &sub.tables {
             let started = Instant::now();
-            let target = applier
-                .target_table(&table.from)
-                .cloned()
-                .ok_or_else(|| ApplyError::Unmapped(table.from.clone()))?;
-            let rows = snapshot::copy_table(source_sql, &table.from, applier.client(), &target).await?;
+            let route = applier.route(&table.from).ok_or_else(|| ApplyError::Unmapped(table.from.clone()))?;
+            let rows = snapshot::copy_table(source_sql, route, applier.client()).await?;
             tracing::info!(
                 subscription = %sub.name,
                 table = %table.from,
@@ -247,8 +283,16 @@ async fn apply_events(
     mut events: mpsc::Receiver<SourceEvent>,
     durable: &watch::Sender<Lsn>,
     progress: Lsn,
+    careful_until: Option<Lsn>,
 ) -> Result<(), PipelineError> {
-    let mut state = ApplyState { progress, batch: None, in_source_transaction: false, skipping: false };
+    let mut state = ApplyState {
+        progress,
+        batch: None,
+        in_source_transaction: false,
+        skipping: false,
+        current_commit: Lsn::ZERO,
+        careful_until,
+    };
     let result = async {
         while let Some(event) = events.recv().await {
             state.handle(applier, event, events.is_empty(), durable).await?;
@@ -259,7 +303,12 @@ async fn apply_events(
     if result.is_err() && state.batch.is_some() {
         applier.rollback().await;
     }
-    result.map_err(PipelineError::from)
+    match result {
+        Err(error) if applier.would_dead_letter(&error) => {
+            Err(PipelineError::ReplayCarefully { until: state.current_commit })
+        }
+        other => other.map_err(PipelineError::from),
+    }
 }
 
 struct ApplyState {
@@ -270,6 +319,11 @@ struct ApplyState {
     in_source_transaction: bool,
     /// The current source transaction was applied before a restart.
     skipping: bool,
+    /// The commit LSN of the latest source transaction begun.
+    current_commit: Lsn,
+    /// Source transactions up to this commit LSN are applied carefully
+    /// (one statement at a time, refused ones set aside).
+    careful_until: Option<Lsn>,
 }
 
 struct Batch {
@@ -292,6 +346,9 @@ impl ApplyState {
                 self.in_source_transaction = true;
                 // Its commit lies before the recorded end LSN: applied already.
                 self.skipping = commit_lsn < self.progress;
+                self.current_commit = commit_lsn;
+                let careful = self.careful_until.is_some_and(|until| commit_lsn <= until);
+                applier.begin_source_transaction(commit_lsn, careful);
             }
             SourceEvent::Change(change) if !self.skipping => {
                 if self.batch.is_none() {

@@ -5,7 +5,7 @@
 use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::Client;
 
-use crate::apply::TargetTable;
+use crate::route::TableRoute;
 use crate::fault;
 use crate::pg::error::describe_sql_error;
 use crate::pg::names::{QualifiedName, quote_ident, quote_literal};
@@ -37,56 +37,38 @@ pub async fn begin_at_snapshot(source: &Client, snapshot: &str) -> Result<(), Sn
         .map_err(sql_error("importing the slot's snapshot"))
 }
 
-/// Copies `from` into `to` with COPY on both sides, streaming: the rows
-/// never sit in memory. The target must be inside the caller's transaction.
-/// Only the columns both tables have are copied. Returns the row count.
-pub async fn copy_table(
-    source: &Client,
-    from: &QualifiedName,
-    target: &Client,
-    to: &TargetTable,
-) -> Result<u64, SnapshotError> {
+/// Copies a table's carried columns, and only the rows its filter keeps,
+/// with COPY on both sides, streaming: the rows never sit in memory. The
+/// filter is pushed into the source query, where it means the same as in
+/// ferry's own evaluation. The target must be inside the caller's
+/// transaction, and its table empty. Returns the row count.
+pub async fn copy_table(source: &Client, route: &TableRoute, target: &Client) -> Result<u64, SnapshotError> {
+    let (from, to) = (&route.mapping.from, &route.mapping.to);
     let empty: bool = target
-        .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {})", to.name), &[])
+        .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {to})"), &[])
         .await
-        .map_err(sql_error(format!("checking that {} is empty", to.name)))?
+        .map_err(sql_error(format!("checking that {to} is empty")))?
         .get(0);
     if !empty {
-        return Err(SnapshotError::TargetNotEmpty(to.name.clone()));
+        return Err(SnapshotError::TargetNotEmpty(to.clone()));
     }
-    let source_columns: Vec<String> = source
-        .query(
-            "SELECT a.attname FROM pg_attribute a
-             WHERE a.attrelid = ($1 || '.' || $2)::regclass AND a.attnum > 0 AND NOT a.attisdropped
-             ORDER BY a.attnum",
-            &[&quote_ident(&from.schema), &quote_ident(&from.name)],
-        )
-        .await
-        .map_err(sql_error(format!("reading the columns of {from}")))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let columns: Vec<String> = to
-        .columns
-        .iter()
-        .filter(|c| source_columns.contains(&c.name))
-        .map(|c| quote_ident(&c.name))
-        .collect();
-    let list = columns.join(", ");
+    let (source_list, target_list): (Vec<String>, Vec<String>) =
+        route.carried().map(|(s, t)| (quote_ident(s), quote_ident(t))).unzip();
+    let filter = route.filter.as_ref().map(|f| format!(" WHERE {}", f.to_sql())).unwrap_or_default();
     let out = source
-        .copy_out(&format!("COPY (SELECT {list} FROM ONLY {from}) TO STDOUT"))
+        .copy_out(&format!("COPY (SELECT {} FROM ONLY {from}{filter}) TO STDOUT", source_list.join(", ")))
         .await
         .map_err(sql_error(format!("reading {from}")))?;
     let sink = target
-        .copy_in(&format!("COPY {} ({list}) FROM STDIN", to.name))
+        .copy_in(&format!("COPY {to} ({}) FROM STDIN", target_list.join(", ")))
         .await
-        .map_err(sql_error(format!("writing {}", to.name)))?;
+        .map_err(sql_error(format!("writing {to}")))?;
     futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
     while let Some(chunk) = out.next().await {
         let chunk = chunk.map_err(sql_error(format!("reading {from}")))?;
         fault::point(fault::DURING_SNAPSHOT_COPY);
-        sink.send(chunk).await.map_err(sql_error(format!("writing {}", to.name)))?;
+        sink.send(chunk).await.map_err(sql_error(format!("writing {to}")))?;
     }
-    sink.as_mut().finish().await.map_err(sql_error(format!("finishing the copy into {}", to.name)))
+    sink.as_mut().finish().await.map_err(sql_error(format!("finishing the copy into {to}")))
 }

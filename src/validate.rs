@@ -28,6 +28,7 @@ use futures_util::future::join_all;
 use tokio_postgres::Client;
 
 use crate::apply::{ApplyError, TargetTable};
+use crate::route::TableRoute;
 use crate::config::{Config, Subscription, TableMapping};
 use crate::pg::catalog::Column;
 use crate::pg::conninfo::ConnInfo;
@@ -111,8 +112,12 @@ struct SubscriptionPlan {
 /// Which source columns reach the target, in source table order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct ColumnPlan {
+    /// Carried columns, `source→target` where renamed.
     replicated: Vec<String>,
     not_in_target: Vec<String>,
+    /// The row filter and the kinds of change left out.
+    filter: Option<String>,
+    dropped_operations: Vec<&'static str>,
 }
 
 impl Report {
@@ -242,7 +247,11 @@ async fn check_table(
         Some(client) => TargetTable::load(client, &table.to).await.map_err(|e| findings.error(e)).ok(),
         None => None,
     };
-    Some(compare(table, &source_columns?, &target_table?, findings))
+    let full_identity = match source {
+        Some(client) => catalog::has_full_identity(client, &table.from).await.unwrap_or(false),
+        None => false,
+    };
+    Some(compare(table, source_columns?, &target_table?, full_identity, findings))
 }
 
 /// The source table's columns, when it exists. An unusable replica identity
@@ -259,16 +268,25 @@ async fn read_source(client: &Client, table: &QualifiedName, findings: &mut Find
     catalog::source_columns(client, table).await.map_err(|e| findings.error(e)).ok()
 }
 
-/// Lines the source columns up with the target's: a target key column the
-/// source lacks is an error, a type that differs a warning.
+/// Resolves the table's shape against both tables: configuration that does
+/// not fit is an error, as is a target key column nothing fills; a type that
+/// differs is a warning.
 fn compare(
     table: &TableMapping,
-    source: &[Column],
+    source: Vec<Column>,
     target: &TargetTable,
+    full_identity: bool,
     findings: &mut Findings,
 ) -> ColumnPlan {
+    let route = match TableRoute::resolve(table, source, target.columns.clone(), full_identity) {
+        Ok(route) => route,
+        Err(error) => {
+            findings.error(error);
+            return ColumnPlan::default();
+        }
+    };
     for key in target.key_columns() {
-        if !source.iter().any(|c| c.name == key.name) {
+        if !route.carried().any(|(_, t)| t == key.name) {
             findings.error(ApplyError::KeyNotSent {
                 source_table: table.from.clone(),
                 target: table.to.clone(),
@@ -276,18 +294,26 @@ fn compare(
             });
         }
     }
-    let mut plan = ColumnPlan::default();
-    for column in source {
-        match target.column(&column.name) {
-            Some(other) => {
-                if other.type_name != column.type_name {
-                    findings.warning(type_warning(column, other));
-                }
-                plan.replicated.push(column.name.clone());
-            }
-            None => plan.not_in_target.push(column.name.clone()),
+    let mut plan = ColumnPlan {
+        filter: table.filter.clone(),
+        dropped_operations: table.operations.dropped(),
+        ..ColumnPlan::default()
+    };
+    for (source_name, target_name) in route.carried() {
+        let (Some(from), Some(to)) = (route.source_columns.iter().find(|c| c.name == source_name), target.column(target_name))
+        else {
+            continue;
+        };
+        if from.type_name != to.type_name {
+            findings.warning(type_warning(from, to));
         }
+        plan.replicated.push(if source_name == target_name {
+            quote_ident_if_needed(source_name)
+        } else {
+            format!("{}→{}", quote_ident_if_needed(source_name), quote_ident_if_needed(target_name))
+        });
     }
+    plan.not_in_target = route.dropped_for_lack_of_target().map(str::to_string).collect();
     plan
 }
 
@@ -368,8 +394,7 @@ impl fmt::Display for ColumnPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names =
             |list: &[String]| list.iter().map(|n| quote_ident_if_needed(n)).collect::<Vec<_>>().join(", ");
-        let replicated =
-            if self.replicated.is_empty() { "none".to_string() } else { names(&self.replicated) };
+        let replicated = if self.replicated.is_empty() { "none".to_string() } else { self.replicated.join(", ") };
         write!(f, "columns: {replicated}")?;
         if !self.not_in_target.is_empty() {
             let total = self.replicated.len() + self.not_in_target.len();
@@ -379,6 +404,12 @@ impl fmt::Display for ColumnPlan {
                 self.replicated.len(),
                 names(&self.not_in_target)
             )?;
+        }
+        if let Some(filter) = &self.filter {
+            write!(f, "  where: {filter}")?;
+        }
+        if !self.dropped_operations.is_empty() {
+            write!(f, "  not replicating: {}", self.dropped_operations.join(", "))?;
         }
         Ok(())
     }
@@ -391,14 +422,11 @@ mod tests {
     use super::*;
 
     fn column(name: &str, type_name: &str, is_key: bool) -> Column {
-        Column { name: name.into(), type_name: type_name.into(), is_key }
+        Column { name: name.into(), type_name: type_name.into(), is_key, toastable: false }
     }
 
     fn mapping() -> TableMapping {
-        TableMapping {
-            from: QualifiedName::new("public", "customers"),
-            to: QualifiedName::new("replica", "customers"),
-        }
+        TableMapping::new(QualifiedName::new("public", "customers"), QualifiedName::new("replica", "customers"))
     }
 
     fn messages(findings: &Findings) -> Vec<String> {
@@ -458,7 +486,7 @@ mod tests {
             ],
         };
         let mut findings = Findings::new("subscription s, table public.customers".into());
-        let plan = compare(&mapping(), &source, &target, &mut findings);
+        let plan = compare(&mapping(), source.to_vec(), &target, false, &mut findings);
         assert!(findings.problems.is_empty());
         assert_eq!(plan.to_string(), "columns: id, name, email (3 of 4; not in target: ssn)");
     }
@@ -475,7 +503,7 @@ mod tests {
             ],
         };
         let mut findings = Findings::new("subscription s, table public.customers".into());
-        let plan = compare(&mapping(), &source, &target, &mut findings);
+        let plan = compare(&mapping(), source.to_vec(), &target, false, &mut findings);
         assert_eq!(
             messages(&findings),
             [
@@ -492,7 +520,7 @@ mod tests {
 
     #[test]
     fn a_table_sharing_no_column_replicates_none() {
-        let plan = ColumnPlan { replicated: vec![], not_in_target: vec!["a".into(), "b".into()] };
+        let plan = ColumnPlan { not_in_target: vec!["a".into(), "b".into()], ..ColumnPlan::default() };
         assert_eq!(plan.to_string(), "columns: none (0 of 2; not in target: a, b)");
     }
 

@@ -14,6 +14,9 @@ pub struct Column {
     pub type_name: String,
     /// Part of the table's primary key.
     pub is_key: bool,
+    /// Variable length and not stored plain, so it can be TOASTed: an
+    /// update that leaves it alone may not send its value.
+    pub toastable: bool,
 }
 
 /// The columns of an ordinary or partitioned table, in table order; empty
@@ -25,15 +28,16 @@ pub async fn table_columns(
     let rows = client
         .query(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod),
-                    coalesce(a.attnum = ANY(i.indkey), false)
+                    coalesce(a.attnum = ANY(i.indkey), false),
+                    a.attlen = -1 AND a.attstorage <> 'p'
              FROM pg_class c
              JOIN pg_namespace n ON n.oid = c.relnamespace
-             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
              LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
              ORDER BY a.attnum",
             &[&table.schema, &table.name],
         )
         .await?;
-    Ok(rows.iter().map(|r| Column { name: r.get(0), type_name: r.get(1), is_key: r.get(2) }).collect())
+    Ok(rows.iter().map(|r| Column { name: r.get(0), type_name: r.get(1), is_key: r.get(2), toastable: r.get(3) }).collect())
 }

@@ -71,6 +71,19 @@ pub async fn source_columns(client: &Client, table: &QualifiedName) -> Result<Ve
     catalog::table_columns(client, table).await.map_err(sql_error(format!("reading the columns of {table}")))
 }
 
+/// Whether the source logs whole old rows for the table (REPLICA IDENTITY FULL).
+pub async fn has_full_identity(client: &Client, table: &QualifiedName) -> Result<bool, CatalogError> {
+    let row = client
+        .query_opt(
+            "SELECT c.relreplident = 'f' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(sql_error(format!("reading the replica identity of {table}")))?;
+    Ok(row.is_some_and(|r| r.get(0)))
+}
+
 /// Checks that the server writes the WAL logical decoding needs.
 pub async fn check_wal_level(client: &Client) -> Result<(), CatalogError> {
     let row = client.query_one("SHOW wal_level", &[]).await.map_err(sql_error("reading wal_level"))?;

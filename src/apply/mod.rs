@@ -1,0 +1,612 @@
+//! The target side: applies row changes to a target database with
+//! statements prepared per table, and records the subscription's progress in
+//! the same transaction as the changes it covers.
+
+use std::collections::{HashMap, VecDeque};
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio_postgres::types::{Format, IsNull, ToSql, Type};
+use tokio_postgres::{Client, Statement};
+
+use crate::pg::Lsn;
+use crate::pg::catalog::{self, Column};
+use crate::pg::error::describe_sql_error;
+use crate::pg::names::{QualifiedName, quote_ident};
+use crate::pg::pgoutput::{OldTuple, Relation, ReplicaIdentity, Tuple, Value};
+use crate::route::TableRoute;
+use crate::route::filter::{Cell, EvalError};
+use crate::source::Change;
+
+mod param;
+mod plan;
+
+use param::{TextParam, key_text, key_tuple, key_value, param, resolved_cells};
+use plan::RelationPlan;
+
+/// Errors of the target side. They name the subscription and table and
+/// carry the SQLSTATE; never row values.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("target: {context}: {}", describe_sql_error(source))]
+    Target { context: String, source: tokio_postgres::Error },
+    #[error("target table {table} does not exist")]
+    MissingTable { table: QualifiedName },
+    #[error("target table {table} has no primary key; ferry needs one to apply updates and deletes")]
+    NoPrimaryKey { table: QualifiedName },
+    #[error("source table {source_table} does not send key column {column} of target table {target}")]
+    KeyNotSent { source_table: QualifiedName, target: QualifiedName, column: String },
+    #[error("key column {column} of source table {source_table} is missing in target table {target}")]
+    KeyColumnMissing { source_table: QualifiedName, target: QualifiedName, column: String },
+    #[error("update of {table} found no row with key {key} on the target")]
+    MissingRow { table: QualifiedName, key: String },
+    #[error(
+        "{table}: {what} arrived without the row's key; set REPLICA IDENTITY on the source table (DEFAULT with a primary key, USING INDEX, or FULL)"
+    )]
+    NoKey { table: QualifiedName, what: &'static str },
+    #[error("a change arrived for {0}, which no table of this subscription maps")]
+    Unmapped(QualifiedName),
+    #[error("{table}: the row filter cannot be evaluated: {error}")]
+    Filter { table: QualifiedName, error: String },
+    #[error(
+        "{table}: an updated row now matches the filter, but the server did not send all its values (unchanged \
+         TOAST) and the target has no copy of it; set REPLICA IDENTITY FULL on the source table so whole rows are sent"
+    )]
+    IncompleteRow { table: QualifiedName },
+}
+
+impl ApplyError {
+    /// The SQLSTATE of a target error, when there is one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            ApplyError::Target { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again later may succeed: the connection broke, the
+    /// server is shutting down or short of resources, or the transaction
+    /// lost a serialization race or a deadlock.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApplyError::Target { source, .. } => match source.code() {
+                None => true, // no SQLSTATE: the connection itself failed
+                Some(code) => {
+                    let code = code.code();
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || code.starts_with("57P")
+                        || code == "40001"
+                        || code == "40P01"
+                        || code == "55P03" // lock not available
+                }
+            },
+            _ => false,
+        }
+    }
+}
+
+fn target_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ApplyError {
+    let context = context.into();
+    move |source| ApplyError::Target { context, source }
+}
+
+/// A target table as its catalog describes it.
+#[derive(Debug, Clone)]
+pub struct TargetTable {
+    pub name: QualifiedName,
+    pub columns: Vec<Column>,
+}
+
+impl TargetTable {
+    /// Reads a table's columns and primary key from the target's catalog.
+    pub async fn load(client: &Client, name: &QualifiedName) -> Result<TargetTable, ApplyError> {
+        let columns = catalog::table_columns(client, name)
+            .await
+            .map_err(target_error(format!("reading the columns of {name}")))?;
+        if columns.is_empty() {
+            return Err(ApplyError::MissingTable { table: name.clone() });
+        }
+        if !columns.iter().any(|c| c.is_key) {
+            return Err(ApplyError::NoPrimaryKey { table: name.clone() });
+        }
+        Ok(TargetTable { name: name.clone(), columns })
+    }
+
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The primary key's columns, in table order.
+    pub fn key_columns(&self) -> impl Iterator<Item = &Column> {
+        self.columns.iter().filter(|c| c.is_key)
+    }
+}
+
+/// A statement sent but not yet answered; it resolves to its own check.
+type InFlight = Pin<Box<dyn Future<Output = (RowRef, Result<u64, tokio_postgres::Error>)> + Send>>;
+
+/// How many statements may be sent ahead of their answers. Pipelining them
+/// turns one round trip per row into one per this many rows.
+const MAX_IN_FLIGHT: usize = 2048;
+
+/// Applies changes for one subscription over one target connection.
+pub struct Applier {
+    client: Arc<Client>,
+    subscription: Arc<str>,
+    /// The configured tables by source table name.
+    routes: HashMap<QualifiedName, Arc<TableRoute>>,
+    plans: HashMap<u32, RelationPlan>,
+    /// Statements sent and not yet answered, oldest first. Their requests
+    /// are on the wire in this order, which is the source's order.
+    in_flight: VecDeque<InFlight>,
+    /// Record changes the target refuses for good instead of stopping.
+    dead_letters: bool,
+    /// Apply one statement at a time, each in a savepoint, so a refused one
+    /// can be set aside (used when replaying a batch that failed).
+    careful: bool,
+    /// The commit LSN of the source transaction being applied.
+    source_lsn: Lsn,
+}
+
+const PROGRESS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS ferry;
+CREATE TABLE IF NOT EXISTS ferry.progress (
+    subscription text PRIMARY KEY,
+    end_lsn pg_lsn NOT NULL,
+    commit_time timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);";
+
+const DEAD_LETTERS_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.dead_letters (
+    id bigserial PRIMARY KEY,
+    subscription text NOT NULL,
+    source_lsn pg_lsn NOT NULL,
+    table_name text NOT NULL,
+    operation text NOT NULL,
+    key text NOT NULL,
+    sqlstate text,
+    error text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);";
+
+/// The row a statement is about, to name it in errors and dead letters.
+struct RowRef {
+    op: Op,
+    target: Arc<QualifiedName>,
+    key_names: Arc<[String]>,
+    key: Vec<Option<Bytes>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Insert,
+    Update,
+    /// `expected`: whether a missing row deserves a warning.
+    Delete { expected: bool },
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete { .. } => "delete",
+        }
+    }
+}
+
+impl RowRef {
+    fn key(&self) -> String {
+        key_text(&self.key_names, self.key.iter().map(|v| v.as_deref()))
+    }
+
+    /// Turns a statement's answer into the applier's verdict.
+    fn check(&self, subscription: &str, result: Result<u64, tokio_postgres::Error>) -> Result<(), ApplyError> {
+        match (result, self.op) {
+            (Err(source), op) => Err(ApplyError::Target {
+                context: format!("{} {}, key {}", op.name(), self.target, self.key()),
+                source,
+            }),
+            (Ok(0), Op::Update) => Err(ApplyError::MissingRow { table: (*self.target).clone(), key: self.key() }),
+            (Ok(0), Op::Delete { expected: true }) => {
+                // The row is already gone: the end state is the one the
+                // source has, so this is logged, not fatal.
+                tracing::warn!(%subscription, table = %self.target, key = %self.key(), "delete found no row on the target");
+                Ok(())
+            }
+            (Ok(_), _) => Ok(()),
+        }
+    }
+}
+
+/// Whether the target refuses this for good: bad data (class 22) or a
+/// violated constraint (class 23). Anything else is retried or stops.
+fn refused_for_good(error: &ApplyError) -> bool {
+    error.sqlstate().is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+}
+
+impl Applier {
+    /// Prepares the target (the progress table) for the given tables.
+    pub async fn new(
+        client: Client,
+        subscription: &str,
+        routes: Vec<TableRoute>,
+        dead_letters: bool,
+    ) -> Result<Applier, ApplyError> {
+        client.batch_execute(PROGRESS_DDL).await.map_err(target_error("creating ferry.progress"))?;
+        if dead_letters {
+            client.batch_execute(DEAD_LETTERS_DDL).await.map_err(target_error("creating ferry.dead_letters"))?;
+        }
+        let routes = routes.into_iter().map(|r| (r.mapping.from.clone(), Arc::new(r))).collect();
+        Ok(Applier {
+            client: Arc::new(client),
+            subscription: subscription.into(),
+            routes,
+            plans: HashMap::new(),
+            in_flight: VecDeque::new(),
+            dead_letters,
+            careful: false,
+            source_lsn: Lsn::ZERO,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The configured table for a source table.
+    pub fn route(&self, source: &QualifiedName) -> Option<&TableRoute> {
+        self.routes.get(source).map(|r| &**r)
+    }
+
+    /// The end LSN of the last source transaction applied, as recorded.
+    pub async fn progress(&mut self) -> Result<Option<Lsn>, ApplyError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT end_lsn::text FROM ferry.progress WHERE subscription = $1",
+                &[&&*self.subscription],
+            )
+            .await
+            .map_err(target_error("reading progress"))?;
+        Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
+    }
+
+    pub async fn begin(&mut self) -> Result<(), ApplyError> {
+        self.client.batch_execute("BEGIN").await.map_err(target_error("BEGIN"))
+    }
+
+    /// Records `end_lsn` as applied and commits: the changes and the
+    /// progress become durable together or not at all.
+    pub async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<(), ApplyError> {
+        self.record_progress(end_lsn, commit_time).await?;
+        self.client.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))
+    }
+
+    /// Writes the progress row inside the current transaction, after every
+    /// statement sent before it has succeeded.
+    pub async fn record_progress(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<(), ApplyError> {
+        self.settle().await?;
+        let lsn = end_lsn.to_string();
+        let time = crate::pg::timestamp::to_rfc3339(commit_time);
+        self.client
+            .execute(
+                "INSERT INTO ferry.progress (subscription, end_lsn, commit_time, updated_at)
+                 VALUES ($1, $2::text::pg_lsn, $3::text::timestamptz, now())
+                 ON CONFLICT (subscription) DO UPDATE
+                 SET end_lsn = EXCLUDED.end_lsn, commit_time = EXCLUDED.commit_time, updated_at = now()",
+                &[&&*self.subscription, &lsn, &time],
+            )
+            .await
+            .map_err(target_error("recording progress"))?;
+        Ok(())
+    }
+
+    /// Abandons the current transaction and whatever is still in flight.
+    pub async fn rollback(&mut self) {
+        self.in_flight.clear();
+        let _ = self.client.batch_execute("ROLLBACK").await;
+    }
+
+    /// Waits for every statement in flight; the first failure wins.
+    async fn settle(&mut self) -> Result<(), ApplyError> {
+        while let Some(statement) = self.in_flight.pop_front() {
+            let (row, result) = statement.await;
+            if let Err(error) = row.check(&self.subscription, result) {
+                self.in_flight.clear();
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the start of a source transaction: its commit LSN (for dead
+    /// letters) and whether it is applied carefully.
+    pub fn begin_source_transaction(&mut self, commit_lsn: Lsn, careful: bool) {
+        self.source_lsn = commit_lsn;
+        self.careful = careful;
+    }
+
+
+    /// Whether an error is one a replay in careful mode would set aside.
+    pub fn would_dead_letter(&self, error: &ApplyError) -> bool {
+        self.dead_letters && !self.careful && refused_for_good(error)
+    }
+
+    /// Sends a statement now (its first poll puts the request on the wire)
+    /// and keeps its answer for later, so rows are applied without waiting
+    /// for each other. In careful mode it runs alone inside a savepoint.
+    async fn send(&mut self, row: RowRef, statement: Statement, params: Vec<TextParam>) -> Result<(), ApplyError> {
+        let client = Arc::clone(&self.client);
+        let execution: InFlight = Box::pin(async move {
+            let result = client.execute_raw(&statement, params).await;
+            (row, result)
+        });
+        if self.careful {
+            return self.execute_carefully(execution).await;
+        }
+        let mut execution = execution;
+        let mut context = Context::from_waker(Waker::noop());
+        match execution.as_mut().poll(&mut context) {
+            Poll::Ready((row, result)) => row.check(&self.subscription, result)?,
+            Poll::Pending => self.in_flight.push_back(execution),
+        }
+        if self.in_flight.len() > MAX_IN_FLIGHT
+            && let Some(oldest) = self.in_flight.pop_front()
+        {
+            let (row, result) = oldest.await;
+            if let Err(error) = row.check(&self.subscription, result) {
+                self.in_flight.clear();
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one statement in a savepoint; a change the target refuses for
+    /// good is rolled back to the savepoint and recorded as a dead letter.
+    async fn execute_carefully(&mut self, execution: InFlight) -> Result<(), ApplyError> {
+        self.client.batch_execute("SAVEPOINT ferry_row").await.map_err(target_error("SAVEPOINT"))?;
+        let (row, result) = execution.await;
+        let error = match row.check(&self.subscription, result) {
+            Ok(()) => return self.client.batch_execute("RELEASE SAVEPOINT ferry_row").await.map_err(target_error("RELEASE SAVEPOINT")),
+            Err(error) if refused_for_good(&error) => error,
+            Err(error) => return Err(error),
+        };
+        self.client.batch_execute("ROLLBACK TO SAVEPOINT ferry_row").await.map_err(target_error("ROLLBACK TO SAVEPOINT"))?;
+        let (lsn, table, key) = (self.source_lsn.to_string(), row.target.to_string(), row.key());
+        let (sqlstate, message) = match &error {
+            ApplyError::Target { source, .. } => (error.sqlstate().map(str::to_string), describe_sql_error(source)),
+            other => (None, other.to_string()),
+        };
+        self.client
+            .execute(
+                "INSERT INTO ferry.dead_letters (subscription, source_lsn, table_name, operation, key, sqlstate, error)
+                 VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6, $7)",
+                &[&&*self.subscription, &lsn, &table, &row.op.name(), &key, &sqlstate, &message],
+            )
+            .await
+            .map_err(target_error("recording a dead letter"))?;
+        tracing::warn!(subscription = %self.subscription, %table, %key, source_lsn = %lsn, sqlstate, "change refused by the target, kept in ferry.dead_letters: {message}");
+        Ok(())
+    }
+
+    /// Applies one change inside the current transaction, shaped by its
+    /// table's configuration. Its outcome may only be known at the next
+    /// commit (statements are pipelined).
+    pub async fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
+        match change {
+            Change::Insert { relation, new } => {
+                let plan = self.plan(relation).await?;
+                if plan.route.mapping.operations.insert && self.matches(relation, &resolved_cells(new, None)).await? {
+                    self.insert(relation, new, false).await?;
+                }
+            }
+            Change::Update { relation, old, new } => {
+                let plan = self.plan(relation).await?;
+                if !plan.route.mapping.operations.update {
+                    return Ok(());
+                }
+                if plan.route.filter.is_some() {
+                    self.filtered_update(relation, old.as_ref(), new).await?;
+                } else {
+                    self.update(relation, old.as_ref(), new).await?;
+                }
+            }
+            Change::Delete { relation, old } => {
+                let plan = self.plan(relation).await?;
+                if plan.route.mapping.operations.delete {
+                    // With a filter the row may never have been copied.
+                    let expected = plan.route.filter.is_none();
+                    self.delete(relation, old.tuple(), expected).await?;
+                }
+            }
+            Change::Truncate { relations, restart_identity, .. } => {
+                self.truncate(relations, *restart_identity).await?;
+            }
+            // Messages are for consumers like `ferry tail`; a database has
+            // nowhere to put them.
+            Change::Message(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The plan for a relation, rebuilt whenever the server describes the
+    /// relation anew (after a reconnect or a schema change).
+    async fn plan(&mut self, relation: &Arc<Relation>) -> Result<&RelationPlan, ApplyError> {
+        let current = self
+            .plans
+            .get(&relation.oid)
+            .is_some_and(|p| Arc::ptr_eq(&p.relation, relation) || *p.relation == **relation);
+        if !current {
+            self.settle().await?;
+            let source = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
+            let route = self.routes.get(&source).ok_or(ApplyError::Unmapped(source))?;
+            let plan = RelationPlan::build(&self.client, &self.subscription, relation, route).await?;
+            self.plans.insert(relation.oid, plan);
+        }
+        Ok(&self.plans[&relation.oid])
+    }
+
+    /// Whether a row (its cells in relation order) passes the table's filter.
+    /// A filter column the server did not send (unchanged TOAST) is read
+    /// from the target's copy of the row.
+    async fn matches(&mut self, relation: &Arc<Relation>, cells: &[Cell<'_>]) -> Result<bool, ApplyError> {
+        let plan = &self.plans[&relation.oid];
+        let Some(filter) = &plan.route.filter else { return Ok(true) };
+        let lookup = |i: usize| plan.filter_columns[i].and_then(|r| cells.get(r).copied()).unwrap_or(Cell::Null);
+        match filter.evaluate(&lookup) {
+            Ok(matched) => Ok(matched),
+            Err(EvalError::NeedsUnchangedColumn(_)) => self.matches_on_target(relation, cells).await,
+            Err(error) => Err(ApplyError::Filter { table: plan.route.mapping.from.clone(), error: error.to_string() }),
+        }
+    }
+
+    /// Evaluates the filter with the values the server left out read from
+    /// the target's copy of the row. No copy means the row did not match
+    /// before; its unsent values are then unknown, which is an error rather
+    /// than a guess.
+    async fn matches_on_target(&mut self, relation: &Arc<Relation>, cells: &[Cell<'_>]) -> Result<bool, ApplyError> {
+        self.settle().await?;
+        let plan = &self.plans[&relation.oid];
+        let names: Vec<String> = plan.columns.iter().map(|(_, n)| quote_ident(n)).collect();
+        let key_params: Vec<TextParam> = plan
+            .key
+            .iter()
+            .map(|&k| TextParam(match cells.get(k) {
+                Some(Cell::Text(b)) => Some(Bytes::copy_from_slice(b)),
+                _ => None,
+            }))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {}",
+            names.iter().map(|n| format!("{n}::text")).collect::<Vec<_>>().join(", "),
+            plan.target,
+            plan::key_condition(&plan.key_names, 1)
+        );
+        let row = self
+            .client
+            .query_opt(&sql, &key_params.iter().map(|p| p as &(dyn ToSql + Sync)).collect::<Vec<_>>())
+            .await
+            .map_err(target_error(format!("reading the target's copy of a row of {}", plan.target)))?;
+        let Some(row) = row else {
+            return Err(ApplyError::IncompleteRow { table: plan.route.mapping.from.clone() });
+        };
+        let stored: Vec<Option<String>> = (0..plan.columns.len()).map(|i| row.get(i)).collect();
+        let mut merged = cells.to_vec();
+        for (position, (index, _)) in plan.columns.iter().enumerate() {
+            if matches!(merged.get(*index), Some(Cell::Unchanged)) {
+                merged[*index] = stored[position].as_deref().map_or(Cell::Null, |s| Cell::Text(s.as_bytes()));
+            }
+        }
+        let filter = plan.route.filter.as_ref().expect("only called with a filter");
+        let lookup = |i: usize| plan.filter_columns[i].and_then(|r| merged.get(r).copied()).unwrap_or(Cell::Null);
+        filter.evaluate(&lookup).map_err(|e| ApplyError::Filter { table: plan.route.mapping.from.clone(), error: e.to_string() })
+    }
+
+    /// Inserts a row; `upsert` overwrites a row with the same key (a row
+    /// moving into a filter may or may not be on the target already).
+    async fn insert(&mut self, relation: &Arc<Relation>, new: &Tuple, upsert: bool) -> Result<(), ApplyError> {
+        let plan = &self.plans[&relation.oid];
+        let params: Vec<TextParam> = plan.columns.iter().map(|(i, _)| param(new, *i)).collect();
+        let statement = if upsert { plan.upsert.clone().expect("prepared for filtered tables") } else { plan.insert.clone() };
+        let row = row_ref(plan, Op::Insert, plan.key.iter().map(|&k| key_value(new, new, k)).collect());
+        self.send(row, statement, params).await
+    }
+
+    /// Updates the row the old key (or the unchanged new key) names, leaving
+    /// unchanged TOAST columns as they are on the target.
+    async fn update(&mut self, relation: &Arc<Relation>, old: Option<&OldTuple>, new: &Tuple) -> Result<(), ApplyError> {
+        let plan = self.plans.get_mut(&relation.oid).expect("planned by apply");
+        let present: Vec<bool> =
+            plan.columns.iter().map(|(i, _)| !matches!(new.0.get(*i), Some(Value::UnchangedToast))).collect();
+        let statement = plan.update_statement(&self.client, &present).await?;
+        let plan = &self.plans[&relation.oid];
+        let identity = key_tuple(old, new);
+        let mut params: Vec<TextParam> = plan
+            .columns
+            .iter()
+            .zip(&present)
+            .filter(|(_, present)| **present)
+            .map(|((i, _), _)| param(new, *i))
+            .collect();
+        let key = key_values(plan, identity, new, "an update")?;
+        params.extend(key.iter().cloned().map(TextParam));
+        let row = row_ref(plan, Op::Update, key);
+        self.send(row, statement, params).await
+    }
+
+    /// An update under a row filter: the row lands on the target when its
+    /// new values match, and leaves it when they do not — whether or not it
+    /// matched before, which replica identity default does not tell.
+    async fn filtered_update(&mut self, relation: &Arc<Relation>, old: Option<&OldTuple>, new: &Tuple) -> Result<(), ApplyError> {
+        let cells = resolved_cells(new, old);
+        let matched = self.matches(relation, &cells).await?;
+        let plan = &self.plans[&relation.oid];
+        let key_changed = old.is_some_and(|o| plan.key.iter().any(|&k| key_value(o.tuple(), new, k) != key_value(new, new, k)));
+        if key_changed && let Some(old) = old {
+            self.delete(relation, old.tuple(), false).await?;
+        }
+        if !matched {
+            return self.delete(relation, new, false).await;
+        }
+        let complete = plan.columns.iter().all(|(i, _)| !matches!(cells.get(*i), Some(Cell::Unchanged)));
+        if complete {
+            let row = Tuple(cells.iter().map(|c| match c {
+                Cell::Text(b) => Value::Text(Bytes::copy_from_slice(b)),
+                _ => Value::Null,
+            }).collect());
+            self.insert(relation, &row, true).await
+        } else {
+            // Some values were not sent: the row must already be there.
+            self.update(relation, None, new).await
+        }
+    }
+
+    /// Deletes the row `identity` names. `expected` says whether a missing
+    /// row is worth a warning (without a filter it should be there).
+    async fn delete(&mut self, relation: &Arc<Relation>, identity: &Tuple, expected: bool) -> Result<(), ApplyError> {
+        let plan = &self.plans[&relation.oid];
+        let key = key_values(plan, identity, identity, "a delete")?;
+        let params = key.iter().cloned().map(TextParam).collect();
+        let statement = plan.delete.clone();
+        let row = row_ref(plan, Op::Delete { expected }, key);
+        self.send(row, statement, params).await
+    }
+
+    async fn truncate(&mut self, relations: &[Arc<Relation>], restart_identity: bool) -> Result<(), ApplyError> {
+        let targets: Vec<String> = relations
+            .iter()
+            .filter_map(|r| self.routes.get(&QualifiedName::new(r.namespace.clone(), r.name.clone())))
+            .filter(|route| route.mapping.operations.truncate)
+            .map(|route| route.mapping.to.to_string())
+            .collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        self.settle().await?;
+        // Only the tables the source names: cascading on the target could
+        // empty tables ferry does not own.
+        let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
+        let sql = format!("TRUNCATE ONLY {}{restart}", targets.join(", "));
+        self.client.batch_execute(&sql).await.map_err(target_error(format!("truncate of {}", targets.join(", "))))
+    }
+}
+
+fn row_ref(plan: &RelationPlan, op: Op, key: Vec<Option<Bytes>>) -> RowRef {
+    RowRef { op, target: Arc::clone(&plan.target), key_names: Arc::clone(&plan.key_names), key }
+}
+
+/// The row's key values, from `tuple` or, where the server left one out,
+/// `fallback`; every key column must have one.
+fn key_values(plan: &RelationPlan, tuple: &Tuple, fallback: &Tuple, what: &'static str) -> Result<Vec<Option<Bytes>>, ApplyError> {
+    plan.key
+        .iter()
+        .map(|&k| {
+            key_value(tuple, fallback, k).map(Some).ok_or_else(|| ApplyError::NoKey { table: (*plan.target).clone(), what })
+        })
+        .collect()
+}

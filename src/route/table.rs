@@ -1,0 +1,154 @@
+//! One table of a subscription, resolved against both databases: which
+//! source columns travel, under which target names, which rows (the `where`
+//! filter) and which kinds of change.
+
+use tokio_postgres::Client;
+
+use crate::apply::{ApplyError, TargetTable};
+use crate::config::{ColumnSelection, TableMapping};
+use crate::pg::catalog::Column;
+use crate::source::catalog::{self as source_catalog, CatalogError};
+use crate::pg::names::QualifiedName;
+use crate::route::filter::{ColumnType, Filter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("table {table}: column {column:?} is configured but the source table has no such column")]
+    UnknownColumn { table: QualifiedName, column: String },
+    #[error("table {table}: key column {column:?} must be carried (it identifies rows on the target); do not exclude it")]
+    KeyExcluded { table: QualifiedName, column: String },
+    #[error("table {table}: column {column:?} is carried as {target_column:?}, which target table {target} lacks")]
+    MissingTargetColumn { table: QualifiedName, column: String, target: QualifiedName, target_column: String },
+    #[error("table {table}: where: {error}")]
+    Filter { table: QualifiedName, error: String },
+    #[error(
+        "table {table}: the filter reads column {column:?}, which is not carried and can be TOASTed: an update \
+         that leaves it alone would not send it. Carry the column, or set REPLICA IDENTITY FULL on the source table"
+    )]
+    FilterNeedsUncarriedColumn { table: QualifiedName, column: String },
+}
+
+/// Why a table cannot be routed: its configuration does not fit the
+/// tables, or a database could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Source(#[from] CatalogError),
+    #[error(transparent)]
+    Target(#[from] ApplyError),
+}
+
+/// A configured table with everything resolved.
+#[derive(Debug)]
+pub struct TableRoute {
+    pub mapping: TableMapping,
+    /// The target table's columns, in table order.
+    pub target_columns: Vec<Column>,
+    /// The source table's columns, in table order; the filter's column
+    /// indexes point into this list.
+    pub source_columns: Vec<Column>,
+    pub filter: Option<Filter>,
+}
+
+impl TableRoute {
+    /// Reads both tables' catalogs and resolves the mapping against them.
+    pub async fn load(mapping: &TableMapping, source: &Client, target: &Client) -> Result<TableRoute, LoadError> {
+        let source_columns = source_catalog::source_columns(source, &mapping.from).await?;
+        let full_identity = source_catalog::has_full_identity(source, &mapping.from).await?;
+        let target_table = TargetTable::load(target, &mapping.to).await?;
+        Ok(TableRoute::resolve(mapping, source_columns, target_table.columns, full_identity)?)
+    }
+
+    /// Checks the mapping against the two tables' columns and compiles the
+    /// filter. `full_identity` says whether the source sends whole old rows.
+    pub fn resolve(
+        mapping: &TableMapping,
+        source_columns: Vec<Column>,
+        target_columns: Vec<Column>,
+        full_identity: bool,
+    ) -> Result<TableRoute, RouteError> {
+        let table = &mapping.from;
+        let has_source = |name: &str| source_columns.iter().any(|c| c.name == name);
+        for name in mapping.columns.named().iter().chain(mapping.rename.keys()) {
+            if !has_source(name) {
+                return Err(RouteError::UnknownColumn { table: table.clone(), column: name.clone() });
+            }
+        }
+        for key in source_columns.iter().filter(|c| c.is_key) {
+            if !mapping.columns.includes(&key.name) {
+                return Err(RouteError::KeyExcluded { table: table.clone(), column: key.name.clone() });
+            }
+        }
+        // Columns the user chose explicitly, or renamed, must land somewhere.
+        let explicit =
+            |name: &str| matches!(&mapping.columns, ColumnSelection::Only(list) if list.iter().any(|c| c == name));
+        for column in source_columns.iter().filter(|c| mapping.columns.includes(&c.name)) {
+            let target_column = mapping.target_column(&column.name);
+            let must_exist = explicit(&column.name) || mapping.rename.contains_key(&column.name) || column.is_key;
+            if must_exist && !target_columns.iter().any(|c| c.name == target_column) {
+                return Err(RouteError::MissingTargetColumn {
+                    table: table.clone(),
+                    column: column.name.clone(),
+                    target: mapping.to.clone(),
+                    target_column: target_column.to_string(),
+                });
+            }
+        }
+        let filter = match &mapping.filter {
+            None => None,
+            Some(text) => {
+                let types: Vec<ColumnType> = source_columns
+                    .iter()
+                    .map(|c| ColumnType { name: c.name.clone(), type_name: c.type_name.clone() })
+                    .collect();
+                let filter = Filter::compile(text, &types)
+                    .map_err(|e| RouteError::Filter { table: table.clone(), error: e.to_string() })?;
+                Some(filter)
+            }
+        };
+        let route = TableRoute { mapping: mapping.clone(), target_columns, source_columns, filter };
+        route.check_filter_columns(full_identity)?;
+        Ok(route)
+    }
+
+    /// A filter column that is not carried cannot be looked up on the
+    /// target when an update leaves it out, so it must never be left out.
+    fn check_filter_columns(&self, full_identity: bool) -> Result<(), RouteError> {
+        let Some(filter) = &self.filter else { return Ok(()) };
+        for &index in filter.columns_used() {
+            let column = &self.source_columns[index];
+            if column.toastable && !full_identity && self.carried_as(&column.name).is_none() {
+                return Err(RouteError::FilterNeedsUncarriedColumn {
+                    table: self.mapping.from.clone(),
+                    column: column.name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The target column a source column lands in, if it is carried.
+    pub fn carried_as(&self, source_column: &str) -> Option<&str> {
+        if !self.mapping.columns.includes(source_column) {
+            return None;
+        }
+        let target = self.mapping.target_column(source_column);
+        self.target_columns.iter().any(|c| c.name == target).then_some(target)
+    }
+
+    /// The carried source columns (source name, target name), in source order.
+    pub fn carried(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.source_columns.iter().filter_map(|c| self.carried_as(&c.name).map(|t| (c.name.as_str(), t)))
+    }
+
+    /// Source columns that are neither carried nor excluded on purpose:
+    /// the target lacks them (logged, so nobody wonders where they went).
+    pub fn dropped_for_lack_of_target(&self) -> impl Iterator<Item = &str> {
+        self.source_columns
+            .iter()
+            .filter(|c| self.mapping.columns.includes(&c.name) && self.carried_as(&c.name).is_none())
+            .map(|c| c.name.as_str())
+    }
+}
