@@ -1,4 +1,5 @@
-//! Subscription rules: which tables, columns, rows and kinds of change go
+//! Subscription rules applied between reading and applying: which tables,
+//! columns, rows ([`filter`], the `where` setting) and kinds of change go
 //! where, and under which names.
 
 pub mod filter;
