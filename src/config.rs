@@ -139,11 +139,16 @@ impl Default for Operations {
 impl Operations {
     /// The kinds left out, for logs and the plan (`delete, truncate`).
     pub fn dropped(&self) -> Vec<&'static str> {
-        [("insert", self.insert), ("update", self.update), ("delete", self.delete), ("truncate", self.truncate)]
-            .into_iter()
-            .filter(|(_, kept)| !kept)
-            .map(|(name, _)| name)
-            .collect()
+        [
+            ("insert", self.insert),
+            ("update", self.update),
+            ("delete", self.delete),
+            ("truncate", self.truncate),
+        ]
+        .into_iter()
+        .filter(|(_, kept)| !kept)
+        .map(|(name, _)| name)
+        .collect()
     }
 }
 
@@ -650,8 +655,14 @@ tables = [{ from = "Audit" }]
         assert_eq!(
             first.tables,
             [
-                TableMapping::new(QualifiedName::new("public", "customers"), QualifiedName::new("replica", "customers")),
-                TableMapping::new(QualifiedName::new("public", "Order Lines"), QualifiedName::new("public", "Order Lines")),
+                TableMapping::new(
+                    QualifiedName::new("public", "customers"),
+                    QualifiedName::new("replica", "customers")
+                ),
+                TableMapping::new(
+                    QualifiedName::new("public", "Order Lines"),
+                    QualifiedName::new("public", "Order Lines")
+                ),
             ]
         );
         assert_eq!((second.publication.as_str(), second.publication_managed), ("audit_pub", false));
@@ -679,7 +690,11 @@ tables = [{ from = "Audit" }]
             "[[subscriptions]]\nname = \"s\"\nsource = \"a\"\ntarget = \"b\"\n\n\
              [[subscriptions.tables]]\nfrom = \"t\"\n    colums = [\"id\"]\n",
         );
-        assert_eq!(diagnostics(&text), ["14:5: unknown field `colums`, expected `from` or `to`"]);
+        assert_eq!(
+            diagnostics(&text),
+            ["14:5: unknown field `colums`, expected one of `from`, `to`, `columns`, `exclude`, `rename`, \
+                 `where`, `operations`"]
+        );
         let text = "[sourcs.a]\nurl = \"postgresql://h/a\"\n";
         let found = diagnostics(text);
         assert_eq!(found.len(), 1);

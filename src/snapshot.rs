@@ -5,10 +5,10 @@
 use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::Client;
 
-use crate::route::TableRoute;
 use crate::fault;
 use crate::pg::error::describe_sql_error;
 use crate::pg::names::{QualifiedName, quote_ident, quote_literal};
+use crate::route::TableRoute;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

@@ -28,12 +28,12 @@ use futures_util::future::join_all;
 use tokio_postgres::Client;
 
 use crate::apply::{ApplyError, TargetTable};
-use crate::route::TableRoute;
 use crate::config::{Config, Subscription, TableMapping};
 use crate::pg::catalog::Column;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::names::{QualifiedName, quote_ident_if_needed};
 use crate::pg::tls;
+use crate::route::TableRoute;
 use crate::source::catalog::{self, CatalogError};
 
 /// How long a database may take to accept a connection when its url sets no
@@ -300,7 +300,8 @@ fn compare(
         ..ColumnPlan::default()
     };
     for (source_name, target_name) in route.carried() {
-        let (Some(from), Some(to)) = (route.source_columns.iter().find(|c| c.name == source_name), target.column(target_name))
+        let (Some(from), Some(to)) =
+            (route.source_columns.iter().find(|c| c.name == source_name), target.column(target_name))
         else {
             continue;
         };
@@ -308,7 +309,7 @@ fn compare(
             findings.warning(type_warning(from, to));
         }
         plan.replicated.push(if source_name == target_name {
-            quote_ident_if_needed(source_name)
+            quote_ident_if_needed(source_name).into_owned()
         } else {
             format!("{}→{}", quote_ident_if_needed(source_name), quote_ident_if_needed(target_name))
         });
@@ -394,7 +395,8 @@ impl fmt::Display for ColumnPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names =
             |list: &[String]| list.iter().map(|n| quote_ident_if_needed(n)).collect::<Vec<_>>().join(", ");
-        let replicated = if self.replicated.is_empty() { "none".to_string() } else { self.replicated.join(", ") };
+        let replicated =
+            if self.replicated.is_empty() { "none".to_string() } else { self.replicated.join(", ") };
         write!(f, "columns: {replicated}")?;
         if !self.not_in_target.is_empty() {
             let total = self.replicated.len() + self.not_in_target.len();
@@ -426,7 +428,10 @@ mod tests {
     }
 
     fn mapping() -> TableMapping {
-        TableMapping::new(QualifiedName::new("public", "customers"), QualifiedName::new("replica", "customers"))
+        TableMapping::new(
+            QualifiedName::new("public", "customers"),
+            QualifiedName::new("replica", "customers"),
+        )
     }
 
     fn messages(findings: &Findings) -> Vec<String> {

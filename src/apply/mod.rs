@@ -3,20 +3,19 @@
 //! the same transaction as the changes it covers.
 
 use std::collections::{HashMap, VecDeque};
-use std::error::Error as StdError;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use tokio_postgres::types::{Format, IsNull, ToSql, Type};
+use bytes::Bytes;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use crate::pg::Lsn;
 use crate::pg::catalog::{self, Column};
 use crate::pg::error::describe_sql_error;
 use crate::pg::names::{QualifiedName, quote_ident};
-use crate::pg::pgoutput::{OldTuple, Relation, ReplicaIdentity, Tuple, Value};
+use crate::pg::pgoutput::{OldTuple, Relation, Tuple, Value};
 use crate::route::TableRoute;
 use crate::route::filter::{Cell, EvalError};
 use crate::source::Change;
@@ -172,6 +171,18 @@ const DEAD_LETTERS_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.dead_letters (
     created_at timestamptz NOT NULL DEFAULT now()
 );";
 
+/// Creates ferry's own tables on the target. Pipelines sharing a target
+/// start together, and `IF NOT EXISTS` alone races (the loser gets a unique
+/// violation from the catalog), hence the lock.
+async fn create_ferry_tables(client: &Client, dead_letters: bool) -> Result<(), ApplyError> {
+    let dead_letters = if dead_letters { DEAD_LETTERS_DDL } else { "" };
+    let sql = format!(
+        "BEGIN; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(hashtext('ferry schema'));
+         {PROGRESS_DDL} {dead_letters} COMMIT;"
+    );
+    client.batch_execute(&sql).await.map_err(target_error("creating ferry's tables on the target"))
+}
+
 /// The row a statement is about, to name it in errors and dead letters.
 struct RowRef {
     op: Op,
@@ -185,7 +196,9 @@ enum Op {
     Insert,
     Update,
     /// `expected`: whether a missing row deserves a warning.
-    Delete { expected: bool },
+    Delete {
+        expected: bool,
+    },
 }
 
 impl Op {
@@ -204,13 +217,19 @@ impl RowRef {
     }
 
     /// Turns a statement's answer into the applier's verdict.
-    fn check(&self, subscription: &str, result: Result<u64, tokio_postgres::Error>) -> Result<(), ApplyError> {
+    fn check(
+        &self,
+        subscription: &str,
+        result: Result<u64, tokio_postgres::Error>,
+    ) -> Result<(), ApplyError> {
         match (result, self.op) {
             (Err(source), op) => Err(ApplyError::Target {
                 context: format!("{} {}, key {}", op.name(), self.target, self.key()),
                 source,
             }),
-            (Ok(0), Op::Update) => Err(ApplyError::MissingRow { table: (*self.target).clone(), key: self.key() }),
+            (Ok(0), Op::Update) => {
+                Err(ApplyError::MissingRow { table: (*self.target).clone(), key: self.key() })
+            }
             (Ok(0), Op::Delete { expected: true }) => {
                 // The row is already gone: the end state is the one the
                 // source has, so this is logged, not fatal.
@@ -236,10 +255,7 @@ impl Applier {
         routes: Vec<TableRoute>,
         dead_letters: bool,
     ) -> Result<Applier, ApplyError> {
-        client.batch_execute(PROGRESS_DDL).await.map_err(target_error("creating ferry.progress"))?;
-        if dead_letters {
-            client.batch_execute(DEAD_LETTERS_DDL).await.map_err(target_error("creating ferry.dead_letters"))?;
-        }
+        create_ferry_tables(&client, dead_letters).await?;
         let routes = routes.into_iter().map(|r| (r.mapping.from.clone(), Arc::new(r))).collect();
         Ok(Applier {
             client: Arc::new(client),
@@ -330,7 +346,6 @@ impl Applier {
         self.careful = careful;
     }
 
-
     /// Whether an error is one a replay in careful mode would set aside.
     pub fn would_dead_letter(&self, error: &ApplyError) -> bool {
         self.dead_letters && !self.careful && refused_for_good(error)
@@ -339,7 +354,12 @@ impl Applier {
     /// Sends a statement now (its first poll puts the request on the wire)
     /// and keeps its answer for later, so rows are applied without waiting
     /// for each other. In careful mode it runs alone inside a savepoint.
-    async fn send(&mut self, row: RowRef, statement: Statement, params: Vec<TextParam>) -> Result<(), ApplyError> {
+    async fn send(
+        &mut self,
+        row: RowRef,
+        statement: Statement,
+        params: Vec<TextParam>,
+    ) -> Result<(), ApplyError> {
         let client = Arc::clone(&self.client);
         let execution: InFlight = Box::pin(async move {
             let result = client.execute_raw(&statement, params).await;
@@ -348,11 +368,9 @@ impl Applier {
         if self.careful {
             return self.execute_carefully(execution).await;
         }
-        let mut execution = execution;
-        let mut context = Context::from_waker(Waker::noop());
-        match execution.as_mut().poll(&mut context) {
-            Poll::Ready((row, result)) => row.check(&self.subscription, result)?,
-            Poll::Pending => self.in_flight.push_back(execution),
+        match start(execution) {
+            Ok((row, result)) => row.check(&self.subscription, result)?,
+            Err(pending) => self.in_flight.push_back(pending),
         }
         if self.in_flight.len() > MAX_IN_FLIGHT
             && let Some(oldest) = self.in_flight.pop_front()
@@ -372,14 +390,25 @@ impl Applier {
         self.client.batch_execute("SAVEPOINT ferry_row").await.map_err(target_error("SAVEPOINT"))?;
         let (row, result) = execution.await;
         let error = match row.check(&self.subscription, result) {
-            Ok(()) => return self.client.batch_execute("RELEASE SAVEPOINT ferry_row").await.map_err(target_error("RELEASE SAVEPOINT")),
+            Ok(()) => {
+                return self
+                    .client
+                    .batch_execute("RELEASE SAVEPOINT ferry_row")
+                    .await
+                    .map_err(target_error("RELEASE SAVEPOINT"));
+            }
             Err(error) if refused_for_good(&error) => error,
             Err(error) => return Err(error),
         };
-        self.client.batch_execute("ROLLBACK TO SAVEPOINT ferry_row").await.map_err(target_error("ROLLBACK TO SAVEPOINT"))?;
+        self.client
+            .batch_execute("ROLLBACK TO SAVEPOINT ferry_row")
+            .await
+            .map_err(target_error("ROLLBACK TO SAVEPOINT"))?;
         let (lsn, table, key) = (self.source_lsn.to_string(), row.target.to_string(), row.key());
         let (sqlstate, message) = match &error {
-            ApplyError::Target { source, .. } => (error.sqlstate().map(str::to_string), describe_sql_error(source)),
+            ApplyError::Target { source, .. } => {
+                (error.sqlstate().map(str::to_string), describe_sql_error(source))
+            }
             other => (None, other.to_string()),
         };
         self.client
@@ -401,7 +430,9 @@ impl Applier {
         match change {
             Change::Insert { relation, new } => {
                 let plan = self.plan(relation).await?;
-                if plan.route.mapping.operations.insert && self.matches(relation, &resolved_cells(new, None)).await? {
+                if plan.route.mapping.operations.insert
+                    && self.matches(relation, &resolved_cells(new, None)).await?
+                {
                     self.insert(relation, new, false).await?;
                 }
             }
@@ -457,11 +488,14 @@ impl Applier {
     async fn matches(&mut self, relation: &Arc<Relation>, cells: &[Cell<'_>]) -> Result<bool, ApplyError> {
         let plan = &self.plans[&relation.oid];
         let Some(filter) = &plan.route.filter else { return Ok(true) };
-        let lookup = |i: usize| plan.filter_columns[i].and_then(|r| cells.get(r).copied()).unwrap_or(Cell::Null);
-        match filter.evaluate(&lookup) {
+        let lookup =
+            |i: usize| plan.filter_columns[i].and_then(|r| cells.get(r).copied()).unwrap_or(Cell::Null);
+        match filter.evaluate(lookup) {
             Ok(matched) => Ok(matched),
             Err(EvalError::NeedsUnchangedColumn(_)) => self.matches_on_target(relation, cells).await,
-            Err(error) => Err(ApplyError::Filter { table: plan.route.mapping.from.clone(), error: error.to_string() }),
+            Err(error) => {
+                Err(ApplyError::Filter { table: plan.route.mapping.from.clone(), error: error.to_string() })
+            }
         }
     }
 
@@ -469,17 +503,23 @@ impl Applier {
     /// the target's copy of the row. No copy means the row did not match
     /// before; its unsent values are then unknown, which is an error rather
     /// than a guess.
-    async fn matches_on_target(&mut self, relation: &Arc<Relation>, cells: &[Cell<'_>]) -> Result<bool, ApplyError> {
+    async fn matches_on_target(
+        &mut self,
+        relation: &Arc<Relation>,
+        cells: &[Cell<'_>],
+    ) -> Result<bool, ApplyError> {
         self.settle().await?;
         let plan = &self.plans[&relation.oid];
         let names: Vec<String> = plan.columns.iter().map(|(_, n)| quote_ident(n)).collect();
         let key_params: Vec<TextParam> = plan
             .key
             .iter()
-            .map(|&k| TextParam(match cells.get(k) {
-                Some(Cell::Text(b)) => Some(Bytes::copy_from_slice(b)),
-                _ => None,
-            }))
+            .map(|&k| {
+                TextParam(match cells.get(k) {
+                    Some(Cell::Text(b)) => Some(Bytes::copy_from_slice(b)),
+                    _ => None,
+                })
+            })
             .collect();
         let sql = format!(
             "SELECT {} FROM {} WHERE {}",
@@ -503,23 +543,40 @@ impl Applier {
             }
         }
         let filter = plan.route.filter.as_ref().expect("only called with a filter");
-        let lookup = |i: usize| plan.filter_columns[i].and_then(|r| merged.get(r).copied()).unwrap_or(Cell::Null);
-        filter.evaluate(&lookup).map_err(|e| ApplyError::Filter { table: plan.route.mapping.from.clone(), error: e.to_string() })
+        let lookup =
+            |i: usize| plan.filter_columns[i].and_then(|r| merged.get(r).copied()).unwrap_or(Cell::Null);
+        filter
+            .evaluate(lookup)
+            .map_err(|e| ApplyError::Filter { table: plan.route.mapping.from.clone(), error: e.to_string() })
     }
 
     /// Inserts a row; `upsert` overwrites a row with the same key (a row
     /// moving into a filter may or may not be on the target already).
-    async fn insert(&mut self, relation: &Arc<Relation>, new: &Tuple, upsert: bool) -> Result<(), ApplyError> {
+    async fn insert(
+        &mut self,
+        relation: &Arc<Relation>,
+        new: &Tuple,
+        upsert: bool,
+    ) -> Result<(), ApplyError> {
         let plan = &self.plans[&relation.oid];
         let params: Vec<TextParam> = plan.columns.iter().map(|(i, _)| param(new, *i)).collect();
-        let statement = if upsert { plan.upsert.clone().expect("prepared for filtered tables") } else { plan.insert.clone() };
+        let statement = if upsert {
+            plan.upsert.clone().expect("prepared for filtered tables")
+        } else {
+            plan.insert.clone()
+        };
         let row = row_ref(plan, Op::Insert, plan.key.iter().map(|&k| key_value(new, new, k)).collect());
         self.send(row, statement, params).await
     }
 
     /// Updates the row the old key (or the unchanged new key) names, leaving
     /// unchanged TOAST columns as they are on the target.
-    async fn update(&mut self, relation: &Arc<Relation>, old: Option<&OldTuple>, new: &Tuple) -> Result<(), ApplyError> {
+    async fn update(
+        &mut self,
+        relation: &Arc<Relation>,
+        old: Option<&OldTuple>,
+        new: &Tuple,
+    ) -> Result<(), ApplyError> {
         let plan = self.plans.get_mut(&relation.oid).expect("planned by apply");
         let present: Vec<bool> =
             plan.columns.iter().map(|(i, _)| !matches!(new.0.get(*i), Some(Value::UnchangedToast))).collect();
@@ -542,23 +599,35 @@ impl Applier {
     /// An update under a row filter: the row lands on the target when its
     /// new values match, and leaves it when they do not — whether or not it
     /// matched before, which replica identity default does not tell.
-    async fn filtered_update(&mut self, relation: &Arc<Relation>, old: Option<&OldTuple>, new: &Tuple) -> Result<(), ApplyError> {
+    async fn filtered_update(
+        &mut self,
+        relation: &Arc<Relation>,
+        old: Option<&OldTuple>,
+        new: &Tuple,
+    ) -> Result<(), ApplyError> {
         let cells = resolved_cells(new, old);
         let matched = self.matches(relation, &cells).await?;
         let plan = &self.plans[&relation.oid];
-        let key_changed = old.is_some_and(|o| plan.key.iter().any(|&k| key_value(o.tuple(), new, k) != key_value(new, new, k)));
+        let key_changed = old.is_some_and(|o| {
+            plan.key.iter().any(|&k| key_value(o.tuple(), new, k) != key_value(new, new, k))
+        });
+        let complete = plan.columns.iter().all(|(i, _)| !matches!(cells.get(*i), Some(Cell::Unchanged)));
         if key_changed && let Some(old) = old {
             self.delete(relation, old.tuple(), false).await?;
         }
         if !matched {
             return self.delete(relation, new, false).await;
         }
-        let complete = plan.columns.iter().all(|(i, _)| !matches!(cells.get(*i), Some(Cell::Unchanged)));
         if complete {
-            let row = Tuple(cells.iter().map(|c| match c {
-                Cell::Text(b) => Value::Text(Bytes::copy_from_slice(b)),
-                _ => Value::Null,
-            }).collect());
+            let row = Tuple(
+                cells
+                    .iter()
+                    .map(|c| match c {
+                        Cell::Text(b) => Value::Text(Bytes::copy_from_slice(b)),
+                        _ => Value::Null,
+                    })
+                    .collect(),
+            );
             self.insert(relation, &row, true).await
         } else {
             // Some values were not sent: the row must already be there.
@@ -568,7 +637,12 @@ impl Applier {
 
     /// Deletes the row `identity` names. `expected` says whether a missing
     /// row is worth a warning (without a filter it should be there).
-    async fn delete(&mut self, relation: &Arc<Relation>, identity: &Tuple, expected: bool) -> Result<(), ApplyError> {
+    async fn delete(
+        &mut self,
+        relation: &Arc<Relation>,
+        identity: &Tuple,
+        expected: bool,
+    ) -> Result<(), ApplyError> {
         let plan = &self.plans[&relation.oid];
         let key = key_values(plan, identity, identity, "a delete")?;
         let params = key.iter().cloned().map(TextParam).collect();
@@ -577,7 +651,11 @@ impl Applier {
         self.send(row, statement, params).await
     }
 
-    async fn truncate(&mut self, relations: &[Arc<Relation>], restart_identity: bool) -> Result<(), ApplyError> {
+    async fn truncate(
+        &mut self,
+        relations: &[Arc<Relation>],
+        restart_identity: bool,
+    ) -> Result<(), ApplyError> {
         let targets: Vec<String> = relations
             .iter()
             .filter_map(|r| self.routes.get(&QualifiedName::new(r.namespace.clone(), r.name.clone())))
@@ -592,7 +670,20 @@ impl Applier {
         // empty tables ferry does not own.
         let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
         let sql = format!("TRUNCATE ONLY {}{restart}", targets.join(", "));
-        self.client.batch_execute(&sql).await.map_err(target_error(format!("truncate of {}", targets.join(", "))))
+        self.client
+            .batch_execute(&sql)
+            .await
+            .map_err(target_error(format!("truncate of {}", targets.join(", "))))
+    }
+}
+
+/// Polls a statement once, which puts its request on the wire; gives it
+/// back when its answer is still to come.
+fn start(mut execution: InFlight) -> Result<(RowRef, Result<u64, tokio_postgres::Error>), InFlight> {
+    let mut context = Context::from_waker(Waker::noop());
+    match execution.as_mut().poll(&mut context) {
+        Poll::Ready(answer) => Ok(answer),
+        Poll::Pending => Err(execution),
     }
 }
 
@@ -602,11 +693,18 @@ fn row_ref(plan: &RelationPlan, op: Op, key: Vec<Option<Bytes>>) -> RowRef {
 
 /// The row's key values, from `tuple` or, where the server left one out,
 /// `fallback`; every key column must have one.
-fn key_values(plan: &RelationPlan, tuple: &Tuple, fallback: &Tuple, what: &'static str) -> Result<Vec<Option<Bytes>>, ApplyError> {
+fn key_values(
+    plan: &RelationPlan,
+    tuple: &Tuple,
+    fallback: &Tuple,
+    what: &'static str,
+) -> Result<Vec<Option<Bytes>>, ApplyError> {
     plan.key
         .iter()
         .map(|&k| {
-            key_value(tuple, fallback, k).map(Some).ok_or_else(|| ApplyError::NoKey { table: (*plan.target).clone(), what })
+            key_value(tuple, fallback, k)
+                .map(Some)
+                .ok_or_else(|| ApplyError::NoKey { table: (*plan.target).clone(), what })
         })
         .collect()
 }

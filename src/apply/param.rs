@@ -67,8 +67,9 @@ pub fn key_value(tuple: &Tuple, fallback: &Tuple, index: usize) -> Option<Bytes>
 /// A row's key as PostgreSQL shows it in errors, `(id, region)=(7, eu)`:
 /// what an operator needs to find the row, and no other column's value.
 pub fn key_text<'a>(names: &[String], values: impl Iterator<Item = Option<&'a [u8]>>) -> String {
-    let values: Vec<String> =
-        values.map(|v| v.map_or_else(|| "NULL".to_string(), |b| String::from_utf8_lossy(b).into_owned())).collect();
+    let values: Vec<String> = values
+        .map(|v| v.map_or_else(|| "NULL".to_string(), |b| String::from_utf8_lossy(b).into_owned()))
+        .collect();
     format!("({})=({})", names.join(", "), values.join(", "))
 }
 

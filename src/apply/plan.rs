@@ -86,7 +86,11 @@ impl RelationPlan {
 
     /// The update statement for this set of present columns, prepared on
     /// first use.
-    pub async fn update_statement(&mut self, client: &Client, present: &[bool]) -> Result<Statement, ApplyError> {
+    pub async fn update_statement(
+        &mut self,
+        client: &Client,
+        present: &[bool],
+    ) -> Result<Statement, ApplyError> {
         if let Some(statement) = self.updates.get(present) {
             return Ok(statement.clone());
         }
@@ -104,8 +108,10 @@ impl RelationPlan {
             assignments.join(", "),
             key_condition(&self.key_names, assignments.len() + 1)
         );
-        let statement =
-            client.prepare(&sql).await.map_err(target_error(format!("preparing update of {}", self.target)))?;
+        let statement = client
+            .prepare(&sql)
+            .await
+            .map_err(target_error(format!("preparing update of {}", self.target)))?;
         self.updates.insert(present.to_vec(), statement.clone());
         Ok(statement)
     }
@@ -127,7 +133,12 @@ impl Statements<'_> {
     async fn insert(&self, upsert: bool) -> Result<Statement, ApplyError> {
         let names: Vec<String> = self.columns.iter().map(|(_, n)| quote_ident(n)).collect();
         let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
-        let mut sql = format!("INSERT INTO {} ({}) VALUES ({})", self.target, names.join(", "), placeholders.join(", "));
+        let mut sql = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            self.target,
+            names.join(", "),
+            placeholders.join(", ")
+        );
         if upsert {
             let keys: Vec<String> = self.key_names.iter().map(|k| quote_ident(k)).collect();
             let updates: Vec<String> = self
@@ -136,16 +147,25 @@ impl Statements<'_> {
                 .filter(|(_, n)| !self.key_names.contains(n))
                 .map(|(_, n)| format!("{0} = EXCLUDED.{0}", quote_ident(n)))
                 .collect();
-            let action =
-                if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
+            let action = if updates.is_empty() {
+                "DO NOTHING".to_string()
+            } else {
+                format!("DO UPDATE SET {}", updates.join(", "))
+            };
             sql.push_str(&format!(" ON CONFLICT ({}) {action}", keys.join(", ")));
         }
-        self.client.prepare(&sql).await.map_err(target_error(format!("preparing insert into {}", self.target)))
+        self.client
+            .prepare(&sql)
+            .await
+            .map_err(target_error(format!("preparing insert into {}", self.target)))
     }
 
     async fn delete(&self) -> Result<Statement, ApplyError> {
         let sql = format!("DELETE FROM {} WHERE {}", self.target, key_condition(self.key_names, 1));
-        self.client.prepare(&sql).await.map_err(target_error(format!("preparing delete from {}", self.target)))
+        self.client
+            .prepare(&sql)
+            .await
+            .map_err(target_error(format!("preparing delete from {}", self.target)))
     }
 }
 
@@ -162,17 +182,18 @@ fn key_columns(relation: &Relation, route: &TableRoute) -> Result<Vec<usize>, Ap
             .iter()
             .filter(|c| c.is_key)
             .map(|target_key| {
-                (0..relation.columns.len()).find(|&i| carried(i) == Some(target_key.name.as_str())).ok_or_else(|| {
-                    ApplyError::KeyNotSent {
+                (0..relation.columns.len())
+                    .find(|&i| carried(i) == Some(target_key.name.as_str()))
+                    .ok_or_else(|| ApplyError::KeyNotSent {
                         source_table: source.clone(),
                         target: route.mapping.to.clone(),
                         column: target_key.name.clone(),
-                    }
-                })
+                    })
             })
             .collect();
     }
-    let key: Vec<usize> = relation.columns.iter().enumerate().filter(|(_, c)| c.is_key).map(|(i, _)| i).collect();
+    let key: Vec<usize> =
+        relation.columns.iter().enumerate().filter(|(_, c)| c.is_key).map(|(i, _)| i).collect();
     if key.is_empty() {
         return Err(ApplyError::NoKey { table: source.clone(), what: "a table description" });
     }

@@ -39,5 +39,8 @@ pub async fn table_columns(
             &[&table.schema, &table.name],
         )
         .await?;
-    Ok(rows.iter().map(|r| Column { name: r.get(0), type_name: r.get(1), is_key: r.get(2), toastable: r.get(3) }).collect())
+    Ok(rows
+        .iter()
+        .map(|r| Column { name: r.get(0), type_name: r.get(1), is_key: r.get(2), toastable: r.get(3) })
+        .collect())
 }

@@ -7,18 +7,27 @@ use tokio_postgres::Client;
 use crate::apply::{ApplyError, TargetTable};
 use crate::config::{ColumnSelection, TableMapping};
 use crate::pg::catalog::Column;
-use crate::source::catalog::{self as source_catalog, CatalogError};
 use crate::pg::names::QualifiedName;
 use crate::route::filter::{ColumnType, Filter};
+use crate::source::catalog::{self as source_catalog, CatalogError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error("table {table}: column {column:?} is configured but the source table has no such column")]
     UnknownColumn { table: QualifiedName, column: String },
-    #[error("table {table}: key column {column:?} must be carried (it identifies rows on the target); do not exclude it")]
+    #[error(
+        "table {table}: key column {column:?} must be carried (it identifies rows on the target); do not exclude it"
+    )]
     KeyExcluded { table: QualifiedName, column: String },
-    #[error("table {table}: column {column:?} is carried as {target_column:?}, which target table {target} lacks")]
-    MissingTargetColumn { table: QualifiedName, column: String, target: QualifiedName, target_column: String },
+    #[error(
+        "table {table}: column {column:?} is carried as {target_column:?}, which target table {target} lacks"
+    )]
+    MissingTargetColumn {
+        table: QualifiedName,
+        column: String,
+        target: Box<QualifiedName>,
+        target_column: String,
+    },
     #[error("table {table}: where: {error}")]
     Filter { table: QualifiedName, error: String },
     #[error(
@@ -54,7 +63,11 @@ pub struct TableRoute {
 
 impl TableRoute {
     /// Reads both tables' catalogs and resolves the mapping against them.
-    pub async fn load(mapping: &TableMapping, source: &Client, target: &Client) -> Result<TableRoute, LoadError> {
+    pub async fn load(
+        mapping: &TableMapping,
+        source: &Client,
+        target: &Client,
+    ) -> Result<TableRoute, LoadError> {
         let source_columns = source_catalog::source_columns(source, &mapping.from).await?;
         let full_identity = source_catalog::has_full_identity(source, &mapping.from).await?;
         let target_table = TargetTable::load(target, &mapping.to).await?;
@@ -82,16 +95,16 @@ impl TableRoute {
             }
         }
         // Columns the user chose explicitly, or renamed, must land somewhere.
-        let explicit =
-            |name: &str| matches!(&mapping.columns, ColumnSelection::Only(list) if list.iter().any(|c| c == name));
+        let explicit = |name: &str| matches!(&mapping.columns, ColumnSelection::Only(list) if list.iter().any(|c| c == name));
         for column in source_columns.iter().filter(|c| mapping.columns.includes(&c.name)) {
             let target_column = mapping.target_column(&column.name);
-            let must_exist = explicit(&column.name) || mapping.rename.contains_key(&column.name) || column.is_key;
+            let must_exist =
+                explicit(&column.name) || mapping.rename.contains_key(&column.name) || column.is_key;
             if must_exist && !target_columns.iter().any(|c| c.name == target_column) {
                 return Err(RouteError::MissingTargetColumn {
                     table: table.clone(),
                     column: column.name.clone(),
-                    target: mapping.to.clone(),
+                    target: Box::new(mapping.to.clone()),
                     target_column: target_column.to_string(),
                 });
             }
@@ -135,7 +148,7 @@ impl TableRoute {
             return None;
         }
         let target = self.mapping.target_column(source_column);
-        self.target_columns.iter().any(|c| c.name == target).then_some(target)
+        self.target_columns.iter().find(|c| c.name == target).map(|c| c.name.as_str())
     }
 
     /// The carried source columns (source name, target name), in source order.
