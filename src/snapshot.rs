@@ -38,12 +38,14 @@ pub async fn begin_at_snapshot(source: &Client, snapshot: &str) -> Result<(), Sn
 
 /// Copies `from` into `to` with COPY on both sides, streaming: the rows
 /// never sit in memory. The target must be inside the caller's transaction.
-/// Only the columns both tables have are copied. Returns the row count.
+/// Only the columns both tables have are copied. Returns the row count;
+/// `progress` hears the count so far after each row.
 pub async fn copy_table(
     source: &Client,
     from: &QualifiedName,
     target: &Client,
     to: &TargetTable,
+    mut progress: impl FnMut(u64),
 ) -> Result<u64, SnapshotError> {
     let empty: bool = target
         .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {})", to.name), &[])
@@ -82,10 +84,13 @@ pub async fn copy_table(
         .map_err(sql_error(format!("writing {}", to.name)))?;
     futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
+    let mut rows = 0;
     while let Some(chunk) = out.next().await {
         let chunk = chunk.map_err(sql_error(format!("reading {from}")))?;
         fault::point(fault::DURING_SNAPSHOT_COPY);
         sink.send(chunk).await.map_err(sql_error(format!("writing {}", to.name)))?;
+        rows += 1; // COPY TO sends a row per message
+        progress(rows);
     }
     sink.as_mut().finish().await.map_err(sql_error(format!("finishing the copy into {}", to.name)))
 }
