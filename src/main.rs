@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use ferry::config::Config;
+use ferry::metrics::Metrics;
 use ferry::pg::conninfo::ConnInfo;
 use ferry::pg::names::QualifiedName;
 use ferry::tail::{self, TailOptions};
@@ -62,6 +63,10 @@ enum Command {
     /// Run the daemon: every subscription in the config file as its own
     /// pipeline, until SIGTERM or SIGINT (which finish the transaction in
     /// hand, confirm it to the source and exit).
+    ///
+    /// Serves /metrics (Prometheus), /healthz, /readyz and /status on
+    /// [server] listen (default 127.0.0.1:9187); fails at start when that
+    /// address cannot be bound.
     Run {
         /// The config file (TOML).
         #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
@@ -78,6 +83,17 @@ enum Command {
         /// Check the config file only; connect to no database.
         #[arg(long)]
         offline: bool,
+    },
+    /// Print a running daemon's pipelines as a table: state, last applied
+    /// LSN and commit time, lag, WAL held by the slot, and the last error.
+    #[command(after_help = "Example: ferry status --url http://ferry.example.internal:9187")]
+    Status {
+        /// The daemon's HTTP address (its [server] listen).
+        #[arg(long, env = "FERRY_STATUS_URL", default_value = "http://127.0.0.1:9187")]
+        url: String,
+        /// Print /status as the JSON it is instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a database's live changes as JSON lines (one per change) on
     /// standard output, until Ctrl-C.
@@ -187,11 +203,31 @@ async fn demo_command(seconds: Option<u64>) -> anyhow::Result<()> {
 
 async fn run_command(config: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config)?;
-    let failed = ferry::daemon::run(config, shutdown_token()).await;
+    let listener = ferry::server::bind(config.server.listen).await?;
+    let listen = listener.local_addr().unwrap_or(config.server.listen);
+    tracing::info!(%listen, "serving /metrics, /healthz, /readyz and /status");
+    let metrics = Metrics::new();
+    let stop_server = CancellationToken::new();
+    let server = tokio::spawn(ferry::server::serve(listener, metrics.clone(), stop_server.clone()));
+    let failed = ferry::daemon::run_with(config, &metrics, shutdown_token()).await;
+    stop_server.cancel();
+    if let Ok(Err(error)) = server.await {
+        tracing::error!("{error}");
+    }
     if failed > 0 {
         anyhow::bail!("{failed} pipeline(s) stopped with an error (see above)");
     }
     tracing::info!("all pipelines stopped cleanly");
+    Ok(())
+}
+
+async fn status_command(url: String, json: bool) -> anyhow::Result<()> {
+    let report = ferry::status::fetch(&url).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", ferry::status::table(&report));
+    }
     Ok(())
 }
 
@@ -219,6 +255,7 @@ async fn main() -> ExitCode {
         Command::Run { config } => run_command(config).await,
         Command::Demo { seconds } => demo_command(seconds).await,
         Command::Validate { config, offline } => return validate_command(config, offline).await,
+        Command::Status { url, json } => status_command(url, json).await,
         Command::Tail { source, tables, publication, slot, password } => {
             tail_command(source, tables, publication, slot, password).await
         }

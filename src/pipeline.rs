@@ -10,13 +10,14 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{Applier, ApplyError};
 use crate::config::{OnError, Subscription};
 use crate::fault;
+use crate::metrics::{ErrorKind, EventCounts, Op, PipelineMetrics, State};
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::replication::{ReplicationClient, SlotKind, StartOptions};
 use crate::pg::{Lsn, PgError, tls};
 use crate::route::{LoadError, TableRoute};
 use crate::snapshot::{self, SnapshotError};
 use crate::source::catalog::{self, CatalogError, SlotState};
-use crate::source::{self, SourceError, SourceEvent};
+use crate::source::{self, Change, SourceError, SourceEvent};
 
 /// Events in flight between reader and applier: enough to keep both busy,
 /// small enough that a slow target slows reading instead of filling memory.
@@ -26,13 +27,21 @@ const CHANNEL_CAPACITY: usize = 4096;
 const GROUP_COMMIT_ROWS: usize = 20_000;
 const GROUP_COMMIT_AGE: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How often an idle applier checks that its target connection is still
+/// open, so that a target going away shows (and is retried) without
+/// waiting for the next change.
+const TARGET_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
     Pg(#[from] PgError),
-    #[error(transparent)]
-    Connect(#[from] tls::SqlConnectError),
+    #[error("source: {0}")]
+    ConnectSource(tls::SqlConnectError),
+    #[error("target: {0}")]
+    ConnectTarget(tls::SqlConnectError),
+    #[error("target: the connection to {target} closed")]
+    TargetClosed { target: String },
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
@@ -68,7 +77,10 @@ impl PipelineError {
         match self {
             PipelineError::Pg(e) | PipelineError::Source(SourceError::Pg(e)) => pg_retryable(e),
             PipelineError::Source(SourceError::StreamEnded) => true,
-            PipelineError::Connect(e) => e.sqlstate().is_none_or(|c| sqlstate_retryable(c.code())),
+            PipelineError::ConnectSource(e) | PipelineError::ConnectTarget(e) => {
+                e.sqlstate().is_none_or(|c| sqlstate_retryable(c.code()))
+            }
+            PipelineError::TargetClosed { .. } => true,
             PipelineError::Apply(e) | PipelineError::Route(LoadError::Target(e)) => e.is_retryable(),
             PipelineError::Snapshot(SnapshotError::Sql { source, .. })
             | PipelineError::Catalog(CatalogError::Sql { source, .. })
@@ -76,6 +88,26 @@ impl PipelineError {
                 source.code().is_none_or(|c| sqlstate_retryable(c.code()))
             }
             _ => false,
+        }
+    }
+
+    /// Which side or step failed, for `ferry_errors_total{kind}`.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            PipelineError::Pg(_)
+            | PipelineError::ConnectSource(_)
+            | PipelineError::Source(_)
+            | PipelineError::Catalog(CatalogError::Sql { .. })
+            | PipelineError::Route(LoadError::Source(CatalogError::Sql { .. })) => ErrorKind::Source,
+            PipelineError::ConnectTarget(_)
+            | PipelineError::TargetClosed { .. }
+            | PipelineError::Apply(ApplyError::Target { .. } | ApplyError::MissingRow { .. })
+            | PipelineError::ReplayCarefully { .. } => ErrorKind::Target,
+            PipelineError::Snapshot(_) => ErrorKind::Snapshot,
+            PipelineError::SlotVanished { .. } | PipelineError::SlotInvalidated { .. } => ErrorKind::Slot,
+            PipelineError::Apply(_) | PipelineError::Catalog(_) | PipelineError::Route(_) => {
+                ErrorKind::Config
+            }
         }
     }
 
@@ -115,15 +147,24 @@ pub struct PipelineSpec {
 
 /// Runs a pipeline until `cancel` fires (returns Ok) or it meets an error
 /// that retrying cannot fix (returns it). Retryable errors are logged and
-/// retried with exponential backoff.
-pub async fn run(spec: PipelineSpec, cancel: CancellationToken) -> Result<(), PipelineError> {
+/// retried with exponential backoff. State, errors and progress go to
+/// `metrics`.
+pub async fn run(
+    spec: PipelineSpec,
+    metrics: PipelineMetrics,
+    cancel: CancellationToken,
+) -> Result<(), PipelineError> {
     let name = spec.subscription.name.clone();
     let mut backoff = Duration::from_secs(1);
     let mut careful_until = None;
+    metrics.set_state(State::Starting);
     loop {
         let started = Instant::now();
-        let error = match run_once(&spec, &cancel, careful_until).await {
-            Ok(()) => return Ok(()),
+        let error = match run_once(&spec, &metrics, &cancel, careful_until).await {
+            Ok(()) => {
+                metrics.set_state(State::Stopped);
+                return Ok(());
+            }
             Err(PipelineError::ReplayCarefully { until }) => {
                 // A change was refused for good and dead letters are on:
                 // replay up to that transaction one statement at a time.
@@ -133,40 +174,63 @@ pub async fn run(spec: PipelineSpec, cancel: CancellationToken) -> Result<(), Pi
             }
             Err(error) => error,
         };
+        let message = without_passwords(error.to_string(), &spec);
         if cancel.is_cancelled() {
-            tracing::warn!(subscription = %name, "error while stopping: {error}");
+            tracing::warn!(subscription = %name, "error while stopping: {message}");
+            metrics.set_state(State::Stopped);
             return Ok(());
         }
+        metrics.error(error.kind(), message.clone());
         if !error.is_retryable() {
-            tracing::error!(subscription = %name, sqlstate = error.sqlstate(), "pipeline stopped: {error}");
+            tracing::error!(subscription = %name, sqlstate = error.sqlstate(), "pipeline stopped: {message}");
+            metrics.set_state(State::Stopped);
             return Err(error);
         }
+        metrics.set_state(State::Retrying);
         if started.elapsed() > MAX_BACKOFF {
             backoff = Duration::from_secs(1);
         }
         tracing::warn!(
             subscription = %name,
             sqlstate = error.sqlstate(),
-            "{error}; retrying in {}s",
+            "{message}; retrying in {}s",
             backoff.as_secs()
         );
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = cancel.cancelled() => return Ok(()),
+            _ = cancel.cancelled() => {
+                metrics.set_state(State::Stopped);
+                return Ok(());
+            }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
+/// An error message with the source's and target's passwords masked. Errors
+/// show connection strings without them already; this makes sure of it for
+/// what the operator sees (logs, `/status`).
+fn without_passwords(mut message: String, spec: &PipelineSpec) -> String {
+    for info in [&spec.source, &spec.target] {
+        if let Some(password) = info.password.as_ref().map(|p| p.expose()).filter(|p| !p.is_empty())
+            && message.contains(password)
+        {
+            message = message.replace(password, "***");
+        }
+    }
+    message
+}
+
 /// One attempt: set up, copy if new, then stream until cancelled or broken.
 async fn run_once(
     spec: &PipelineSpec,
+    metrics: &PipelineMetrics,
     cancel: &CancellationToken,
     careful_until: Option<Lsn>,
 ) -> Result<(), PipelineError> {
     let sub = &spec.subscription;
-    let target = tls::connect_sql(&spec.target).await?;
-    let source_sql = tls::connect_sql(&spec.source).await?;
+    let target = tls::connect_sql(&spec.target).await.map_err(PipelineError::ConnectTarget)?;
+    let source_sql = tls::connect_sql(&spec.source).await.map_err(PipelineError::ConnectSource)?;
     catalog::check_tables(&source_sql, sub).await?;
     let mut routes = Vec::new();
     for mapping in &sub.tables {
@@ -177,6 +241,9 @@ async fn run_once(
     let dead_letters = sub.on_error == OnError::DeadLetter;
     let mut applier = Applier::new(target, &sub.name, routes, dead_letters).await?;
     let progress = applier.progress().await?;
+    if let Some(progress) = progress {
+        metrics.resumed_at(progress);
+    }
 
     catalog::ensure_publication(&source_sql, sub).await?;
     let mut replication = ReplicationClient::connect(&spec.source).await?;
@@ -200,7 +267,8 @@ async fn run_once(
             if state != SlotState::Missing {
                 replication.drop_slot(&sub.slot, true).await?;
             }
-            initial_sync(sub, &mut replication, &source_sql, &mut applier).await?
+            metrics.set_state(State::Snapshot);
+            initial_sync(sub, &mut replication, &source_sql, &mut applier, metrics).await?
         }
     };
     drop(source_sql);
@@ -213,12 +281,15 @@ async fn run_once(
     };
     let stream = replication.start(&sub.slot, start, &options).await?;
     tracing::info!(subscription = %sub.name, slot = %sub.slot, %start, "streaming");
+    metrics.set_state(State::Streaming);
 
     let (events_tx, events_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (durable_tx, durable_rx) = watch::channel(start);
     let stop_reader = cancel.child_token();
     let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone()));
-    let applied = apply_events(&mut applier, events_rx, &durable_tx, start, careful_until).await;
+    let target = spec.target.to_string();
+    let applied =
+        apply_events(&mut applier, events_rx, &durable_tx, start, metrics, &target, careful_until).await;
     if applied.is_err() {
         stop_reader.cancel();
     }
@@ -248,15 +319,21 @@ async fn initial_sync(
     replication: &mut ReplicationClient,
     source_sql: &tokio_postgres::Client,
     applier: &mut Applier,
+    metrics: &PipelineMetrics,
 ) -> Result<Lsn, PipelineError> {
     let slot = replication.create_slot(&sub.slot, SlotKind::Permanent, sub.snapshot).await?;
     applier.begin().await?;
     if let Some(snapshot_name) = slot.snapshot_name.as_deref().filter(|_| sub.snapshot) {
+        for (index, table) in sub.tables.iter().enumerate() {
+            metrics.snapshot_estimate(index, estimated_rows(source_sql, &table.from).await);
+        }
         snapshot::begin_at_snapshot(source_sql, snapshot_name).await?;
-        for table in &sub.tables {
+        for (index, table) in sub.tables.iter().enumerate() {
             let started = Instant::now();
             let route = applier.route(&table.from).ok_or_else(|| ApplyError::Unmapped(table.from.clone()))?;
-            let rows = snapshot::copy_table(source_sql, route, applier.client()).await?;
+            let progress = |rows| metrics.snapshot_copied(index, rows);
+            let rows = snapshot::copy_table(source_sql, route, applier.client(), progress).await?;
+            metrics.snapshot_copied(index, rows);
             tracing::info!(
                 subscription = %sub.name,
                 table = %table.from,
@@ -271,18 +348,35 @@ async fn initial_sync(
         })?;
     }
     applier.commit(slot.consistent_point, crate::pg::timestamp::now_micros()).await?;
+    metrics.applied(slot.consistent_point, None);
     tracing::info!(subscription = %sub.name, slot = %sub.slot, at = %slot.consistent_point, "slot created");
     Ok(slot.consistent_point)
 }
 
+/// The planner's row estimate for a source table (`pg_class.reltuples`;
+/// 0 when the table was never analyzed, or the estimate cannot be read).
+async fn estimated_rows(source: &tokio_postgres::Client, table: &crate::pg::names::QualifiedName) -> i64 {
+    let name = format!("{table}");
+    match source
+        .query_one("SELECT reltuples::bigint FROM pg_class WHERE oid = $1::text::regclass", &[&name])
+        .await
+    {
+        Ok(row) => row.get::<_, i64>(0).max(0),
+        Err(_) => 0,
+    }
+}
+
 /// The applier's loop: applies whole source transactions, several per
 /// target transaction, commits only at source commit boundaries, and
-/// publishes each committed end LSN on `durable`.
+/// publishes each committed end LSN on `durable`. While idle it checks
+/// that the target connection is still open (`target` names it).
 async fn apply_events(
     applier: &mut Applier,
     mut events: mpsc::Receiver<SourceEvent>,
     durable: &watch::Sender<Lsn>,
     progress: Lsn,
+    metrics: &PipelineMetrics,
+    target: &str,
     careful_until: Option<Lsn>,
 ) -> Result<(), PipelineError> {
     let mut state = ApplyState {
@@ -292,22 +386,34 @@ async fn apply_events(
         skipping: false,
         current_commit: Lsn::ZERO,
         careful_until,
+        metrics: metrics.clone(),
+        transaction_changes: 0,
     };
+    let mut check = tokio::time::interval(TARGET_CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = async {
-        while let Some(event) = events.recv().await {
-            state.handle(applier, event, events.is_empty(), durable).await?;
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => state.handle(applier, event, events.is_empty(), durable).await?,
+                    None => break,
+                },
+                _ = check.tick() => if applier.client().is_closed() {
+                    return Err(PipelineError::TargetClosed { target: target.to_string() });
+                },
+            }
         }
-        state.finish(applier, durable).await
+        state.finish(applier, durable).await.map_err(PipelineError::from)
     }
     .await;
     if result.is_err() && state.batch.is_some() {
         applier.rollback().await;
     }
     match result {
-        Err(error) if applier.would_dead_letter(&error) => {
+        Err(PipelineError::Apply(error)) if applier.would_dead_letter(&error) => {
             Err(PipelineError::ReplayCarefully { until: state.current_commit })
         }
-        other => other.map_err(PipelineError::from),
+        other => other,
     }
 }
 
@@ -324,6 +430,9 @@ struct ApplyState {
     /// Source transactions up to this commit LSN are applied carefully
     /// (one statement at a time, refused ones set aside).
     careful_until: Option<Lsn>,
+    metrics: PipelineMetrics,
+    /// Changes of the current source transaction applied so far.
+    transaction_changes: usize,
 }
 
 struct Batch {
@@ -331,6 +440,10 @@ struct Batch {
     started: Instant,
     /// End LSN and commit time of the last whole source transaction in it.
     last_commit: Option<(Lsn, i64)>,
+    /// Source transactions with changes in it.
+    transactions: u64,
+    /// Its changes by table and operation, counted once it commits.
+    events: EventCounts,
 }
 
 impl ApplyState {
@@ -342,22 +455,34 @@ impl ApplyState {
         durable: &watch::Sender<Lsn>,
     ) -> Result<(), ApplyError> {
         match event {
-            SourceEvent::Begin { commit_lsn, .. } => {
+            SourceEvent::Begin { commit_lsn, commit_time, .. } => {
                 self.in_source_transaction = true;
+                self.transaction_changes = 0;
                 // Its commit lies before the recorded end LSN: applied already.
                 self.skipping = commit_lsn < self.progress;
                 self.current_commit = commit_lsn;
                 let careful = self.careful_until.is_some_and(|until| commit_lsn <= until);
                 applier.begin_source_transaction(commit_lsn, careful);
+                if !self.skipping {
+                    self.metrics.pending(commit_time);
+                }
             }
             SourceEvent::Change(change) if !self.skipping => {
                 if self.batch.is_none() {
                     applier.begin().await?;
-                    self.batch = Some(Batch { rows: 0, started: Instant::now(), last_commit: None });
+                    self.batch = Some(Batch {
+                        rows: 0,
+                        started: Instant::now(),
+                        last_commit: None,
+                        transactions: 0,
+                        events: EventCounts::default(),
+                    });
                 }
                 applier.apply(&change).await?;
+                self.transaction_changes += 1;
                 if let Some(batch) = self.batch.as_mut() {
                     batch.rows += 1;
+                    count_event(&self.metrics, &mut batch.events, &change);
                 }
             }
             SourceEvent::Commit { end_lsn, commit_time, .. } => {
@@ -368,10 +493,13 @@ impl ApplyState {
                 let Some(batch) = self.batch.as_mut() else {
                     // Nothing of it reached the target (no mapped rows):
                     // there is nothing to make durable.
-                    self.advance(end_lsn, durable);
+                    self.advance(end_lsn, commit_time, durable);
                     return Ok(());
                 };
                 batch.last_commit = Some((end_lsn, commit_time));
+                if self.transaction_changes > 0 {
+                    batch.transactions += 1;
+                }
                 let full = batch.rows >= GROUP_COMMIT_ROWS || batch.started.elapsed() >= GROUP_COMMIT_AGE;
                 if nothing_waiting || full {
                     self.commit(applier, durable).await?;
@@ -390,10 +518,13 @@ impl ApplyState {
         durable: &watch::Sender<Lsn>,
     ) -> Result<(), ApplyError> {
         match self.batch.take() {
-            Some(Batch { last_commit: Some((end_lsn, commit_time)), .. }) => {
+            Some(Batch {
+                last_commit: Some((end_lsn, commit_time)), started, transactions, events, ..
+            }) => {
                 applier.commit(end_lsn, commit_time).await?;
+                self.metrics.batch_committed(&events, transactions, started.elapsed());
                 fault::point(fault::AFTER_TARGET_COMMIT);
-                self.advance(end_lsn, durable);
+                self.advance(end_lsn, commit_time, durable);
             }
             Some(_) => applier.rollback().await,
             None => {}
@@ -401,8 +532,10 @@ impl ApplyState {
         Ok(())
     }
 
-    fn advance(&mut self, end_lsn: Lsn, durable: &watch::Sender<Lsn>) {
+    /// Everything received is on the target, up to `end_lsn`.
+    fn advance(&mut self, end_lsn: Lsn, commit_time: i64, durable: &watch::Sender<Lsn>) {
         self.progress = end_lsn;
+        self.metrics.applied(end_lsn, Some(commit_time));
         durable.send_replace(end_lsn);
     }
 
@@ -423,5 +556,22 @@ impl ApplyState {
             return Ok(());
         }
         self.commit(applier, durable).await
+    }
+}
+
+/// Counts a change applied in `batch` under its source table and operation
+/// (tables outside the subscription are not counted: labels stay bounded).
+fn count_event(metrics: &PipelineMetrics, events: &mut EventCounts, change: &Change) {
+    let mut add = |relation: &crate::pg::pgoutput::Relation, op| {
+        if let Some(table) = metrics.table_index(&relation.namespace, &relation.name) {
+            events.add(table, op);
+        }
+    };
+    match change {
+        Change::Insert { relation, .. } => add(relation, Op::Insert),
+        Change::Update { relation, .. } => add(relation, Op::Update),
+        Change::Delete { relation, .. } => add(relation, Op::Delete),
+        Change::Truncate { relations, .. } => relations.iter().for_each(|r| add(r, Op::Truncate)),
+        Change::Message(_) => {}
     }
 }

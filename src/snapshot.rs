@@ -41,8 +41,14 @@ pub async fn begin_at_snapshot(source: &Client, snapshot: &str) -> Result<(), Sn
 /// with COPY on both sides, streaming: the rows never sit in memory. The
 /// filter is pushed into the source query, where it means the same as in
 /// ferry's own evaluation. The target must be inside the caller's
-/// transaction, and its table empty. Returns the row count.
-pub async fn copy_table(source: &Client, route: &TableRoute, target: &Client) -> Result<u64, SnapshotError> {
+/// transaction, and its table empty. Returns the row count; `progress`
+/// hears the count so far after each row.
+pub async fn copy_table(
+    source: &Client,
+    route: &TableRoute,
+    target: &Client,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, SnapshotError> {
     let (from, to) = (&route.mapping.from, &route.mapping.to);
     let empty: bool = target
         .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {to})"), &[])
@@ -65,10 +71,13 @@ pub async fn copy_table(source: &Client, route: &TableRoute, target: &Client) ->
         .map_err(sql_error(format!("writing {to}")))?;
     futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
+    let mut rows = 0;
     while let Some(chunk) = out.next().await {
         let chunk = chunk.map_err(sql_error(format!("reading {from}")))?;
         fault::point(fault::DURING_SNAPSHOT_COPY);
         sink.send(chunk).await.map_err(sql_error(format!("writing {to}")))?;
+        rows += 1; // COPY TO sends a row per message
+        progress(rows);
     }
     sink.as_mut().finish().await.map_err(sql_error(format!("finishing the copy into {to}")))
 }

@@ -130,7 +130,7 @@ async fn crash_at(failpoint: &str, load: &[&str]) {
     let (source, target, config) = setup().await;
     let src = source.client("postgres").await;
     let mut daemon = Daemon::start_with_env(&config, &[("FERRY_FAILPOINT", failpoint)]);
-    daemon.wait_for_log("streaming", Duration::from_secs(60)).await;
+    daemon.wait_for_log("streaming", Duration::from_secs(180)).await;
     for transaction in load {
         src.batch_execute(transaction).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;

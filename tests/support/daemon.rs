@@ -23,6 +23,13 @@ impl Daemon {
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ferry.toml");
+        // Tests run many daemons at once: unless a test picks the HTTP
+        // address, each gets a port of its own from the kernel.
+        let config = if config.contains("[server]") {
+            config.to_string()
+        } else {
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n\n{config}")
+        };
         std::fs::write(&path, config).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
         command.arg("run").arg("--config").arg(&path).stdout(Stdio::null()).stderr(Stdio::piped());

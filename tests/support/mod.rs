@@ -48,7 +48,7 @@ fn run_pg(program: &str, args: &[&str]) -> Output {
     out
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

@@ -53,7 +53,7 @@ impl TailProcess {
     /// Waits until a log line contains `needle`, and returns it.
     pub fn wait_for_log(&mut self, needle: &str) -> String {
         loop {
-            match self.stderr.recv_timeout(Duration::from_secs(60)) {
+            match self.stderr.recv_timeout(Duration::from_secs(180)) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => continue,
                 Err(_) => panic!("ferry tail never logged {needle:?}; exit: {:?}", self.child.try_wait()),

@@ -1,0 +1,358 @@
+//! What an operator sees of `ferry run` against real clusters: `/metrics`
+//! moving as replication runs, `/healthz` and `/readyz`, `/status` and
+//! `ferry status`, a broken target counted against its own pipeline only,
+//! and no password anywhere even when connections fail.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ferry::metrics::{State, StatusReport};
+use ferry::status::http_get;
+use support::daemon::{Daemon, wait_for_same};
+use support::{Cluster, free_port};
+
+const SETTLE: Duration = Duration::from_secs(120);
+const SECRET: &str = "s3cret-Never-Shown";
+const ITEMS: &str = "CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int)";
+
+async fn exec(client: &tokio_postgres::Client, sql: &str) {
+    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// A daemon's HTTP endpoints.
+struct Endpoints {
+    base: String,
+}
+
+impl Endpoints {
+    fn on(port: u16) -> Endpoints {
+        Endpoints { base: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// The status code and body of `path`, waiting for the server to come up.
+    async fn get(&self, path: &str) -> (u16, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match http_get(&format!("{}{path}", self.base)).await {
+                Ok(answer) => return answer,
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "GET {path}: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn metrics(&self) -> Samples {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200, "/metrics: {body}");
+        Samples(body)
+    }
+
+    async fn status(&self) -> StatusReport {
+        let (code, body) = self.get("/status").await;
+        assert_eq!(code, 200, "/status: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not its JSON ({e}): {body}"))
+    }
+
+    /// Polls /metrics until `check` holds, and fails with the last scrape
+    /// when it never does.
+    async fn wait_for_metrics(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Samples) -> bool,
+    ) -> Samples {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let samples = self.metrics().await;
+            if check(&samples) {
+                return samples;
+            }
+            assert!(Instant::now() < deadline, "never saw {what}; last scrape:\n{}", samples.ferry_lines());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn wait_for_state(&self, subscription: &str, state: State, timeout: Duration) -> StatusReport {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let report = self.status().await;
+            if report.pipelines.iter().any(|p| p.subscription == subscription && p.state == state) {
+                return report;
+            }
+            assert!(Instant::now() < deadline, "{subscription} never reached {state:?}: {report:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A scrape in the Prometheus text format.
+struct Samples(String);
+
+impl Samples {
+    /// The value of the one sample of `name` with exactly these labels.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let wanted: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        self.0.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (found, labels) = match series.split_once('{') {
+                Some((found, rest)) => (found, parse_labels(rest.strip_suffix('}')?)),
+                None => (series, BTreeMap::new()),
+            };
+            (found == name && labels == wanted).then(|| value.parse().ok())?
+        })
+    }
+
+    /// The value, or NaN when the series is missing (so that every
+    /// comparison with it fails).
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(f64::NAN)
+    }
+
+    fn ferry_lines(&self) -> String {
+        self.0.lines().filter(|l| l.starts_with("ferry_")).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// `a="x",b="y"` (ferry's label values hold no quotes or commas).
+fn parse_labels(text: &str) -> BTreeMap<&str, &str> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((k, v.trim_matches('"')))
+        })
+        .collect()
+}
+
+/// `[server] listen` on a free port, then `rest`.
+fn with_server(port: u16, rest: &str) -> String {
+    format!("[server]\nlisten = \"127.0.0.1:{port}\"\n\n{rest}")
+}
+
+fn url_with_password(cluster_port: u16) -> String {
+    format!("postgresql://postgres:{SECRET}@127.0.0.1:{cluster_port}/postgres?sslmode=disable")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_a_replication_and_lag_returns_to_zero() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    let dst = target.client("postgres").await;
+    exec(&src, ITEMS).await;
+    exec(&dst, ITEMS).await;
+    exec(&src, "INSERT INTO items SELECT g, 'old ' || g, 1 FROM generate_series(1, 1000) g; ANALYZE items")
+        .await;
+
+    let port = free_port();
+    let config = support::daemon::config(
+        &source.url("postgres"),
+        &target.url("postgres"),
+        "test",
+        &[("public.items", "public.items")],
+        "",
+    );
+    let daemon = Daemon::start(&with_server(port, &config));
+    let http = Endpoints::on(port);
+    assert_eq!(http.get("/healthz").await.0, 200);
+    http.wait_for_state("test", State::Streaming, SETTLE).await;
+    assert_eq!(http.get("/readyz").await.0, 200);
+
+    let table = [("subscription", "test"), ("table", "public.items")];
+    let after_copy = http.metrics().await;
+    assert_eq!(after_copy.value("ferry_snapshot_rows_copied", &table), 1000.0);
+    assert_eq!(after_copy.value("ferry_snapshot_rows_estimated", &table), 1000.0);
+    assert_eq!(after_copy.value("ferry_pipeline_up", &[("subscription", "test")]), 1.0);
+
+    // Three source transactions: 5 inserts, 3 updates, 2 deletes.
+    exec(&src, "INSERT INTO items SELECT g, 'new', 0 FROM generate_series(2001, 2005) g").await;
+    exec(&src, "UPDATE items SET qty = qty + 1 WHERE id IN (1, 2, 2001)").await;
+    exec(&src, "DELETE FROM items WHERE id IN (3, 2002)").await;
+    wait_for_same(&src, &dst, "items", "items", "id, name, qty", "id", SETTLE).await;
+
+    let events = |op: &'static str| [("op", op), ("subscription", "test"), ("table", "public.items")];
+    let sub = [("subscription", "test")];
+    let samples = http
+        .wait_for_metrics("3 transactions applied", SETTLE, |s| {
+            s.value("ferry_transactions_applied_total", &sub) == 3.0
+        })
+        .await;
+    assert_eq!(samples.value("ferry_events_total", &events("insert")), 5.0);
+    assert_eq!(samples.value("ferry_events_total", &events("update")), 3.0);
+    assert_eq!(samples.value("ferry_events_total", &events("delete")), 2.0);
+    assert_eq!(samples.value("ferry_events_total", &events("truncate")), 0.0);
+    assert_eq!(samples.value("ferry_apply_batch_rows_sum", &sub), 10.0);
+    assert!(samples.value("ferry_apply_batch_duration_seconds_count", &sub) >= 1.0);
+    assert_eq!(samples.value("ferry_replication_lag_seconds", &sub), 0.0);
+    assert_eq!(samples.value("ferry_pipeline_up", &sub), 1.0);
+    for kind in ["source", "target", "snapshot", "config", "slot"] {
+        assert_eq!(samples.value("ferry_errors_total", &[("kind", kind), ("subscription", "test")]), 0.0);
+    }
+    assert!(samples.get("process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0));
+    // The slot is measured every 10 s; the first measurement after the
+    // slot exists shows it within a few MiB of the source's WAL.
+    let samples = http
+        .wait_for_metrics("the slot's retained WAL measured", SETTLE, |s| {
+            s.value("ferry_source_slot_retained_wal_bytes", &sub) > 0.0
+        })
+        .await;
+    let lag_bytes = samples.value("ferry_replication_lag_bytes", &sub);
+    assert!((0.0..16e6).contains(&lag_bytes), "lag bytes {lag_bytes}");
+
+    let report = http.status().await;
+    let [pipeline] = report.pipelines.as_slice() else { panic!("one pipeline: {report:?}") };
+    assert_eq!((pipeline.subscription.as_str(), pipeline.state), ("test", State::Streaming));
+    assert!(pipeline.last_applied_lsn.is_some() && pipeline.last_commit_time.is_some(), "{pipeline:?}");
+    assert_eq!((pipeline.lag_seconds, pipeline.error.as_deref()), (0.0, None));
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["status", "--url", &http.base])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "ferry status failed: {}", String::from_utf8_lossy(&output.stderr));
+    let line = shown
+        .lines()
+        .find(|l| l.starts_with("test "))
+        .unwrap_or_else(|| panic!("no line for test:\n{shown}"));
+    assert!(
+        line.contains("streaming") && line.contains(pipeline.last_applied_lsn.as_deref().unwrap()),
+        "{shown}"
+    );
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_target_counts_against_its_own_pipeline_only_and_no_password_shows() {
+    let (source, good, broken) = (Cluster::start(), Cluster::start(), Cluster::start());
+    broken.stop();
+    let src = source.client("postgres").await;
+    let dst = good.client("postgres").await;
+    exec(&src, ITEMS).await;
+    exec(&dst, ITEMS).await;
+
+    let port = free_port();
+    let config = format!(
+        "[sources.src]\nurl = \"{}\"\n\n[targets.good]\nurl = \"{}\"\n\n[targets.broken]\nurl = \"{}\"\n\n\
+         [[subscriptions]]\nname = \"good\"\nsource = \"src\"\ntarget = \"good\"\ntables = [{{ from = \"public.items\" }}]\n\n\
+         [[subscriptions]]\nname = \"broken\"\nsource = \"src\"\ntarget = \"broken\"\ntables = [{{ from = \"public.items\" }}]\n",
+        url_with_password(source.port),
+        good.url("postgres"),
+        url_with_password(broken.port),
+    );
+    let daemon = Daemon::start(&with_server(port, &config));
+    let http = Endpoints::on(port);
+    http.wait_for_state("good", State::Streaming, SETTLE).await;
+    exec(&src, "INSERT INTO items SELECT g, 'x', g FROM generate_series(1, 20) g").await;
+    wait_for_same(&src, &dst, "items", "items", "id, name, qty", "id", SETTLE).await;
+
+    let target_errors =
+        |s: &Samples, sub: &str| s.value("ferry_errors_total", &[("kind", "target"), ("subscription", sub)]);
+    let samples = http
+        .wait_for_metrics("two failed attempts of the broken pipeline", SETTLE, |s| {
+            target_errors(s, "broken") >= 2.0
+        })
+        .await;
+    assert_eq!(samples.value("ferry_pipeline_up", &[("subscription", "broken")]), 0.0);
+    assert_eq!(samples.value("ferry_pipeline_up", &[("subscription", "good")]), 1.0);
+    assert_eq!(target_errors(&samples, "good"), 0.0);
+    assert_eq!(
+        samples.value(
+            "ferry_events_total",
+            &[("op", "insert"), ("subscription", "good"), ("table", "public.items")]
+        ),
+        20.0
+    );
+    assert_eq!(
+        samples.value(
+            "ferry_events_total",
+            &[("op", "insert"), ("subscription", "broken"), ("table", "public.items")]
+        ),
+        0.0
+    );
+
+    let report = http.status().await;
+    let broken_status = report.pipelines.iter().find(|p| p.subscription == "broken").unwrap();
+    assert_eq!(broken_status.state, State::Retrying, "{report:?}");
+    let error = broken_status.error.as_deref().unwrap_or_default();
+    assert!(error.contains("cannot connect") && error.contains(&broken.port.to_string()), "{error}");
+    let good_status = report.pipelines.iter().find(|p| p.subscription == "good").unwrap();
+    assert_eq!((good_status.state, good_status.error.as_deref()), (State::Streaming, None));
+
+    // The failure was logged, and nothing shown anywhere holds the password.
+    daemon.wait_for_log("retrying in", SETTLE).await;
+    let (_, status_body) = http.get("/status").await;
+    let (_, metrics_body) = http.get("/metrics").await;
+    let status_table = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["status", "--url", &http.base])
+        .output()
+        .unwrap();
+    for (what, text) in [
+        ("logs", daemon.logs()),
+        ("/status", status_body),
+        ("/metrics", metrics_body),
+        ("ferry status", String::from_utf8_lossy(&status_table.stdout).into_owned()),
+    ] {
+        assert!(!text.contains(SECRET), "the password shows in {what}:\n{text}");
+    }
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_goes_away_takes_its_pipeline_down_until_it_returns() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    exec(&src, ITEMS).await;
+    exec(&target.client("postgres").await, ITEMS).await;
+    let port = free_port();
+    let config = support::daemon::config(
+        &source.url("postgres"),
+        &target.url("postgres"),
+        "test",
+        &[("public.items", "public.items")],
+        "",
+    );
+    let daemon = Daemon::start(&with_server(port, &config));
+    let http = Endpoints::on(port);
+    http.wait_for_state("test", State::Streaming, SETTLE).await;
+
+    // No change flows: the idle pipeline notices the closed connection.
+    target.stop();
+    let sub = [("subscription", "test")];
+    http.wait_for_metrics("the pipeline down with a target error", SETTLE, |s| {
+        s.value("ferry_pipeline_up", &sub) == 0.0
+            && s.value("ferry_errors_total", &[("kind", "target"), ("subscription", "test")]) >= 1.0
+    })
+    .await;
+    assert_eq!(http.get("/healthz").await.0, 200, "a database being down is no reason to restart ferry");
+    assert_eq!(http.get("/readyz").await.0, 200);
+
+    target.start_again();
+    http.wait_for_metrics("the pipeline up again", SETTLE, |s| s.value("ferry_pipeline_up", &sub) == 1.0)
+        .await;
+    exec(&src, "INSERT INTO items VALUES (1, 'after', 1)").await;
+    let dst = target.client("postgres").await;
+    wait_for_same(&src, &dst, "items", "items", "id, name, qty", "id", SETTLE).await;
+    drop(daemon);
+}
+
+#[tokio::test]
+async fn ferry_run_fails_at_start_when_its_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    // Databases that do not exist: the port is checked before any connection.
+    let config = support::daemon::config(
+        "postgresql://ferry@127.0.0.1:1/a",
+        "postgresql://ferry@127.0.0.1:1/b",
+        "test",
+        &[("public.items", "public.items")],
+        "",
+    );
+    let mut daemon = Daemon::start(&with_server(port, &config));
+    assert_eq!(daemon.wait_for_exit(Duration::from_secs(30)).await, Some(1));
+    let logs = daemon.logs();
+    assert!(logs.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{logs}");
+    assert!(!logs.contains("starting pipeline"), "{logs}");
+}
