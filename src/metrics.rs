@@ -38,6 +38,10 @@ pub const METRICS: &[(&str, &str)] = &[
     ("ferry_apply_batch_duration_seconds", "Time from a target transaction's first change to its commit."),
     ("ferry_apply_batch_rows", "Row changes per target transaction."),
     ("ferry_errors_total", "Pipeline attempts that ended in an error, by kind."),
+    (
+        "ferry_dead_letters_total",
+        "Changes the target refused for good, kept in ferry.dead_letters (on_error = dead_letter).",
+    ),
     ("ferry_pipeline_up", "1 while the pipeline is streaming, 0 otherwise."),
     ("ferry_snapshot_rows_copied", "Rows copied so far by the initial copy of a table."),
     ("ferry_snapshot_rows_estimated", "Rows the initial copy of a table expects (pg_class.reltuples)."),
@@ -151,6 +155,7 @@ struct Families {
     batch_duration: prometheus::HistogramVec,
     batch_rows: prometheus::HistogramVec,
     errors: prometheus::IntCounterVec,
+    dead_letters: prometheus::IntCounterVec,
     up: prometheus::IntGaugeVec,
     snapshot_copied: prometheus::IntGaugeVec,
     snapshot_estimated: prometheus::IntGaugeVec,
@@ -188,6 +193,7 @@ impl Families {
                 sub,
             )?,
             errors: IntCounterVec::new(opts("ferry_errors_total"), &["subscription", "kind"])?,
+            dead_letters: IntCounterVec::new(opts("ferry_dead_letters_total"), sub)?,
             up: IntGaugeVec::new(opts("ferry_pipeline_up"), sub)?,
             snapshot_copied: IntGaugeVec::new(
                 opts("ferry_snapshot_rows_copied"),
@@ -206,6 +212,7 @@ impl Families {
         registry.register(Box::new(families.batch_duration.clone()))?;
         registry.register(Box::new(families.batch_rows.clone()))?;
         registry.register(Box::new(families.errors.clone()))?;
+        registry.register(Box::new(families.dead_letters.clone()))?;
         registry.register(Box::new(families.up.clone()))?;
         registry.register(Box::new(families.snapshot_copied.clone()))?;
         registry.register(Box::new(families.snapshot_estimated.clone()))?;
@@ -270,6 +277,7 @@ impl Metrics {
                 batch_duration: f.batch_duration.with_label_values(&[name]),
                 batch_rows: f.batch_rows.with_label_values(&[name]),
                 errors: ErrorKind::ALL.map(|kind| f.errors.with_label_values(&[name, kind.as_str()])),
+                dead_letters: f.dead_letters.with_label_values(&[name]),
                 tables,
                 state: AtomicU8::new(State::Starting as u8),
                 last_end_lsn: AtomicU64::new(0),
@@ -344,6 +352,7 @@ struct PipelineInner {
     batch_duration: Histogram,
     batch_rows: Histogram,
     errors: [IntCounter; ErrorKind::ALL.len()],
+    dead_letters: IntCounter,
     tables: Vec<TableMetrics>,
     state: AtomicU8,
     last_end_lsn: AtomicU64,
@@ -460,6 +469,11 @@ impl PipelineMetrics {
         self.inner.transactions.inc_by(transactions);
         self.inner.batch_rows.observe(events.total() as f64);
         self.inner.batch_duration.observe(duration.as_secs_f64());
+    }
+
+    /// `count` refused changes were committed to ferry.dead_letters.
+    pub fn dead_lettered(&self, count: u64) {
+        self.inner.dead_letters.inc_by(count);
     }
 
     /// The initial copy of table `index` expects about `rows` rows.

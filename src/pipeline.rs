@@ -523,6 +523,7 @@ impl ApplyState {
             }) => {
                 applier.commit(end_lsn, commit_time).await?;
                 self.metrics.batch_committed(&events, transactions, started.elapsed());
+                self.metrics.dead_lettered(applier.take_dead_letters());
                 fault::point(fault::AFTER_TARGET_COMMIT);
                 self.advance(end_lsn, commit_time, durable);
             }

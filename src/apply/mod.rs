@@ -149,6 +149,8 @@ pub struct Applier {
     careful: bool,
     /// The commit LSN of the source transaction being applied.
     source_lsn: Lsn,
+    /// Dead letters written in the open target transaction.
+    dead_letters_written: u64,
 }
 
 const PROGRESS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS ferry;
@@ -266,6 +268,7 @@ impl Applier {
             dead_letters,
             careful: false,
             source_lsn: Lsn::ZERO,
+            dead_letters_written: 0,
         })
     }
 
@@ -321,9 +324,15 @@ impl Applier {
         Ok(())
     }
 
+    /// How many dead letters the last commit made durable (and resets it).
+    pub fn take_dead_letters(&mut self) -> u64 {
+        std::mem::take(&mut self.dead_letters_written)
+    }
+
     /// Abandons the current transaction and whatever is still in flight.
     pub async fn rollback(&mut self) {
         self.in_flight.clear();
+        self.dead_letters_written = 0;
         let _ = self.client.batch_execute("ROLLBACK").await;
     }
 
@@ -419,6 +428,7 @@ impl Applier {
             )
             .await
             .map_err(target_error("recording a dead letter"))?;
+        self.dead_letters_written += 1;
         tracing::warn!(subscription = %self.subscription, %table, %key, source_lsn = %lsn, sqlstate, "change refused by the target, kept in ferry.dead_letters: {message}");
         Ok(())
     }

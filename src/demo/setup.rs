@@ -67,22 +67,25 @@ pub struct Flow {
     pub row_filter: Option<&'static str>,
 }
 
-/// The demo's replication, both ways.
-///
-/// Column selection and row filters (`columns = [...]` and `where = "..."`
-/// in a subscription's table) are a later issue; once the config accepts
-/// them, showing them here is a one-line change, e.g. for the orders flow
-/// `row_filter: Some("status = 'shipped'")`. The config text and the
-/// consistency check both follow these fields.
+/// The demo's replication, both ways: the orders service gets each
+/// customer's id, name and country (not the email), and the customers
+/// service gets only shipped orders. The config text and the consistency
+/// check both follow these fields.
 pub const FLOWS: [Flow; 2] = [
     Flow {
         table: "customers",
         from: Service::Customers,
         to: Service::Orders,
-        columns: None,
+        columns: Some(&["id", "name", "country"]),
         row_filter: None,
     },
-    Flow { table: "orders", from: Service::Orders, to: Service::Customers, columns: None, row_filter: None },
+    Flow {
+        table: "orders",
+        from: Service::Orders,
+        to: Service::Customers,
+        columns: None,
+        row_filter: Some("status = 'shipped'"),
+    },
 ];
 
 impl Flow {
