@@ -246,8 +246,16 @@ async fn a_filter_on_an_unchanged_toast_column_is_evaluated_on_the_targets_copy(
     let daemon = Daemon::start(&config(&source, &target, "", tables));
     daemon.wait_for_log("streaming", SETTLE).await;
     // Random text does not compress: these categories are stored out of line.
-    exec(&src, "INSERT INTO docs SELECT 1, 'pub' || string_agg(md5(g::text), ''), 1 FROM generate_series(1, 700) g").await;
-    exec(&src, "INSERT INTO docs SELECT 2, 'priv' || string_agg(md5(g::text), ''), 1 FROM generate_series(1, 700) g").await;
+    exec(
+        &src,
+        "INSERT INTO docs SELECT 1, 'pub' || string_agg(md5(g::text), ''), 1 FROM generate_series(1, 700) g",
+    )
+    .await;
+    exec(
+        &src,
+        "INSERT INTO docs SELECT 2, 'priv' || string_agg(md5(g::text), ''), 1 FROM generate_series(1, 700) g",
+    )
+    .await;
     // The server does not resend category; the filter needs it for row 1
     // (n > 100 is false) and finds it in the target's copy.
     exec(&src, "UPDATE docs SET n = 2 WHERE id = 1").await;

@@ -20,9 +20,11 @@ use crate::route::TableRoute;
 use crate::route::filter::{Cell, EvalError};
 use crate::source::Change;
 
+mod copy;
 mod param;
 mod plan;
 
+use copy::InsertRun;
 use param::{TextParam, key_text, key_tuple, key_value, param, resolved_cells};
 use plan::RelationPlan;
 
@@ -151,6 +153,8 @@ pub struct Applier {
     source_lsn: Lsn,
     /// Dead letters written in the open target transaction.
     dead_letters_written: u64,
+    /// Inserts into one table gathered for COPY.
+    run: Option<InsertRun>,
 }
 
 const PROGRESS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS ferry;
@@ -269,6 +273,7 @@ impl Applier {
             careful: false,
             source_lsn: Lsn::ZERO,
             dead_letters_written: 0,
+            run: None,
         })
     }
 
@@ -332,12 +337,19 @@ impl Applier {
     /// Abandons the current transaction and whatever is still in flight.
     pub async fn rollback(&mut self) {
         self.in_flight.clear();
+        self.run = None;
         self.dead_letters_written = 0;
         let _ = self.client.batch_execute("ROLLBACK").await;
     }
 
-    /// Waits for every statement in flight; the first failure wins.
+    /// Sends what is gathered and waits for every statement in flight; the
+    /// first failure wins.
     async fn settle(&mut self) -> Result<(), ApplyError> {
+        self.finish_run().await?;
+        self.settle_in_flight().await
+    }
+
+    async fn settle_in_flight(&mut self) -> Result<(), ApplyError> {
         while let Some(statement) = self.in_flight.pop_front() {
             let (row, result) = statement.await;
             if let Err(error) = row.check(&self.subscription, result) {
@@ -360,10 +372,55 @@ impl Applier {
         self.dead_letters && !self.careful && refused_for_good(error)
     }
 
+    /// Sends a statement after the inserts gathered before it.
+    async fn send(
+        &mut self,
+        row: RowRef,
+        statement: Statement,
+        params: Vec<TextParam>,
+    ) -> Result<(), ApplyError> {
+        self.finish_run().await?;
+        self.send_now(row, statement, params).await
+    }
+
+    /// Ends the run of gathered inserts: a long one finishes its COPY, a
+    /// short one goes out as pipelined INSERTs.
+    async fn finish_run(&mut self) -> Result<(), ApplyError> {
+        let Some(mut run) = self.run.take() else { return Ok(()) };
+        run.finish_copy().await?;
+        for (row, params) in run.held {
+            self.send_now(row, run.insert.clone(), params).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds an insert to the run for its table, starting a new run when the
+    /// table changes.
+    async fn gather_insert(
+        &mut self,
+        relation: &Arc<Relation>,
+        row: RowRef,
+        params: Vec<TextParam>,
+    ) -> Result<(), ApplyError> {
+        if self.run.as_ref().is_some_and(|run| run.oid != relation.oid) {
+            self.finish_run().await?;
+        }
+        if self.run.as_ref().is_some_and(InsertRun::starts_copy_next) {
+            // COPY waits for its own answer: read the earlier ones first.
+            self.settle_in_flight().await?;
+        }
+        let plan = &self.plans[&relation.oid];
+        let run = self.run.get_or_insert_with(|| {
+            let columns = plan.columns.iter().map(|(_, name)| name.clone()).collect();
+            InsertRun::new(relation.oid, plan.insert.clone(), Arc::clone(&plan.target), columns)
+        });
+        run.push(&self.client, row, params).await
+    }
+
     /// Sends a statement now (its first poll puts the request on the wire)
     /// and keeps its answer for later, so rows are applied without waiting
     /// for each other. In careful mode it runs alone inside a savepoint.
-    async fn send(
+    async fn send_now(
         &mut self,
         row: RowRef,
         statement: Statement,
@@ -570,13 +627,16 @@ impl Applier {
     ) -> Result<(), ApplyError> {
         let plan = &self.plans[&relation.oid];
         let params: Vec<TextParam> = plan.columns.iter().map(|(i, _)| param(new, *i)).collect();
-        let statement = if upsert {
-            plan.upsert.clone().expect("prepared for filtered tables")
-        } else {
-            plan.insert.clone()
-        };
         let row = row_ref(plan, Op::Insert, plan.key.iter().map(|&k| key_value(new, new, k)).collect());
-        self.send(row, statement, params).await
+        if upsert {
+            let statement = plan.upsert.clone().expect("prepared for filtered tables");
+            self.send(row, statement, params).await
+        } else if self.careful {
+            let statement = plan.insert.clone();
+            self.send(row, statement, params).await
+        } else {
+            self.gather_insert(relation, row, params).await
+        }
     }
 
     /// Updates the row the old key (or the unchanged new key) names, leaving
@@ -587,9 +647,15 @@ impl Applier {
         old: Option<&OldTuple>,
         new: &Tuple,
     ) -> Result<(), ApplyError> {
-        let plan = self.plans.get_mut(&relation.oid).expect("planned by apply");
+        let plan = &self.plans[&relation.oid];
         let present: Vec<bool> =
             plan.columns.iter().map(|(i, _)| !matches!(new.0.get(*i), Some(Value::UnchangedToast))).collect();
+        if !plan.updates.contains_key(&present) {
+            // Waiting for a new statement's preparation behind unread
+            // answers could stall the connection: read them first.
+            self.settle().await?;
+        }
+        let plan = self.plans.get_mut(&relation.oid).expect("planned by apply");
         let statement = plan.update_statement(&self.client, &present).await?;
         let plan = &self.plans[&relation.oid];
         let identity = key_tuple(old, new);

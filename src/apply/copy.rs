@@ -1,0 +1,145 @@
+//! Runs of inserts into one table go to the target with COPY: one request
+//! for thousands of rows instead of one statement each.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
+use tokio_postgres::{Client, CopyInSink, Statement};
+
+use super::param::TextParam;
+use super::{ApplyError, RowRef, target_error};
+use crate::pg::names::{QualifiedName, quote_ident};
+
+/// Below this many rows a run is sent as pipelined INSERTs: COPY costs a
+/// round trip of its own, which a short run does not repay.
+pub const COPY_AFTER_ROWS: usize = 64;
+
+/// How much COPY data is gathered before it goes on the wire.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Consecutive inserts into one relation, not yet on the target.
+pub struct InsertRun {
+    pub oid: u32,
+    pub insert: Statement,
+    target: Arc<QualifiedName>,
+    columns: Vec<String>,
+    /// Rows held back while the run is short.
+    pub held: Vec<(RowRef, Vec<TextParam>)>,
+    copy: Option<CopyStream>,
+}
+
+struct CopyStream {
+    sink: Pin<Box<CopyInSink<Bytes>>>,
+    buf: BytesMut,
+    rows: usize,
+}
+
+impl InsertRun {
+    pub fn new(oid: u32, insert: Statement, target: Arc<QualifiedName>, columns: Vec<String>) -> InsertRun {
+        InsertRun { oid, insert, target, columns, held: Vec::new(), copy: None }
+    }
+
+    /// Whether the next row switches the run to COPY.
+    pub fn starts_copy_next(&self) -> bool {
+        self.copy.is_none() && self.held.len() + 1 >= COPY_AFTER_ROWS
+    }
+
+    /// Adds a row; once the run is long enough it switches to COPY and
+    /// streams from then on.
+    pub async fn push(
+        &mut self,
+        client: &Client,
+        row: RowRef,
+        params: Vec<TextParam>,
+    ) -> Result<(), ApplyError> {
+        if let Some(copy) = self.copy.as_mut() {
+            encode_row(&mut copy.buf, &params);
+            copy.rows += 1;
+            if copy.buf.len() >= CHUNK_BYTES {
+                let chunk = copy.buf.split().freeze();
+                copy.sink.send(chunk).await.map_err(target_error(format!("copy into {}", self.target)))?;
+            }
+            return Ok(());
+        }
+        self.held.push((row, params));
+        if self.held.len() >= COPY_AFTER_ROWS {
+            self.start_copy(client).await?;
+        }
+        Ok(())
+    }
+
+    async fn start_copy(&mut self, client: &Client) -> Result<(), ApplyError> {
+        let columns: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        let sql = format!("COPY {} ({}) FROM STDIN", self.target, columns.join(", "));
+        let sink = client.copy_in(&sql).await.map_err(target_error(format!("copy into {}", self.target)))?;
+        let mut buf = BytesMut::with_capacity(CHUNK_BYTES + 64 * 1024);
+        for (_, params) in self.held.drain(..) {
+            encode_row(&mut buf, &params);
+        }
+        self.copy = Some(CopyStream { sink: Box::pin(sink), buf, rows: COPY_AFTER_ROWS });
+        Ok(())
+    }
+
+    /// Ends a COPY run on the target. A short run is the caller's to send
+    /// (it is still in `held`).
+    pub async fn finish_copy(&mut self) -> Result<(), ApplyError> {
+        let Some(mut copy) = self.copy.take() else { return Ok(()) };
+        let context = || format!("copy of {} rows into {}", copy.rows, self.target);
+        if !copy.buf.is_empty() {
+            let chunk = copy.buf.split().freeze();
+            copy.sink.send(chunk).await.map_err(target_error(context()))?;
+        }
+        copy.sink.as_mut().finish().await.map_err(target_error(context()))?;
+        Ok(())
+    }
+}
+
+/// Appends one row in COPY's text format: tab between columns, `\N` for
+/// NULL, backslash escapes for the characters the format reserves.
+fn encode_row(buf: &mut BytesMut, params: &[TextParam]) {
+    for (i, param) in params.iter().enumerate() {
+        if i > 0 {
+            buf.put_u8(b'\t');
+        }
+        match &param.0 {
+            None => buf.put_slice(b"\\N"),
+            Some(value) => escape_into(buf, value),
+        }
+    }
+    buf.put_u8(b'\n');
+}
+
+fn escape_into(buf: &mut BytesMut, value: &[u8]) {
+    let mut start = 0;
+    for (i, &byte) in value.iter().enumerate() {
+        let escaped: &[u8] = match byte {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        buf.put_slice(&value[start..i]);
+        buf.put_slice(escaped);
+        start = i + 1;
+    }
+    buf.put_slice(&value[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> TextParam {
+        TextParam(Some(Bytes::copy_from_slice(s.as_bytes())))
+    }
+
+    #[test]
+    fn encodes_rows_in_copy_text_format() {
+        let mut buf = BytesMut::new();
+        encode_row(&mut buf, &[text("1"), TextParam(None), text("a\tb\\c\nd\re"), text("")]);
+        assert_eq!(&buf[..], b"1\t\\N\ta\\tb\\\\c\\nd\\re\t\n");
+    }
+}
