@@ -324,15 +324,23 @@ async fn initial_sync(
     let slot = replication.create_slot(&sub.slot, SlotKind::Permanent, sub.snapshot).await?;
     applier.begin().await?;
     if let Some(snapshot_name) = slot.snapshot_name.as_deref().filter(|_| sub.snapshot) {
+        let mut estimates = Vec::new();
         for (index, table) in sub.tables.iter().enumerate() {
-            metrics.snapshot_estimate(index, estimated_rows(source_sql, &table.from).await);
+            let estimate = estimated_rows(source_sql, &table.from).await;
+            metrics.snapshot_estimate(index, estimate);
+            estimates.push(estimate);
         }
         snapshot::begin_at_snapshot(source_sql, snapshot_name).await?;
         for (index, table) in sub.tables.iter().enumerate() {
             let started = Instant::now();
             let route = applier.route(&table.from).ok_or_else(|| ApplyError::Unmapped(table.from.clone()))?;
-            let progress = |rows| metrics.snapshot_copied(index, rows);
+            let mut shown = snapshot::CopyProgress::new(&sub.name, &table.from, estimates[index]);
+            let progress = |rows| {
+                metrics.snapshot_copied(index, rows);
+                shown.update(rows);
+            };
             let rows = snapshot::copy_table(source_sql, route, applier.client(), progress).await?;
+            shown.finish();
             metrics.snapshot_copied(index, rows);
             tracing::info!(
                 subscription = %sub.name,

@@ -2,6 +2,9 @@
 //! the slot exported, so that streaming from the slot's consistent point
 //! continues exactly where the copy ends.
 
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
 use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::Client;
 
@@ -80,4 +83,68 @@ pub async fn copy_table(
         progress(rows);
     }
     sink.as_mut().finish().await.map_err(sql_error(format!("finishing the copy into {to}")))
+}
+
+/// Shows a long copy's progress as it goes: a bar on a terminal, a log
+/// line every ten seconds otherwise (logs collected from a pod have no
+/// use for carriage returns).
+pub struct CopyProgress<'a> {
+    subscription: &'a str,
+    table: &'a QualifiedName,
+    estimate: u64,
+    terminal: bool,
+    shown: Instant,
+    started: Instant,
+}
+
+impl<'a> CopyProgress<'a> {
+    pub fn new(subscription: &'a str, table: &'a QualifiedName, estimate: i64) -> CopyProgress<'a> {
+        let now = Instant::now();
+        CopyProgress {
+            subscription,
+            table,
+            estimate: estimate.max(0) as u64,
+            terminal: std::io::stderr().is_terminal(),
+            shown: now,
+            started: now,
+        }
+    }
+
+    pub fn update(&mut self, rows: u64) {
+        let every = if self.terminal { Duration::from_millis(200) } else { Duration::from_secs(10) };
+        if self.shown.elapsed() < every {
+            return;
+        }
+        self.shown = Instant::now();
+        let share = if self.estimate > 0 { (rows as f64 / self.estimate as f64).min(1.0) } else { 0.0 };
+        if self.terminal {
+            let filled = (share * 30.0) as usize;
+            eprint!(
+                "\r{} {}: [{}{}] {:>3.0}% {rows} of ~{} rows",
+                self.subscription,
+                self.table.readable(),
+                "=".repeat(filled),
+                " ".repeat(30 - filled),
+                share * 100.0,
+                self.estimate
+            );
+        } else {
+            tracing::info!(
+                subscription = self.subscription,
+                table = %self.table,
+                rows,
+                estimated = self.estimate,
+                seconds = self.started.elapsed().as_secs(),
+                "copying ({:.0}%)",
+                share * 100.0
+            );
+        }
+    }
+
+    /// Ends the bar's line, if one was drawn.
+    pub fn finish(&self) {
+        if self.terminal && self.shown != self.started {
+            eprintln!();
+        }
+    }
 }
