@@ -2,6 +2,7 @@
 //! and the applier joined by a bounded channel, with feedback from the
 //! applier's commits to the source and retries when something breaks.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -31,6 +32,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// open, so that a target going away shows (and is retried) without
 /// waiting for the next change.
 const TARGET_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How often commits waiting for the target's WAL flush are checked.
+const FLUSH_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a stopping applier waits for its last commits to be flushed.
+const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -396,9 +401,12 @@ async fn apply_events(
         careful_until,
         metrics: metrics.clone(),
         transaction_changes: 0,
+        unflushed: VecDeque::new(),
     };
     let mut check = tokio::time::interval(TARGET_CHECK_INTERVAL);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush_check = tokio::time::interval(FLUSH_CHECK_INTERVAL);
+    flush_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = async {
         loop {
             tokio::select! {
@@ -409,6 +417,7 @@ async fn apply_events(
                 _ = check.tick() => if applier.client().is_closed() {
                     return Err(PipelineError::TargetClosed { target: target.to_string() });
                 },
+                _ = flush_check.tick(), if !state.unflushed.is_empty() => state.release_flushed(applier, durable).await?,
             }
         }
         state.finish(applier, durable).await.map_err(PipelineError::from)
@@ -441,6 +450,10 @@ struct ApplyState {
     metrics: PipelineMetrics,
     /// Changes of the current source transaction applied so far.
     transaction_changes: usize,
+    /// Committed on the target but maybe not yet flushed there: (target
+    /// WAL position of the commit, source end LSN), oldest first. The
+    /// source hears of each only once the target has flushed it.
+    unflushed: VecDeque<(Lsn, Lsn)>,
 }
 
 struct Batch {
@@ -500,8 +513,12 @@ impl ApplyState {
                 }
                 let Some(batch) = self.batch.as_mut() else {
                     // Nothing of it reached the target (no mapped rows):
-                    // there is nothing to make durable.
-                    self.advance(end_lsn, commit_time, durable);
+                    // there is nothing to flush, only commits before it.
+                    let waiting = !self.unflushed.is_empty();
+                    self.advance(Lsn::ZERO, end_lsn, commit_time);
+                    if !waiting {
+                        self.release_flushed(applier, durable).await?;
+                    }
                     return Ok(());
                 };
                 batch.last_commit = Some((end_lsn, commit_time));
@@ -529,11 +546,12 @@ impl ApplyState {
             Some(Batch {
                 last_commit: Some((end_lsn, commit_time)), started, transactions, events, ..
             }) => {
-                applier.commit(end_lsn, commit_time).await?;
+                let target_lsn = applier.commit(end_lsn, commit_time).await?;
                 self.metrics.batch_committed(&events, transactions, started.elapsed());
                 self.metrics.dead_lettered(applier.take_dead_letters());
                 fault::point(fault::AFTER_TARGET_COMMIT);
-                self.advance(end_lsn, commit_time, durable);
+                self.advance(target_lsn, end_lsn, commit_time);
+                self.release_flushed(applier, durable).await?;
             }
             Some(_) => applier.rollback().await,
             None => {}
@@ -541,11 +559,58 @@ impl ApplyState {
         Ok(())
     }
 
-    /// Everything received is on the target, up to `end_lsn`.
-    fn advance(&mut self, end_lsn: Lsn, commit_time: i64, durable: &watch::Sender<Lsn>) {
+    /// Everything received is on the target, up to `end_lsn`, once the
+    /// target has flushed its WAL to `target_lsn` (0/0: nothing to flush).
+    fn advance(&mut self, target_lsn: Lsn, end_lsn: Lsn, commit_time: i64) {
         self.progress = end_lsn;
         self.metrics.applied(end_lsn, Some(commit_time));
-        durable.send_replace(end_lsn);
+        self.unflushed.push_back((target_lsn, end_lsn));
+    }
+
+    /// Tells the source about every commit the target has flushed.
+    async fn release_flushed(
+        &mut self,
+        applier: &mut Applier,
+        durable: &watch::Sender<Lsn>,
+    ) -> Result<(), ApplyError> {
+        let Some(&(oldest, _)) = self.unflushed.front() else { return Ok(()) };
+        let flushed = if oldest == Lsn::ZERO {
+            Lsn::ZERO
+        } else if applier.is_copying() {
+            // The connection is busy with COPY; ask next time.
+            return Ok(());
+        } else {
+            applier.flushed().await?
+        };
+        let mut released = None;
+        while let Some(&(target_lsn, end_lsn)) = self.unflushed.front() {
+            if target_lsn > flushed {
+                break;
+            }
+            released = Some(end_lsn);
+            self.unflushed.pop_front();
+        }
+        if let Some(end_lsn) = released {
+            durable.send_replace(end_lsn);
+        }
+        Ok(())
+    }
+
+    /// Waits (briefly: the WAL writer flushes asynchronous commits within a
+    /// few hundred milliseconds) until every commit is flushed and confirmed.
+    async fn drain_unflushed(
+        &mut self,
+        applier: &mut Applier,
+        durable: &watch::Sender<Lsn>,
+    ) -> Result<(), ApplyError> {
+        let deadline = Instant::now() + FINAL_FLUSH_WAIT;
+        while !self.unflushed.is_empty() && Instant::now() < deadline {
+            self.release_flushed(applier, durable).await?;
+            if !self.unflushed.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
     }
 
     /// The reader has stopped. Work that ends at a source commit is kept;
@@ -556,15 +621,15 @@ impl ApplyState {
         applier: &mut Applier,
         durable: &watch::Sender<Lsn>,
     ) -> Result<(), ApplyError> {
-        if self.batch.is_none() {
-            return Ok(());
+        if self.batch.is_some() {
+            if self.in_source_transaction {
+                applier.rollback().await;
+                self.batch = None;
+            } else {
+                self.commit(applier, durable).await?;
+            }
         }
-        if self.in_source_transaction {
-            applier.rollback().await;
-            self.batch = None;
-            return Ok(());
-        }
-        self.commit(applier, durable).await
+        self.drain_unflushed(applier, durable).await
     }
 }
 

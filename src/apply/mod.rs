@@ -14,7 +14,7 @@ use tokio_postgres::{Client, Statement};
 use crate::pg::Lsn;
 use crate::pg::catalog::{self, Column};
 use crate::pg::error::describe_sql_error;
-use crate::pg::names::{QualifiedName, quote_ident};
+use crate::pg::names::{QualifiedName, quote_ident, quote_literal};
 use crate::pg::pgoutput::{OldTuple, Relation, Tuple, Value};
 use crate::route::TableRoute;
 use crate::route::filter::{Cell, EvalError};
@@ -177,14 +177,17 @@ const DEAD_LETTERS_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.dead_letters (
     created_at timestamptz NOT NULL DEFAULT now()
 );";
 
-/// Creates ferry's own tables on the target. Pipelines sharing a target
-/// start together, and `IF NOT EXISTS` alone races (the loser gets a unique
+/// Creates ferry's own tables on the target, and makes this session's
+/// commits asynchronous (the pipeline confirms a commit to the source only
+/// once the target has flushed it). Pipelines sharing a target start
+/// together, and `IF NOT EXISTS` alone races (the loser gets a unique
 /// violation from the catalog), hence the lock.
-async fn create_ferry_tables(client: &Client, dead_letters: bool) -> Result<(), ApplyError> {
+async fn prepare_session(client: &Client, dead_letters: bool) -> Result<(), ApplyError> {
     let dead_letters = if dead_letters { DEAD_LETTERS_DDL } else { "" };
     let sql = format!(
         "BEGIN; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(hashtext('ferry schema'));
-         {PROGRESS_DDL} {dead_letters} COMMIT;"
+         {PROGRESS_DDL} {dead_letters} COMMIT;
+         SET synchronous_commit = off;"
     );
     client.batch_execute(&sql).await.map_err(target_error("creating ferry's tables on the target"))
 }
@@ -261,7 +264,7 @@ impl Applier {
         routes: Vec<TableRoute>,
         dead_letters: bool,
     ) -> Result<Applier, ApplyError> {
-        create_ferry_tables(&client, dead_letters).await?;
+        prepare_session(&client, dead_letters).await?;
         let routes = routes.into_iter().map(|r| (r.mapping.from.clone(), Arc::new(r))).collect();
         Ok(Applier {
             client: Arc::new(client),
@@ -304,29 +307,42 @@ impl Applier {
     }
 
     /// Records `end_lsn` as applied and commits: the changes and the
-    /// progress become durable together or not at all.
-    pub async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<(), ApplyError> {
-        self.record_progress(end_lsn, commit_time).await?;
-        self.client.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))
+    /// progress become durable together or not at all. The commit is
+    /// asynchronous (`synchronous_commit = off`, as PostgreSQL's own apply
+    /// worker does): it returns the target WAL position that must be
+    /// flushed before the source may hear of it (see [`Applier::flushed`]).
+    pub async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<Lsn, ApplyError> {
+        self.settle().await?;
+        // One round trip: progress, commit, and where the commit landed.
+        let sql = format!(
+            "INSERT INTO ferry.progress (subscription, end_lsn, commit_time, updated_at)
+             VALUES ({subscription}, '{end_lsn}'::pg_lsn, '{time}'::timestamptz, now())
+             ON CONFLICT (subscription) DO UPDATE
+             SET end_lsn = EXCLUDED.end_lsn, commit_time = EXCLUDED.commit_time, updated_at = now();
+             COMMIT;
+             SELECT pg_current_wal_insert_lsn()::text",
+            subscription = quote_literal(&self.subscription),
+            time = crate::pg::timestamp::to_rfc3339(commit_time),
+        );
+        let messages = self.client.simple_query(&sql).await.map_err(target_error("COMMIT"))?;
+        Ok(first_lsn(&messages))
     }
 
-    /// Writes the progress row inside the current transaction, after every
-    /// statement sent before it has succeeded.
-    pub async fn record_progress(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<(), ApplyError> {
-        self.settle().await?;
-        let lsn = end_lsn.to_string();
-        let time = crate::pg::timestamp::to_rfc3339(commit_time);
-        self.client
-            .execute(
-                "INSERT INTO ferry.progress (subscription, end_lsn, commit_time, updated_at)
-                 VALUES ($1, $2::text::pg_lsn, $3::text::timestamptz, now())
-                 ON CONFLICT (subscription) DO UPDATE
-                 SET end_lsn = EXCLUDED.end_lsn, commit_time = EXCLUDED.commit_time, updated_at = now()",
-                &[&&*self.subscription, &lsn, &time],
-            )
+    /// Whether a COPY is streaming: the connection then answers nothing
+    /// else until it ends.
+    pub fn is_copying(&self) -> bool {
+        self.run.as_ref().is_some_and(InsertRun::is_copying)
+    }
+
+    /// The target's WAL flush position: commits up to it survive a crash
+    /// of the target. Not to be asked while [`Applier::is_copying`].
+    pub async fn flushed(&mut self) -> Result<Lsn, ApplyError> {
+        let messages = self
+            .client
+            .simple_query("SELECT pg_current_wal_flush_lsn()::text")
             .await
-            .map_err(target_error("recording progress"))?;
-        Ok(())
+            .map_err(target_error("reading the WAL flush position"))?;
+        Ok(first_lsn(&messages))
     }
 
     /// How many dead letters the last commit made durable (and resets it).
@@ -628,15 +644,15 @@ impl Applier {
         let plan = &self.plans[&relation.oid];
         let params: Vec<TextParam> = plan.columns.iter().map(|(i, _)| param(new, *i)).collect();
         let row = row_ref(plan, Op::Insert, plan.key.iter().map(|&k| key_value(new, new, k)).collect());
-        if upsert {
-            let statement = plan.upsert.clone().expect("prepared for filtered tables");
-            self.send(row, statement, params).await
-        } else if self.careful {
-            let statement = plan.insert.clone();
-            self.send(row, statement, params).await
-        } else {
-            self.gather_insert(relation, row, params).await
+        if !upsert && !self.careful {
+            return self.gather_insert(relation, row, params).await;
         }
+        let statement = if upsert {
+            plan.upsert.clone().expect("prepared for filtered tables")
+        } else {
+            plan.insert.clone()
+        };
+        self.send(row, statement, params).await
     }
 
     /// Updates the row the old key (or the unchanged new key) names, leaving
@@ -761,6 +777,17 @@ fn start(mut execution: InFlight) -> Result<(RowRef, Result<u64, tokio_postgres:
         Poll::Ready(answer) => Ok(answer),
         Poll::Pending => Err(execution),
     }
+}
+
+/// The LSN in the first row of a simple query's answer (0/0 if none).
+fn first_lsn(messages: &[tokio_postgres::SimpleQueryMessage]) -> Lsn {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
+            _ => None,
+        })
+        .unwrap_or(Lsn::ZERO)
 }
 
 fn row_ref(plan: &RelationPlan, op: Op, key: Vec<Option<Bytes>>) -> RowRef {
