@@ -594,7 +594,9 @@ pub struct SnapshotTable {
 /// How often the slot's distance from the source's WAL is measured.
 pub const SLOT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
-const SLOT_QUERY: &str = "
+/// The slot measurement (`$1` is the slot name); public so that the
+/// least-privilege tests can run it as an unprivileged role.
+pub const SLOT_QUERY: &str = "
 SELECT pg_wal_lsn_diff(w.lsn, s.confirmed_flush_lsn)::bigint, pg_wal_lsn_diff(w.lsn, s.restart_lsn)::bigint
 FROM pg_replication_slots s,
      (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END AS lsn) w

@@ -157,8 +157,7 @@ pub struct Applier {
     run: Option<InsertRun>,
 }
 
-const PROGRESS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS ferry;
-CREATE TABLE IF NOT EXISTS ferry.progress (
+const PROGRESS_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.progress (
     subscription text PRIMARY KEY,
     end_lsn pg_lsn NOT NULL,
     commit_time timestamptz,
@@ -181,12 +180,21 @@ const DEAD_LETTERS_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.dead_letters (
 /// commits asynchronous (the pipeline confirms a commit to the source only
 /// once the target has flushed it). Pipelines sharing a target start
 /// together, and `IF NOT EXISTS` alone races (the loser gets a unique
-/// violation from the catalog), hence the lock.
+/// violation from the catalog), hence the lock. The schema is created only
+/// when missing: `CREATE SCHEMA IF NOT EXISTS` needs `CREATE` on the
+/// database even when the schema exists, and a least-privileged role may
+/// only have a `ferry` schema made for it beforehand.
 async fn prepare_session(client: &Client, dead_letters: bool) -> Result<(), ApplyError> {
+    let schema_exists: bool = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'ferry')", &[])
+        .await
+        .map_err(target_error("looking up the ferry schema on the target"))?
+        .get(0);
+    let schema = if schema_exists { "" } else { "CREATE SCHEMA IF NOT EXISTS ferry;" };
     let dead_letters = if dead_letters { DEAD_LETTERS_DDL } else { "" };
     let sql = format!(
         "BEGIN; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(hashtext('ferry schema'));
-         {PROGRESS_DDL} {dead_letters} COMMIT;
+         {schema} {PROGRESS_DDL} {dead_letters} COMMIT;
          SET synchronous_commit = off;"
     );
     client.batch_execute(&sql).await.map_err(target_error("creating ferry's tables on the target"))
