@@ -27,6 +27,11 @@ const CHANNEL_CAPACITY: usize = 4096;
 /// rows or this much time, or when no more changes are waiting.
 const GROUP_COMMIT_ROWS: usize = 20_000;
 const GROUP_COMMIT_AGE: Duration = Duration::from_millis(500);
+/// When nothing more is waiting, a target transaction still lingers this
+/// long for the next source transaction: catching up, the reader delivers
+/// transactions a little apart, and a commit each would cost a round trip
+/// each; live, it adds at most this much latency.
+const GROUP_COMMIT_LINGER: Duration = Duration::from_millis(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How often an idle applier checks that its target connection is still
 /// open, so that a target going away shows (and is retried) without
@@ -244,9 +249,11 @@ async fn run_once(
         routes.push(route);
     }
     let dead_letters = sub.on_error == OnError::DeadLetter;
-    let mut applier = Applier::new(target, &sub.name, routes, dead_letters).await?;
+    let monitor = tls::connect_sql(&spec.target).await.map_err(PipelineError::ConnectTarget)?;
+    let mut applier = Applier::new(target, monitor, &sub.name, routes, dead_letters).await?;
     let progress = applier.progress().await?;
     if let Some(progress) = progress {
+        applier.wait_for_flush().await?;
         metrics.resumed_at(progress);
     }
 
@@ -298,6 +305,9 @@ async fn run_once(
     if applied.is_err() {
         stop_reader.cancel();
     }
+    // Nothing more will become durable: a reader waiting for its last
+    // position stops waiting now.
+    drop(durable_tx);
     let read = reader.await.unwrap_or(Err(SourceError::ConsumerGone));
     applied?;
     read?;
@@ -418,6 +428,9 @@ async fn apply_events(
                     return Err(PipelineError::TargetClosed { target: target.to_string() });
                 },
                 _ = flush_check.tick(), if !state.unflushed.is_empty() => state.release_flushed(applier, durable).await?,
+                _ = tokio::time::sleep_until(state.linger_deadline()), if state.lingering() => {
+                    state.commit(applier).await?;
+                }
             }
         }
         state.finish(applier, durable).await.map_err(PipelineError::from)
@@ -526,8 +539,8 @@ impl ApplyState {
                     batch.transactions += 1;
                 }
                 let full = batch.rows >= GROUP_COMMIT_ROWS || batch.started.elapsed() >= GROUP_COMMIT_AGE;
-                if nothing_waiting || full {
-                    self.commit(applier, durable).await?;
+                if full || (nothing_waiting && batch.started.elapsed() >= GROUP_COMMIT_LINGER) {
+                    self.commit(applier).await?;
                 }
             }
             SourceEvent::Change(_) | SourceEvent::Origin { .. } | SourceEvent::Message(_) => {}
@@ -535,13 +548,20 @@ impl ApplyState {
         Ok(())
     }
 
+    /// Whether the open target transaction ends at a source commit and
+    /// waits for more (see [`GROUP_COMMIT_LINGER`]).
+    fn lingering(&self) -> bool {
+        !self.in_source_transaction && self.batch.as_ref().is_some_and(|b| b.last_commit.is_some())
+    }
+
+    fn linger_deadline(&self) -> tokio::time::Instant {
+        let started = self.batch.as_ref().map_or_else(Instant::now, |b| b.started);
+        tokio::time::Instant::from_std(started + GROUP_COMMIT_LINGER)
+    }
+
     /// Commits the open target transaction up to its last whole source
     /// transaction.
-    async fn commit(
-        &mut self,
-        applier: &mut Applier,
-        durable: &watch::Sender<Lsn>,
-    ) -> Result<(), ApplyError> {
+    async fn commit(&mut self, applier: &mut Applier) -> Result<(), ApplyError> {
         match self.batch.take() {
             Some(Batch {
                 last_commit: Some((end_lsn, commit_time)), started, transactions, events, ..
@@ -550,8 +570,8 @@ impl ApplyState {
                 self.metrics.batch_committed(&events, transactions, started.elapsed());
                 self.metrics.dead_lettered(applier.take_dead_letters());
                 fault::point(fault::AFTER_TARGET_COMMIT);
+                // The source hears of it at the next flush check.
                 self.advance(target_lsn, end_lsn, commit_time);
-                self.release_flushed(applier, durable).await?;
             }
             Some(_) => applier.rollback().await,
             None => {}
@@ -574,14 +594,7 @@ impl ApplyState {
         durable: &watch::Sender<Lsn>,
     ) -> Result<(), ApplyError> {
         let Some(&(oldest, _)) = self.unflushed.front() else { return Ok(()) };
-        let flushed = if oldest == Lsn::ZERO {
-            Lsn::ZERO
-        } else if applier.is_copying() {
-            // The connection is busy with COPY; ask next time.
-            return Ok(());
-        } else {
-            applier.flushed().await?
-        };
+        let flushed = if oldest == Lsn::ZERO { Lsn::ZERO } else { applier.flushed().await? };
         let mut released = None;
         while let Some(&(target_lsn, end_lsn)) = self.unflushed.front() {
             if target_lsn > flushed {
@@ -626,7 +639,7 @@ impl ApplyState {
                 applier.rollback().await;
                 self.batch = None;
             } else {
-                self.commit(applier, durable).await?;
+                self.commit(applier).await?;
             }
         }
         self.drain_unflushed(applier, durable).await

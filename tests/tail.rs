@@ -263,3 +263,33 @@ async fn every_type_decodes_to_the_servers_text() {
     assert_eq!(line["new"]["c_numeric_nan"], "NaN");
     assert_eq!(line["new"]["c_timestamptz_inf"], "infinity");
 }
+
+/// The server describes a table once per streamed transaction; when it did
+/// so inside a sub-transaction that is rolled back, later changes to that
+/// table still need the description.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_first_described_in_an_aborted_savepoint_still_decodes_afterwards() {
+    let cluster = Cluster::start();
+    let client = setup(
+        &cluster,
+        "CREATE TABLE a (id int PRIMARY KEY, pad text); CREATE TABLE b (id int PRIMARY KEY, pad text)",
+    )
+    .await;
+    let tail = tail(&cluster, &["a", "b"]);
+    client
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO a SELECT g, repeat('x', 100) FROM generate_series(1, 5000) g;
+             SAVEPOINT s;
+             INSERT INTO b SELECT g, repeat('y', 100) FROM generate_series(1, 5000) g;
+             ROLLBACK TO SAVEPOINT s;
+             INSERT INTO b VALUES (1, 'kept');
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    let lines = tail.take(5001);
+    assert!(lines[..5000].iter().all(|l| l["table"] == "a"));
+    assert_eq!(lines[5000]["table"], "b");
+    assert_eq!(lines[5000]["new"], json!({"id": "1", "pad": "kept"}));
+}

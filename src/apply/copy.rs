@@ -41,10 +41,6 @@ impl InsertRun {
         InsertRun { oid, insert, target, columns, held: Vec::new(), copy: None }
     }
 
-    pub fn is_copying(&self) -> bool {
-        self.copy.is_some()
-    }
-
     /// Whether the next row switches the run to COPY.
     pub fn starts_copy_next(&self) -> bool {
         self.copy.is_none() && self.held.len() + 1 >= COPY_AFTER_ROWS

@@ -50,6 +50,8 @@ pub enum ApplyError {
     NoKey { table: QualifiedName, what: &'static str },
     #[error("a change arrived for {0}, which no table of this subscription maps")]
     Unmapped(QualifiedName),
+    #[error("the target did not flush its WAL to {lsn} within {}s", FLUSH_WAIT.as_secs())]
+    FlushTimeout { lsn: Lsn },
     #[error("{table}: the row filter cannot be evaluated: {error}")]
     Filter { table: QualifiedName, error: String },
     #[error(
@@ -85,10 +87,15 @@ impl ApplyError {
                         || code == "55P03" // lock not available
                 }
             },
+            ApplyError::FlushTimeout { .. } => true,
             _ => false,
         }
     }
 }
+
+/// How long the target may take to flush its WAL; its WAL writer needs a
+/// few hundred milliseconds at most.
+const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn target_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ApplyError {
     let context = context.into();
@@ -137,6 +144,7 @@ const MAX_IN_FLIGHT: usize = 2048;
 /// Applies changes for one subscription over one target connection.
 pub struct Applier {
     client: Arc<Client>,
+    monitor: Client,
     subscription: Arc<str>,
     /// The configured tables by source table name.
     routes: HashMap<QualifiedName, Arc<TableRoute>>,
@@ -266,8 +274,12 @@ fn refused_for_good(error: &ApplyError) -> bool {
 
 impl Applier {
     /// Prepares the target (the progress table) for the given tables.
+    /// `monitor` is a second connection to the same target, for asking
+    /// how far its WAL is flushed at any moment: the applying connection
+    /// may be inside a COPY or an aborted transaction.
     pub async fn new(
         client: Client,
+        monitor: Client,
         subscription: &str,
         routes: Vec<TableRoute>,
         dead_letters: bool,
@@ -276,6 +288,7 @@ impl Applier {
         let routes = routes.into_iter().map(|r| (r.mapping.from.clone(), Arc::new(r))).collect();
         Ok(Applier {
             client: Arc::new(client),
+            monitor,
             subscription: subscription.into(),
             routes,
             plans: HashMap::new(),
@@ -295,6 +308,28 @@ impl Applier {
     /// The configured table for a source table.
     pub fn route(&self, source: &QualifiedName) -> Option<&TableRoute> {
         self.routes.get(source).map(|r| &**r)
+    }
+
+    /// Waits until everything committed on the target so far is flushed
+    /// there: progress read at start may come from an asynchronous commit
+    /// the target has not flushed yet, and the source must not hear of it
+    /// before it is durable. The WAL writer flushes within a few hundred
+    /// milliseconds.
+    pub async fn wait_for_flush(&mut self) -> Result<(), ApplyError> {
+        let messages = self
+            .monitor
+            .simple_query("SELECT pg_current_wal_insert_lsn()::text")
+            .await
+            .map_err(target_error("reading the WAL insert position"))?;
+        let written = first_lsn(&messages);
+        let deadline = std::time::Instant::now() + FLUSH_WAIT;
+        while self.flushed().await? < written {
+            if std::time::Instant::now() > deadline {
+                return Err(ApplyError::FlushTimeout { lsn: written });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// The end LSN of the last source transaction applied, as recorded.
@@ -336,17 +371,11 @@ impl Applier {
         Ok(first_lsn(&messages))
     }
 
-    /// Whether a COPY is streaming: the connection then answers nothing
-    /// else until it ends.
-    pub fn is_copying(&self) -> bool {
-        self.run.as_ref().is_some_and(InsertRun::is_copying)
-    }
-
     /// The target's WAL flush position: commits up to it survive a crash
-    /// of the target. Not to be asked while [`Applier::is_copying`].
+    /// of the target.
     pub async fn flushed(&mut self) -> Result<Lsn, ApplyError> {
         let messages = self
-            .client
+            .monitor
             .simple_query("SELECT pg_current_wal_flush_lsn()::text")
             .await
             .map_err(target_error("reading the WAL flush position"))?;
@@ -712,27 +741,30 @@ impl Applier {
             plan.key.iter().any(|&k| key_value(o.tuple(), new, k) != key_value(new, new, k))
         });
         let complete = plan.columns.iter().all(|(i, _)| !matches!(cells.get(*i), Some(Cell::Unchanged)));
+        if !matched {
+            if key_changed && let Some(old) = old {
+                self.delete(relation, old.tuple(), false).await?;
+            }
+            return self.delete(relation, new, false).await;
+        }
+        if !complete {
+            // Some values were not sent: the row must already be there,
+            // under its old key if that changed; update it in place.
+            return self.update(relation, old, new).await;
+        }
         if key_changed && let Some(old) = old {
             self.delete(relation, old.tuple(), false).await?;
         }
-        if !matched {
-            return self.delete(relation, new, false).await;
-        }
-        if complete {
-            let row = Tuple(
-                cells
-                    .iter()
-                    .map(|c| match c {
-                        Cell::Text(b) => Value::Text(Bytes::copy_from_slice(b)),
-                        _ => Value::Null,
-                    })
-                    .collect(),
-            );
-            self.insert(relation, &row, true).await
-        } else {
-            // Some values were not sent: the row must already be there.
-            self.update(relation, None, new).await
-        }
+        let row = Tuple(
+            cells
+                .iter()
+                .map(|c| match c {
+                    Cell::Text(b) => Value::Text(Bytes::copy_from_slice(b)),
+                    _ => Value::Null,
+                })
+                .collect(),
+        );
+        self.insert(relation, &row, true).await
     }
 
     /// Deletes the row `identity` names. `expected` says whether a missing

@@ -44,33 +44,55 @@ impl Spool {
         Ok(())
     }
 
-    fn abort_subtransaction(&mut self, subxid: u32) -> io::Result<()> {
+    /// Cuts the aborted sub-transaction out of the spool. Relation and type
+    /// descriptions in the cut-off part are kept (re-appended under the
+    /// top-level `xid`): the server sends a description once per streamed
+    /// transaction, and changes after the abort still rely on it.
+    fn abort_subtransaction(&mut self, xid: u32, subxid: u32) -> io::Result<()> {
         let Some(pos) = self.first_offsets.iter().position(|(x, _)| *x == subxid) else {
             return Ok(()); // it had no changes streamed
         };
         let offset = self.first_offsets[pos].1;
         self.first_offsets.truncate(pos);
         self.writer.flush()?;
+        let descriptions = self.descriptions_from(offset)?;
         let file = self.writer.get_mut();
         file.set_len(offset)?;
         file.seek(SeekFrom::Start(offset))?;
         self.len = offset;
+        for description in descriptions {
+            self.append(xid, &description)?;
+        }
         Ok(())
     }
 
-    fn into_reader(self) -> io::Result<SpoolReader> {
+    /// The Relation and Type records from `offset` to the end.
+    fn descriptions_from(&mut self, offset: u64) -> io::Result<Vec<Bytes>> {
+        let file = self.writer.get_mut();
+        file.seek(SeekFrom::Start(offset))?;
+        let mut reader = SpoolReader { reader: BufReader::new(file), remaining: self.len - offset };
+        let mut kept = Vec::new();
+        while let Some(record) = reader.next_record()? {
+            if matches!(record.first(), Some(b'R' | b'Y')) {
+                kept.push(record);
+            }
+        }
+        Ok(kept)
+    }
+
+    fn into_reader(self) -> io::Result<SpoolReader<File>> {
         let mut file = self.writer.into_inner().map_err(|e| e.into_error())?;
         file.seek(SeekFrom::Start(0))?;
         Ok(SpoolReader { reader: BufReader::with_capacity(256 * 1024, file), remaining: self.len })
     }
 }
 
-struct SpoolReader {
-    reader: BufReader<File>,
+struct SpoolReader<R> {
+    reader: BufReader<R>,
     remaining: u64,
 }
 
-impl SpoolReader {
+impl<R: Read> SpoolReader<R> {
     fn next_record(&mut self) -> io::Result<Option<Bytes>> {
         if self.remaining == 0 {
             return Ok(None);
@@ -247,7 +269,7 @@ impl Assembler {
         if xid == subxid {
             self.streams.remove(&xid);
         } else if let Some(spool) = self.streams.get_mut(&xid) {
-            spool.abort_subtransaction(subxid)?;
+            spool.abort_subtransaction(xid, subxid)?;
         }
         Ok(())
     }

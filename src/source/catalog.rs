@@ -16,6 +16,10 @@ pub enum CatalogError {
     #[error("source table {0} does not exist")]
     MissingTable(QualifiedName),
     #[error(
+        "source table {0} is partitioned: ferry replicates plain tables; list its partitions as tables instead"
+    )]
+    Partitioned(QualifiedName),
+    #[error(
         "source table {0} has no replica identity (no primary key, or REPLICA IDENTITY NOTHING): the source \
          refuses its updates and deletes while it is published; add a primary key or run \
          ALTER TABLE {0} REPLICA IDENTITY FULL"
@@ -50,7 +54,8 @@ pub async fn check_table(client: &Client, table: &QualifiedName) -> Result<(), C
     let row = client
         .query_opt(
             "SELECT c.relreplident::text,
-                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+                    c.relkind = 'p'
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
             &[&table.schema, &table.name],
@@ -60,6 +65,9 @@ pub async fn check_table(client: &Client, table: &QualifiedName) -> Result<(), C
         .ok_or_else(|| CatalogError::MissingTable(table.clone()))?;
     let identity: String = row.get(0);
     let has_primary_key: bool = row.get(1);
+    if row.get::<_, bool>(2) {
+        return Err(CatalogError::Partitioned(table.clone()));
+    }
     if identity == "n" || (identity == "d" && !has_primary_key) {
         return Err(CatalogError::NoReplicaIdentity(table.clone()));
     }
