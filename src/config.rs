@@ -57,6 +57,10 @@ pub struct Subscription {
     pub publication: String,
     pub publication_managed: bool,
     pub on_error: OnError,
+    /// Also apply source transactions that another replicator (ferry or
+    /// PostgreSQL's own) applied there, for chains A → B → C. Off by
+    /// default, so that two services replicating to each other do not loop.
+    pub forward_origins: bool,
     pub tables: Vec<TableMapping>,
 }
 
@@ -205,6 +209,8 @@ struct RawSubscription {
     publication: Option<Spanned<String>>,
     #[serde(default)]
     on_error: OnError,
+    #[serde(default)]
+    forward_origins: bool,
     tables: Vec<Spanned<RawTable>>,
 }
 
@@ -453,6 +459,7 @@ impl Checker<'_> {
             publication,
             publication_managed,
             on_error: raw.on_error,
+            forward_origins: raw.forward_origins,
             tables,
         })
     }

@@ -741,6 +741,7 @@ mod tests {
             publication: format!("ferry_{name}"),
             publication_managed: true,
             on_error: Default::default(),
+            forward_origins: false,
             tables: vec![table("items"), table("orders")],
         }
     }

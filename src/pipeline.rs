@@ -250,7 +250,7 @@ async fn run_once(
     }
     let dead_letters = sub.on_error == OnError::DeadLetter;
     let monitor = tls::connect_sql(&spec.target).await.map_err(PipelineError::ConnectTarget)?;
-    let mut applier = Applier::new(target, monitor, &sub.name, routes, dead_letters).await?;
+    let mut applier = Applier::new(target, monitor, &sub.name, &sub.slot, routes, dead_letters).await?;
     let progress = applier.progress().await?;
     if let Some(progress) = progress {
         applier.wait_for_flush().await?;
@@ -300,8 +300,8 @@ async fn run_once(
     let stop_reader = cancel.child_token();
     let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone()));
     let target = spec.target.to_string();
-    let applied =
-        apply_events(&mut applier, events_rx, &durable_tx, start, metrics, &target, careful_until).await;
+    let state = ApplyState::new(start, metrics, careful_until, sub.forward_origins);
+    let applied = apply_events(&mut applier, events_rx, &durable_tx, state, &target).await;
     if applied.is_err() {
         stop_reader.cancel();
     }
@@ -397,22 +397,9 @@ async fn apply_events(
     applier: &mut Applier,
     mut events: mpsc::Receiver<SourceEvent>,
     durable: &watch::Sender<Lsn>,
-    progress: Lsn,
-    metrics: &PipelineMetrics,
+    mut state: ApplyState,
     target: &str,
-    careful_until: Option<Lsn>,
 ) -> Result<(), PipelineError> {
-    let mut state = ApplyState {
-        progress,
-        batch: None,
-        in_source_transaction: false,
-        skipping: false,
-        current_commit: Lsn::ZERO,
-        careful_until,
-        metrics: metrics.clone(),
-        transaction_changes: 0,
-        unflushed: VecDeque::new(),
-    };
     let mut check = tokio::time::interval(TARGET_CHECK_INTERVAL);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut flush_check = tokio::time::interval(FLUSH_CHECK_INTERVAL);
@@ -455,6 +442,10 @@ struct ApplyState {
     in_source_transaction: bool,
     /// The current source transaction was applied before a restart.
     skipping: bool,
+    /// The current source transaction came from another replicator and is
+    /// left out (see `forward_origins`).
+    from_elsewhere: bool,
+    forward_origins: bool,
     /// The commit LSN of the latest source transaction begun.
     current_commit: Lsn,
     /// Source transactions up to this commit LSN are applied carefully
@@ -481,6 +472,29 @@ struct Batch {
 }
 
 impl ApplyState {
+    /// The applier starts from `progress`; source transactions up to
+    /// `careful_until` are applied one statement at a time.
+    fn new(
+        progress: Lsn,
+        metrics: &PipelineMetrics,
+        careful_until: Option<Lsn>,
+        forward_origins: bool,
+    ) -> ApplyState {
+        ApplyState {
+            progress,
+            batch: None,
+            in_source_transaction: false,
+            skipping: false,
+            current_commit: Lsn::ZERO,
+            careful_until,
+            from_elsewhere: false,
+            forward_origins,
+            metrics: metrics.clone(),
+            transaction_changes: 0,
+            unflushed: VecDeque::new(),
+        }
+    }
+
     async fn handle(
         &mut self,
         applier: &mut Applier,
@@ -492,6 +506,7 @@ impl ApplyState {
             SourceEvent::Begin { commit_lsn, commit_time, .. } => {
                 self.in_source_transaction = true;
                 self.transaction_changes = 0;
+                self.from_elsewhere = false;
                 // Its commit lies before the recorded end LSN: applied already.
                 self.skipping = commit_lsn < self.progress;
                 self.current_commit = commit_lsn;
@@ -501,7 +516,15 @@ impl ApplyState {
                     self.metrics.pending(commit_time);
                 }
             }
-            SourceEvent::Change(change) if !self.skipping => {
+            SourceEvent::Origin { name } => {
+                // Applied there by a replicator (ferry or PostgreSQL's own):
+                // sent on only when the subscription forwards such changes.
+                if !self.forward_origins {
+                    tracing::debug!(subscription = %self.metrics.subscription(), origin = %name, "leaving out a transaction applied by another replicator");
+                    self.from_elsewhere = true;
+                }
+            }
+            SourceEvent::Change(change) if !self.skipping && !self.from_elsewhere => {
                 if self.batch.is_none() {
                     applier.begin().await?;
                     self.batch = Some(Batch {
@@ -543,7 +566,7 @@ impl ApplyState {
                     self.commit(applier).await?;
                 }
             }
-            SourceEvent::Change(_) | SourceEvent::Origin { .. } | SourceEvent::Message(_) => {}
+            SourceEvent::Change(_) | SourceEvent::Message(_) => {}
         }
         Ok(())
     }

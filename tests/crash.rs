@@ -133,7 +133,7 @@ async fn crash_at(failpoint: &str, load: &[&str]) {
     daemon.wait_for_log("streaming", Duration::from_secs(180)).await;
     for transaction in load {
         src.batch_execute(transaction).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(daemon.wait_for_exit(Duration::from_secs(120)).await, Some(137), "the failpoint should fire");
     assert!(daemon.logs().contains("failpoint"), "{}", daemon.logs());
@@ -143,7 +143,7 @@ async fn crash_at(failpoint: &str, load: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_between_target_commit_and_feedback_loses_and_repeats_nothing() {
-    let load = ["BEGIN; UPDATE counter SET n = n + 1; INSERT INTO events (account) VALUES (1); COMMIT;"; 10];
+    let load = ["BEGIN; UPDATE counter SET n = n + 1; INSERT INTO events (account) VALUES (1); COMMIT;"; 30];
     crash_at("after-target-commit:3", &load).await;
 }
 

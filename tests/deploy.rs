@@ -250,6 +250,7 @@ fn exported_names() -> BTreeSet<String> {
         publication: "ferry_s".into(),
         publication_managed: true,
         on_error: Default::default(),
+        forward_origins: false,
         tables: vec![TableMapping::new(QualifiedName::new("public", "t"), QualifiedName::new("public", "t"))],
     });
     metrics

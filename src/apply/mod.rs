@@ -85,6 +85,7 @@ impl ApplyError {
                         || code == "40001"
                         || code == "40P01"
                         || code == "55P03" // lock not available
+                        || code == "55006" // the origin is still held by the previous session
                 }
             },
             ApplyError::FlushTimeout { .. } => true,
@@ -208,6 +209,34 @@ async fn prepare_session(client: &Client, dead_letters: bool) -> Result<(), Appl
     client.batch_execute(&sql).await.map_err(target_error("creating ferry's tables on the target"))
 }
 
+/// Tags every transaction this session commits with the replication
+/// origin `origin`, so that a pipeline reading this database can tell
+/// ferry's changes from the service's own and not send them back (no
+/// loops when two services replicate to each other). The origin functions
+/// are for superusers unless granted; without them ferry still applies,
+/// untagged, and says what that means.
+async fn tag_with_origin(client: &Client, subscription: &str, origin: &str) -> Result<(), ApplyError> {
+    let name = quote_literal(origin);
+    let sql = format!(
+        "SELECT pg_replication_origin_create({name}) WHERE pg_replication_origin_oid({name}) IS NULL;
+         SELECT pg_replication_origin_session_setup({name});"
+    );
+    match client.batch_execute(&sql).await {
+        Ok(()) => Ok(()),
+        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            tracing::warn!(
+                %subscription,
+                "changes are applied without a replication origin ({}): a pipeline reading this target back \
+                 would send them back; grant EXECUTE on pg_replication_origin_oid, pg_replication_origin_create \
+                 and pg_replication_origin_session_setup to allow two-way replication",
+                describe_sql_error(&error)
+            );
+            Ok(())
+        }
+        Err(error) => Err(target_error(format!("setting up replication origin {origin}"))(error)),
+    }
+}
+
 /// The row a statement is about, to name it in errors and dead letters.
 struct RowRef {
     op: Op,
@@ -281,10 +310,12 @@ impl Applier {
         client: Client,
         monitor: Client,
         subscription: &str,
+        origin: &str,
         routes: Vec<TableRoute>,
         dead_letters: bool,
     ) -> Result<Applier, ApplyError> {
         prepare_session(&client, dead_letters).await?;
+        tag_with_origin(&client, subscription, origin).await?;
         let routes = routes.into_iter().map(|r| (r.mapping.from.clone(), Arc::new(r))).collect();
         Ok(Applier {
             client: Arc::new(client),
