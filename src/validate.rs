@@ -524,6 +524,49 @@ mod tests {
     }
 
     #[test]
+    fn the_plan_shows_renames_filters_and_operations_left_out() {
+        let source = [
+            column("id", "integer", true),
+            column("email", "text", false),
+            column("ssn", "text", false),
+            column("country", "text", false),
+        ];
+        let target = TargetTable {
+            name: mapping().to,
+            columns: vec![
+                column("id", "integer", true),
+                column("contact_email", "text", false),
+                column("country", "text", false),
+            ],
+        };
+        let mut shaped = mapping();
+        shaped.columns = crate::config::ColumnSelection::Except(vec!["ssn".into()]);
+        shaped.rename.insert("email".into(), "contact_email".into());
+        shaped.filter = Some("country = 'DE'".into());
+        shaped.operations.delete = false;
+        let mut findings = Findings::new("subscription s, table public.customers".into());
+        let plan = compare(&shaped, source.to_vec(), &target, false, &mut findings);
+        assert!(findings.problems.is_empty(), "{:?}", messages(&findings));
+        assert_eq!(
+            plan.to_string(),
+            "columns: id, email→contact_email, country  where: country = 'DE'  not replicating: delete"
+        );
+    }
+
+    #[test]
+    fn a_filter_on_an_unknown_column_is_an_error_with_its_position() {
+        let source = [column("id", "integer", true), column("country", "text", false)];
+        let target = TargetTable { name: mapping().to, columns: source.to_vec() };
+        let mut shaped = mapping();
+        shaped.filter = Some("contry = 'DE'".into());
+        let mut findings = Findings::new("subscription s, table public.customers".into());
+        compare(&shaped, source.to_vec(), &target, false, &mut findings);
+        let found = messages(&findings);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("contry") && found[0].contains("1:1"), "{found:?}");
+    }
+
+    #[test]
     fn a_table_sharing_no_column_replicates_none() {
         let plan = ColumnPlan { not_in_target: vec!["a".into(), "b".into()], ..ColumnPlan::default() };
         assert_eq!(plan.to_string(), "columns: none (0 of 2; not in target: a, b)");
