@@ -96,3 +96,56 @@ async fn a_chain_forwards_only_when_asked() {
     wait_for_same(&cb, &cd, own, "notes", "id, body", "id", SETTLE).await;
     drop(daemon);
 }
+
+/// Three services, each replicating its own table into the other two, all
+/// from one daemon: every copy ends equal to its source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_services_each_copy_their_table_into_the_other_two() {
+    let services = ["customers", "orders", "billing"];
+    let clusters = [Cluster::start(), Cluster::start(), Cluster::start()];
+    let mut config = Vec::new();
+    for (service, cluster) in services.iter().zip(&clusters) {
+        let client = cluster.client("postgres").await;
+        for table in services {
+            client
+                .batch_execute(&format!("CREATE TABLE {table} (id int PRIMARY KEY, body text)"))
+                .await
+                .unwrap();
+        }
+        config.push(database("sources", service, cluster));
+        config.push(database("targets", service, cluster));
+    }
+    for from in services {
+        for to in services.iter().filter(|t| **t != from) {
+            config.push(format!(
+                "[[subscriptions]]\nname = \"{from}-to-{to}\"\nsource = \"{from}\"\ntarget = \"{to}\"\nsnapshot = false\n\
+                 [[subscriptions.tables]]\nfrom = \"{from}\"\n"
+            ));
+        }
+    }
+    let daemon = Daemon::start(&config.join("\n"));
+    for from in services {
+        for to in services.iter().filter(|t| **t != from) {
+            daemon.wait_for_log(&format!("slot=ferry_{from}_to_{to} start="), SETTLE).await;
+        }
+    }
+    for (service, cluster) in services.iter().zip(&clusters) {
+        let client = cluster.client("postgres").await;
+        client
+            .batch_execute(&format!(
+                "INSERT INTO {service} SELECT g, '{service} ' || g FROM generate_series(1, 500) g;
+                 UPDATE {service} SET body = body || ' edited' WHERE id % 7 = 0;
+                 DELETE FROM {service} WHERE id % 11 = 0;"
+            ))
+            .await
+            .unwrap();
+    }
+    for (service, owner) in services.iter().zip(&clusters) {
+        let source = owner.client("postgres").await;
+        for copy in clusters.iter().filter(|c| c.port != owner.port) {
+            let target = copy.client("postgres").await;
+            wait_for_same(&source, &target, service, service, "id, body", "id", SETTLE).await;
+        }
+    }
+    drop(daemon);
+}
