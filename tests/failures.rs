@@ -5,16 +5,14 @@
 
 mod support;
 
+use support::exec;
+
 use std::time::Duration;
 
 use support::daemon::{Daemon, wait_for_same};
 use support::{Cluster, ClusterOptions};
 
 const SETTLE: Duration = Duration::from_secs(120);
-
-async fn exec(client: &tokio_postgres::Client, sql: &str) {
-    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 /// Two subscriptions from one source: `a` into `target_a`, `b` into `target_b`.
 fn two_pipelines(source: &Cluster, target_a: &Cluster, target_b: &Cluster) -> String {

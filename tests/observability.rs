@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::exec;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -16,10 +18,6 @@ use support::{Cluster, free_port};
 const SETTLE: Duration = Duration::from_secs(120);
 const SECRET: &str = "s3cret-Never-Shown";
 const ITEMS: &str = "CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int)";
-
-async fn exec(client: &tokio_postgres::Client, sql: &str) {
-    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 /// A daemon's HTTP endpoints.
 struct Endpoints {

@@ -7,18 +7,14 @@
 
 mod support;
 
+use support::exec;
+
 use std::time::Duration;
 
 use support::Cluster;
 use support::daemon::{Daemon, wait_for_same};
 
 const SETTLE: Duration = Duration::from_secs(120);
-
-async fn exec(client: &tokio_postgres::Client, sql: &str) {
-    if let Err(e) = client.batch_execute(sql).await {
-        panic!("{sql}: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_string()));
-    }
-}
 
 /// An ordinary client logged in as `user`.
 async fn client_as(cluster: &Cluster, user: &str, dbname: &str) -> tokio_postgres::Client {

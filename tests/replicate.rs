@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::exec;
+
 use std::time::Duration;
 
 use support::Cluster;
@@ -12,10 +14,6 @@ const SETTLE: Duration = Duration::from_secs(120);
 
 fn config(source: &Cluster, target: &Cluster, tables: &[(&str, &str)], extra: &str) -> String {
     support::daemon::config(&source.url("postgres"), &target.url("postgres"), "test", tables, extra)
-}
-
-async fn exec(client: &tokio_postgres::Client, sql: &str) {
-    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 const ITEMS: &str =

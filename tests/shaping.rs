@@ -4,16 +4,14 @@
 
 mod support;
 
+use support::exec;
+
 use std::time::Duration;
 
 use support::Cluster;
 use support::daemon::{Daemon, wait_for_same};
 
 const SETTLE: Duration = Duration::from_secs(120);
-
-async fn exec(client: &tokio_postgres::Client, sql: &str) {
-    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 /// A config with one subscription and `tables` as raw TOML table sections.
 fn config(source: &Cluster, target: &Cluster, subscription_extra: &str, tables: &str) -> String {

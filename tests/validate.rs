@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::exec;
+
 use std::net::TcpListener;
 use std::process::Output;
 
@@ -55,10 +57,6 @@ fn config(source: &str, target: &str, extra: &str, tables: &[(&str, &str)]) -> S
         text.push_str(&format!("\n[[subscriptions.tables]]\nfrom = '{from}'\nto = '{to}'\n"));
     }
     text
-}
-
-async fn exec(client: &tokio_postgres::Client, sql: &str) {
-    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// A cluster with a `customers` (source) and an `orders` (target) database.

@@ -52,6 +52,14 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Runs SQL on a test database and fails the test with the server's
+/// message when it errors.
+pub async fn exec(client: &tokio_postgres::Client, sql: &str) {
+    if let Err(e) = client.batch_execute(sql).await {
+        panic!("{sql}: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_string()));
+    }
+}
+
 /// How a cluster is set up before it starts.
 #[derive(Default, Clone)]
 pub struct ClusterOptions {
