@@ -15,6 +15,12 @@ use toml::Spanned;
 use crate::pg::conninfo::{ConnInfo, Secret};
 use crate::pg::names::QualifiedName;
 
+/// The slot (and managed publication) of the subscription `name`:
+/// `ferry_<name>`, with `-` as `_` (slot names allow `[a-z0-9_]`).
+pub fn slot_name(name: &str) -> String {
+    format!("ferry_{}", name.replace('-', "_"))
+}
+
 /// A validated configuration, ready to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -441,7 +447,7 @@ impl Checker<'_> {
             ok = false;
         }
         let tables = self.tables(&raw.tables);
-        let slot = format!("ferry_{}", name.replace('-', "_"));
+        let slot = slot_name(name);
         let (publication, publication_managed) = match &raw.publication {
             Some(p) => {
                 ok &= self.check_publication_name(p);

@@ -1,38 +1,148 @@
 //! `ferry run`: every subscription of the config as its own pipeline, until
 //! SIGTERM or SIGINT, with each pipeline's slot measured and a summary
-//! logged once a minute.
+//! logged once a minute. A new config (SIGHUP) is applied without a
+//! restart: pipelines whose subscription changed restart, new ones start,
+//! removed ones stop (their slots stay: see `ferry drop`).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
+use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::{self, Metrics};
-use crate::pipeline::{self, PipelineSpec};
+use crate::pipeline::{self, PipelineError, PipelineSpec};
 
 /// How often each pipeline's summary line is logged.
 pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Runs all pipelines until `cancel` fires, with metrics nobody reads.
-/// Returns the number of pipelines that stopped with an error.
+/// Runs all pipelines until `cancel` fires, with metrics nobody reads and
+/// no reloads. Returns the number of pipelines that stopped with an error.
 pub async fn run(config: Config, cancel: CancellationToken) -> usize {
-    run_with(config, &Metrics::new(), cancel).await
+    let (_keep, reloads) = mpsc::channel(1);
+    run_with(config, &Metrics::new(), reloads, cancel).await
 }
 
-/// Runs all pipelines until `cancel` fires, reporting to `metrics` (which
-/// is ready once every pipeline has started, and not ready again once
-/// stopping). A pipeline that stops for good does not stop the others.
+/// Runs all pipelines until `cancel` fires or none is left running,
+/// reporting to `metrics` (ready once every pipeline has started, not ready
+/// again once stopping), and applies each config that arrives on
+/// `reloads`. A pipeline that stops for good does not stop the others.
 /// Returns the number of pipelines that stopped with an error.
-pub async fn run_with(config: Config, metrics: &Metrics, cancel: CancellationToken) -> usize {
-    let mut pipelines = JoinSet::new();
+pub async fn run_with(
+    config: Config,
+    metrics: &Metrics,
+    mut reloads: mpsc::Receiver<Config>,
+    cancel: CancellationToken,
+) -> usize {
     let mut background = JoinSet::new();
-    for subscription in &config.subscriptions {
-        let spec = PipelineSpec {
-            subscription: subscription.clone(),
-            source: config.sources[&subscription.source].clone(),
-            target: config.targets[&subscription.target].clone(),
-        };
+    background.spawn(metrics::log_summaries(metrics.clone(), SUMMARY_INTERVAL, cancel.clone()));
+    let mut pipelines = Pipelines::new(metrics.clone(), cancel.clone());
+    pipelines.apply(&config).await;
+    let mut current = config;
+    metrics.set_ready(true);
+    while pipelines.any_running() {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(config) = reloads.recv() => {
+                if config.server.listen != current.server.listen {
+                    tracing::warn!(listen = %config.server.listen, "a new [server] listen address takes a restart");
+                }
+                pipelines.apply(&config).await;
+                current = config;
+                tracing::info!("configuration reloaded");
+            }
+            Some(exit) = pipelines.tasks.join_next_with_id() => pipelines.exited(exit),
+        }
+    }
+    metrics.set_ready(false);
+    let failed = pipelines.stop_all().await;
+    background.shutdown().await;
+    failed
+}
+
+/// The running pipelines, by subscription name.
+struct Pipelines {
+    metrics: Metrics,
+    cancel: CancellationToken,
+    by_name: BTreeMap<String, Pipeline>,
+    tasks: JoinSet<Result<(), PipelineError>>,
+    /// Pipelines that stopped with an error, by name.
+    failed: BTreeSet<String>,
+}
+
+struct Pipeline {
+    spec: PipelineSpec,
+    /// Stops the pipeline and its slot watcher.
+    stop: CancellationToken,
+    /// Its task, while it runs.
+    task: Option<Id>,
+}
+
+impl Pipelines {
+    fn new(metrics: Metrics, cancel: CancellationToken) -> Pipelines {
+        Pipelines {
+            metrics,
+            cancel,
+            by_name: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            failed: BTreeSet::new(),
+        }
+    }
+
+    fn any_running(&self) -> bool {
+        self.by_name.values().any(|p| p.task.is_some())
+    }
+
+    /// Makes the running pipelines those of `config`: removed subscriptions
+    /// stop, changed ones restart, new ones start, and ones that stopped
+    /// with an error get another chance.
+    async fn apply(&mut self, config: &Config) {
+        let wanted: BTreeMap<String, PipelineSpec> = config
+            .subscriptions
+            .iter()
+            .map(|sub| {
+                let spec = PipelineSpec {
+                    subscription: sub.clone(),
+                    source: config.sources[&sub.source].clone(),
+                    target: config.targets[&sub.target].clone(),
+                };
+                (sub.name.clone(), spec)
+            })
+            .collect();
+        let removed: Vec<String> =
+            self.by_name.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect();
+        for name in removed {
+            let slot = self.by_name[&name].spec.subscription.slot.clone();
+            self.stop(&name).await;
+            if let Some(pipeline) = self.by_name.remove(&name) {
+                self.metrics.forget(&pipeline.spec.subscription);
+            }
+            tracing::warn!(
+                subscription = %name,
+                %slot,
+                "subscription removed: its pipeline stopped; slot {slot} stays on the source and keeps WAL until `ferry drop {name}` removes it"
+            );
+        }
+        for (name, spec) in wanted {
+            match self.by_name.get(&name) {
+                Some(running) if running.spec == spec && running.task.is_some() => continue,
+                Some(running) if running.spec == spec => {
+                    tracing::info!(subscription = %name, "restarting a pipeline that had stopped");
+                }
+                Some(_) => {
+                    tracing::info!(subscription = %name, "subscription changed: restarting its pipeline")
+                }
+                None => {}
+            }
+            self.stop(&name).await;
+            self.start(spec);
+        }
+    }
+
+    fn start(&mut self, spec: PipelineSpec) {
+        let subscription = &spec.subscription;
         tracing::info!(
             subscription = %subscription.name,
             source = %spec.source,
@@ -40,34 +150,63 @@ pub async fn run_with(config: Config, metrics: &Metrics, cancel: CancellationTok
             tables = subscription.tables.len(),
             "starting pipeline"
         );
-        let pipeline_metrics = metrics.pipeline(subscription);
-        background.spawn(metrics::watch_slot(
-            spec.source.clone(),
-            subscription.slot.clone(),
-            pipeline_metrics.clone(),
-            cancel.clone(),
-        ));
-        pipelines.spawn(pipeline::run(spec, pipeline_metrics, cancel.clone()));
+        let metrics = self.metrics.pipeline(subscription);
+        let stop = self.cancel.child_token();
+        // The slot is watched as long as the subscription is configured,
+        // even when its pipeline has stopped: that is when it grows.
+        self.tasks.spawn(watch_slot(spec.clone(), metrics.clone(), stop.clone()));
+        let task = self.tasks.spawn(pipeline::run(spec.clone(), metrics, stop.clone())).id();
+        self.failed.remove(&subscription.name);
+        self.by_name.insert(subscription.name.clone(), Pipeline { spec, stop, task: Some(task) });
     }
-    background.spawn(metrics::log_summaries(metrics.clone(), SUMMARY_INTERVAL, cancel.clone()));
-    metrics.set_ready(true);
-    let stopping = (metrics.clone(), cancel.clone());
-    background.spawn(async move {
-        stopping.1.cancelled().await;
-        stopping.0.set_ready(false);
-    });
-    let mut failed = 0;
-    while let Some(result) = pipelines.join_next().await {
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => failed += 1, // already logged by the pipeline
-            Err(panic) => {
-                tracing::error!("a pipeline task panicked: {panic}");
-                failed += 1;
+
+    /// Stops a pipeline (and its slot watcher) and waits for it to end.
+    async fn stop(&mut self, name: &str) {
+        let Some(pipeline) = self.by_name.get(name) else { return };
+        pipeline.stop.cancel();
+        while self.by_name.get(name).is_some_and(|p| p.task.is_some()) {
+            match self.tasks.join_next_with_id().await {
+                Some(exit) => self.exited(exit),
+                None => break,
             }
         }
     }
-    metrics.set_ready(false);
-    background.shutdown().await;
-    failed
+
+    /// Notes a task's end: a pipeline's (with its result) or a watcher's.
+    fn exited(&mut self, exit: Result<(Id, Result<(), PipelineError>), tokio::task::JoinError>) {
+        let (id, failed) = match exit {
+            Ok((id, result)) => (id, result.is_err()), // errors are logged by the pipeline
+            Err(panic) => {
+                tracing::error!("a pipeline task panicked: {panic}");
+                (panic.id(), true)
+            }
+        };
+        let Some((name, pipeline)) = self.by_name.iter_mut().find(|(_, p)| p.task == Some(id)) else {
+            return; // a slot watcher
+        };
+        pipeline.task = None;
+        if failed {
+            self.failed.insert(name.clone());
+        }
+    }
+
+    /// Stops everything; returns how many pipelines stopped with an error.
+    async fn stop_all(&mut self) -> usize {
+        self.cancel.cancel();
+        while let Some(exit) = self.tasks.join_next_with_id().await {
+            self.exited(exit);
+        }
+        self.failed.len()
+    }
+}
+
+/// Measures a pipeline's slot until `stop` fires. Never fails: it only
+/// reports, and shares the pipelines' task set for that reason.
+async fn watch_slot(
+    spec: PipelineSpec,
+    metrics: metrics::PipelineMetrics,
+    stop: CancellationToken,
+) -> Result<(), PipelineError> {
+    metrics::watch_slot(spec.source, spec.subscription.slot, metrics, stop).await;
+    Ok(())
 }

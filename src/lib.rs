@@ -22,5 +22,7 @@ pub mod server;
 pub mod snapshot;
 pub mod source;
 pub mod status;
+pub mod tablesync;
 pub mod tail;
+pub mod teardown;
 pub mod validate;

@@ -64,6 +64,13 @@ enum Command {
     /// pipeline, until SIGTERM or SIGINT (which finish the transaction in
     /// hand, confirm it to the source and exit).
     ///
+    /// SIGHUP re-reads the config file and applies it without a restart:
+    /// new subscriptions start, changed ones restart (a table added to a
+    /// subscription is copied while its other tables keep streaming),
+    /// removed ones stop and keep their slot (see `ferry drop`), and
+    /// pipelines that had stopped with an error start again. A config that
+    /// does not load is reported and the running one kept.
+    ///
     /// Serves /metrics (Prometheus), /healthz, /readyz and /status on
     /// [server] listen (default 127.0.0.1:9187); fails at start when that
     /// address cannot be bound.
@@ -71,6 +78,24 @@ enum Command {
         /// The config file (TOML).
         #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
         config: PathBuf,
+    },
+    /// Remove what a subscription left on its source after it was taken out
+    /// of the config: its slot, and the publication ferry made for it.
+    ///
+    /// Taking a subscription out of the config stops its pipeline but keeps
+    /// its slot (a typo must not throw away the changes it holds); the slot
+    /// keeps WAL on the source until this command drops it. Refuses while
+    /// the subscription is still configured or its slot is in use.
+    #[command(after_help = "Example: ferry drop customers-to-orders --config ferry.toml")]
+    Drop {
+        /// The subscription's name, as it was in the config.
+        subscription: String,
+        #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
+        config: PathBuf,
+        /// The config's source the subscription read (needed when the config
+        /// has several).
+        #[arg(long)]
+        source: Option<String>,
     },
     /// Check a config file and, unless --offline, every source and target it
     /// names: tables, keys, replica identity, publications, column types.
@@ -201,15 +226,50 @@ async fn demo_command(seconds: Option<u64>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_command(config: PathBuf) -> anyhow::Result<()> {
+/// Each SIGHUP re-reads the config file at `path` and hands on what it
+/// holds when it is valid.
+fn reload_on_sighup(path: PathBuf) -> tokio::sync::mpsc::Receiver<Config> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .expect("installing the SIGHUP handler");
+        while hup.recv().await.is_some() {
+            tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration");
+            match Config::load(&path) {
+                Ok(config) => {
+                    if tx.send(config).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!("the configuration did not load, keeping the running one: {error}")
+                }
+            }
+        }
+    });
+    rx
+}
+
+async fn drop_command(subscription: String, config: PathBuf, source: Option<String>) -> anyhow::Result<()> {
     let config = Config::load(&config)?;
+    let dropped = ferry::teardown::drop_subscription(&config, &subscription, source.as_deref()).await?;
+    println!("dropped slot {} on source {}", dropped.slot, dropped.source);
+    if let Some(publication) = dropped.publication {
+        println!("dropped publication {publication} on source {}", dropped.source);
+    }
+    Ok(())
+}
+
+async fn run_command(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
     let listener = ferry::server::bind(config.server.listen).await?;
     let listen = listener.local_addr().unwrap_or(config.server.listen);
     tracing::info!(%listen, "serving /metrics, /healthz, /readyz and /status");
     let metrics = Metrics::new();
     let stop_server = CancellationToken::new();
     let server = tokio::spawn(ferry::server::serve(listener, metrics.clone(), stop_server.clone()));
-    let failed = ferry::daemon::run_with(config, &metrics, shutdown_token()).await;
+    let reloads = reload_on_sighup(path);
+    let failed = ferry::daemon::run_with(config, &metrics, reloads, shutdown_token()).await;
     stop_server.cancel();
     if let Ok(Err(error)) = server.await {
         tracing::error!("{error}");
@@ -256,6 +316,7 @@ async fn main() -> ExitCode {
         Command::Demo { seconds } => demo_command(seconds).await,
         Command::Validate { config, offline } => return validate_command(config, offline).await,
         Command::Status { url, json } => status_command(url, json).await,
+        Command::Drop { subscription, config, source } => drop_command(subscription, config, source).await,
         Command::Tail { source, tables, publication, slot, password } => {
             tail_command(source, tables, publication, slot, password).await
         }

@@ -288,8 +288,41 @@ impl Metrics {
                 error: Mutex::new(None),
             }),
         };
-        self.inner.pipelines.lock().expect("not poisoned").push(pipeline.clone());
+        let mut pipelines = self.inner.pipelines.lock().expect("not poisoned");
+        // A pipeline restarted with a new configuration replaces its old self.
+        pipelines.retain(|p| p.subscription() != name);
+        pipelines.push(pipeline.clone());
         pipeline
+    }
+
+    /// Drops a subscription no longer configured: its series end, so that
+    /// alerts about it do not fire for ever.
+    pub fn forget(&self, subscription: &Subscription) {
+        let f = &self.inner.families;
+        let name = subscription.name.as_str();
+        self.inner.pipelines.lock().expect("not poisoned").retain(|p| p.subscription() != name);
+        for family in [&f.lag_bytes, &f.retained_wal_bytes, &f.up] {
+            let _ = family.remove_label_values(&[name]);
+        }
+        let _ = f.lag_seconds.remove_label_values(&[name]);
+        for family in [&f.transactions, &f.dead_letters] {
+            let _ = family.remove_label_values(&[name]);
+        }
+        for family in [&f.batch_duration, &f.batch_rows] {
+            let _ = family.remove_label_values(&[name]);
+        }
+        for kind in ErrorKind::ALL {
+            let _ = f.errors.remove_label_values(&[name, kind.as_str()]);
+        }
+        for mapping in &subscription.tables {
+            let table = table_label(&mapping.from);
+            for op in OPS {
+                let _ = f.events.remove_label_values(&[name, &table, op]);
+            }
+            for family in [&f.snapshot_copied, &f.snapshot_estimated] {
+                let _ = family.remove_label_values(&[name, &table]);
+            }
+        }
     }
 
     /// The pipelines registered so far, in order.

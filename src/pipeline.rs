@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{Applier, ApplyError};
@@ -13,12 +14,14 @@ use crate::config::{OnError, Subscription};
 use crate::fault;
 use crate::metrics::{ErrorKind, EventCounts, Op, PipelineMetrics, State};
 use crate::pg::conninfo::ConnInfo;
+use crate::pg::names::QualifiedName;
 use crate::pg::replication::{ReplicationClient, SlotKind, StartOptions};
 use crate::pg::{Lsn, PgError, tls};
 use crate::route::{LoadError, TableRoute};
-use crate::snapshot::{self, SnapshotError};
+use crate::snapshot::SnapshotError;
 use crate::source::catalog::{self, CatalogError, SlotState};
 use crate::source::{self, Change, SourceError, SourceEvent};
+use crate::tablesync::{self, Copied, Floor, Floors, TableStates};
 
 /// Events in flight between reader and applier: enough to keep both busy,
 /// small enough that a slow target slows reading instead of filling memory.
@@ -66,6 +69,9 @@ pub enum PipelineError {
     /// transactions up to `until` carefully, setting refused changes aside.
     #[error("a change was refused; replaying up to {until} to record it as a dead letter")]
     ReplayCarefully { until: Lsn },
+    /// Not a failure: see [`CopyBehindStream`].
+    #[error(transparent)]
+    CopyBehindStream(#[from] CopyBehindStream),
     #[error(
         "slot {slot} no longer exists on the source, but the target has progress recorded: changes since then \
          are lost to ferry. To start over, empty the target tables and run \
@@ -112,7 +118,8 @@ impl PipelineError {
             PipelineError::ConnectTarget(_)
             | PipelineError::TargetClosed { .. }
             | PipelineError::Apply(ApplyError::Target { .. } | ApplyError::MissingRow { .. })
-            | PipelineError::ReplayCarefully { .. } => ErrorKind::Target,
+            | PipelineError::ReplayCarefully { .. }
+            | PipelineError::CopyBehindStream(_) => ErrorKind::Target,
             PipelineError::Snapshot(_) => ErrorKind::Snapshot,
             PipelineError::SlotVanished { .. } | PipelineError::SlotInvalidated { .. } => ErrorKind::Slot,
             PipelineError::Apply(_) | PipelineError::Catalog(_) | PipelineError::Route(_) => {
@@ -147,8 +154,19 @@ fn sqlstate_retryable(code: &str) -> bool {
         || code == "40P01"
 }
 
+/// Tables copied as of `at` missed the stream's changes since then, up to
+/// `progress`: the stream goes back to `at`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "tables were copied as of {at}, behind the stream at {progress}; going back to {at} to bring them up to date"
+)]
+pub struct CopyBehindStream {
+    at: Lsn,
+    progress: Lsn,
+}
+
 /// Everything one pipeline needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineSpec {
     pub subscription: Subscription,
     pub source: ConnInfo,
@@ -180,6 +198,10 @@ pub async fn run(
                 // replay up to that transaction one statement at a time.
                 tracing::info!(subscription = %name, %until, "replaying statement by statement to set the refused change aside");
                 careful_until = Some(until);
+                continue;
+            }
+            Err(error @ PipelineError::CopyBehindStream(_)) => {
+                tracing::info!(subscription = %name, "{error}");
                 continue;
             }
             Err(error) => error,
@@ -256,11 +278,19 @@ async fn run_once(
         applier.wait_for_flush().await?;
         metrics.resumed_at(progress);
     }
+    let tables = TableStates::load(applier.client(), sub).await?;
 
     catalog::ensure_publication(&source_sql, sub).await?;
     let mut replication = ReplicationClient::connect(&spec.source).await?;
-    let start = match (progress, catalog::slot_state(&source_sql, &sub.slot).await?) {
-        (Some(progress), SlotState::Usable) => progress,
+    let mut floors = Floors::default();
+    let mut copying = JoinSet::new();
+    let (progress, start) = match (progress, catalog::slot_state(&source_sql, &sub.slot).await?) {
+        (Some(progress), SlotState::Usable) => {
+            floors = tables.floors(sub);
+            let start = floors.lowest(progress);
+            join_new_tables(spec, &tables, &mut applier, &mut floors, start, metrics, &mut copying).await?;
+            (progress, start)
+        }
         (Some(_), SlotState::Missing) => {
             return Err(PipelineError::SlotVanished {
                 slot: sub.slot.clone(),
@@ -280,7 +310,8 @@ async fn run_once(
                 replication.drop_slot(&sub.slot, true).await?;
             }
             metrics.set_state(State::Snapshot);
-            initial_sync(sub, &mut replication, &source_sql, &mut applier, metrics).await?
+            let start = initial_sync(sub, &mut replication, &source_sql, &mut applier, metrics).await?;
+            (start, start)
         }
     };
     drop(source_sql);
@@ -300,8 +331,9 @@ async fn run_once(
     let stop_reader = cancel.child_token();
     let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone()));
     let target = spec.target.to_string();
-    let state = ApplyState::new(start, metrics, careful_until, sub.forward_origins);
-    let applied = apply_events(&mut applier, events_rx, &durable_tx, state, &target).await;
+    let mut state = ApplyState::new(progress, metrics, careful_until, sub.forward_origins);
+    state.floors = floors;
+    let applied = apply_events(&mut applier, events_rx, &durable_tx, state, copying, &target).await;
     if applied.is_err() {
         stop_reader.cancel();
     }
@@ -326,6 +358,39 @@ fn log_shape(subscription: &str, route: &TableRoute) {
     }
 }
 
+/// Tables configured since the target last streamed this subscription:
+/// copied in the background under a snapshot of their own while the
+/// others stream (see [`tablesync`]), or, without `snapshot`, streamed
+/// from now on.
+async fn join_new_tables(
+    spec: &PipelineSpec,
+    tables: &TableStates,
+    applier: &mut Applier,
+    floors: &mut Floors,
+    start: Lsn,
+    metrics: &PipelineMetrics,
+    copying: &mut JoinSet<Result<Copied, PipelineError>>,
+) -> Result<(), PipelineError> {
+    let sub = &spec.subscription;
+    let new = tables.not_copied(sub);
+    if new.is_empty() {
+        return Ok(());
+    }
+    if !sub.snapshot {
+        tablesync::record_copied(applier.client(), &sub.name, &new, None).await?;
+        return Ok(());
+    }
+    let mut routes = Vec::new();
+    for table in new {
+        tracing::info!(subscription = %sub.name, %table, "table added to the subscription: copying it while the others stream");
+        routes.extend(applier.take_route(table));
+        floors.set(table.clone(), Floor::Copying { hold: start });
+    }
+    let (source, target) = (spec.source.clone(), spec.target.clone());
+    copying.spawn(tablesync::copy_new_tables(sub.clone(), source, target, routes, metrics.clone()));
+    Ok(())
+}
+
 /// Creates the slot and, when asked, copies the tables under its snapshot;
 /// records the slot's consistent point as progress in the same target
 /// transaction. Returns where streaming starts.
@@ -338,55 +403,18 @@ async fn initial_sync(
 ) -> Result<Lsn, PipelineError> {
     let slot = replication.create_slot(&sub.slot, SlotKind::Permanent, sub.snapshot).await?;
     applier.begin().await?;
+    let tables: Vec<&QualifiedName> = sub.tables.iter().map(|t| &t.from).collect();
     if let Some(snapshot_name) = slot.snapshot_name.as_deref().filter(|_| sub.snapshot) {
-        let mut estimates = Vec::new();
-        for (index, table) in sub.tables.iter().enumerate() {
-            let estimate = estimated_rows(source_sql, &table.from).await;
-            metrics.snapshot_estimate(index, estimate);
-            estimates.push(estimate);
-        }
-        snapshot::begin_at_snapshot(source_sql, snapshot_name).await?;
-        for (index, table) in sub.tables.iter().enumerate() {
-            let started = Instant::now();
-            let route = applier.route(&table.from).ok_or_else(|| ApplyError::Unmapped(table.from.clone()))?;
-            let mut shown = snapshot::CopyProgress::new(&sub.name, &table.from, estimates[index]);
-            let progress = |rows| {
-                metrics.snapshot_copied(index, rows);
-                shown.update(rows);
-            };
-            let rows = snapshot::copy_table(source_sql, route, applier.client(), progress).await?;
-            shown.finish();
-            metrics.snapshot_copied(index, rows);
-            tracing::info!(
-                subscription = %sub.name,
-                table = %table.from,
-                rows,
-                seconds = started.elapsed().as_secs_f64(),
-                "copied"
-            );
-        }
-        source_sql.batch_execute("COMMIT").await.map_err(|source| SnapshotError::Sql {
-            context: "ending the snapshot transaction".into(),
-            source,
-        })?;
+        let routes =
+            tables.iter().map(|t| applier.route(t).ok_or_else(|| ApplyError::Unmapped((*t).clone())));
+        let routes = routes.collect::<Result<Vec<_>, _>>()?;
+        tablesync::copy_tables(sub, &routes, source_sql, applier.client(), snapshot_name, metrics).await?;
     }
+    tablesync::record_copied(applier.client(), &sub.name, &tables, None).await?;
     applier.commit(slot.consistent_point, crate::pg::timestamp::now_micros()).await?;
     metrics.applied(slot.consistent_point, None);
     tracing::info!(subscription = %sub.name, slot = %sub.slot, at = %slot.consistent_point, "slot created");
     Ok(slot.consistent_point)
-}
-
-/// The planner's row estimate for a source table (`pg_class.reltuples`;
-/// 0 when the table was never analyzed, or the estimate cannot be read).
-async fn estimated_rows(source: &tokio_postgres::Client, table: &crate::pg::names::QualifiedName) -> i64 {
-    let name = format!("{table}");
-    match source
-        .query_one("SELECT reltuples::bigint FROM pg_class WHERE oid = $1::text::regclass", &[&name])
-        .await
-    {
-        Ok(row) => row.get::<_, i64>(0).max(0),
-        Err(_) => 0,
-    }
 }
 
 /// The applier's loop: applies whole source transactions, several per
@@ -398,6 +426,7 @@ async fn apply_events(
     mut events: mpsc::Receiver<SourceEvent>,
     durable: &watch::Sender<Lsn>,
     mut state: ApplyState,
+    mut copying: JoinSet<Result<Copied, PipelineError>>,
     target: &str,
 ) -> Result<(), PipelineError> {
     let mut check = tokio::time::interval(TARGET_CHECK_INTERVAL);
@@ -415,6 +444,10 @@ async fn apply_events(
                     return Err(PipelineError::TargetClosed { target: target.to_string() });
                 },
                 _ = flush_check.tick(), if !state.unflushed.is_empty() => state.release_flushed(applier, durable).await?,
+                Some(copied) = copying.join_next(), if !copying.is_empty() => {
+                    let copied = copied.map_err(|panic| SourceError::Sequence(format!("the copy of new tables panicked: {panic}")))?;
+                    state.copied(applier, copied?)?;
+                }
                 _ = tokio::time::sleep_until(state.linger_deadline()), if state.lingering() => {
                     state.commit(applier).await?;
                 }
@@ -454,6 +487,14 @@ struct ApplyState {
     metrics: PipelineMetrics,
     /// Changes of the current source transaction applied so far.
     transaction_changes: usize,
+    /// The current source transaction is before `progress`: only tables
+    /// behind the stream (see `floors`) take its changes.
+    replaying: bool,
+    /// Tables out of step with `progress`: being copied, or behind.
+    floors: Floors,
+    /// Tables copied while a source transaction was open, joining the
+    /// stream at its end.
+    joining: Option<Copied>,
     /// Committed on the target but maybe not yet flushed there: (target
     /// WAL position of the commit, source end LSN), oldest first. The
     /// source hears of each only once the target has flushed it.
@@ -491,6 +532,9 @@ impl ApplyState {
             forward_origins,
             metrics: metrics.clone(),
             transaction_changes: 0,
+            replaying: false,
+            floors: Floors::default(),
+            joining: None,
             unflushed: VecDeque::new(),
         }
     }
@@ -501,14 +545,16 @@ impl ApplyState {
         event: SourceEvent,
         nothing_waiting: bool,
         durable: &watch::Sender<Lsn>,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<(), PipelineError> {
         match event {
             SourceEvent::Begin { commit_lsn, commit_time, .. } => {
                 self.in_source_transaction = true;
                 self.transaction_changes = 0;
                 self.from_elsewhere = false;
-                // Its commit lies before the recorded end LSN: applied already.
-                self.skipping = commit_lsn < self.progress;
+                // Its commit lies before the recorded end LSN: applied
+                // already, unless a table behind the stream needs it.
+                self.replaying = commit_lsn < self.progress;
+                self.skipping = commit_lsn < self.floors.lowest(self.progress);
                 self.current_commit = commit_lsn;
                 let careful = self.careful_until.is_some_and(|until| commit_lsn <= until);
                 applier.begin_source_transaction(commit_lsn, careful);
@@ -524,7 +570,12 @@ impl ApplyState {
                     self.from_elsewhere = true;
                 }
             }
-            SourceEvent::Change(change) if !self.skipping && !self.from_elsewhere => {
+            SourceEvent::Change(mut change) if !self.skipping && !self.from_elsewhere => {
+                if !self.floors.is_empty()
+                    && !self.floors.keep(&mut change, self.current_commit, self.replaying)
+                {
+                    return Ok(());
+                }
                 if self.batch.is_none() {
                     applier.begin().await?;
                     self.batch = Some(Batch {
@@ -544,29 +595,71 @@ impl ApplyState {
             }
             SourceEvent::Commit { end_lsn, commit_time, .. } => {
                 self.in_source_transaction = false;
-                if self.skipping {
-                    return Ok(());
+                self.floors.passed(end_lsn);
+                if !self.skipping {
+                    self.source_committed(applier, end_lsn, commit_time, nothing_waiting, durable).await?;
                 }
-                let Some(batch) = self.batch.as_mut() else {
-                    // Nothing of it reached the target (no mapped rows):
-                    // there is nothing to flush, only commits before it.
-                    let waiting = !self.unflushed.is_empty();
-                    self.advance(Lsn::ZERO, end_lsn, commit_time);
-                    if !waiting {
-                        self.release_flushed(applier, durable).await?;
-                    }
-                    return Ok(());
-                };
-                batch.last_commit = Some((end_lsn, commit_time));
-                if self.transaction_changes > 0 {
-                    batch.transactions += 1;
-                }
-                let full = batch.rows >= GROUP_COMMIT_ROWS || batch.started.elapsed() >= GROUP_COMMIT_AGE;
-                if full || (nothing_waiting && batch.started.elapsed() >= GROUP_COMMIT_LINGER) {
-                    self.commit(applier).await?;
+                if let Some(copied) = self.joining.take() {
+                    self.join(applier, copied)?;
                 }
             }
             SourceEvent::Change(_) | SourceEvent::Message(_) => {}
+        }
+        Ok(())
+    }
+
+    /// A source transaction ended: it joins the open target transaction,
+    /// which commits when full or when nothing more is waiting.
+    async fn source_committed(
+        &mut self,
+        applier: &mut Applier,
+        end_lsn: Lsn,
+        commit_time: i64,
+        nothing_waiting: bool,
+        durable: &watch::Sender<Lsn>,
+    ) -> Result<(), ApplyError> {
+        let Some(batch) = self.batch.as_mut() else {
+            // Nothing of it reached the target (no mapped rows):
+            // there is nothing to flush, only commits before it.
+            let waiting = !self.unflushed.is_empty();
+            self.advance(Lsn::ZERO, end_lsn, commit_time);
+            if !waiting {
+                self.release_flushed(applier, durable).await?;
+            }
+            return Ok(());
+        };
+        batch.last_commit = Some((end_lsn, commit_time));
+        if self.transaction_changes > 0 {
+            batch.transactions += 1;
+        }
+        let full = batch.rows >= GROUP_COMMIT_ROWS || batch.started.elapsed() >= GROUP_COMMIT_AGE;
+        if full || (nothing_waiting && batch.started.elapsed() >= GROUP_COMMIT_LINGER) {
+            self.commit(applier).await?;
+        }
+        Ok(())
+    }
+
+    /// New tables were copied: they join the stream at the next source
+    /// commit boundary.
+    fn copied(&mut self, applier: &mut Applier, copied: Copied) -> Result<(), CopyBehindStream> {
+        if self.in_source_transaction {
+            self.joining = Some(copied);
+            return Ok(());
+        }
+        self.join(applier, copied)
+    }
+
+    /// Copied tables take the stream's changes from their snapshot on. The
+    /// stream skipped their changes while they were copied: if it already
+    /// went past the snapshot, it must go back for them.
+    fn join(&mut self, applier: &mut Applier, copied: Copied) -> Result<(), CopyBehindStream> {
+        if copied.at < self.progress {
+            return Err(CopyBehindStream { at: copied.at, progress: self.progress });
+        }
+        for route in copied.routes {
+            tracing::info!(subscription = %self.metrics.subscription(), table = %route.mapping.from, at = %copied.at, "copied table joins the stream");
+            self.floors.set(route.mapping.from.clone(), Floor::From(copied.at));
+            applier.add_route(route);
         }
         Ok(())
     }
@@ -589,7 +682,14 @@ impl ApplyState {
             Some(Batch {
                 last_commit: Some((end_lsn, commit_time)), started, transactions, events, ..
             }) => {
-                let target_lsn = applier.commit(end_lsn, commit_time).await?;
+                // Replaying for tables behind the stream must not take the
+                // progress back.
+                let progress = end_lsn.max(self.progress);
+                if !self.floors.is_empty() {
+                    applier.with_next_commit(self.floors.record_sql(self.metrics.subscription(), progress));
+                }
+                let target_lsn = applier.commit(progress, commit_time).await?;
+                self.floors.settle(progress);
                 self.metrics.batch_committed(&events, transactions, started.elapsed());
                 self.metrics.dead_lettered(applier.take_dead_letters());
                 fault::point(fault::AFTER_TARGET_COMMIT);
@@ -605,8 +705,8 @@ impl ApplyState {
     /// Everything received is on the target, up to `end_lsn`, once the
     /// target has flushed its WAL to `target_lsn` (0/0: nothing to flush).
     fn advance(&mut self, target_lsn: Lsn, end_lsn: Lsn, commit_time: i64) {
-        self.progress = end_lsn;
-        self.metrics.applied(end_lsn, Some(commit_time));
+        self.progress = self.progress.max(end_lsn);
+        self.metrics.applied(self.progress, Some(commit_time));
         self.unflushed.push_back((target_lsn, end_lsn));
     }
 
@@ -627,7 +727,7 @@ impl ApplyState {
             self.unflushed.pop_front();
         }
         if let Some(end_lsn) = released {
-            durable.send_replace(end_lsn);
+            durable.send_replace(self.floors.cap(end_lsn));
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ use crate::pg::pgoutput::{OldTuple, Relation, Tuple, Value};
 use crate::route::TableRoute;
 use crate::route::filter::{Cell, EvalError};
 use crate::source::Change;
+use crate::tablesync::TABLES_DDL;
 
 mod copy;
 mod param;
@@ -164,6 +165,8 @@ pub struct Applier {
     dead_letters_written: u64,
     /// Inserts into one table gathered for COPY.
     run: Option<InsertRun>,
+    /// Statements for the next commit to run (see [`Applier::with_next_commit`]).
+    next_commit: String,
 }
 
 const PROGRESS_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.progress (
@@ -203,10 +206,22 @@ async fn prepare_session(client: &Client, dead_letters: bool) -> Result<(), Appl
     let dead_letters = if dead_letters { DEAD_LETTERS_DDL } else { "" };
     let sql = format!(
         "BEGIN; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(hashtext('ferry schema'));
-         {schema} {PROGRESS_DDL} {dead_letters} COMMIT;
+         {schema} {PROGRESS_DDL} {TABLES_DDL} {dead_letters} COMMIT;
          SET synchronous_commit = off;"
     );
     client.batch_execute(&sql).await.map_err(target_error("creating ferry's tables on the target"))
+}
+
+/// Makes `client` a session that may write a subscription's tables on
+/// the target: ferry's own tables exist, commits are asynchronous and
+/// tagged with the replication origin `origin`.
+pub async fn prepare_target_session(
+    client: &Client,
+    subscription: &str,
+    origin: &str,
+) -> Result<(), ApplyError> {
+    prepare_session(client, false).await?;
+    tag_with_origin(client, subscription, origin).await
 }
 
 /// Tags every transaction this session commits with the replication
@@ -329,6 +344,7 @@ impl Applier {
             source_lsn: Lsn::ZERO,
             dead_letters_written: 0,
             run: None,
+            next_commit: String::new(),
         })
     }
 
@@ -339,6 +355,24 @@ impl Applier {
     /// The configured table for a source table.
     pub fn route(&self, source: &QualifiedName) -> Option<&TableRoute> {
         self.routes.get(source).map(|r| &**r)
+    }
+
+    /// Takes a table out of what this applier writes (it is being copied
+    /// elsewhere), returning its route.
+    pub fn take_route(&mut self, source: &QualifiedName) -> Option<TableRoute> {
+        let route = self.routes.remove(source)?;
+        self.plans.retain(|_, plan| !Arc::ptr_eq(&plan.route, &route));
+        Arc::try_unwrap(route).ok()
+    }
+
+    /// Adds a table to what this applier writes.
+    pub fn add_route(&mut self, route: TableRoute) {
+        self.routes.insert(route.mapping.from.clone(), Arc::new(route));
+    }
+
+    /// Has `sql` run inside the next commit, after the progress row.
+    pub fn with_next_commit(&mut self, sql: String) {
+        self.next_commit.push_str(&sql);
     }
 
     /// Waits until everything committed on the target so far is flushed
@@ -393,10 +427,12 @@ impl Applier {
              VALUES ({subscription}, '{end_lsn}'::pg_lsn, '{time}'::timestamptz, now())
              ON CONFLICT (subscription) DO UPDATE
              SET end_lsn = EXCLUDED.end_lsn, commit_time = EXCLUDED.commit_time, updated_at = now();
+             {extra}
              COMMIT;
              SELECT pg_current_wal_insert_lsn()::text",
             subscription = quote_literal(&self.subscription),
             time = crate::pg::timestamp::to_rfc3339(commit_time),
+            extra = std::mem::take(&mut self.next_commit),
         );
         let messages = self.client.simple_query(&sql).await.map_err(target_error("COMMIT"))?;
         Ok(first_lsn(&messages))
@@ -421,6 +457,7 @@ impl Applier {
     /// Abandons the current transaction and whatever is still in flight.
     pub async fn rollback(&mut self) {
         self.in_flight.clear();
+        self.next_commit.clear();
         self.run = None;
         self.dead_letters_written = 0;
         let _ = self.client.batch_execute("ROLLBACK").await;

@@ -11,7 +11,18 @@ use tempfile::TempDir;
 pub struct Daemon {
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
+    config_path: std::path::PathBuf,
     _dir: TempDir,
+}
+
+/// Tests run many daemons at once: unless a test picks the HTTP address,
+/// each gets a port of its own from the kernel.
+fn with_own_port(config: &str) -> String {
+    if config.contains("[server]") {
+        config.to_string()
+    } else {
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n\n{config}")
+    }
 }
 
 impl Daemon {
@@ -23,14 +34,7 @@ impl Daemon {
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ferry.toml");
-        // Tests run many daemons at once: unless a test picks the HTTP
-        // address, each gets a port of its own from the kernel.
-        let config = if config.contains("[server]") {
-            config.to_string()
-        } else {
-            format!("[server]\nlisten = \"127.0.0.1:0\"\n\n{config}")
-        };
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, with_own_port(config)).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
         command.arg("run").arg("--config").arg(&path).stdout(Stdio::null()).stderr(Stdio::piped());
         command.env("RUST_LOG", "info,ferry=debug");
@@ -48,7 +52,19 @@ impl Daemon {
                 sink.lock().unwrap().push(line);
             }
         });
-        Daemon { child, logs, _dir: dir }
+        Daemon { child, logs, config_path: path, _dir: dir }
+    }
+
+    /// The config file it runs with.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    /// Replaces its config file with `config` and sends SIGHUP.
+    pub fn reload(&self, config: &str) {
+        std::fs::write(&self.config_path, with_own_port(config)).unwrap();
+        let status = Command::new("kill").arg("-HUP").arg(self.child.id().to_string()).status();
+        assert!(status.unwrap().success());
     }
 
     /// Everything logged so far.

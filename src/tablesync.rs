@@ -1,0 +1,405 @@
+//! Tables joining a subscription that is already streaming. Like
+//! PostgreSQL's own table synchronisation, each batch of new tables gets
+//! its own copy under its own snapshot while the subscription keeps
+//! streaming its other tables, then joins the stream where its copy left
+//! off.
+//!
+//! The target records which source tables of a subscription have been
+//! copied (`ferry.tables`). A table whose copy and the stream are not in
+//! step yet has a floor there: its changes are applied from source
+//! transactions committed at or after it (those before are in the copy or
+//! already applied). A table without a floor follows the subscription's
+//! progress. Floors move with the stream and are cleared in the target
+//! transaction where they meet the progress, so after a crash the target
+//! still says exactly what each table has.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use tokio_postgres::Client;
+
+use crate::apply::{self, ApplyError};
+use crate::config::Subscription;
+use crate::fault;
+use crate::metrics::PipelineMetrics;
+use crate::pg::Lsn;
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::names::{QualifiedName, quote_literal};
+use crate::pg::pgoutput::Relation;
+use crate::pg::replication::{ReplicationClient, SlotKind};
+use crate::pg::tls;
+use crate::pipeline::PipelineError;
+use crate::route::TableRoute;
+use crate::snapshot::{self, SnapshotError};
+use crate::source::Change;
+
+pub const TABLES_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.tables (
+    subscription text NOT NULL,
+    source_table text NOT NULL,
+    floor pg_lsn,
+    PRIMARY KEY (subscription, source_table)
+);";
+
+fn target_error(context: &str) -> impl FnOnce(tokio_postgres::Error) -> ApplyError + '_ {
+    move |source| ApplyError::Target { context: context.to_string(), source }
+}
+
+/// What the target says about a subscription's tables.
+#[derive(Debug, Default)]
+pub struct TableStates {
+    copied: HashSet<String>,
+    floors: HashMap<String, Lsn>,
+}
+
+impl TableStates {
+    /// Reads the subscription's tables from the target and forgets those
+    /// no longer configured (added again later, they are copied again).
+    pub async fn load(target: &Client, sub: &Subscription) -> Result<TableStates, ApplyError> {
+        let configured: Vec<String> = sub.tables.iter().map(|t| t.from.to_string()).collect();
+        let removed = target
+            .query(
+                "DELETE FROM ferry.tables WHERE subscription = $1 AND NOT source_table = ANY($2) RETURNING source_table",
+                &[&sub.name, &configured],
+            )
+            .await
+            .map_err(target_error("forgetting tables removed from the subscription"))?;
+        for row in removed {
+            let table: String = row.get(0);
+            tracing::info!(subscription = %sub.name, %table, "table no longer in the subscription: not replicated any more");
+        }
+        let rows = target
+            .query("SELECT source_table, floor::text FROM ferry.tables WHERE subscription = $1", &[&sub.name])
+            .await
+            .map_err(target_error("reading the subscription's tables"))?;
+        let mut states = TableStates::default();
+        for row in rows {
+            let table: String = row.get(0);
+            if let Some(floor) = row.get::<_, Option<String>>(1).and_then(|f| f.parse().ok()) {
+                states.floors.insert(table.clone(), floor);
+            }
+            states.copied.insert(table);
+        }
+        Ok(states)
+    }
+
+    /// The configured tables the target has no copy of.
+    pub fn not_copied<'a>(&self, sub: &'a Subscription) -> Vec<&'a QualifiedName> {
+        sub.tables.iter().map(|t| &t.from).filter(|t| !self.copied.contains(&t.to_string())).collect()
+    }
+
+    /// The floors of tables not yet in step with the stream.
+    pub fn floors(&self, sub: &Subscription) -> Floors {
+        let mut floors = Floors::default();
+        for table in &sub.tables {
+            if let Some(&floor) = self.floors.get(&table.from.to_string()) {
+                floors.set(table.from.clone(), Floor::From(floor));
+            }
+        }
+        floors
+    }
+}
+
+/// Records `tables` as copied and in step with the subscription's progress
+/// (`floor`: `None`), or from `floor` on, inside the caller's transaction.
+pub async fn record_copied(
+    target: &Client,
+    subscription: &str,
+    tables: &[&QualifiedName],
+    floor: Option<Lsn>,
+) -> Result<(), ApplyError> {
+    let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+    let floor = floor.map(|f| f.to_string());
+    target
+        .execute(
+            "INSERT INTO ferry.tables (subscription, source_table, floor)
+             SELECT $1, t, $3::text::pg_lsn FROM unnest($2::text[]) AS t
+             ON CONFLICT (subscription, source_table) DO UPDATE SET floor = EXCLUDED.floor",
+            &[&subscription, &names, &floor],
+        )
+        .await
+        .map_err(target_error("recording the subscription's tables"))?;
+    Ok(())
+}
+
+/// Where a table out of step with the stream stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Floor {
+    /// Being copied: none of its changes are applied yet, and the source
+    /// may not forget anything from `hold` on (if the copy ends up behind
+    /// the stream, the stream goes back to it).
+    Copying { hold: Lsn },
+    /// Its changes are applied from source transactions committed at or
+    /// after this.
+    From(Lsn),
+}
+
+/// The tables of a subscription out of step with its progress. Empty, as
+/// it almost always is, it costs the stream nothing.
+#[derive(Debug, Default)]
+pub struct Floors {
+    tables: Vec<(QualifiedName, Floor)>,
+}
+
+impl Floors {
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    pub fn set(&mut self, table: QualifiedName, floor: Floor) {
+        match self.tables.iter_mut().find(|(t, _)| *t == table) {
+            Some(entry) => entry.1 = floor,
+            None => self.tables.push((table, floor)),
+        }
+    }
+
+    fn get(&self, relation: &Relation) -> Option<Floor> {
+        self.tables
+            .iter()
+            .find(|(t, _)| t.schema == relation.namespace && t.name == relation.name)
+            .map(|&(_, floor)| floor)
+    }
+
+    /// The lowest commit LSN any table still needs: transactions committed
+    /// before it are skipped whole.
+    pub fn lowest(&self, progress: Lsn) -> Lsn {
+        self.tables
+            .iter()
+            .filter_map(|(_, floor)| match floor {
+                Floor::From(lsn) => Some(*lsn),
+                Floor::Copying { .. } => None,
+            })
+            .fold(progress, Lsn::min)
+    }
+
+    /// Whether a change of `relation` in the source transaction committed
+    /// at `commit_lsn` is applied; `replaying`: that transaction is before
+    /// the subscription's progress (applied already for tables in step).
+    pub fn applies(&self, relation: &Relation, commit_lsn: Lsn, replaying: bool) -> bool {
+        match self.get(relation) {
+            None => !replaying,
+            Some(Floor::Copying { .. }) => false,
+            Some(Floor::From(floor)) => commit_lsn >= floor,
+        }
+    }
+
+    /// Keeps of `change` (from the source transaction committed at
+    /// `commit_lsn`) what the tables it touches take; false when nothing.
+    pub fn keep(&self, change: &mut Change, commit_lsn: Lsn, replaying: bool) -> bool {
+        match change {
+            Change::Insert { relation, .. }
+            | Change::Update { relation, .. }
+            | Change::Delete { relation, .. } => self.applies(relation, commit_lsn, replaying),
+            Change::Truncate { relations, .. } => {
+                relations.retain(|r| self.applies(r, commit_lsn, replaying));
+                !relations.is_empty()
+            }
+            Change::Message(_) => true,
+        }
+    }
+
+    /// A source transaction ending at `end_lsn` was handled: every table
+    /// has whatever it needed of it.
+    pub fn passed(&mut self, end_lsn: Lsn) {
+        for (_, floor) in &mut self.tables {
+            if let Floor::From(lsn) = floor
+                && *lsn < end_lsn
+            {
+                *lsn = end_lsn;
+            }
+        }
+    }
+
+    /// How far the source may forget: no further than any floor or hold.
+    pub fn cap(&self, durable: Lsn) -> Lsn {
+        self.tables
+            .iter()
+            .map(|(_, floor)| match floor {
+                Floor::From(lsn) | Floor::Copying { hold: lsn } => *lsn,
+            })
+            .fold(durable, Lsn::min)
+    }
+
+    /// SQL recording the floors in the target transaction that commits
+    /// `progress`; a floor that met the progress is cleared.
+    pub fn record_sql(&self, subscription: &str, progress: Lsn) -> String {
+        let mut sql = String::new();
+        for (table, floor) in &self.tables {
+            let Floor::From(lsn) = floor else { continue };
+            let value = if *lsn == progress { "NULL".to_string() } else { format!("'{lsn}'::pg_lsn") };
+            sql.push_str(&format!(
+                "UPDATE ferry.tables SET floor = {value} WHERE subscription = {} AND source_table = {};\n",
+                quote_literal(subscription),
+                quote_literal(&table.to_string())
+            ));
+        }
+        sql
+    }
+
+    /// The target committed `progress`: tables whose floor met it follow
+    /// the progress from now on.
+    pub fn settle(&mut self, progress: Lsn) {
+        self.tables.retain(|(_, floor)| *floor != Floor::From(progress));
+    }
+}
+
+/// Tables copied under one snapshot, ready to join the stream.
+#[derive(Debug)]
+pub struct Copied {
+    pub routes: Vec<TableRoute>,
+    /// The snapshot's consistent point: the copy holds every source
+    /// transaction committed before it.
+    pub at: Lsn,
+}
+
+/// Copies tables newly added to a streaming subscription under a snapshot
+/// of their own (a temporary slot's), on connections of their own, and
+/// records them with the snapshot's point as floor in the same target
+/// transaction. The publication must already include them.
+pub async fn copy_new_tables(
+    sub: Subscription,
+    source: ConnInfo,
+    target: ConnInfo,
+    routes: Vec<TableRoute>,
+    metrics: PipelineMetrics,
+) -> Result<Copied, PipelineError> {
+    let target_sql = tls::connect_sql(&target).await.map_err(PipelineError::ConnectTarget)?;
+    // Its own origin: an origin serves one session at a time, and the
+    // stream's session holds the subscription's.
+    apply::prepare_target_session(&target_sql, &sub.name, &format!("{}_sync", sub.slot)).await?;
+    let source_sql = tls::connect_sql(&source).await.map_err(PipelineError::ConnectSource)?;
+    let mut replication = ReplicationClient::connect(&source).await?;
+    let slot = replication.create_slot(&format!("{}_sync", sub.slot), SlotKind::Temporary, true).await?;
+    let snapshot_name = slot.snapshot_name.as_deref().unwrap_or_default();
+    tracing::info!(subscription = %sub.name, tables = routes.len(), at = %slot.consistent_point, "copying tables added to the subscription");
+    target_sql
+        .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
+        .await
+        .map_err(target_error("BEGIN"))?;
+    let refs: Vec<&TableRoute> = routes.iter().collect();
+    copy_tables(&sub, &refs, &source_sql, &target_sql, snapshot_name, &metrics).await?;
+    let names: Vec<&QualifiedName> = routes.iter().map(|r| &r.mapping.from).collect();
+    record_copied(&target_sql, &sub.name, &names, Some(slot.consistent_point)).await?;
+    target_sql.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))?;
+    fault::point(fault::AFTER_TABLE_COPY);
+    Ok(Copied { routes, at: slot.consistent_point })
+}
+
+/// Copies each route's table from `source` (as of the exported snapshot
+/// `snapshot_name`) into `target`, inside the target's open transaction,
+/// reporting progress.
+pub async fn copy_tables(
+    sub: &Subscription,
+    routes: &[&TableRoute],
+    source: &Client,
+    target: &Client,
+    snapshot_name: &str,
+    metrics: &PipelineMetrics,
+) -> Result<(), SnapshotError> {
+    let index_of =
+        |route: &TableRoute| sub.tables.iter().position(|t| t.from == route.mapping.from).unwrap_or(0);
+    let mut estimates = Vec::new();
+    for route in routes {
+        let estimate = estimated_rows(source, &route.mapping.from).await;
+        metrics.snapshot_estimate(index_of(route), estimate);
+        estimates.push(estimate);
+    }
+    snapshot::begin_at_snapshot(source, snapshot_name).await?;
+    for (route, estimate) in routes.iter().copied().zip(estimates) {
+        let (started, index, table) = (Instant::now(), index_of(route), &route.mapping.from);
+        let mut shown = snapshot::CopyProgress::new(&sub.name, table, estimate);
+        let progress = |rows| {
+            metrics.snapshot_copied(index, rows);
+            shown.update(rows);
+        };
+        let rows = snapshot::copy_table(source, route, target, progress).await?;
+        shown.finish();
+        metrics.snapshot_copied(index, rows);
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(subscription = %sub.name, %table, rows, seconds, "copied");
+    }
+    source
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|source| SnapshotError::Sql { context: "ending the snapshot transaction".into(), source })
+}
+
+/// The planner's row estimate for a source table (`pg_class.reltuples`;
+/// 0 when the table was never analyzed, or the estimate cannot be read).
+async fn estimated_rows(source: &Client, table: &QualifiedName) -> i64 {
+    let name = table.to_string();
+    match source
+        .query_one("SELECT reltuples::bigint FROM pg_class WHERE oid = $1::text::regclass", &[&name])
+        .await
+    {
+        Ok(row) => row.get::<_, i64>(0).max(0),
+        Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::pgoutput::ReplicaIdentity;
+
+    fn relation(name: &str) -> Relation {
+        Relation {
+            xid: None,
+            oid: 1,
+            namespace: "public".into(),
+            name: name.into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: Vec::new(),
+        }
+    }
+
+    fn lsn(n: u64) -> Lsn {
+        Lsn(n)
+    }
+
+    #[test]
+    fn a_table_behind_the_stream_catches_up_then_follows() {
+        let mut floors = Floors::default();
+        floors.set(QualifiedName::new("public", "new"), Floor::From(lsn(100)));
+        let (new, old) = (relation("new"), relation("old"));
+        // The stream went back to 100; the subscription had reached 300.
+        assert_eq!(floors.lowest(lsn(300)), lsn(100));
+        assert!(floors.applies(&new, lsn(150), true));
+        assert!(!floors.applies(&old, lsn(150), true));
+        assert!(floors.applies(&old, lsn(300), false));
+        floors.passed(lsn(160));
+        assert!(!floors.applies(&new, lsn(150), true), "already applied");
+        assert_eq!(floors.cap(lsn(300)), lsn(160));
+        assert!(floors.record_sql("s", lsn(300)).contains("'0/A0'::pg_lsn"));
+        floors.settle(lsn(300));
+        assert!(!floors.is_empty(), "still behind");
+        floors.passed(lsn(320));
+        assert!(floors.record_sql("s", lsn(320)).contains("floor = NULL"));
+        floors.settle(lsn(320));
+        assert!(floors.is_empty());
+    }
+
+    #[test]
+    fn a_table_being_copied_gets_nothing_and_holds_the_source() {
+        let mut floors = Floors::default();
+        floors.set(QualifiedName::new("public", "new"), Floor::Copying { hold: lsn(50) });
+        assert!(!floors.applies(&relation("new"), lsn(500), false));
+        assert!(floors.applies(&relation("old"), lsn(500), false));
+        assert_eq!(floors.lowest(lsn(400)), lsn(400));
+        floors.passed(lsn(600));
+        assert_eq!(floors.cap(lsn(600)), lsn(50));
+        assert_eq!(floors.record_sql("s", lsn(600)), "");
+    }
+
+    #[test]
+    fn a_copy_ahead_of_the_stream_waits_for_it() {
+        let mut floors = Floors::default();
+        floors.set(QualifiedName::new("public", "new"), Floor::From(lsn(500)));
+        assert!(!floors.applies(&relation("new"), lsn(400), false), "in the copy");
+        floors.passed(lsn(450));
+        assert_eq!(floors.cap(lsn(450)), lsn(450));
+        assert!(floors.applies(&relation("new"), lsn(500), false));
+        floors.passed(lsn(520));
+        floors.settle(lsn(520));
+        assert!(floors.is_empty());
+    }
+}

@@ -1,0 +1,251 @@
+//! Config changes applied to a running daemon (SIGHUP): a table added to a
+//! subscription is copied under its own snapshot while the others keep
+//! streaming, then catches up; a removed table stops; a removed
+//! subscription stops but keeps its slot until `ferry drop`.
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use support::daemon::{Daemon, checksum, wait_for_same};
+use support::{Cluster, exec};
+
+const WAIT: Duration = Duration::from_secs(120);
+const SCHEMA: &str = "CREATE TABLE steady (id bigserial PRIMARY KEY, note text);
+     CREATE TABLE added (id int PRIMARY KEY, counter int NOT NULL, note text);";
+
+fn config(source: &Cluster, target: &Cluster, tables: &[&str]) -> String {
+    let tables: Vec<(&str, &str)> = tables.iter().map(|t| (*t, *t)).collect();
+    support::daemon::config(&source.url("postgres"), &target.url("postgres"), "sub", &tables, "")
+}
+
+async fn setup() -> (Cluster, Cluster, tokio_postgres::Client, tokio_postgres::Client) {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(&src, SCHEMA).await;
+    exec(&dst, SCHEMA).await;
+    exec(&src, "INSERT INTO added SELECT g, 0, 'row ' || g FROM generate_series(1, 20000) g").await;
+    exec(&src, "INSERT INTO steady (note) SELECT 'before' FROM generate_series(1, 100)").await;
+    (source, target, src, dst)
+}
+
+/// Writes to both tables until stopped: a row into `steady`, and a bump of
+/// one `added` row, plus an insert now and then, per transaction.
+fn write_until_stopped(source: &Cluster, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    let url = source.url("postgres");
+    tokio::spawn(async move {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let id = n % 20000 + 1;
+            let mut sql = format!(
+                "BEGIN; INSERT INTO steady (note) VALUES ('live {n}');
+                 UPDATE added SET counter = counter + 1 WHERE id = {id};"
+            );
+            if n.is_multiple_of(10) {
+                sql.push_str(&format!("INSERT INTO added VALUES ({}, 0, 'live');", 100_000 + n));
+            }
+            sql.push_str("COMMIT;");
+            client.batch_execute(&sql).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        n
+    })
+}
+
+async fn assert_same(src: &tokio_postgres::Client, dst: &tokio_postgres::Client) {
+    wait_for_same(src, dst, "steady", "steady", "id, note", "id", WAIT).await;
+    wait_for_same(src, dst, "added", "added", "id, counter, note", "id", WAIT).await;
+}
+
+async fn copied_tables(dst: &tokio_postgres::Client) -> Vec<String> {
+    let rows = dst.query("SELECT source_table FROM ferry.tables ORDER BY 1", &[]).await.unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_added_to_a_running_subscription_is_copied_while_the_others_stream() {
+    let (source, target, src, dst) = setup().await;
+    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = write_until_stopped(&source, stop.clone());
+
+    // Hold the copy at its first row: a lock on the target table that
+    // COPY has to wait for, taken in a transaction of the test's own.
+    let (holder, connection) =
+        tokio_postgres::connect(&target.url("postgres"), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    exec(&holder, "BEGIN; LOCK TABLE added IN SHARE MODE").await;
+    daemon.reload(&config(&source, &target, &["steady", "added"]));
+    daemon.wait_for_log("copying tables added to the subscription", WAIT).await;
+
+    // While the copy waits, the other table keeps streaming.
+    exec(&src, "INSERT INTO steady (note) VALUES ('during the copy')").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while dst.query_opt("SELECT 1 FROM steady WHERE note = 'during the copy'", &[]).await.unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "steady stopped streaming during the copy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(copied_tables(&dst).await, vec![r#""public"."steady""#], "the copy has not committed yet");
+    let copied: i64 = dst.query_one("SELECT count(*) FROM added", &[]).await.unwrap().get(0);
+    assert_eq!(copied, 0);
+
+    exec(&holder, "COMMIT").await;
+    // The stream went past the copy's snapshot while the copy waited: it
+    // goes back for the changes the copy missed.
+    daemon.wait_for_log("going back to", WAIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let transactions = writer.await.unwrap();
+    assert_same(&src, &dst).await;
+    let bumps: i64 = dst.query_one("SELECT sum(counter) FROM added", &[]).await.unwrap().get(0);
+    assert_eq!(bumps as u64, transactions, "every bump counted once");
+    assert_eq!(copied_tables(&dst).await.len(), 2);
+    let floors: i64 = dst.query_one("SELECT count(floor) FROM ferry.tables", &[]).await.unwrap().get(0);
+    assert_eq!(floors, 0, "the added table is in step with the stream");
+    let logs = daemon.logs();
+    assert!(!logs.contains("pipeline stopped") && !logs.contains("retrying"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_right_after_a_table_copy_loses_nothing() {
+    let (source, target, src, dst) = setup().await;
+    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    daemon.signal_and_wait("TERM");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = write_until_stopped(&source, stop.clone());
+    // Killed after the copy committed with its floor, before the stream
+    // took the table on: the restart goes by what the target says.
+    let both = config(&source, &target, &["steady", "added"]);
+    let mut crashed = Daemon::start_with_env(&both, &[("FERRY_FAILPOINT", "after-table-copy")]);
+    assert_eq!(crashed.wait_for_exit(WAIT).await, Some(137));
+    assert_eq!(copied_tables(&dst).await.len(), 2, "the copy and its floor committed together");
+    let floors: i64 = dst.query_one("SELECT count(floor) FROM ferry.tables", &[]).await.unwrap().get(0);
+    assert_eq!(floors, 1);
+
+    let daemon = Daemon::start(&both);
+    daemon.wait_for_log("streaming", WAIT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let transactions = writer.await.unwrap();
+    assert_same(&src, &dst).await;
+    let bumps: i64 = dst.query_one("SELECT sum(counter) FROM added", &[]).await.unwrap().get(0);
+    assert_eq!(bumps as u64, transactions, "every bump counted once");
+    let (rows, _) = checksum(&dst, "added", "id", "id").await;
+    assert!(rows > 20_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_dropped() {
+    let (source, target, src, dst) = setup().await;
+    let both = config(&source, &target, &["steady", "added"]);
+    let daemon = Daemon::start(&both);
+    daemon.wait_for_log("streaming", WAIT).await;
+    assert_same(&src, &dst).await;
+
+    // Removing a table: its changes no longer arrive, the other's do.
+    daemon.reload(&config(&source, &target, &["steady"]));
+    daemon.wait_for_log("table no longer in the subscription", WAIT).await;
+    exec(
+        &src,
+        "UPDATE added SET counter = 7 WHERE id = 1; INSERT INTO steady (note) VALUES ('after removal')",
+    )
+    .await;
+    wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
+    let counter: i32 = dst.query_one("SELECT counter FROM added WHERE id = 1", &[]).await.unwrap().get(0);
+    assert_eq!(counter, 0, "the removed table is no longer replicated");
+    let published: i64 = src
+        .query_one("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'ferry_sub'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(published, 1);
+
+    // Removing the subscription: the pipeline stops, the slot stays.
+    let other_target = Cluster::start();
+    let other = other_target.client("postgres").await;
+    exec(&other, SCHEMA).await;
+    let replacement = support::daemon::config(
+        &source.url("postgres"),
+        &other_target.url("postgres"),
+        "other",
+        &[("steady", "steady")],
+        "",
+    );
+    daemon.reload(&replacement);
+    daemon.wait_for_log("subscription removed", WAIT).await;
+    wait_for_same(&src, &other, "steady", "steady", "id, note", "id", WAIT).await;
+    let slot_exists = |name: &'static str| {
+        let src = &src;
+        async move {
+            src.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[&name])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        }
+    };
+    assert!(slot_exists("ferry_sub").await, "a removed subscription keeps its slot");
+
+    let drop = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["drop", name, "--config"])
+            .arg(daemon.config_path())
+            .output()
+            .unwrap()
+    };
+    let refused = drop("other");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("still in the config"), "{refused:?}");
+    let dropped = drop("sub");
+    assert!(dropped.status.success(), "{dropped:?}");
+    assert!(String::from_utf8_lossy(&dropped.stdout).contains("dropped slot ferry_sub"), "{dropped:?}");
+    assert!(!slot_exists("ferry_sub").await);
+    assert!(slot_exists("ferry_other").await);
+    let publications: i64 = src
+        .query_one("SELECT count(*) FROM pg_publication WHERE pubname = 'ferry_sub'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(publications, 0);
+    let again = drop("sub");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("there is no slot ferry_sub"), "{again:?}");
+
+    exec(&src, "INSERT INTO steady (note) VALUES ('still streaming')").await;
+    wait_for_same(&src, &other, "steady", "steady", "id, note", "id", WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_that_does_not_load_keeps_the_running_one() {
+    let (source, target, src, dst) = setup().await;
+    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    daemon.reload("[[subscriptions]]\nname = 'broken'\n");
+    daemon.wait_for_log("did not load, keeping the running one", WAIT).await;
+    exec(&src, "INSERT INTO steady (note) VALUES ('after a bad reload')").await;
+    wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_copied_ahead_of_the_stream_joins_it_where_the_copy_ends() {
+    let (source, target, src, dst) = setup().await;
+    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    // Nothing is written while the copy runs, so the stream has not passed
+    // its snapshot when it ends: no going back.
+    daemon.reload(&config(&source, &target, &["steady", "added"]));
+    daemon.wait_for_log("copied table joins the stream", WAIT).await;
+    exec(&src, "UPDATE added SET counter = 5 WHERE id <= 10; INSERT INTO added VALUES (0, 1, 'new')").await;
+    exec(&src, "INSERT INTO steady (note) VALUES ('after the copy')").await;
+    assert_same(&src, &dst).await;
+    assert!(!daemon.logs().contains("going back to"), "{}", daemon.logs());
+    let floors: i64 = dst.query_one("SELECT count(floor) FROM ferry.tables", &[]).await.unwrap().get(0);
+    assert_eq!(floors, 0, "the floor was cleared once the stream passed it");
+}
