@@ -268,9 +268,10 @@ pub async fn copy_new_tables(
     apply::prepare_target_session(&target_sql, &sub.name, &format!("{}_sync", sub.slot)).await?;
     let source_sql = tls::connect_sql(&source).await.map_err(PipelineError::ConnectSource)?;
     let mut replication = ReplicationClient::connect(&source).await?;
-    let slot = replication.create_slot(&format!("{}_sync", sub.slot), SlotKind::Temporary, true).await?;
+    let slot_name = temporary_slot_name(&source_sql).await?;
+    let slot = replication.create_slot(&slot_name, SlotKind::Temporary, true).await?;
     let snapshot_name = slot.snapshot_name.as_deref().unwrap_or_default();
-    tracing::info!(subscription = %sub.name, tables = routes.len(), at = %slot.consistent_point, "copying tables added to the subscription");
+    tracing::info!(subscription = %sub.name, tables = routes.len(), slot = %slot_name, at = %slot.consistent_point, "copying tables added to the subscription");
     target_sql
         .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
         .await
@@ -282,6 +283,17 @@ pub async fn copy_new_tables(
     target_sql.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))?;
     fault::point(fault::AFTER_TABLE_COPY);
     Ok(Copied { routes, at: slot.consistent_point })
+}
+
+/// A name for the copy's temporary slot, unique on the source while the
+/// copy runs (the backend of its snapshot transaction lives as long), and
+/// short whatever the subscription's name.
+async fn temporary_slot_name(source: &Client) -> Result<String, SnapshotError> {
+    let row = source
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(|source| SnapshotError::Sql { context: "naming the copy's slot".into(), source })?;
+    Ok(format!("ferry_copy_{}", row.get::<_, i32>(0)))
 }
 
 /// Copies each route's table from `source` (as of the exported snapshot

@@ -231,6 +231,20 @@ async fn a_config_that_does_not_load_keeps_the_running_one() {
     daemon.wait_for_log("did not load, keeping the running one", WAIT).await;
     exec(&src, "INSERT INTO steady (note) VALUES ('after a bad reload')").await;
     wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
+
+    // A second subscription added: it starts, the first one is left alone.
+    let second = format!(
+        "{}\n[[subscriptions]]\nname = \"second\"\nsource = \"src\"\ntarget = \"dst\"\n\
+         [[subscriptions.tables]]\nfrom = 'added'\n",
+        config(&source, &target, &["steady"])
+    );
+    daemon.reload(&second);
+    daemon.wait_for_log("configuration reloaded", WAIT).await;
+    exec(&src, "UPDATE added SET counter = 3 WHERE id = 2; INSERT INTO steady (note) VALUES ('two')").await;
+    assert_same(&src, &dst).await;
+    let logs = daemon.logs();
+    assert_eq!(logs.matches("starting pipeline subscription=sub ").count(), 1, "{logs}");
+    assert!(!logs.contains("restarting"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
