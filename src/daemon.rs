@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{self, PipelineError, PipelineSpec};
+use crate::teardown;
 
 /// How often each pipeline's summary line is logged.
 pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
@@ -38,6 +39,7 @@ pub async fn run_with(
 ) -> usize {
     let mut background = JoinSet::new();
     background.spawn(metrics::log_summaries(metrics.clone(), SUMMARY_INTERVAL, cancel.clone()));
+    background.spawn(teardown::warn_about_forgotten_slots(config.clone()));
     let mut pipelines = Pipelines::new(metrics.clone(), cancel.clone());
     pipelines.apply(&config).await;
     let mut current = config;

@@ -86,6 +86,47 @@ pub async fn drop_subscription(
     Ok(Dropped { source: source_name.to_string(), slot, publication })
 }
 
+/// Slots named like ferry's on the config's sources that no configured
+/// subscription uses, as (source name, slot): left by subscriptions taken
+/// out of the config, they keep WAL until `ferry drop` removes them.
+/// Sources that cannot be asked are left out.
+pub async fn forgotten_slots(config: &Config) -> Vec<(String, String)> {
+    let mut forgotten = Vec::new();
+    for (name, info) in &config.sources {
+        let Ok(client) = tls::connect_sql(info).await else { continue };
+        let Ok(rows) = client
+            .query(
+                "SELECT slot_name::text FROM pg_replication_slots
+                 WHERE slot_type = 'logical' AND NOT temporary AND database = current_database()
+                   AND slot_name LIKE 'ferry\\_%' ORDER BY 1",
+                &[],
+            )
+            .await
+        else {
+            continue;
+        };
+        for row in rows {
+            let slot: String = row.get(0);
+            if !config.subscriptions.iter().any(|s| s.source == *name && s.slot == slot) {
+                forgotten.push((name.clone(), slot));
+            }
+        }
+    }
+    forgotten
+}
+
+/// Says in the log which slots on the sources belong to no subscription.
+pub async fn warn_about_forgotten_slots(config: Config) {
+    for (source, slot) in forgotten_slots(&config).await {
+        tracing::warn!(
+            %source,
+            %slot,
+            "slot {slot} on source {source} belongs to no configured subscription: it keeps WAL until \
+             `ferry drop SUBSCRIPTION --source {source}` removes it"
+        );
+    }
+}
+
 fn pick_source<'a>(config: &'a Config, wanted: Option<&str>) -> Result<(&'a str, &'a ConnInfo), DropError> {
     match wanted {
         Some(name) => config

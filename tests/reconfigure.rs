@@ -193,6 +193,9 @@ async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_d
         }
     };
     assert!(slot_exists("ferry_sub").await, "a removed subscription keeps its slot");
+    let running = ferry::config::Config::load(daemon.config_path()).unwrap();
+    let forgotten = ferry::teardown::forgotten_slots(&running).await;
+    assert_eq!(forgotten, vec![("src".to_string(), "ferry_sub".to_string())]);
 
     let drop = |name: &str| {
         Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -208,6 +211,7 @@ async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_d
     assert!(dropped.status.success(), "{dropped:?}");
     assert!(String::from_utf8_lossy(&dropped.stdout).contains("dropped slot ferry_sub"), "{dropped:?}");
     assert!(!slot_exists("ferry_sub").await);
+    assert!(ferry::teardown::forgotten_slots(&running).await.is_empty());
     assert!(slot_exists("ferry_other").await);
     let publications: i64 = src
         .query_one("SELECT count(*) FROM pg_publication WHERE pubname = 'ferry_sub'", &[])
