@@ -13,12 +13,14 @@ use tokio_postgres::{Client, Statement};
 
 use crate::pg::Lsn;
 use crate::pg::catalog::{self, Column};
+use crate::pg::conninfo::ConnInfo;
 use crate::pg::error::describe_sql_error;
 use crate::pg::names::{QualifiedName, quote_ident, quote_literal};
-use crate::pg::pgoutput::{OldTuple, Relation, Tuple, Value};
-use crate::route::TableRoute;
+use crate::pg::pgoutput::{OldTuple, Relation, ReplicaIdentity, Tuple, Value};
 use crate::route::filter::{Cell, EvalError};
+use crate::route::{RouteError, TableRoute, change_note};
 use crate::source::Change;
+use crate::source::catalog::{self as source_catalog, CatalogError};
 
 mod copy;
 mod param;
@@ -50,6 +52,12 @@ pub enum ApplyError {
     NoKey { table: QualifiedName, what: &'static str },
     #[error("a change arrived for {0}, which no table of this subscription maps")]
     Unmapped(QualifiedName),
+    /// A table changed under the pipeline in a way it cannot follow.
+    #[error("subscription {subscription}: {error}; then restart ferry (this pipeline stopped, others go on)")]
+    Schema { subscription: String, error: RouteError },
+    /// The source's catalog could not be read to follow a table's change.
+    #[error(transparent)]
+    Source(#[from] CatalogError),
     #[error("the target did not flush its WAL to {lsn} within {}s", FLUSH_WAIT.as_secs())]
     FlushTimeout { lsn: Lsn },
     #[error("{table}: the row filter cannot be evaluated: {error}")]
@@ -147,7 +155,10 @@ pub struct Applier {
     client: Arc<Client>,
     monitor: Client,
     subscription: Arc<str>,
-    /// The configured tables by source table name.
+    /// The source, to name column types when a table changes there.
+    source: ConnInfo,
+    /// The configured tables by source table name, as the latest Relation
+    /// message of each describes it.
     routes: HashMap<QualifiedName, Arc<TableRoute>>,
     plans: HashMap<u32, RelationPlan>,
     /// Statements sent and not yet answered, oldest first. Their requests
@@ -305,10 +316,12 @@ impl Applier {
     /// Prepares the target (the progress table) for the given tables.
     /// `monitor` is a second connection to the same target, for asking
     /// how far its WAL is flushed at any moment: the applying connection
-    /// may be inside a COPY or an aborted transaction.
+    /// may be inside a COPY or an aborted transaction. `source` is only
+    /// contacted when a table changes there (see [`Applier::route_for`]).
     pub async fn new(
         client: Client,
         monitor: Client,
+        source: ConnInfo,
         subscription: &str,
         origin: &str,
         routes: Vec<TableRoute>,
@@ -321,6 +334,7 @@ impl Applier {
             client: Arc::new(client),
             monitor,
             subscription: subscription.into(),
+            source,
             routes,
             plans: HashMap::new(),
             in_flight: VecDeque::new(),
@@ -625,12 +639,74 @@ impl Applier {
             .is_some_and(|p| Arc::ptr_eq(&p.relation, relation) || *p.relation == **relation);
         if !current {
             self.settle().await?;
-            let source = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
-            let route = self.routes.get(&source).ok_or(ApplyError::Unmapped(source))?;
-            let plan = RelationPlan::build(&self.client, &self.subscription, relation, route).await?;
+            let route = self.route_for(relation).await?;
+            let plan = RelationPlan::build(&self.client, relation, &route).await?;
             self.plans.insert(relation.oid, plan);
         }
         Ok(&self.plans[&relation.oid])
+    }
+
+    /// The route for a relation as the server now describes it. When its
+    /// columns or their types differ from what the route knows, the table
+    /// changed on the source (while the pipeline ran, or before the WAL
+    /// being read): the new types are named on the source and the target
+    /// table is read again — once per description, not per row — and the
+    /// route is worked out anew, following the change or refusing it (see
+    /// [`TableRoute::follow`]). The log says what changed.
+    async fn route_for(&mut self, relation: &Relation) -> Result<Arc<TableRoute>, ApplyError> {
+        let source = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
+        let route = Arc::clone(self.routes.get(&source).ok_or_else(|| ApplyError::Unmapped(source.clone()))?);
+        if route.describes(relation) {
+            return Ok(route);
+        }
+        let types = source_catalog::describe_types(&self.source, &route.unknown_types(relation)).await?;
+        let source_columns = route.relation_columns(relation, &types);
+        let target = TargetTable::load(&self.client, &route.mapping.to).await?;
+        let full_identity = relation.replica_identity == ReplicaIdentity::Full;
+        // The first description in a session may be older or newer than
+        // the catalogs read at start (the WAL being read lags behind them):
+        // only the same checks as at start apply to it.
+        let while_running = self.plans.contains_key(&relation.oid);
+        let followed = if while_running {
+            route.follow(source_columns, target.columns, full_identity)
+        } else {
+            TableRoute::checked(&route.mapping, source_columns, target.columns, full_identity)
+        }
+        .map_err(|error| self.schema_error(error))?;
+        if let Some(note) = change_note(&route, &followed) {
+            let what =
+                if while_running { "changed on the source" } else { "differs from its catalog at start" };
+            let (subscription, table) = (&*self.subscription, &source);
+            if note.warn {
+                tracing::warn!(%subscription, %table, "table {what}: {}", note.text);
+            } else {
+                tracing::info!(%subscription, %table, "table {what}: {}", note.text);
+            }
+        }
+        let followed = Arc::new(followed);
+        self.routes.insert(source, Arc::clone(&followed));
+        Ok(followed)
+    }
+
+    fn schema_error(&self, error: RouteError) -> ApplyError {
+        ApplyError::Schema { subscription: self.subscription.to_string(), error }
+    }
+
+    /// Names the column behind a target error about a column that does not
+    /// exist (SQLSTATE 42703): a column a route fills was dropped on the
+    /// target while the pipeline ran. Any other error is returned as is.
+    pub async fn explain(&mut self, error: ApplyError) -> ApplyError {
+        if error.sqlstate() != Some("42703") {
+            return error;
+        }
+        for route in self.routes.values() {
+            if let Ok(target) = TargetTable::load(&self.client, &route.mapping.to).await
+                && let Err(missing) = route.check_target(&target.columns)
+            {
+                return self.schema_error(missing);
+            }
+        }
+        error
     }
 
     /// Whether a row (its cells in relation order) passes the table's filter.
