@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{Applier, ApplyError};
-use crate::config::{OnError, Subscription};
+use crate::config::Subscription;
 use crate::fault;
 use crate::metrics::{ErrorKind, EventCounts, Op, PipelineMetrics, State};
 use crate::pg::conninfo::ConnInfo;
@@ -267,11 +267,9 @@ async fn run_once(
         log_shape(&sub.name, &route);
         routes.push(route);
     }
-    let dead_letters = sub.on_error == OnError::DeadLetter;
+    let routes_read_at = catalog::wal_position(&source_sql).await?;
     let monitor = tls::connect_sql(&spec.target).await.map_err(PipelineError::ConnectTarget)?;
-    let mut applier =
-        Applier::new(target, monitor, spec.source.clone(), &sub.name, &sub.slot, routes, dead_letters)
-            .await?;
+    let mut applier = Applier::new(target, monitor, sub, spec.source.clone(), routes, routes_read_at).await?;
     let progress = applier.progress().await?;
     if let Some(progress) = progress {
         applier.wait_for_flush().await?;

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
+use crate::config::{OnError, Subscription};
 use crate::pg::Lsn;
 use crate::pg::catalog::{self, Column};
 use crate::pg::conninfo::ConnInfo;
@@ -160,6 +161,9 @@ pub struct Applier {
     /// The configured tables by source table name, as the latest Relation
     /// message of each describes it.
     routes: HashMap<QualifiedName, Arc<TableRoute>>,
+    /// The source's WAL position once the catalogs behind `routes` had
+    /// been read at start.
+    routes_read_at: Lsn,
     plans: HashMap<u32, RelationPlan>,
     /// Statements sent and not yet answered, oldest first. Their requests
     /// are on the wire in this order, which is the source's order.
@@ -313,29 +317,32 @@ fn refused_for_good(error: &ApplyError) -> bool {
 }
 
 impl Applier {
-    /// Prepares the target (the progress table) for the given tables.
-    /// `monitor` is a second connection to the same target, for asking
-    /// how far its WAL is flushed at any moment: the applying connection
-    /// may be inside a COPY or an aborted transaction. `source` is only
-    /// contacted when a table changes there (see [`Applier::route_for`]).
+    /// Prepares the target (the progress table) for the subscription's
+    /// tables. `monitor` is a second connection to the same target, for
+    /// asking how far its WAL is flushed at any moment: the applying
+    /// connection may be inside a COPY or an aborted transaction. `source`
+    /// is only contacted when a table changes there, and `routes` were
+    /// resolved against catalogs read before the source's WAL reached
+    /// `routes_read_at` (see [`Applier::route_for`]).
     pub async fn new(
         client: Client,
         monitor: Client,
+        subscription: &Subscription,
         source: ConnInfo,
-        subscription: &str,
-        origin: &str,
         routes: Vec<TableRoute>,
-        dead_letters: bool,
+        routes_read_at: Lsn,
     ) -> Result<Applier, ApplyError> {
+        let dead_letters = subscription.on_error == OnError::DeadLetter;
         prepare_session(&client, dead_letters).await?;
-        tag_with_origin(&client, subscription, origin).await?;
+        tag_with_origin(&client, &subscription.name, &subscription.slot).await?;
         let routes = routes.into_iter().map(|r| (r.mapping.from.clone(), Arc::new(r))).collect();
         Ok(Applier {
             client: Arc::new(client),
             monitor,
-            subscription: subscription.into(),
+            subscription: subscription.name.as_str().into(),
             source,
             routes,
+            routes_read_at,
             plans: HashMap::new(),
             in_flight: VecDeque::new(),
             dead_letters,
@@ -663,10 +670,11 @@ impl Applier {
         let source_columns = route.relation_columns(relation, &types);
         let target = TargetTable::load(&self.client, &route.mapping.to).await?;
         let full_identity = relation.replica_identity == ReplicaIdentity::Full;
-        // The first description in a session may be older or newer than
-        // the catalogs read at start (the WAL being read lags behind them):
-        // only the same checks as at start apply to it.
-        let while_running = self.plans.contains_key(&relation.oid);
+        // A description from before the catalogs were read at start (a
+        // resumed pipeline reads older WAL) may lack what was added since:
+        // it is checked as at start, not compared. Any later one describes
+        // a change made while the route was in use.
+        let while_running = self.plans.contains_key(&relation.oid) || self.source_lsn >= self.routes_read_at;
         let followed = if while_running {
             route.follow(source_columns, target.columns, full_identity)
         } else {
@@ -699,6 +707,9 @@ impl Applier {
         if error.sqlstate() != Some("42703") {
             return error;
         }
+        // The failed transaction may still be open; the catalog is read
+        // outside it.
+        self.rollback().await;
         for route in self.routes.values() {
             if let Ok(target) = TargetTable::load(&self.client, &route.mapping.to).await
                 && let Err(missing) = route.check_target(&target.columns)

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 
 use crate::config::Subscription;
+use crate::pg::Lsn;
 use crate::pg::catalog::{self, Column, TypeDescription};
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::error::describe_sql_error;
@@ -121,6 +122,16 @@ pub async fn has_full_identity(client: &Client, table: &QualifiedName) -> Result
         .await
         .map_err(sql_error(format!("reading the replica identity of {table}")))?;
     Ok(row.is_some_and(|r| r.get(0)))
+}
+
+/// The source's current WAL position: everything committed so far lies
+/// before it.
+pub async fn wal_position(client: &Client) -> Result<Lsn, CatalogError> {
+    let row = client
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
+        .await
+        .map_err(sql_error("reading the WAL position"))?;
+    Ok(Lsn(row.get::<_, i64>(0) as u64))
 }
 
 /// Checks that the server writes the WAL logical decoding needs.
