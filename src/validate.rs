@@ -301,7 +301,8 @@ fn compare(
     for (source, target, fit) in route.type_differences() {
         match fit {
             TypeFit::Incompatible => findings.error(route.incompatible_type(source, target)),
-            _ => findings.warning(may_fail_warning(source, target)),
+            TypeFit::MayFail => findings.warning(may_fail_warning(source, target)),
+            TypeFit::Same => {}
         }
     }
     let replicated = route
@@ -528,6 +529,24 @@ mod tests {
             ]
         );
         assert_eq!(plan.to_string(), "columns: id, \"Total\"");
+    }
+
+    #[test]
+    fn a_type_no_value_fits_is_an_error() {
+        let source = [column("id", "integer", true), column("active", "boolean", false)];
+        let target = TargetTable {
+            name: mapping().to,
+            columns: vec![column("id", "integer", true), column("active", "integer", false)],
+        };
+        let mut findings = Findings::new("subscription s, table public.customers".into());
+        compare(&mapping(), source.to_vec(), &target, false, &mut findings);
+        let found = messages(&findings);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("error: subscription s, table public.customers: table"), "{found:?}");
+        assert!(
+            found[0].contains("\"active\" is boolean on the source but integer in target table"),
+            "{found:?}"
+        );
     }
 
     #[test]

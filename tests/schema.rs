@@ -191,7 +191,7 @@ async fn a_replicated_column_dropped_on_the_source_stops_only_its_pipeline() {
         .only_a_stops_saying(
             &mut daemon,
             &[
-                "column \"qty\" was dropped on the source",
+                "column \"qty\" was dropped (or renamed) on the source",
                 "drop column \"qty\" of \"public\".\"items_a\" too",
             ],
         )

@@ -65,7 +65,7 @@ pub async fn table_columns(
 }
 
 /// A `typcategory` read as text (`"char"` has no Rust counterpart).
-pub fn category(text: &str) -> char {
+fn category(text: &str) -> char {
     text.chars().next().unwrap_or('X')
 }
 

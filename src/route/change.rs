@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use super::RouteError;
-use super::table::{TableRoute, missing_target_column};
+use super::table::{ColumnPair, TableRoute, missing_target_column};
 use super::types::{TypeFit, may_fail_warning, type_fit};
 use crate::config::ColumnSelection;
 use crate::pg::catalog::{Column, TypeDescription};
@@ -109,10 +109,7 @@ impl TableRoute {
     fn check_source(&self, source_columns: &[Column]) -> Result<(), RouteError> {
         match self.carried().find(|(source, _)| !source_columns.iter().any(|c| c.name == *source)) {
             Some((column, target_column)) => Err(RouteError::DroppedOnSource {
-                table: self.mapping.from.clone(),
-                column: column.to_string(),
-                target: Box::new(self.mapping.to.clone()),
-                target_column: target_column.to_string(),
+                pair: ColumnPair::new(&self.mapping, column),
                 remedy: self.drop_remedy(column, target_column),
             }),
             None => Ok(()),
@@ -164,8 +161,8 @@ pub fn change_note(old: &TableRoute, new: &TableRoute) -> Option<ChangeNote> {
         if before.is_none() || (was_carried != carried.is_some()) {
             let (note, unwanted) = carried_note(new, column, carried);
             warn |= unwanted;
-            let verb = if before.is_none() { "added" } else { "now" };
-            notes.push(format!("{name} {verb}: {note}"));
+            let what = if before.is_none() { "added" } else { "now" };
+            notes.push(format!("{name} {what}: {note}"));
         }
         if let Some(before) = retyped {
             notes.push(format!("{name} is now {} (was {})", column.type_name, before.type_name));
@@ -184,8 +181,9 @@ pub fn change_note(old: &TableRoute, new: &TableRoute) -> Option<ChangeNote> {
     (!notes.is_empty()).then(|| ChangeNote { warn, text: notes.join("; ") })
 }
 
-/// Whether and where a column is replicated; `true` when the table selects
-/// it but the target has nowhere to put it.
+/// Whether and where a column is replicated (`replicated into x`, `not
+/// replicated (why)`); `true` when the table selects it but the target has
+/// nowhere to put it.
 fn carried_note(route: &TableRoute, column: &Column, carried: Option<&str>) -> (String, bool) {
     match carried {
         Some(target) => (format!("replicated into {}", quote_ident_if_needed(target)), false),
@@ -301,7 +299,7 @@ mod tests {
     fn a_carried_column_dropped_on_either_side_or_retyped_beyond_fit_is_refused() {
         let old = route(ColumnSelection::All, vec![id(), qty()], vec![id(), qty()]);
         let dropped = old.follow(vec![id()], vec![id(), qty()], false).unwrap_err().to_string();
-        assert!(dropped.contains("column \"qty\" was dropped on the source"), "{dropped}");
+        assert!(dropped.contains("column \"qty\" was dropped (or renamed) on the source"), "{dropped}");
         assert!(dropped.contains("drop column \"qty\" of \"replica\".\"items\" too"), "{dropped}");
 
         let missing = old.follow(vec![id(), qty()], vec![id()], false).unwrap_err().to_string();

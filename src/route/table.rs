@@ -24,44 +24,24 @@ pub enum RouteError {
     )]
     KeyExcluded { table: QualifiedName, column: String },
     #[error(
-        "table {table}: column {column:?} is replicated into column {target_column:?}, which target table {target} \
-         lacks; add it there (ALTER TABLE {target} ADD COLUMN {} {type_name}), or {leave_out}",
-        quote_ident_if_needed(target_column)
+        "table {}: column {:?} is replicated into column {:?}, which target table {} lacks; add it there \
+         (ALTER TABLE {3} ADD COLUMN {} {type_name}), or {leave_out}",
+        .pair.table, .pair.column, .pair.target_column, .pair.target, quote_ident_if_needed(&.pair.target_column)
     )]
-    MissingTargetColumn {
-        table: QualifiedName,
-        column: String,
-        target: Box<QualifiedName>,
-        target_column: String,
-        type_name: String,
-        leave_out: String,
-    },
+    MissingTargetColumn { pair: Box<ColumnPair>, type_name: String, leave_out: String },
     #[error(
-        "table {table}: column {column:?} was dropped on the source while replicated into column \
-         {target_column:?} of {target}; {remedy}"
+        "table {}: column {:?} was dropped (or renamed) on the source while replicated into column {:?} of {}; \
+         {remedy}",
+        .pair.table, .pair.column, .pair.target_column, .pair.target
     )]
-    DroppedOnSource {
-        table: QualifiedName,
-        column: String,
-        target: Box<QualifiedName>,
-        target_column: String,
-        remedy: String,
-    },
+    DroppedOnSource { pair: Box<ColumnPair>, remedy: String },
     #[error(
-        "table {table}: column {column:?} is {source_type} on the source but {target_type} in target table \
-         {target} (column {target_column:?}), and no {source_type} value is valid {target_type} input; change \
-         the target column's type (ALTER TABLE {target} ALTER COLUMN {} TYPE {source_type}), or {leave_out}",
-        quote_ident_if_needed(target_column)
+        "table {}: column {:?} is {source_type} on the source but {target_type} in target table {} (column {:?}), \
+         and no {source_type} value is valid {target_type} input; change the target column's type \
+         (ALTER TABLE {3} ALTER COLUMN {} TYPE {source_type}), or {leave_out}",
+        .pair.table, .pair.column, .pair.target, .pair.target_column, quote_ident_if_needed(&.pair.target_column)
     )]
-    IncompatibleType {
-        table: QualifiedName,
-        column: String,
-        source_type: String,
-        target: Box<QualifiedName>,
-        target_column: String,
-        target_type: String,
-        leave_out: String,
-    },
+    IncompatibleType { pair: Box<ColumnPair>, source_type: String, target_type: String, leave_out: String },
     #[error("table {table}: where: {error}")]
     Filter { table: QualifiedName, error: String },
     #[error(
@@ -69,6 +49,27 @@ pub enum RouteError {
          that leaves it alone would not send it. Carry the column, or set REPLICA IDENTITY FULL on the source table"
     )]
     FilterNeedsUncarriedColumn { table: QualifiedName, column: String },
+}
+
+/// A source column and the target column it is replicated into, which no
+/// longer agree.
+#[derive(Debug)]
+pub struct ColumnPair {
+    pub table: QualifiedName,
+    pub column: String,
+    pub target: QualifiedName,
+    pub target_column: String,
+}
+
+impl ColumnPair {
+    pub fn new(mapping: &TableMapping, column: &str) -> Box<ColumnPair> {
+        Box::new(ColumnPair {
+            table: mapping.from.clone(),
+            column: column.to_string(),
+            target: mapping.to.clone(),
+            target_column: mapping.target_column(column).to_string(),
+        })
+    }
 }
 
 /// Why a table cannot be routed: its configuration does not fit the
@@ -204,11 +205,8 @@ impl TableRoute {
     /// The error for a carried column whose values cannot land in `target`.
     pub fn incompatible_type(&self, source: &Column, target: &Column) -> RouteError {
         RouteError::IncompatibleType {
-            table: self.mapping.from.clone(),
-            column: source.name.clone(),
+            pair: ColumnPair::new(&self.mapping, &source.name),
             source_type: source.type_name.clone(),
-            target: Box::new(self.mapping.to.clone()),
-            target_column: target.name.clone(),
             target_type: target.type_name.clone(),
             leave_out: leave_out(&self.mapping, &source.name),
         }
@@ -241,10 +239,7 @@ impl TableRoute {
 /// The error for a carried source column whose target column is missing.
 pub(super) fn missing_target_column(mapping: &TableMapping, column: &Column) -> RouteError {
     RouteError::MissingTargetColumn {
-        table: mapping.from.clone(),
-        column: column.name.clone(),
-        target: Box::new(mapping.to.clone()),
-        target_column: mapping.target_column(&column.name).to_string(),
+        pair: ColumnPair::new(mapping, &column.name),
         type_name: column.type_name.clone(),
         leave_out: leave_out(mapping, &column.name),
     }

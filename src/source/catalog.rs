@@ -19,7 +19,7 @@ pub enum CatalogError {
     #[error("source: {context}: {}", describe_sql_error(source))]
     Sql { context: String, source: tokio_postgres::Error },
     #[error("source: {0}")]
-    Connect(tls::SqlConnectError),
+    Connect(Box<tls::SqlConnectError>),
     #[error(
         "source: a column type the replication stream names (oid {0}) no longer exists on the source, so the \
          column cannot be checked against the target"
@@ -102,7 +102,7 @@ pub async fn describe_types(
     if types.is_empty() {
         return Ok(HashMap::new());
     }
-    let client = tls::connect_sql(info).await.map_err(CatalogError::Connect)?;
+    let client = tls::connect_sql(info).await.map_err(|e| CatalogError::Connect(Box::new(e)))?;
     let described =
         catalog::describe_types(&client, types).await.map_err(sql_error("looking up column types"))?;
     match types.iter().find(|t| !described.contains_key(t)) {
@@ -124,11 +124,15 @@ pub async fn has_full_identity(client: &Client, table: &QualifiedName) -> Result
     Ok(row.is_some_and(|r| r.get(0)))
 }
 
-/// The source's current WAL position: everything committed so far lies
-/// before it.
+/// The source's current WAL position (replayed, on a standby): everything
+/// committed so far lies before it.
 pub async fn wal_position(client: &Client) -> Result<Lsn, CatalogError> {
     let row = client
-        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
+        .query_one(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END
+                     - '0/0')::bigint",
+            &[],
+        )
         .await
         .map_err(sql_error("reading the WAL position"))?;
     Ok(Lsn(row.get::<_, i64>(0) as u64))
