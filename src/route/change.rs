@@ -312,6 +312,8 @@ mod tests {
             retyped.contains("\"qty\" is boolean on the source but integer in target table"),
             "{retyped}"
         );
+        let alter = "ALTER TABLE \"replica\".\"items\" ALTER COLUMN qty TYPE boolean";
+        assert!(retyped.contains(alter), "{retyped}");
 
         let wider = column("qty", "bigint", 20, 'N');
         let new = old.follow(vec![id(), wider], vec![id(), qty()], false).unwrap();

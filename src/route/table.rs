@@ -38,7 +38,7 @@ pub enum RouteError {
     #[error(
         "table {}: column {:?} is {source_type} on the source but {target_type} in target table {} (column {:?}), \
          and no {source_type} value is valid {target_type} input; change the target column's type \
-         (ALTER TABLE {3} ALTER COLUMN {} TYPE {source_type}), or {leave_out}",
+         (ALTER TABLE {2} ALTER COLUMN {} TYPE {source_type}), or {leave_out}",
         .pair.table, .pair.column, .pair.target, .pair.target_column, quote_ident_if_needed(&.pair.target_column)
     )]
     IncompatibleType { pair: Box<ColumnPair>, source_type: String, target_type: String, leave_out: String },
