@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{Applier, ApplyError};
-use crate::config::{OnError, Subscription};
+use crate::config::Subscription;
 use crate::fault;
 use crate::metrics::{ErrorKind, EventCounts, Op, PipelineMetrics, State};
 use crate::pg::conninfo::ConnInfo;
@@ -93,16 +93,13 @@ impl PipelineError {
         match self {
             PipelineError::Pg(e) | PipelineError::Source(SourceError::Pg(e)) => pg_retryable(e),
             PipelineError::Source(SourceError::StreamEnded) => true,
-            PipelineError::ConnectSource(e) | PipelineError::ConnectTarget(e) => {
-                e.sqlstate().is_none_or(|c| sqlstate_retryable(c.code()))
-            }
+            PipelineError::ConnectSource(e) | PipelineError::ConnectTarget(e) => connect_retryable(e),
             PipelineError::TargetClosed { .. } => true,
+            PipelineError::Catalog(e)
+            | PipelineError::Route(LoadError::Source(e))
+            | PipelineError::Apply(ApplyError::Source(e)) => catalog_retryable(e),
             PipelineError::Apply(e) | PipelineError::Route(LoadError::Target(e)) => e.is_retryable(),
-            PipelineError::Snapshot(SnapshotError::Sql { source, .. })
-            | PipelineError::Catalog(CatalogError::Sql { source, .. })
-            | PipelineError::Route(LoadError::Source(CatalogError::Sql { source, .. })) => {
-                source.code().is_none_or(|c| sqlstate_retryable(c.code()))
-            }
+            PipelineError::Snapshot(SnapshotError::Sql { source, .. }) => sql_retryable(source),
             _ => false,
         }
     }
@@ -113,8 +110,11 @@ impl PipelineError {
             PipelineError::Pg(_)
             | PipelineError::ConnectSource(_)
             | PipelineError::Source(_)
-            | PipelineError::Catalog(CatalogError::Sql { .. })
-            | PipelineError::Route(LoadError::Source(CatalogError::Sql { .. })) => ErrorKind::Source,
+            | PipelineError::Catalog(CatalogError::Sql { .. } | CatalogError::Connect(_))
+            | PipelineError::Route(LoadError::Source(CatalogError::Sql { .. } | CatalogError::Connect(_)))
+            | PipelineError::Apply(ApplyError::Source(CatalogError::Sql { .. } | CatalogError::Connect(_))) => {
+                ErrorKind::Source
+            }
             PipelineError::ConnectTarget(_)
             | PipelineError::TargetClosed { .. }
             | PipelineError::Apply(ApplyError::Target { .. } | ApplyError::MissingRow { .. })
@@ -141,6 +141,25 @@ fn pg_retryable(error: &PgError) -> bool {
     match error {
         PgError::Connect { .. } | PgError::Io { .. } => true,
         PgError::Server { error, .. } => sqlstate_retryable(&error.code) || error.code == "55006",
+        _ => false,
+    }
+}
+
+fn connect_retryable(error: &tls::SqlConnectError) -> bool {
+    error.sqlstate().is_none_or(|c| sqlstate_retryable(c.code()))
+}
+
+/// Whether a failed query may work later; no SQLSTATE means the connection broke.
+fn sql_retryable(error: &tokio_postgres::Error) -> bool {
+    error.code().is_none_or(|c| sqlstate_retryable(c.code()))
+}
+
+/// Reading the source's catalog failed on the way (retryable), or the
+/// catalog says something a person must fix (not).
+fn catalog_retryable(error: &CatalogError) -> bool {
+    match error {
+        CatalogError::Sql { source, .. } => sql_retryable(source),
+        CatalogError::Connect(e) => connect_retryable(e),
         _ => false,
     }
 }
@@ -270,9 +289,9 @@ async fn run_once(
         log_shape(&sub.name, &route);
         routes.push(route);
     }
-    let dead_letters = sub.on_error == OnError::DeadLetter;
+    let routes_read_at = catalog::wal_position(&source_sql).await?;
     let monitor = tls::connect_sql(&spec.target).await.map_err(PipelineError::ConnectTarget)?;
-    let mut applier = Applier::new(target, monitor, &sub.name, &sub.slot, routes, dead_letters).await?;
+    let mut applier = Applier::new(target, monitor, sub, spec.source.clone(), routes, routes_read_at).await?;
     let progress = applier.progress().await?;
     if let Some(progress) = progress {
         applier.wait_for_flush().await?;
@@ -349,6 +368,16 @@ async fn run_once(
 /// Says in the log what a table lets through, when it is not everything.
 fn log_shape(subscription: &str, route: &TableRoute) {
     let mapping = &route.mapping;
+    let missing: Vec<&str> = route.dropped_for_lack_of_target().collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            %subscription,
+            table = %mapping.from,
+            "not replicating {}: target table {} has no such columns",
+            missing.join(", "),
+            mapping.to
+        );
+    }
     let dropped = mapping.operations.dropped();
     if !dropped.is_empty() {
         tracing::info!(%subscription, table = %mapping.from, "not replicating {}", dropped.join(", "));
@@ -463,6 +492,7 @@ async fn apply_events(
         Err(PipelineError::Apply(error)) if applier.would_dead_letter(&error) => {
             Err(PipelineError::ReplayCarefully { until: state.current_commit })
         }
+        Err(PipelineError::Apply(error)) => Err(applier.explain(error).await.into()),
         other => other,
     }
 }

@@ -9,16 +9,19 @@
 //!   identity, and a configured publication exists (errors otherwise);
 //! - the target table exists and has a primary key, and every column of that
 //!   key exists in the source table (errors otherwise);
-//! - columns on both sides have the same type (a warning otherwise, see below);
+//! - columns on both sides have types that fit (see below);
 //! - source columns the target lacks are listed: they are not replicated.
 //!
 //! **Types.** Values cross as text: the target parses what the source
-//! printed with its own column type's input function. The rule is: the same
-//! `format_type` on both sides is fine; anything else is a warning naming
-//! both types, not an error, because many such pairs work (`integer` →
-//! `bigint`, `character varying(20)` → `text`) while others fail for some
-//! values only (`text` → `integer`, `bigint` → `integer`), which only the
-//! data can tell.
+//! printed with its own column type's input function. The rule
+//! ([`crate::route::type_fit`], the one a running pipeline applies to a
+//! column retyped on the source): the same `format_type` on both sides is
+//! fine; types of two different categories neither of which is a string
+//! type (`boolean` → `integer`) are an error, since no value fits; anything
+//! else is a warning naming both types, because many such pairs work
+//! (`integer` → `bigint`, `character varying(20)` → `text`) while others
+//! fail for some values only (`text` → `integer`, `bigint` → `integer`),
+//! which only the data can tell.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -33,7 +36,7 @@ use crate::pg::catalog::Column;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::names::{QualifiedName, quote_ident_if_needed};
 use crate::pg::tls;
-use crate::route::TableRoute;
+use crate::route::{TableRoute, TypeFit, may_fail_warning};
 use crate::source::catalog::{self, CatalogError};
 
 /// How long a database may take to accept a connection when its url sets no
@@ -269,8 +272,9 @@ async fn read_source(client: &Client, table: &QualifiedName, findings: &mut Find
 }
 
 /// Resolves the table's shape against both tables: configuration that does
-/// not fit is an error, as is a target key column nothing fills; a type that
-/// differs is a warning.
+/// not fit is an error, as is a target key column nothing fills and a type
+/// no source value fits; a type some values may not fit is a warning (the
+/// rule: [`crate::route::type_fit`]).
 fn compare(
     table: &TableMapping,
     source: Vec<Column>,
@@ -294,38 +298,29 @@ fn compare(
             });
         }
     }
-    let mut plan = ColumnPlan {
+    for (source, target, fit) in route.type_differences() {
+        match fit {
+            TypeFit::Incompatible => findings.error(route.incompatible_type(source, target)),
+            TypeFit::MayFail => findings.warning(may_fail_warning(source, target)),
+            TypeFit::Same => {}
+        }
+    }
+    let replicated = route
+        .carried()
+        .map(|(source_name, target_name)| {
+            if source_name == target_name {
+                quote_ident_if_needed(source_name).into_owned()
+            } else {
+                format!("{}→{}", quote_ident_if_needed(source_name), quote_ident_if_needed(target_name))
+            }
+        })
+        .collect();
+    ColumnPlan {
+        replicated,
+        not_in_target: route.dropped_for_lack_of_target().map(str::to_string).collect(),
         filter: table.filter.clone(),
         dropped_operations: table.operations.dropped(),
-        ..ColumnPlan::default()
-    };
-    for (source_name, target_name) in route.carried() {
-        let (Some(from), Some(to)) =
-            (route.source_columns.iter().find(|c| c.name == source_name), target.column(target_name))
-        else {
-            continue;
-        };
-        if from.type_name != to.type_name {
-            findings.warning(type_warning(from, to));
-        }
-        plan.replicated.push(if source_name == target_name {
-            quote_ident_if_needed(source_name).into_owned()
-        } else {
-            format!("{}→{}", quote_ident_if_needed(source_name), quote_ident_if_needed(target_name))
-        });
     }
-    plan.not_in_target = route.dropped_for_lack_of_target().map(str::to_string).collect();
-    plan
-}
-
-fn type_warning(source: &Column, target: &Column) -> String {
-    format!(
-        "column {}: source type {}, target type {}; values cross as text, so every value must also be valid {} input",
-        quote_ident_if_needed(&source.name),
-        source.type_name,
-        target.type_name,
-        target.type_name
-    )
 }
 
 impl fmt::Display for Report {
@@ -424,7 +419,20 @@ mod tests {
     use super::*;
 
     fn column(name: &str, type_name: &str, is_key: bool) -> Column {
-        Column { name: name.into(), type_name: type_name.into(), is_key, toastable: false }
+        let category = match type_name {
+            "text" => 'S',
+            "boolean" => 'B',
+            _ => 'N',
+        };
+        Column {
+            name: name.into(),
+            type_name: type_name.into(),
+            type_oid: 0,
+            type_modifier: -1,
+            category,
+            is_key,
+            toastable: false,
+        }
     }
 
     fn mapping() -> TableMapping {
@@ -521,6 +529,24 @@ mod tests {
             ]
         );
         assert_eq!(plan.to_string(), "columns: id, \"Total\"");
+    }
+
+    #[test]
+    fn a_type_no_value_fits_is_an_error() {
+        let source = [column("id", "integer", true), column("active", "boolean", false)];
+        let target = TargetTable {
+            name: mapping().to,
+            columns: vec![column("id", "integer", true), column("active", "integer", false)],
+        };
+        let mut findings = Findings::new("subscription s, table public.customers".into());
+        compare(&mapping(), source.to_vec(), &target, false, &mut findings);
+        let found = messages(&findings);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("error: subscription s, table public.customers: table"), "{found:?}");
+        assert!(
+            found[0].contains("\"active\" is boolean on the source but integer in target table"),
+            "{found:?}"
+        );
     }
 
     #[test]

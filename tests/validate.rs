@@ -174,6 +174,65 @@ async fn reports_every_problem_of_every_table_at_once() {
     }
 }
 
+/// The mismatches a running pipeline stops for (see tests/schema.rs), found
+/// before it runs, in the same words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_the_column_mismatches_a_pipeline_would_stop_for() {
+    let cluster = Cluster::start();
+    let (source, target) = source_and_target(&cluster).await;
+    exec(
+        &source,
+        "CREATE TABLE dropped (id int PRIMARY KEY, name text);
+         CREATE TABLE short (id int PRIMARY KEY, name text, qty int);
+         CREATE TABLE flags (id int PRIMARY KEY, active boolean, born date);
+         CREATE TABLE widened (id int PRIMARY KEY, qty bigint)",
+    )
+    .await;
+    exec(
+        &target,
+        "CREATE TABLE dropped (id int PRIMARY KEY, name text, qty int);
+         CREATE TABLE short (id int PRIMARY KEY, name text);
+         CREATE TABLE flags (id int PRIMARY KEY, active integer, born date);
+         CREATE TABLE widened (id int PRIMARY KEY, qty integer)",
+    )
+    .await;
+    let mut text = config(&cluster.url("customers"), &cluster.url("orders"), "", &[]);
+    for (table, settings) in [
+        ("dropped", "columns = [\"id\", \"name\", \"qty\"]"),
+        ("short", "columns = [\"id\", \"name\", \"qty\"]"),
+        ("flags", ""),
+        ("widened", ""),
+    ] {
+        text.push_str(&format!("\n[[subscriptions.tables]]\nfrom = '{table}'\n{settings}\n"));
+    }
+
+    let validated = validate(&text, &[]).await;
+
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    let sub = "subscription customers-to-orders";
+    for expected in [
+        format!(
+            "error: {sub}, table public.dropped: table \"public\".\"dropped\": column \"qty\" is configured but the \
+             source table has no such column"
+        ),
+        format!(
+            "error: {sub}, table public.short: table \"public\".\"short\": column \"qty\" is replicated into column \
+             \"qty\", which target table \"public\".\"short\" lacks; add it there (ALTER TABLE \"public\".\"short\" ADD \
+             COLUMN qty integer), or remove \"qty\" from the table's `columns`"
+        ),
+        format!(
+            "error: {sub}, table public.flags: table \"public\".\"flags\": column \"active\" is boolean on the source \
+             but integer in target table \"public\".\"flags\" (column \"active\"), and no boolean value is valid \
+             integer input; change the target column's type (ALTER TABLE \"public\".\"flags\" ALTER COLUMN active \
+             TYPE boolean), or leave it out of the subscription (add \"active\" to the table's `exclude`)"
+        ),
+        format!("warning: {sub}, table public.widened: column qty: source type bigint, target type integer"),
+        "failed: 3 errors, 1 warning (1 subscription, 4 tables)".to_string(),
+    ] {
+        validated.assert_mentions(&expected);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_without_logical_wal_is_an_error() {
     let cluster = Cluster::start_with(ClusterOptions {

@@ -11,14 +11,17 @@ use bytes::Bytes;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
+use crate::config::{OnError, Subscription};
 use crate::pg::Lsn;
 use crate::pg::catalog::{self, Column};
+use crate::pg::conninfo::ConnInfo;
 use crate::pg::error::describe_sql_error;
 use crate::pg::names::{QualifiedName, quote_ident, quote_literal};
-use crate::pg::pgoutput::{OldTuple, Relation, Tuple, Value};
-use crate::route::TableRoute;
+use crate::pg::pgoutput::{OldTuple, Relation, ReplicaIdentity, Tuple, Value};
 use crate::route::filter::{Cell, EvalError};
+use crate::route::{RouteError, TableRoute, change_note};
 use crate::source::Change;
+use crate::source::catalog::{self as source_catalog, CatalogError};
 use crate::tablesync::TABLES_DDL;
 
 mod copy;
@@ -51,6 +54,12 @@ pub enum ApplyError {
     NoKey { table: QualifiedName, what: &'static str },
     #[error("a change arrived for {0}, which no table of this subscription maps")]
     Unmapped(QualifiedName),
+    /// A table changed under the pipeline in a way it cannot follow.
+    #[error("subscription {subscription}: {error}; then restart ferry (this pipeline stopped, others go on)")]
+    Schema { subscription: String, error: RouteError },
+    /// The source's catalog could not be read to follow a table's change.
+    #[error(transparent)]
+    Source(#[from] CatalogError),
     #[error("the target did not flush its WAL to {lsn} within {}s", FLUSH_WAIT.as_secs())]
     FlushTimeout { lsn: Lsn },
     #[error("{table}: the row filter cannot be evaluated: {error}")]
@@ -148,8 +157,14 @@ pub struct Applier {
     client: Arc<Client>,
     monitor: Client,
     subscription: Arc<str>,
-    /// The configured tables by source table name.
+    /// The source, to name column types when a table changes there.
+    source: ConnInfo,
+    /// The configured tables by source table name, as the latest Relation
+    /// message of each describes it.
     routes: HashMap<QualifiedName, Arc<TableRoute>>,
+    /// The source's WAL position once the catalogs behind `routes` had
+    /// been read at start.
+    routes_read_at: Lsn,
     plans: HashMap<u32, RelationPlan>,
     /// Statements sent and not yet answered, oldest first. Their requests
     /// are on the wire in this order, which is the source's order.
@@ -317,26 +332,32 @@ fn refused_for_good(error: &ApplyError) -> bool {
 }
 
 impl Applier {
-    /// Prepares the target (the progress table) for the given tables.
-    /// `monitor` is a second connection to the same target, for asking
-    /// how far its WAL is flushed at any moment: the applying connection
-    /// may be inside a COPY or an aborted transaction.
+    /// Prepares the target (the progress table) for the subscription's
+    /// tables. `monitor` is a second connection to the same target, for
+    /// asking how far its WAL is flushed at any moment: the applying
+    /// connection may be inside a COPY or an aborted transaction. `source`
+    /// is only contacted when a table changes there, and `routes` were
+    /// resolved against catalogs read before the source's WAL reached
+    /// `routes_read_at` (see [`Applier::route_for`]).
     pub async fn new(
         client: Client,
         monitor: Client,
-        subscription: &str,
-        origin: &str,
+        subscription: &Subscription,
+        source: ConnInfo,
         routes: Vec<TableRoute>,
-        dead_letters: bool,
+        routes_read_at: Lsn,
     ) -> Result<Applier, ApplyError> {
+        let dead_letters = subscription.on_error == OnError::DeadLetter;
         prepare_session(&client, dead_letters).await?;
-        tag_with_origin(&client, subscription, origin).await?;
+        tag_with_origin(&client, &subscription.name, &subscription.slot).await?;
         let routes = routes.into_iter().map(|r| (r.mapping.from.clone(), Arc::new(r))).collect();
         Ok(Applier {
             client: Arc::new(client),
             monitor,
-            subscription: subscription.into(),
+            subscription: subscription.name.as_str().into(),
+            source,
             routes,
+            routes_read_at,
             plans: HashMap::new(),
             in_flight: VecDeque::new(),
             dead_letters,
@@ -662,12 +683,78 @@ impl Applier {
             .is_some_and(|p| Arc::ptr_eq(&p.relation, relation) || *p.relation == **relation);
         if !current {
             self.settle().await?;
-            let source = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
-            let route = self.routes.get(&source).ok_or(ApplyError::Unmapped(source))?;
-            let plan = RelationPlan::build(&self.client, &self.subscription, relation, route).await?;
+            let route = self.route_for(relation).await?;
+            let plan = RelationPlan::build(&self.client, relation, &route).await?;
             self.plans.insert(relation.oid, plan);
         }
         Ok(&self.plans[&relation.oid])
+    }
+
+    /// The route for a relation as the server now describes it. When its
+    /// columns or their types differ from what the route knows, the table
+    /// changed on the source (while the pipeline ran, or before the WAL
+    /// being read): the new types are named on the source and the target
+    /// table is read again — once per description, not per row — and the
+    /// route is worked out anew, following the change or refusing it (see
+    /// [`TableRoute::follow`]). The log says what changed.
+    async fn route_for(&mut self, relation: &Relation) -> Result<Arc<TableRoute>, ApplyError> {
+        let source = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
+        let route = Arc::clone(self.routes.get(&source).ok_or_else(|| ApplyError::Unmapped(source.clone()))?);
+        if route.describes(relation) {
+            return Ok(route);
+        }
+        let types = source_catalog::describe_types(&self.source, &route.unknown_types(relation)).await?;
+        let source_columns = route.relation_columns(relation, &types);
+        let target = TargetTable::load(&self.client, &route.mapping.to).await?;
+        let full_identity = relation.replica_identity == ReplicaIdentity::Full;
+        // A description from before the catalogs were read at start (a
+        // resumed pipeline reads older WAL) may lack what was added since:
+        // it is checked as at start, not compared. Any later one describes
+        // a change made while the route was in use.
+        let while_running = self.plans.contains_key(&relation.oid) || self.source_lsn >= self.routes_read_at;
+        let followed = if while_running {
+            route.follow(source_columns, target.columns, full_identity)
+        } else {
+            TableRoute::checked(&route.mapping, source_columns, target.columns, full_identity)
+        }
+        .map_err(|error| self.schema_error(error))?;
+        if let Some(note) = change_note(&route, &followed) {
+            let what =
+                if while_running { "changed on the source" } else { "differs from its catalog at start" };
+            let (subscription, table) = (&*self.subscription, &source);
+            if note.warn {
+                tracing::warn!(%subscription, %table, "table {what}: {}", note.text);
+            } else {
+                tracing::info!(%subscription, %table, "table {what}: {}", note.text);
+            }
+        }
+        let followed = Arc::new(followed);
+        self.routes.insert(source, Arc::clone(&followed));
+        Ok(followed)
+    }
+
+    fn schema_error(&self, error: RouteError) -> ApplyError {
+        ApplyError::Schema { subscription: self.subscription.to_string(), error }
+    }
+
+    /// Names the column behind a target error about a column that does not
+    /// exist (SQLSTATE 42703): a column a route fills was dropped on the
+    /// target while the pipeline ran. Any other error is returned as is.
+    pub async fn explain(&mut self, error: ApplyError) -> ApplyError {
+        if error.sqlstate() != Some("42703") {
+            return error;
+        }
+        // The failed transaction may still be open; the catalog is read
+        // outside it.
+        self.rollback().await;
+        for route in self.routes.values() {
+            if let Ok(target) = TargetTable::load(&self.client, &route.mapping.to).await
+                && let Err(missing) = route.check_target(&target.columns)
+            {
+                return self.schema_error(missing);
+            }
+        }
+        error
     }
 
     /// Whether a row (its cells in relation order) passes the table's filter.

@@ -39,7 +39,6 @@ impl RelationPlan {
     /// prepares the statements for it.
     pub async fn build(
         client: &Client,
-        subscription: &str,
         relation: &Arc<Relation>,
         route: &Arc<TableRoute>,
     ) -> Result<RelationPlan, ApplyError> {
@@ -50,14 +49,6 @@ impl RelationPlan {
             .enumerate()
             .filter_map(|(i, c)| route.carried_as(&c.name).map(|t| (i, t.to_string())))
             .collect();
-        for column in route.dropped_for_lack_of_target() {
-            tracing::warn!(
-                %subscription,
-                table = %route.mapping.from,
-                column,
-                "source column has no counterpart in {target} and is not replicated"
-            );
-        }
         let key = key_columns(relation, route)?;
         let key_names: Arc<[String]> = key.iter().map(|&k| target_name(&columns, k).to_string()).collect();
         let filter_columns = route

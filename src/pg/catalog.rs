@@ -2,6 +2,8 @@
 //! and its primary key. The source checks, the applier and `ferry validate`
 //! all read tables this way.
 
+use std::collections::HashMap;
+
 use tokio_postgres::Client;
 
 use super::names::QualifiedName;
@@ -12,6 +14,13 @@ pub struct Column {
     pub name: String,
     /// `format_type` of the column, e.g. `character varying(10)`.
     pub type_name: String,
+    /// The type's oid and modifier, as a Relation message gives them: a
+    /// source column whose pair changes was retyped.
+    pub type_oid: u32,
+    pub type_modifier: i32,
+    /// `pg_type.typcategory`: `N` numeric, `S` string, `D` date/time, `B`
+    /// boolean, `U` user-defined, … (see [`crate::route::type_fit`]).
+    pub category: char,
     /// Part of the table's primary key.
     pub is_key: bool,
     /// Variable length and not stored plain, so it can be TOASTed: an
@@ -29,10 +38,12 @@ pub async fn table_columns(
         .query(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod),
                     coalesce(a.attnum = ANY(i.indkey), false),
-                    a.attlen = -1 AND a.attstorage <> 'p'
+                    a.attlen = -1 AND a.attstorage <> 'p',
+                    a.atttypid, a.atttypmod, t.typcategory::text
              FROM pg_class c
              JOIN pg_namespace n ON n.oid = c.relnamespace
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+             JOIN pg_type t ON t.oid = a.atttypid
              LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
              ORDER BY a.attnum",
@@ -41,6 +52,55 @@ pub async fn table_columns(
         .await?;
     Ok(rows
         .iter()
-        .map(|r| Column { name: r.get(0), type_name: r.get(1), is_key: r.get(2), toastable: r.get(3) })
+        .map(|r| Column {
+            name: r.get(0),
+            type_name: r.get(1),
+            type_oid: r.get(4),
+            type_modifier: r.get(5),
+            category: category(r.get(6)),
+            is_key: r.get(2),
+            toastable: r.get(3),
+        })
+        .collect())
+}
+
+/// A `typcategory` read as text (`"char"` has no Rust counterpart).
+fn category(text: &str) -> char {
+    text.chars().next().unwrap_or('X')
+}
+
+/// A column type as a catalog names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeDescription {
+    pub type_name: String,
+    pub category: char,
+    /// See [`Column::toastable`]; from the type's default storage, which a
+    /// column rarely overrides.
+    pub toastable: bool,
+}
+
+/// Names column types given by oid and modifier (as a Relation message
+/// gives them). Types the catalog does not have are left out.
+pub async fn describe_types(
+    client: &Client,
+    types: &[(u32, i32)],
+) -> Result<HashMap<(u32, i32), TypeDescription>, tokio_postgres::Error> {
+    let (oids, modifiers): (Vec<u32>, Vec<i32>) = types.iter().copied().unzip();
+    let rows = client
+        .query(
+            "SELECT c.oid, c.typmod, format_type(c.oid, c.typmod), t.typcategory::text,
+                    t.typlen = -1 AND t.typstorage <> 'p'
+             FROM unnest($1::oid[], $2::int4[]) AS c(oid, typmod)
+             JOIN pg_type t ON t.oid = c.oid",
+            &[&oids, &modifiers],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let description =
+                TypeDescription { type_name: r.get(2), category: category(r.get(3)), toastable: r.get(4) };
+            ((r.get(0), r.get(1)), description)
+        })
         .collect())
 }

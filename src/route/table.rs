@@ -7,27 +7,41 @@ use tokio_postgres::Client;
 use crate::apply::{ApplyError, TargetTable};
 use crate::config::{ColumnSelection, TableMapping};
 use crate::pg::catalog::Column;
-use crate::pg::names::QualifiedName;
+use crate::pg::names::{QualifiedName, quote_ident_if_needed};
 use crate::route::filter::{ColumnType, Filter};
+use crate::route::types::{TypeFit, type_fit};
 use crate::source::catalog::{self as source_catalog, CatalogError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
-    #[error("table {table}: column {column:?} is configured but the source table has no such column")]
+    #[error(
+        "table {table}: column {column:?} is configured but the source table has no such column; add it there, \
+         or remove it from the table's settings"
+    )]
     UnknownColumn { table: QualifiedName, column: String },
     #[error(
         "table {table}: key column {column:?} must be carried (it identifies rows on the target); do not exclude it"
     )]
     KeyExcluded { table: QualifiedName, column: String },
     #[error(
-        "table {table}: column {column:?} is carried as {target_column:?}, which target table {target} lacks"
+        "table {}: column {:?} is replicated into column {:?}, which target table {} lacks; add it there \
+         (ALTER TABLE {3} ADD COLUMN {} {type_name}), or {leave_out}",
+        .pair.table, .pair.column, .pair.target_column, .pair.target, quote_ident_if_needed(&.pair.target_column)
     )]
-    MissingTargetColumn {
-        table: QualifiedName,
-        column: String,
-        target: Box<QualifiedName>,
-        target_column: String,
-    },
+    MissingTargetColumn { pair: Box<ColumnPair>, type_name: String, leave_out: String },
+    #[error(
+        "table {}: column {:?} was dropped (or renamed) on the source while replicated into column {:?} of {}; \
+         {remedy}",
+        .pair.table, .pair.column, .pair.target_column, .pair.target
+    )]
+    DroppedOnSource { pair: Box<ColumnPair>, remedy: String },
+    #[error(
+        "table {}: column {:?} is {source_type} on the source but {target_type} in target table {} (column {:?}), \
+         and no {source_type} value is valid {target_type} input; change the target column's type \
+         (ALTER TABLE {2} ALTER COLUMN {} TYPE {source_type}), or {leave_out}",
+        .pair.table, .pair.column, .pair.target, .pair.target_column, quote_ident_if_needed(&.pair.target_column)
+    )]
+    IncompatibleType { pair: Box<ColumnPair>, source_type: String, target_type: String, leave_out: String },
     #[error("table {table}: where: {error}")]
     Filter { table: QualifiedName, error: String },
     #[error(
@@ -35,6 +49,27 @@ pub enum RouteError {
          that leaves it alone would not send it. Carry the column, or set REPLICA IDENTITY FULL on the source table"
     )]
     FilterNeedsUncarriedColumn { table: QualifiedName, column: String },
+}
+
+/// A source column and the target column it is replicated into, which no
+/// longer agree.
+#[derive(Debug)]
+pub struct ColumnPair {
+    pub table: QualifiedName,
+    pub column: String,
+    pub target: QualifiedName,
+    pub target_column: String,
+}
+
+impl ColumnPair {
+    pub fn new(mapping: &TableMapping, column: &str) -> Box<ColumnPair> {
+        Box::new(ColumnPair {
+            table: mapping.from.clone(),
+            column: column.to_string(),
+            target: mapping.to.clone(),
+            target_column: mapping.target_column(column).to_string(),
+        })
+    }
 }
 
 /// Why a table cannot be routed: its configuration does not fit the
@@ -71,7 +106,26 @@ impl TableRoute {
         let source_columns = source_catalog::source_columns(source, &mapping.from).await?;
         let full_identity = source_catalog::has_full_identity(source, &mapping.from).await?;
         let target_table = TargetTable::load(target, &mapping.to).await?;
-        Ok(TableRoute::resolve(mapping, source_columns, target_table.columns, full_identity)?)
+        Ok(TableRoute::checked(mapping, source_columns, target_table.columns, full_identity)?)
+    }
+
+    /// [`TableRoute::resolve`], and every carried column's type fits its
+    /// target column's: what a pipeline needs to run.
+    pub fn checked(
+        mapping: &TableMapping,
+        source_columns: Vec<Column>,
+        target_columns: Vec<Column>,
+        full_identity: bool,
+    ) -> Result<TableRoute, RouteError> {
+        let route = TableRoute::resolve(mapping, source_columns, target_columns, full_identity)?;
+        let incompatible = route
+            .type_differences()
+            .find(|(_, _, fit)| *fit == TypeFit::Incompatible)
+            .map(|(source, target, _)| route.incompatible_type(source, target));
+        match incompatible {
+            Some(error) => Err(error),
+            None => Ok(route),
+        }
     }
 
     /// Checks the mapping against the two tables' columns and compiles the
@@ -101,12 +155,7 @@ impl TableRoute {
             let must_exist =
                 explicit(&column.name) || mapping.rename.contains_key(&column.name) || column.is_key;
             if must_exist && !target_columns.iter().any(|c| c.name == target_column) {
-                return Err(RouteError::MissingTargetColumn {
-                    table: table.clone(),
-                    column: column.name.clone(),
-                    target: Box::new(mapping.to.clone()),
-                    target_column: target_column.to_string(),
-                });
+                return Err(missing_target_column(mapping, column));
             }
         }
         let filter = match &mapping.filter {
@@ -142,6 +191,27 @@ impl TableRoute {
         Ok(())
     }
 
+    /// Carried columns whose types differ, as (source, target, how well
+    /// they fit), in source order.
+    pub fn type_differences(&self) -> impl Iterator<Item = (&Column, &Column, TypeFit)> {
+        self.carried().filter_map(|(source, target)| {
+            let source = self.source_columns.iter().find(|c| c.name == source)?;
+            let target = self.target_columns.iter().find(|c| c.name == target)?;
+            let fit = type_fit(source, target);
+            (fit != TypeFit::Same).then_some((source, target, fit))
+        })
+    }
+
+    /// The error for a carried column whose values cannot land in `target`.
+    pub fn incompatible_type(&self, source: &Column, target: &Column) -> RouteError {
+        RouteError::IncompatibleType {
+            pair: ColumnPair::new(&self.mapping, &source.name),
+            source_type: source.type_name.clone(),
+            target_type: target.type_name.clone(),
+            leave_out: leave_out(&self.mapping, &source.name),
+        }
+    }
+
     /// The target column a source column lands in, if it is carried.
     pub fn carried_as(&self, source_column: &str) -> Option<&str> {
         if !self.mapping.columns.includes(source_column) {
@@ -163,5 +233,24 @@ impl TableRoute {
             .iter()
             .filter(|c| self.mapping.columns.includes(&c.name) && self.carried_as(&c.name).is_none())
             .map(|c| c.name.as_str())
+    }
+}
+
+/// The error for a carried source column whose target column is missing.
+pub(super) fn missing_target_column(mapping: &TableMapping, column: &Column) -> RouteError {
+    RouteError::MissingTargetColumn {
+        pair: ColumnPair::new(mapping, &column.name),
+        type_name: column.type_name.clone(),
+        leave_out: leave_out(mapping, &column.name),
+    }
+}
+
+/// How to stop carrying a source column, in the config's words.
+pub(super) fn leave_out(mapping: &TableMapping, column: &str) -> String {
+    match &mapping.columns {
+        ColumnSelection::Only(_) => format!("remove {column:?} from the table's `columns`"),
+        ColumnSelection::All | ColumnSelection::Except(_) => {
+            format!("leave it out of the subscription (add {column:?} to the table's `exclude`)")
+        }
     }
 }

@@ -2,17 +2,29 @@
 //! and can be identified, the publication lists them, and the slot is
 //! where the target's progress expects it.
 
+use std::collections::HashMap;
+
 use tokio_postgres::Client;
 
 use crate::config::Subscription;
-use crate::pg::catalog::{self, Column};
+use crate::pg::Lsn;
+use crate::pg::catalog::{self, Column, TypeDescription};
+use crate::pg::conninfo::ConnInfo;
 use crate::pg::error::describe_sql_error;
 use crate::pg::names::{QualifiedName, quote_ident};
+use crate::pg::tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("source: {context}: {}", describe_sql_error(source))]
     Sql { context: String, source: tokio_postgres::Error },
+    #[error("source: {0}")]
+    Connect(Box<tls::SqlConnectError>),
+    #[error(
+        "source: a column type the replication stream names (oid {0}) no longer exists on the source, so the \
+         column cannot be checked against the target"
+    )]
+    TypeGone(u32),
     #[error("source table {0} does not exist")]
     MissingTable(QualifiedName),
     #[error(
@@ -79,6 +91,26 @@ pub async fn source_columns(client: &Client, table: &QualifiedName) -> Result<Ve
     catalog::table_columns(client, table).await.map_err(sql_error(format!("reading the columns of {table}")))
 }
 
+/// Names the column types a Relation message gives by oid and modifier,
+/// from the source's catalog. It connects for this: a table changes on the
+/// source rarely, and a connection kept open for it would be one more that
+/// can break.
+pub async fn describe_types(
+    info: &ConnInfo,
+    types: &[(u32, i32)],
+) -> Result<HashMap<(u32, i32), TypeDescription>, CatalogError> {
+    if types.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let client = tls::connect_sql(info).await.map_err(|e| CatalogError::Connect(Box::new(e)))?;
+    let described =
+        catalog::describe_types(&client, types).await.map_err(sql_error("looking up column types"))?;
+    match types.iter().find(|t| !described.contains_key(t)) {
+        Some(&(oid, _)) => Err(CatalogError::TypeGone(oid)),
+        None => Ok(described),
+    }
+}
+
 /// Whether the source logs whole old rows for the table (REPLICA IDENTITY FULL).
 pub async fn has_full_identity(client: &Client, table: &QualifiedName) -> Result<bool, CatalogError> {
     let row = client
@@ -90,6 +122,20 @@ pub async fn has_full_identity(client: &Client, table: &QualifiedName) -> Result
         .await
         .map_err(sql_error(format!("reading the replica identity of {table}")))?;
     Ok(row.is_some_and(|r| r.get(0)))
+}
+
+/// The source's current WAL position (replayed, on a standby): everything
+/// committed so far lies before it.
+pub async fn wal_position(client: &Client) -> Result<Lsn, CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END
+                     - '0/0')::bigint",
+            &[],
+        )
+        .await
+        .map_err(sql_error("reading the WAL position"))?;
+    Ok(Lsn(row.get::<_, i64>(0) as u64))
 }
 
 /// Checks that the server writes the WAL logical decoding needs.

@@ -1,0 +1,266 @@
+//! Schema changes while `ferry run` streams, against real clusters: a
+//! column added on the source is replicated or left out (and the log says
+//! which); a replicated column dropped on the source, retyped beyond what
+//! its target column takes, or dropped on the target stops only its own
+//! pipeline with what to do, and doing that lets it go on. Each test ends
+//! by comparing source and target contents by checksum.
+
+mod support;
+
+use support::exec;
+
+use std::time::{Duration, Instant};
+
+use ferry::metrics::{State, StatusReport};
+use ferry::status::http_get;
+use support::daemon::{Daemon, wait_for_same};
+use support::{Cluster, free_port};
+
+const SETTLE: Duration = Duration::from_secs(120);
+const TABLE: &str = "(id int PRIMARY KEY, name text, qty int)";
+
+/// A source and a target cluster, each with `items_a` and `items_b`; two
+/// pipelines, `to-a` and `to-b`, replicate one table each, so that one can
+/// stop while the other must go on.
+struct Setup {
+    source: Cluster,
+    target: Cluster,
+    port: u16,
+    src: tokio_postgres::Client,
+    dst: tokio_postgres::Client,
+}
+
+impl Setup {
+    /// Both tables on both sides, with rows on the source for the initial copy.
+    async fn new() -> Setup {
+        let (source, target) = (Cluster::start(), Cluster::start());
+        let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+        let tables = format!("CREATE TABLE items_a {TABLE}; CREATE TABLE items_b {TABLE};");
+        exec(&src, &tables).await;
+        exec(&dst, &tables).await;
+        exec(
+            &src,
+            "INSERT INTO items_a SELECT g, 'a' || g, g FROM generate_series(1, 10) g;
+             INSERT INTO items_b SELECT g, 'b' || g, g FROM generate_series(1, 10) g;",
+        )
+        .await;
+        Setup { source, target, port: free_port(), src, dst }
+    }
+
+    /// Starts `ferry run` with `a` and `b` as extra settings of each
+    /// pipeline's table.
+    fn daemon(&self, a: &str, b: &str) -> Daemon {
+        let subscription = |name: &str, table: &str, settings: &str| {
+            format!(
+                "[[subscriptions]]\nname = \"{name}\"\nsource = \"src\"\ntarget = \"dst\"\n\
+                 [[subscriptions.tables]]\nfrom = \"{table}\"\n{settings}\n\n"
+            )
+        };
+        Daemon::start(&format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n\n[sources.src]\nurl = \"{}\"\n\n[targets.dst]\nurl = \"{}\"\n\n{}{}",
+            self.port,
+            self.source.url("postgres"),
+            self.target.url("postgres"),
+            subscription("to-a", "items_a", a),
+            subscription("to-b", "items_b", b),
+        ))
+    }
+
+    /// Starts the daemon and waits until both tables are copied and a
+    /// change to each has streamed through.
+    async fn streaming(&self, a: &str, b: &str) -> Daemon {
+        let daemon = self.daemon(a, b);
+        exec(
+            &self.src,
+            "INSERT INTO items_a VALUES (11, 'a11', 11); INSERT INTO items_b VALUES (11, 'b11', 11);",
+        )
+        .await;
+        self.same("items_a", "id, name, qty").await;
+        self.same("items_b", "id, name, qty").await;
+        daemon
+    }
+
+    async fn same(&self, table: &str, columns: &str) {
+        wait_for_same(&self.src, &self.dst, table, table, columns, "id", SETTLE).await;
+    }
+
+    /// Waits for `to-a` to stop and checks that its error says each of
+    /// `needles`, in the log and in `/status`, and that it is counted as a
+    /// config error; `to-b` must still stream and replicate.
+    async fn only_a_stops_saying(&self, daemon: &mut Daemon, needles: &[&str]) {
+        let stopped = daemon.wait_for_log("pipeline stopped", SETTLE).await;
+        for needle in
+            ["subscription=to-a", "subscription to-a", "items_a", "then restart ferry"].iter().chain(needles)
+        {
+            assert!(stopped.contains(needle), "the error should say {needle:?}: {stopped}");
+        }
+        let status = self.status().await;
+        let state = |name: &str| status.pipelines.iter().find(|p| p.subscription == name).unwrap();
+        assert_eq!(state("to-a").state, State::Stopped, "{status:?}");
+        assert!(state("to-a").error.as_deref().is_some_and(|e| e.contains(needles[0])), "{status:?}");
+        assert_eq!(state("to-b").state, State::Streaming, "{status:?}");
+        let (_, metrics) = http_get(&format!("http://127.0.0.1:{}/metrics", self.port)).await.unwrap();
+        let errors = "ferry_errors_total{kind=\"config\",subscription=\"to-a\"} 1";
+        assert!(metrics.lines().any(|l| l == errors), "no {errors} in:\n{metrics}");
+
+        exec(&self.src, "INSERT INTO items_b SELECT g, 'later', g FROM generate_series(100, 120) g").await;
+        self.same("items_b", "id, name, qty").await;
+        assert!(daemon.is_running());
+    }
+
+    /// `/status`, once the daemon answers.
+    async fn status(&self) -> StatusReport {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, body)) = http_get(&format!("http://127.0.0.1:{}/status", self.port)).await {
+                return serde_json::from_str(&body).unwrap();
+            }
+            assert!(Instant::now() < deadline, "/status never answered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// How many log lines contain `needle`.
+fn lines_with(daemon: &Daemon, needle: &str) -> usize {
+    daemon.logs().lines().filter(|l| l.contains(needle)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_on_both_sides_is_replicated_from_then_on() {
+    let setup = Setup::new().await;
+    let daemon = setup.streaming("", "").await;
+
+    exec(&setup.dst, "ALTER TABLE items_a ADD COLUMN note text").await;
+    exec(&setup.src, "ALTER TABLE items_a ADD COLUMN note text").await;
+    exec(&setup.src, "INSERT INTO items_a SELECT g, 'new', g, 'note ' || g FROM generate_series(100, 149) g")
+        .await;
+    exec(&setup.src, "UPDATE items_a SET note = 'set later' WHERE id <= 5").await;
+
+    setup.same("items_a", "id, name, qty, note").await;
+    daemon.wait_for_log("note added: replicated into note", SETTLE).await;
+    assert_eq!(lines_with(&daemon, "note added"), 1, "one line per change of the table, not per row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_the_target_lacks_or_the_table_leaves_out_is_ignored_and_logged() {
+    let setup = Setup::new().await;
+    // items_b's target has the column, but the table lists its columns.
+    exec(&setup.dst, "ALTER TABLE items_b ADD COLUMN extra text").await;
+    let daemon = setup.streaming("", "columns = [\"id\", \"name\", \"qty\"]").await;
+
+    exec(
+        &setup.src,
+        "ALTER TABLE items_a ADD COLUMN extra text DEFAULT 'x'; ALTER TABLE items_b ADD COLUMN extra text",
+    )
+    .await;
+    for table in ["items_a", "items_b"] {
+        exec(
+            &setup.src,
+            &format!("INSERT INTO {table} SELECT g, 'new', g, 'e' FROM generate_series(100, 149) g"),
+        )
+        .await;
+        exec(&setup.src, &format!("UPDATE {table} SET qty = qty + 1, extra = 'changed' WHERE id <= 5")).await;
+        setup.same(table, "id, name, qty").await;
+    }
+
+    let untouched: i64 = setup
+        .dst
+        .query_one("SELECT count(*) FROM items_b WHERE extra IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(untouched, 0, "a column the table leaves out is not replicated");
+    let lacking = "extra added: not replicated (target table \"public\".\"items_a\" has no column extra";
+    daemon.wait_for_log(lacking, SETTLE).await;
+    daemon.wait_for_log("extra added: not replicated (the table's columns leave it out)", SETTLE).await;
+    assert_eq!(lines_with(&daemon, "extra added"), 2, "one line per change of each table, not per row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_column_dropped_on_the_source_stops_only_its_pipeline() {
+    let setup = Setup::new().await;
+    let mut daemon = setup.streaming("", "").await;
+
+    exec(
+        &setup.src,
+        "ALTER TABLE items_a DROP COLUMN qty; INSERT INTO items_a VALUES (100, 'after the drop')",
+    )
+    .await;
+    setup
+        .only_a_stops_saying(
+            &mut daemon,
+            &[
+                "column \"qty\" was dropped (or renamed) on the source",
+                "drop column \"qty\" of \"public\".\"items_a\" too",
+            ],
+        )
+        .await;
+    drop(daemon);
+
+    // What the message says: drop it on the target too, then restart.
+    exec(&setup.dst, "ALTER TABLE items_a DROP COLUMN qty").await;
+    let _daemon = setup.daemon("", "");
+    exec(&setup.src, "INSERT INTO items_a VALUES (101, 'after the restart')").await;
+    setup.same("items_a", "id, name").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_column_retyped_beyond_fit_on_the_source_stops_only_its_pipeline() {
+    let setup = Setup::new().await;
+    let mut daemon = setup.streaming("", "").await;
+
+    // A wider type fits: a warning, and replication goes on.
+    exec(
+        &setup.src,
+        "ALTER TABLE items_b ALTER COLUMN qty TYPE bigint; INSERT INTO items_b VALUES (50, 'wide', 50)",
+    )
+    .await;
+    setup.same("items_b", "id, name, qty").await;
+    daemon.wait_for_log("qty is now bigint (was integer)", SETTLE).await;
+
+    let retype = "ALTER TABLE items_a ALTER COLUMN qty TYPE boolean USING qty > 5";
+    exec(&setup.src, &format!("{retype}; INSERT INTO items_a VALUES (100, 'after the change', true)")).await;
+    setup
+        .only_a_stops_saying(
+            &mut daemon,
+            &[
+                "column \"qty\" is boolean on the source but integer in target table \"public\".\"items_a\"",
+                "ALTER TABLE \"public\".\"items_a\" ALTER COLUMN qty TYPE boolean",
+            ],
+        )
+        .await;
+    drop(daemon);
+
+    // What the message says: the same change on the target, then restart.
+    exec(&setup.dst, retype).await;
+    let _daemon = setup.daemon("", "");
+    exec(&setup.src, "INSERT INTO items_a VALUES (101, 'after the restart', false)").await;
+    setup.same("items_a", "id, name, qty").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_column_dropped_on_the_target_stops_only_its_pipeline() {
+    let setup = Setup::new().await;
+    let mut daemon = setup.streaming("", "").await;
+
+    exec(&setup.dst, "ALTER TABLE items_a DROP COLUMN qty").await;
+    exec(&setup.src, "INSERT INTO items_a VALUES (100, 'after the drop', 100)").await;
+    setup
+        .only_a_stops_saying(
+            &mut daemon,
+            &[
+                "column \"qty\" is replicated into column \"qty\", which target table \"public\".\"items_a\" lacks",
+                "ALTER TABLE \"public\".\"items_a\" ADD COLUMN qty integer",
+                "add \"qty\" to the table's `exclude`",
+            ],
+        )
+        .await;
+    drop(daemon);
+
+    // What the message says: leave the column out, then restart. The
+    // refused transaction is applied now, without it.
+    let _daemon = setup.daemon("exclude = [\"qty\"]", "");
+    exec(&setup.src, "UPDATE items_a SET name = 'after the restart', qty = 0 WHERE id <= 3").await;
+    setup.same("items_a", "id, name").await;
+}
