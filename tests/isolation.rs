@@ -79,19 +79,20 @@ async fn write_steadily(source: &Cluster, table: &'static str, stop: Arc<AtomicB
 struct Probes {
     /// When each probe's commit returned on the source (index = id - 1).
     committed: Vec<Instant>,
-    /// When the watcher first saw each probe on the target.
-    seen: Vec<Option<Instant>>,
+    /// When the watcher first saw each probe on the target (shorter when
+    /// the last ones never arrived).
+    seen: Vec<Instant>,
 }
 
 impl Probes {
-    /// (commit time, lag) of every probe committed within `from..until`;
-    /// a probe never seen counts as lagging until `never`.
+    /// The lag of every probe committed within `from..until`; a probe
+    /// never seen counts as lagging until `never`.
     fn lags(&self, from: Instant, until: Instant, never: Instant) -> Vec<Duration> {
         self.committed
             .iter()
-            .zip(&self.seen)
-            .filter(|(c, _)| (from..until).contains(*c))
-            .map(|(c, s)| s.unwrap_or(never).saturating_duration_since(*c))
+            .enumerate()
+            .filter(|(_, c)| (from..until).contains(*c))
+            .map(|(i, c)| self.seen.get(i).unwrap_or(&never).saturating_duration_since(*c))
             .collect()
     }
 }
@@ -111,11 +112,7 @@ async fn commit_probes(source: &Cluster, stop: Arc<AtomicBool>) -> Vec<Instant> 
     committed
 }
 
-async fn watch_probes(
-    target: &Cluster,
-    stop: Arc<AtomicBool>,
-    highest: Arc<AtomicU64>,
-) -> Vec<Option<Instant>> {
+async fn watch_probes(target: &Cluster, stop: Arc<AtomicBool>, highest: Arc<AtomicU64>) -> Vec<Instant> {
     let client = target.client("postgres").await;
     let query = client.prepare("SELECT coalesce(max(id), 0) FROM probes").await.unwrap();
     let mut seen = Vec::new();
@@ -123,7 +120,7 @@ async fn watch_probes(
         let max: i64 = client.query_one(&query, &[]).await.unwrap().get(0);
         let now = Instant::now();
         while (seen.len() as i64) < max {
-            seen.push(Some(now));
+            seen.push(now);
         }
         highest.store(max as u64, Ordering::Relaxed);
         tokio::time::sleep(POLL_EVERY).await;
