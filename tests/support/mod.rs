@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod daemon;
+pub mod endpoints;
 pub mod tail;
 pub mod types;
 
@@ -146,6 +147,12 @@ impl Cluster {
     /// Stops the server (fast shutdown): clients see their connections end.
     pub fn stop(&self) {
         run_pg("pg_ctl", &["-D", self.data_dir().to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+    }
+
+    /// Stops the server as a crash would (immediate shutdown: no
+    /// checkpoint, connections cut); the next start runs crash recovery.
+    pub fn crash(&self) {
+        run_pg("pg_ctl", &["-D", self.data_dir().to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
     }
 
     /// Starts a stopped server again on the same port.
