@@ -35,7 +35,7 @@ const GROUP_COMMIT_AGE: Duration = Duration::from_millis(500);
 /// transactions a little apart, and a commit each would cost a round trip
 /// each; live, it adds at most this much latency.
 const GROUP_COMMIT_LINGER: Duration = Duration::from_millis(2);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often an idle applier checks that its target connection is still
 /// open, so that a target going away shows (and is retried) without
 /// waiting for the next change.
