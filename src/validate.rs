@@ -38,6 +38,7 @@ use crate::pg::names::{QualifiedName, quote_ident_if_needed};
 use crate::pg::tls;
 use crate::route::{TableRoute, TypeFit, may_fail_warning};
 use crate::source::catalog::{self, CatalogError};
+use crate::teardown;
 
 /// How long a database may take to accept a connection when its url sets no
 /// `connect_timeout`: validation should answer, not hang on a lost host.
@@ -164,6 +165,13 @@ pub async fn online(config: &Config) -> Report {
     for (plan, (columns, problems)) in report.subscriptions.iter_mut().zip(join_all(checks).await) {
         plan.columns = columns;
         report.problems.extend(problems);
+    }
+    for (source, slot) in teardown::forgotten_slots(config).await {
+        let mut findings = Findings::new(format!("source {source}"));
+        findings.warning(format!(
+            "slot {slot} belongs to no configured subscription and keeps WAL; `ferry drop SUBSCRIPTION --source {source}` removes it"
+        ));
+        report.problems.extend(findings.problems);
     }
     report
 }

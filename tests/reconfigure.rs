@@ -196,6 +196,17 @@ async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_d
     let running = ferry::config::Config::load(daemon.config_path()).unwrap();
     let forgotten = ferry::teardown::forgotten_slots(&running).await;
     assert_eq!(forgotten, vec![("src".to_string(), "ferry_sub".to_string())]);
+    let validated = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["validate", "--config"])
+        .arg(daemon.config_path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&validated.stdout);
+    assert!(validated.status.success(), "{validated:?}");
+    assert!(
+        report.contains("warning: source src: slot ferry_sub belongs to no configured subscription"),
+        "{report}"
+    );
 
     let drop = |name: &str| {
         Command::new(env!("CARGO_BIN_EXE_ferry"))
