@@ -18,10 +18,10 @@ use crate::pg::names::QualifiedName;
 use crate::pg::replication::{ReplicationClient, SlotKind, StartOptions};
 use crate::pg::{Lsn, PgError, tls};
 use crate::route::{LoadError, TableRoute};
-use crate::snapshot::SnapshotError;
+use crate::snapshot::{self, CopyPair, SnapshotError};
 use crate::source::catalog::{self, CatalogError, SlotState};
 use crate::source::{self, Change, SourceError, SourceEvent};
-use crate::tablesync::{self, Copied, Floor, Floors, TableStates};
+use crate::tablesync::{self, Copied, Floor, Floors, SecondPair, TableStates};
 
 /// Events in flight between reader and applier: enough to keep both busy,
 /// small enough that a slow target slows reading instead of filling memory.
@@ -329,7 +329,7 @@ async fn run_once(
                 replication.drop_slot(&sub.slot, true).await?;
             }
             metrics.set_state(State::Snapshot);
-            let start = initial_sync(sub, &mut replication, &source_sql, &mut applier, metrics).await?;
+            let start = initial_sync(spec, &mut replication, &source_sql, &mut applier, metrics).await?;
             (start, start)
         }
     };
@@ -424,26 +424,37 @@ async fn join_new_tables(
 /// records the slot's consistent point as progress in the same target
 /// transaction. Returns where streaming starts.
 async fn initial_sync(
-    sub: &Subscription,
+    spec: &PipelineSpec,
     replication: &mut ReplicationClient,
     source_sql: &tokio_postgres::Client,
     applier: &mut Applier,
     metrics: &PipelineMetrics,
 ) -> Result<Lsn, PipelineError> {
+    let sub = &spec.subscription;
+    let tables: Vec<&QualifiedName> = sub.tables.iter().map(|t| &t.from).collect();
+    if sub.snapshot {
+        tablesync::mark_copying(applier.client(), &sub.name, &routes_of(applier, &tables)?).await?;
+    }
     let slot = replication.create_slot(&sub.slot, SlotKind::Permanent, sub.snapshot).await?;
     applier.begin().await?;
-    let tables: Vec<&QualifiedName> = sub.tables.iter().map(|t| &t.from).collect();
     if let Some(snapshot_name) = slot.snapshot_name.as_deref().filter(|_| sub.snapshot) {
-        let routes =
-            tables.iter().map(|t| applier.route(t).ok_or_else(|| ApplyError::Unmapped((*t).clone())));
-        let routes = routes.collect::<Result<Vec<_>, _>>()?;
-        tablesync::copy_tables(sub, &routes, source_sql, applier.client(), snapshot_name, metrics).await?;
+        let routes = routes_of(applier, &tables)?;
+        let origin = format!("{}_copy", sub.slot);
+        let second = SecondPair::open(&spec.source, &spec.target, &sub.name, &origin).await?;
+        let pairs = [CopyPair { source: source_sql, target: applier.client() }, second.pair()];
+        snapshot::copy_tables(sub, &routes, &pairs, snapshot_name, metrics).await?;
+        second.commit().await?;
     }
     tablesync::record_copied(applier.client(), &sub.name, &tables, None).await?;
     applier.commit(slot.consistent_point, crate::pg::timestamp::now_micros()).await?;
     metrics.applied(slot.consistent_point, None);
     tracing::info!(subscription = %sub.name, slot = %sub.slot, at = %slot.consistent_point, "slot created");
     Ok(slot.consistent_point)
+}
+
+/// The applier's routes of `tables`.
+fn routes_of<'a>(applier: &'a Applier, tables: &[&QualifiedName]) -> Result<Vec<&'a TableRoute>, ApplyError> {
+    tables.iter().map(|t| applier.route(t).ok_or_else(|| ApplyError::Unmapped((*t).clone()))).collect()
 }
 
 /// The applier's loop: applies whole source transactions, several per

@@ -14,7 +14,6 @@
 //! still says exactly what each table has.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
 
 use tokio_postgres::Client;
 
@@ -37,6 +36,7 @@ pub const TABLES_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.tables (
     subscription text NOT NULL,
     source_table text NOT NULL,
     floor pg_lsn,
+    copying boolean NOT NULL DEFAULT false,
     PRIMARY KEY (subscription, source_table)
 );";
 
@@ -99,6 +99,79 @@ impl TableStates {
     }
 }
 
+/// Says on the target, in a transaction of its own, that ferry is about to
+/// copy `routes`' tables: a copy is split over several target transactions
+/// (see [`snapshot::copy_tables`]), so a crash can leave part of one behind,
+/// and the next attempt must know that what it finds is its own. Such
+/// leftovers are deleted here.
+pub async fn mark_copying(
+    target: &Client,
+    subscription: &str,
+    routes: &[&TableRoute],
+) -> Result<(), ApplyError> {
+    let names: Vec<String> = routes.iter().map(|r| r.mapping.from.to_string()).collect();
+    let leftovers = target
+        .query(
+            "SELECT source_table FROM ferry.tables WHERE subscription = $1 AND copying AND source_table = ANY($2)",
+            &[&subscription, &names],
+        )
+        .await
+        .map_err(target_error("looking for unfinished copies"))?;
+    let mut sql = String::from("BEGIN;");
+    for row in leftovers {
+        let table: String = row.get(0);
+        let route = routes.iter().find(|r| r.mapping.from.to_string() == table).expect("asked for these");
+        tracing::info!(%subscription, table = %route.mapping.to, "removing what an unfinished copy left");
+        sql.push_str(&format!("DELETE FROM {};", route.mapping.to));
+    }
+    target
+        .batch_execute(&format!(
+            "{sql} INSERT INTO ferry.tables (subscription, source_table, copying)
+             SELECT {subscription}, t, true FROM unnest(ARRAY[{tables}]::text[]) AS t
+             ON CONFLICT (subscription, source_table) DO UPDATE SET copying = true, floor = NULL;
+             COMMIT;",
+            subscription = quote_literal(subscription),
+            tables = names.iter().map(|n| quote_literal(n)).collect::<Vec<_>>().join(", "),
+        ))
+        .await
+        .map_err(target_error("marking the tables as being copied"))
+}
+
+/// A second source and target session for a copy (see
+/// [`snapshot::copy_tables`]); its target transaction is open, tagged with
+/// the replication origin `origin`.
+pub struct SecondPair {
+    pub source: Client,
+    pub target: Client,
+}
+
+impl SecondPair {
+    pub async fn open(
+        source: &ConnInfo,
+        target: &ConnInfo,
+        subscription: &str,
+        origin: &str,
+    ) -> Result<SecondPair, PipelineError> {
+        let target = tls::connect_sql(target).await.map_err(PipelineError::ConnectTarget)?;
+        apply::prepare_target_session(&target, subscription, origin).await?;
+        target.batch_execute("BEGIN").await.map_err(target_error("BEGIN"))?;
+        let source = tls::connect_sql(source).await.map_err(PipelineError::ConnectSource)?;
+        Ok(SecondPair { source, target })
+    }
+
+    pub fn pair(&self) -> snapshot::CopyPair<'_> {
+        snapshot::CopyPair { source: &self.source, target: &self.target }
+    }
+
+    /// Commits its part, before the first pair's transaction says the copy
+    /// is complete.
+    pub async fn commit(self) -> Result<(), ApplyError> {
+        self.target.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))?;
+        fault::point(fault::AFTER_COPY_PART_COMMIT);
+        Ok(())
+    }
+}
+
 /// Records `tables` as copied and in step with the subscription's progress
 /// (`floor`: `None`), or from `floor` on, inside the caller's transaction.
 pub async fn record_copied(
@@ -113,7 +186,7 @@ pub async fn record_copied(
         .execute(
             "INSERT INTO ferry.tables (subscription, source_table, floor)
              SELECT $1, t, $3::text::pg_lsn FROM unnest($2::text[]) AS t
-             ON CONFLICT (subscription, source_table) DO UPDATE SET floor = EXCLUDED.floor",
+             ON CONFLICT (subscription, source_table) DO UPDATE SET floor = EXCLUDED.floor, copying = false",
             &[&subscription, &names, &floor],
         )
         .await
@@ -263,10 +336,13 @@ pub async fn copy_new_tables(
     metrics: PipelineMetrics,
 ) -> Result<Copied, PipelineError> {
     let target_sql = tls::connect_sql(&target).await.map_err(PipelineError::ConnectTarget)?;
-    // Its own origin: an origin serves one session at a time, and the
+    // Origins of their own: an origin serves one session at a time, and the
     // stream's session holds the subscription's.
-    apply::prepare_target_session(&target_sql, &sub.name, &format!("{}_sync", sub.slot)).await?;
+    let origin = format!("{}_sync", sub.slot);
+    apply::prepare_target_session(&target_sql, &sub.name, &origin).await?;
     let source_sql = tls::connect_sql(&source).await.map_err(PipelineError::ConnectSource)?;
+    let routes_ref: Vec<&TableRoute> = routes.iter().collect();
+    mark_copying(&target_sql, &sub.name, &routes_ref).await?;
     let mut replication = ReplicationClient::connect(&source).await?;
     let slot_name = temporary_slot_name(&source_sql).await?;
     let slot = replication.create_slot(&slot_name, SlotKind::Temporary, true).await?;
@@ -276,8 +352,10 @@ pub async fn copy_new_tables(
         .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
         .await
         .map_err(target_error("BEGIN"))?;
-    let refs: Vec<&TableRoute> = routes.iter().collect();
-    copy_tables(&sub, &refs, &source_sql, &target_sql, snapshot_name, &metrics).await?;
+    let second = SecondPair::open(&source, &target, &sub.name, &format!("{origin}_copy")).await?;
+    let pairs = [snapshot::CopyPair { source: &source_sql, target: &target_sql }, second.pair()];
+    snapshot::copy_tables(&sub, &routes_ref, &pairs, snapshot_name, &metrics).await?;
+    second.commit().await?;
     let names: Vec<&QualifiedName> = routes.iter().map(|r| &r.mapping.from).collect();
     record_copied(&target_sql, &sub.name, &names, Some(slot.consistent_point)).await?;
     target_sql.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))?;
@@ -294,58 +372,6 @@ async fn temporary_slot_name(source: &Client) -> Result<String, SnapshotError> {
         .await
         .map_err(|source| SnapshotError::Sql { context: "naming the copy's slot".into(), source })?;
     Ok(format!("ferry_copy_{}", row.get::<_, i32>(0)))
-}
-
-/// Copies each route's table from `source` (as of the exported snapshot
-/// `snapshot_name`) into `target`, inside the target's open transaction,
-/// reporting progress.
-pub async fn copy_tables(
-    sub: &Subscription,
-    routes: &[&TableRoute],
-    source: &Client,
-    target: &Client,
-    snapshot_name: &str,
-    metrics: &PipelineMetrics,
-) -> Result<(), SnapshotError> {
-    let index_of =
-        |route: &TableRoute| sub.tables.iter().position(|t| t.from == route.mapping.from).unwrap_or(0);
-    let mut estimates = Vec::new();
-    for route in routes {
-        let estimate = estimated_rows(source, &route.mapping.from).await;
-        metrics.snapshot_estimate(index_of(route), estimate);
-        estimates.push(estimate);
-    }
-    snapshot::begin_at_snapshot(source, snapshot_name).await?;
-    for (route, estimate) in routes.iter().copied().zip(estimates) {
-        let (started, index, table) = (Instant::now(), index_of(route), &route.mapping.from);
-        let mut shown = snapshot::CopyProgress::new(&sub.name, table, estimate);
-        let progress = |rows| {
-            metrics.snapshot_copied(index, rows);
-            shown.update(rows);
-        };
-        let rows = snapshot::copy_table(source, route, target, progress).await?;
-        shown.finish();
-        metrics.snapshot_copied(index, rows);
-        let seconds = started.elapsed().as_secs_f64();
-        tracing::info!(subscription = %sub.name, %table, rows, seconds, "copied");
-    }
-    source
-        .batch_execute("COMMIT")
-        .await
-        .map_err(|source| SnapshotError::Sql { context: "ending the snapshot transaction".into(), source })
-}
-
-/// The planner's row estimate for a source table (`pg_class.reltuples`;
-/// 0 when the table was never analyzed, or the estimate cannot be read).
-async fn estimated_rows(source: &Client, table: &QualifiedName) -> i64 {
-    let name = table.to_string();
-    match source
-        .query_one("SELECT reltuples::bigint FROM pg_class WHERE oid = $1::text::regclass", &[&name])
-        .await
-    {
-        Ok(row) => row.get::<_, i64>(0).max(0),
-        Err(_) => 0,
-    }
 }
 
 #[cfg(test)]

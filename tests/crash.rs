@@ -165,6 +165,27 @@ async fn crash_in_the_middle_of_the_initial_copy_starts_the_copy_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_half_of_a_split_copy_committed_copies_it_all_again() {
+    let (source, target, config) = setup().await;
+    let src = source.client("postgres").await;
+    // Large enough (about 16 MiB) to be copied in two halves at once.
+    src.batch_execute(
+        "INSERT INTO events (account, amount, note) SELECT g % 1000 + 1, g, md5(g::text) FROM generate_series(1, 200000) g",
+    )
+    .await
+    .unwrap();
+    let mut daemon = Daemon::start_with_env(&config, &[("FERRY_FAILPOINT", "after-copy-part-commit")]);
+    assert_eq!(daemon.wait_for_exit(Duration::from_secs(120)).await, Some(137), "the failpoint should fire");
+    let dst = target.client("postgres").await;
+    let left: i64 = dst.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    assert!(left > 0 && left < 200_000, "half of the copy was committed: {left} rows");
+    src.batch_execute("UPDATE counter SET n = n + 1; DELETE FROM events WHERE id <= 10;").await.unwrap();
+    let daemon = Daemon::start(&config);
+    assert_identical(&source, &target).await;
+    assert!(daemon.logs().contains("removing what an unfinished copy left"), "{}", daemon.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_while_applying_a_streamed_transaction_applies_it_once_later() {
     let load = "BEGIN;
         INSERT INTO events (account, amount, note) SELECT g % 1000 + 1, g, md5(g::text) FROM generate_series(1, 50000) g;
