@@ -18,10 +18,10 @@ use crate::pg::names::QualifiedName;
 use crate::pg::replication::{ReplicationClient, SlotKind, StartOptions};
 use crate::pg::{Lsn, PgError, tls};
 use crate::route::{LoadError, TableRoute};
-use crate::snapshot::{self, CopyPair, SnapshotError};
+use crate::snapshot::{self, SnapshotError};
 use crate::source::catalog::{self, CatalogError, SlotState};
 use crate::source::{self, Change, SourceError, SourceEvent};
-use crate::tablesync::{self, Copied, Floor, Floors, SecondPair, TableStates};
+use crate::tablesync::{self, Copied, Floor, Floors, SecondTarget, TableStates};
 
 /// Events in flight between reader and applier: enough to keep both busy,
 /// small enough that a slow target slows reading instead of filling memory.
@@ -91,7 +91,9 @@ impl PipelineError {
     /// connection broke), as opposed to something that needs a person.
     pub fn is_retryable(&self) -> bool {
         match self {
-            PipelineError::Pg(e) | PipelineError::Source(SourceError::Pg(e)) => pg_retryable(e),
+            PipelineError::Pg(e)
+            | PipelineError::Source(SourceError::Pg(e))
+            | PipelineError::Snapshot(SnapshotError::Source(e)) => pg_retryable(e),
             PipelineError::Source(SourceError::StreamEnded) => true,
             PipelineError::ConnectSource(e) | PipelineError::ConnectTarget(e) => connect_retryable(e),
             PipelineError::TargetClosed { .. } => true,
@@ -329,7 +331,7 @@ async fn run_once(
                 replication.drop_slot(&sub.slot, true).await?;
             }
             metrics.set_state(State::Snapshot);
-            let start = initial_sync(spec, &mut replication, &source_sql, &mut applier, metrics).await?;
+            let start = initial_sync(spec, &mut replication, &mut applier, metrics).await?;
             (start, start)
         }
     };
@@ -426,7 +428,6 @@ async fn join_new_tables(
 async fn initial_sync(
     spec: &PipelineSpec,
     replication: &mut ReplicationClient,
-    source_sql: &tokio_postgres::Client,
     applier: &mut Applier,
     metrics: &PipelineMetrics,
 ) -> Result<Lsn, PipelineError> {
@@ -440,9 +441,9 @@ async fn initial_sync(
     if let Some(snapshot_name) = slot.snapshot_name.as_deref().filter(|_| sub.snapshot) {
         let routes = routes_of(applier, &tables)?;
         let origin = format!("{}_copy", sub.slot);
-        let second = SecondPair::open(&spec.source, &spec.target, &sub.name, &origin).await?;
-        let pairs = [CopyPair { source: source_sql, target: applier.client() }, second.pair()];
-        snapshot::copy_tables(sub, &routes, &pairs, snapshot_name, metrics).await?;
+        let second = SecondTarget::open(&spec.target, &sub.name, &origin).await?;
+        let targets = [applier.client(), &second.client];
+        snapshot::copy_tables(sub, &routes, &spec.source, &targets, snapshot_name, metrics).await?;
         second.commit().await?;
     }
     tablesync::record_copied(applier.client(), &sub.name, &tables, None).await?;

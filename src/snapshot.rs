@@ -7,12 +7,18 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use tokio_postgres::Client;
+use std::pin::Pin;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::SinkExt;
+use tokio_postgres::{Client, CopyInSink};
 
 use crate::config::Subscription;
 use crate::fault;
 use crate::metrics::PipelineMetrics;
+use crate::pg::PgError;
+use crate::pg::connection::Connection;
+use crate::pg::conninfo::ConnInfo;
 use crate::pg::error::describe_sql_error;
 use crate::pg::names::{QualifiedName, quote_ident, quote_literal};
 use crate::route::TableRoute;
@@ -21,6 +27,8 @@ use crate::route::TableRoute;
 pub enum SnapshotError {
     #[error("snapshot: {context}: {}", describe_sql_error(source))]
     Sql { context: String, source: tokio_postgres::Error },
+    #[error("snapshot: {0}")]
+    Source(#[from] PgError),
     #[error(
         "target table {0} is not empty; the initial copy only fills empty tables (empty it, or set snapshot = false)"
     )]
@@ -32,33 +40,17 @@ fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -
     move |source| SnapshotError::Sql { context, source }
 }
 
-/// Opens a read-only transaction on `source` that sees exactly `snapshot`
-/// (an exported snapshot name). It stays usable until COMMIT.
-pub async fn begin_at_snapshot(source: &Client, snapshot: &str) -> Result<(), SnapshotError> {
-    source
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            quote_literal(snapshot)
-        ))
-        .await
-        .map_err(sql_error("importing the slot's snapshot"))
-}
-
-/// A source session inside the snapshot's transaction and a target session
-/// inside a transaction of its own, copying together.
-#[derive(Clone, Copy)]
-pub struct CopyPair<'a> {
-    pub source: &'a Client,
-    pub target: &'a Client,
-}
-
 /// Tables smaller than this many heap blocks (8 MiB) are copied whole by
-/// one pair: splitting them saves less than it costs.
+/// one session: splitting them saves less than it costs.
 const SPLIT_MIN_BLOCKS: i64 = 1024;
+/// Rows go to the target in chunks of about this size: COPY takes its
+/// input in any chunking, and few large messages cost far less than a
+/// message per row.
+const CHUNK: usize = 64 * 1024;
 
-/// Which rows of a table a copy takes, by heap block: with two pairs, each
-/// takes one half, so that two target backends insert at once (the
-/// target's inserts, not the source's reads, bound a copy's speed).
+/// Which rows of a table a copy takes, by heap block: with two target
+/// sessions, each takes one half, so that two target backends insert at
+/// once (the target's inserts, not the source's reads, bound a copy).
 #[derive(Debug, Clone, Copy)]
 enum Part {
     Whole,
@@ -77,34 +69,131 @@ impl Part {
     }
 }
 
-/// Copies each route's table from the pairs' sources (as of the exported
-/// snapshot `snapshot_name`, which every source session imports) into their
-/// targets, inside the targets' open transactions, reporting progress. A
-/// large table is split between the first two pairs; the rest go to the
-/// first. The source sessions' transactions end here.
+/// A source session inside a transaction that sees an exported snapshot.
+/// It is ferry's own protocol connection rather than a client library's:
+/// COPY's rows are gathered straight from the socket buffer into large
+/// chunks, instead of travelling one message per row between tasks.
+pub struct SnapshotReader {
+    conn: Connection,
+}
+
+impl SnapshotReader {
+    pub async fn open(source: &ConnInfo, snapshot: &str) -> Result<SnapshotReader, SnapshotError> {
+        let mut conn = Connection::connect(source, &[]).await?;
+        conn.simple_query(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(snapshot)
+        ))
+        .await?;
+        Ok(SnapshotReader { conn })
+    }
+
+    /// A query's single number (0 when it returns none).
+    async fn number(&mut self, sql: &str) -> Result<i64, SnapshotError> {
+        let result = self.conn.simple_query(sql).await?;
+        let value = result.rows.first().and_then(|row| row.first()?.as_deref()?.parse().ok());
+        Ok(value.unwrap_or(0))
+    }
+
+    /// The planner's row estimate for a table (`pg_class.reltuples`; 0 when
+    /// it was never analyzed).
+    async fn estimated_rows(&mut self, table: &QualifiedName) -> Result<i64, SnapshotError> {
+        let name = quote_literal(&table.to_string());
+        let rows = self
+            .number(&format!("SELECT reltuples::bigint FROM pg_class WHERE oid = {name}::regclass"))
+            .await?;
+        Ok(rows.max(0))
+    }
+
+    /// How many heap blocks a table has, or 0 when the source cannot scan a
+    /// range of them (TID range scans came with PostgreSQL 14; before, each
+    /// part would read the whole table).
+    async fn splittable_blocks(&mut self, table: &QualifiedName) -> Result<i64, SnapshotError> {
+        let name = quote_literal(&table.to_string());
+        self.number(&format!(
+            "SELECT CASE WHEN current_setting('server_version_num')::int >= 140000
+                    THEN pg_relation_size({name}::regclass) / current_setting('block_size')::int ELSE 0 END"
+        ))
+        .await
+    }
+
+    /// Runs `COPY ... TO STDOUT` and sends what it yields into `sink` in
+    /// large chunks; `progress` hears of each row (a message per row).
+    async fn copy_into(
+        &mut self,
+        sql: &str,
+        mut sink: Pin<&mut CopyInSink<Bytes>>,
+        to: &QualifiedName,
+        progress: impl Fn(),
+    ) -> Result<(), SnapshotError> {
+        self.conn.buffer_query(sql)?;
+        self.conn.flush().await?;
+        let mut chunk = BytesMut::with_capacity(CHUNK);
+        let mut error = None;
+        loop {
+            let frame = self.conn.read_frame().await?;
+            match frame.tag {
+                b'd' => {
+                    fault::point(fault::DURING_SNAPSHOT_COPY);
+                    chunk.extend_from_slice(frame.payload());
+                    progress();
+                    if chunk.len() >= CHUNK {
+                        let full = std::mem::replace(&mut chunk, BytesMut::with_capacity(CHUNK));
+                        sink.send(full.freeze()).await.map_err(sql_error(format!("writing {to}")))?;
+                    }
+                }
+                b'H' | b'c' | b'C' => {}
+                b'E' => error = Some(self.conn.server_error(&frame)),
+                b'Z' => break,
+                other => return Err(self.conn.unexpected(other, "in COPY TO").into()),
+            }
+        }
+        if let Some(error) = error {
+            return Err(error.into());
+        }
+        if !chunk.is_empty() {
+            sink.send(chunk.freeze()).await.map_err(sql_error(format!("writing {to}")))?;
+        }
+        Ok(())
+    }
+
+    /// Ends the snapshot's transaction and the session.
+    async fn close(mut self) -> Result<(), SnapshotError> {
+        self.conn.simple_query("COMMIT").await?;
+        self.conn.terminate().await;
+        Ok(())
+    }
+}
+
+/// Copies each route's table from `source` (as of the exported snapshot
+/// `snapshot_name`) into `targets`, inside their open transactions,
+/// reporting progress. A large table is split between the first two
+/// targets, each fed by a source session of its own; the rest go to the
+/// first.
 pub async fn copy_tables(
     sub: &Subscription,
     routes: &[&TableRoute],
-    pairs: &[CopyPair<'_>],
+    source: &ConnInfo,
+    targets: &[&Client],
     snapshot_name: &str,
     metrics: &PipelineMetrics,
 ) -> Result<(), SnapshotError> {
-    let main = pairs[0];
+    let mut readers = Vec::new();
+    for _ in targets {
+        readers.push(SnapshotReader::open(source, snapshot_name).await?);
+    }
     let index_of =
         |route: &TableRoute| sub.tables.iter().position(|t| t.from == route.mapping.from).unwrap_or(0);
     let mut estimates = Vec::new();
     for route in routes {
-        let estimate = estimated_rows(main.source, &route.mapping.from).await;
+        let estimate = readers[0].estimated_rows(&route.mapping.from).await?;
         metrics.snapshot_estimate(index_of(route), estimate);
         estimates.push(estimate);
     }
-    for pair in pairs {
-        begin_at_snapshot(pair.source, snapshot_name).await?;
-    }
     for (route, estimate) in routes.iter().copied().zip(estimates) {
         let (started, index, table) = (Instant::now(), index_of(route), &route.mapping.from);
-        // Both parts report to one count (the parts run in this task; the
-        // lock is never contended, it only makes the future Send).
+        // Both parts report to one count (they run in this task; the lock
+        // is never contended, it only makes the future Send).
         let shown = Mutex::new(CopyProgress::new(&sub.name, table, estimate));
         let counted = AtomicU64::new(0);
         let progress = || {
@@ -112,69 +201,42 @@ pub async fn copy_tables(
             metrics.snapshot_copied(index, rows);
             shown.lock().expect("not poisoned").update(rows);
         };
-        let blocks = if pairs.len() > 1 { splittable_blocks(main.source, table).await? } else { 0 };
-        let rows = if blocks >= SPLIT_MIN_BLOCKS {
-            let half = blocks / 2;
-            let (below, from) = tokio::join!(
-                copy_part(main, route, Part::Below(half), progress),
-                copy_part(pairs[1], route, Part::From(half), progress)
-            );
-            below? + from?
-        } else {
-            copy_part(main, route, Part::Whole, progress).await?
+        let blocks = if readers.len() > 1 { readers[0].splittable_blocks(table).await? } else { 0 };
+        let rows = match (&mut readers[..], blocks >= SPLIT_MIN_BLOCKS) {
+            ([first, second, ..], true) => {
+                let half = blocks / 2;
+                let (below, from) = tokio::join!(
+                    copy_part(first, route, targets[0], Part::Below(half), progress),
+                    copy_part(second, route, targets[1], Part::From(half), progress)
+                );
+                below? + from?
+            }
+            (readers, _) => copy_part(&mut readers[0], route, targets[0], Part::Whole, progress).await?,
         };
         shown.lock().expect("not poisoned").finish();
         metrics.snapshot_copied(index, rows);
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(subscription = %sub.name, %table, rows, seconds, "copied");
     }
-    for pair in pairs {
-        pair.source.batch_execute("COMMIT").await.map_err(sql_error("ending the snapshot transaction"))?;
+    for reader in readers {
+        reader.close().await?;
     }
     Ok(())
 }
 
-/// How many heap blocks the source table has, or 0 when the source cannot
-/// scan a range of them (TID range scans came with PostgreSQL 14; before,
-/// each part would read the whole table).
-async fn splittable_blocks(source: &Client, table: &QualifiedName) -> Result<i64, SnapshotError> {
-    let row = source
-        .query_one(
-            "SELECT CASE WHEN current_setting('server_version_num')::int >= 140000
-                    THEN pg_relation_size($1::text::regclass) / current_setting('block_size')::int ELSE 0 END",
-            &[&table.to_string()],
-        )
-        .await
-        .map_err(sql_error(format!("measuring {table}")))?;
-    Ok(row.get(0))
-}
-
-/// The planner's row estimate for a source table (`pg_class.reltuples`;
-/// 0 when the table was never analyzed, or the estimate cannot be read).
-async fn estimated_rows(source: &Client, table: &QualifiedName) -> i64 {
-    let name = table.to_string();
-    match source
-        .query_one("SELECT reltuples::bigint FROM pg_class WHERE oid = $1::text::regclass", &[&name])
-        .await
-    {
-        Ok(row) => row.get::<_, i64>(0).max(0),
-        Err(_) => 0,
-    }
-}
-
-/// Copies a table's carried columns, and only the rows its filter keeps,
-/// with COPY on both sides, streaming: the rows never sit in memory. The
-/// filter is pushed into the source query, where it means the same as in
-/// ferry's own evaluation. The target must be inside the caller's
-/// transaction, and its table empty. Returns the row count; `progress`
-/// hears of each row.
+/// Copies a table's carried columns, and only the rows its filter keeps
+/// (and `part` takes), with COPY on both sides, streaming: the rows never
+/// sit in memory. The filter is pushed into the source query, where it
+/// means the same as in ferry's own evaluation. The target must be inside
+/// the caller's transaction, and its table empty. Returns the row count;
+/// `progress` hears of each row.
 async fn copy_part(
-    pair: CopyPair<'_>,
+    reader: &mut SnapshotReader,
     route: &TableRoute,
+    target: &Client,
     part: Part,
     progress: impl Fn(),
 ) -> Result<u64, SnapshotError> {
-    let CopyPair { source, target } = pair;
     let (from, to) = (&route.mapping.from, &route.mapping.to);
     let empty: bool = target
         .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {to})"), &[])
@@ -193,22 +255,13 @@ async fn copy_part(
         .collect();
     let filter =
         if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
-    let out = source
-        .copy_out(&format!("COPY (SELECT {} FROM ONLY {from}{filter}) TO STDOUT", source_list.join(", ")))
-        .await
-        .map_err(sql_error(format!("reading {from}")))?;
     let sink = target
         .copy_in(&format!("COPY {to} ({}) FROM STDIN", target_list.join(", ")))
         .await
         .map_err(sql_error(format!("writing {to}")))?;
-    futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
-    while let Some(chunk) = out.next().await {
-        let chunk = chunk.map_err(sql_error(format!("reading {from}")))?;
-        fault::point(fault::DURING_SNAPSHOT_COPY);
-        sink.send(chunk).await.map_err(sql_error(format!("writing {to}")))?;
-        progress(); // COPY TO sends a row per message
-    }
+    let copy = format!("COPY (SELECT {} FROM ONLY {from}{filter}) TO STDOUT", source_list.join(", "));
+    reader.copy_into(&copy, sink.as_mut(), to, progress).await?;
     sink.as_mut().finish().await.map_err(sql_error(format!("finishing the copy into {to}")))
 }
 

@@ -137,36 +137,28 @@ pub async fn mark_copying(
         .map_err(target_error("marking the tables as being copied"))
 }
 
-/// A second source and target session for a copy (see
-/// [`snapshot::copy_tables`]); its target transaction is open, tagged with
-/// the replication origin `origin`.
-pub struct SecondPair {
-    pub source: Client,
-    pub target: Client,
+/// A second target session for a copy (see [`snapshot::copy_tables`]),
+/// its transaction open and tagged with the replication origin `origin`.
+pub struct SecondTarget {
+    pub client: Client,
 }
 
-impl SecondPair {
+impl SecondTarget {
     pub async fn open(
-        source: &ConnInfo,
         target: &ConnInfo,
         subscription: &str,
         origin: &str,
-    ) -> Result<SecondPair, PipelineError> {
-        let target = tls::connect_sql(target).await.map_err(PipelineError::ConnectTarget)?;
-        apply::prepare_target_session(&target, subscription, origin).await?;
-        target.batch_execute("BEGIN").await.map_err(target_error("BEGIN"))?;
-        let source = tls::connect_sql(source).await.map_err(PipelineError::ConnectSource)?;
-        Ok(SecondPair { source, target })
+    ) -> Result<SecondTarget, PipelineError> {
+        let client = tls::connect_sql(target).await.map_err(PipelineError::ConnectTarget)?;
+        apply::prepare_target_session(&client, subscription, origin).await?;
+        client.batch_execute("BEGIN").await.map_err(target_error("BEGIN"))?;
+        Ok(SecondTarget { client })
     }
 
-    pub fn pair(&self) -> snapshot::CopyPair<'_> {
-        snapshot::CopyPair { source: &self.source, target: &self.target }
-    }
-
-    /// Commits its part, before the first pair's transaction says the copy
-    /// is complete.
+    /// Commits its part, before the first session's transaction says the
+    /// copy is complete.
     pub async fn commit(self) -> Result<(), ApplyError> {
-        self.target.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))?;
+        self.client.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))?;
         fault::point(fault::AFTER_COPY_PART_COMMIT);
         Ok(())
     }
@@ -352,9 +344,9 @@ pub async fn copy_new_tables(
         .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
         .await
         .map_err(target_error("BEGIN"))?;
-    let second = SecondPair::open(&source, &target, &sub.name, &format!("{origin}_copy")).await?;
-    let pairs = [snapshot::CopyPair { source: &source_sql, target: &target_sql }, second.pair()];
-    snapshot::copy_tables(&sub, &routes_ref, &pairs, snapshot_name, &metrics).await?;
+    let second = SecondTarget::open(&target, &sub.name, &format!("{origin}_copy")).await?;
+    let targets = [&target_sql, &second.client];
+    snapshot::copy_tables(&sub, &routes_ref, &source, &targets, snapshot_name, &metrics).await?;
     second.commit().await?;
     let names: Vec<&QualifiedName> = routes.iter().map(|r| &r.mapping.from).collect();
     record_copied(&target_sql, &sub.name, &names, Some(slot.consistent_point)).await?;

@@ -81,6 +81,11 @@ impl Frame {
         self.frame.slice(5..)
     }
 
+    /// The message body, borrowed.
+    pub fn payload(&self) -> &[u8] {
+        &self.frame[5..]
+    }
+
     fn parse(&self) -> io::Result<backend::Message> {
         let mut buf = BytesMut::from(&self.frame[..]);
         backend::Message::parse(&mut buf)?
@@ -102,6 +107,11 @@ impl QueryResult {
         self.rows.first()?.get(i)?.as_deref()
     }
 }
+
+/// Reads ask the kernel for at least `READ_MIN` bytes, in a buffer grown
+/// by `READ_SIZE` when it has less room.
+const READ_MIN: usize = 16 * 1024;
+const READ_SIZE: usize = 64 * 1024;
 
 pub struct Connection {
     socket: Socket,
@@ -165,7 +175,7 @@ impl Connection {
         };
         let mut conn = Connection {
             socket,
-            read_buf: BytesMut::with_capacity(64 * 1024),
+            read_buf: BytesMut::with_capacity(READ_SIZE),
             write_buf: BytesMut::with_capacity(8 * 1024),
             target: target.to_string(),
             parameters: HashMap::new(),
@@ -304,6 +314,12 @@ impl Connection {
                     _ => return Ok(frame),
                 }
                 continue;
+            }
+            // Read in large pieces: frames split off the buffer take its
+            // space with them, and a nearly full buffer would otherwise be
+            // refilled a few bytes per system call.
+            if self.read_buf.capacity() - self.read_buf.len() < READ_MIN {
+                self.read_buf.reserve(READ_SIZE);
             }
             let n = self.socket.read_buf(&mut self.read_buf).await.map_err(|e| self.io_error(e))?;
             if n == 0 {
