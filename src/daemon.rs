@@ -101,6 +101,9 @@ impl Pipelines {
     /// stop, changed ones restart, new ones start, and ones that stopped
     /// with an error get another chance.
     async fn apply(&mut self, config: &Config) {
+        if self.cancel.is_cancelled() {
+            return; // stopping: nothing new starts
+        }
         let wanted: BTreeMap<String, PipelineSpec> = config
             .subscriptions
             .iter()

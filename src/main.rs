@@ -230,9 +230,11 @@ async fn demo_command(seconds: Option<u64>) -> anyhow::Result<()> {
 /// holds when it is valid.
 fn reload_on_sighup(path: PathBuf) -> tokio::sync::mpsc::Receiver<Config> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
+    // Installed before any pipeline starts: until then SIGHUP would end
+    // the process.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .expect("installing the SIGHUP handler");
     tokio::spawn(async move {
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .expect("installing the SIGHUP handler");
         while hup.recv().await.is_some() {
             tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration");
             match Config::load(&path) {

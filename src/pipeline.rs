@@ -69,6 +69,8 @@ pub enum PipelineError {
     /// transactions up to `until` carefully, setting refused changes aside.
     #[error("a change was refused; replaying up to {until} to record it as a dead letter")]
     ReplayCarefully { until: Lsn },
+    #[error("the copy of tables added to the subscription failed: {0}")]
+    CopyFailed(String),
     /// Not a failure: see [`CopyBehindStream`].
     #[error(transparent)]
     CopyBehindStream(#[from] CopyBehindStream),
@@ -122,7 +124,7 @@ impl PipelineError {
             | PipelineError::Apply(ApplyError::Target { .. } | ApplyError::MissingRow { .. })
             | PipelineError::ReplayCarefully { .. }
             | PipelineError::CopyBehindStream(_) => ErrorKind::Target,
-            PipelineError::Snapshot(_) => ErrorKind::Snapshot,
+            PipelineError::Snapshot(_) | PipelineError::CopyFailed(_) => ErrorKind::Snapshot,
             PipelineError::SlotVanished { .. } | PipelineError::SlotInvalidated { .. } => ErrorKind::Slot,
             PipelineError::Apply(_) | PipelineError::Catalog(_) | PipelineError::Route(_) => {
                 ErrorKind::Config
@@ -208,6 +210,10 @@ pub async fn run(
     let mut careful_until = None;
     metrics.set_state(State::Starting);
     loop {
+        if cancel.is_cancelled() {
+            metrics.set_state(State::Stopped);
+            return Ok(());
+        }
         let started = Instant::now();
         let error = match run_once(&spec, &metrics, &cancel, careful_until).await {
             Ok(()) => {
@@ -299,7 +305,16 @@ async fn run_once(
         applier.wait_for_flush().await?;
         metrics.resumed_at(progress);
     }
-    let tables = TableStates::load(applier.client(), sub).await?;
+    let mut tables = TableStates::load(applier.client(), sub).await?;
+    if progress.is_some() && tables.is_empty() {
+        // A target written before ferry recorded its tables: the ones it
+        // streamed are those the publication holds.
+        let published = catalog::published_tables(&source_sql, &sub.publication).await?;
+        let streamed: Vec<&QualifiedName> =
+            sub.tables.iter().map(|t| &t.from).filter(|t| published.contains(t)).collect();
+        tablesync::record_copied(applier.client(), &sub.name, &streamed, None).await?;
+        tables = TableStates::load(applier.client(), sub).await?;
+    }
 
     catalog::ensure_publication(&source_sql, sub).await?;
     let mut replication = ReplicationClient::connect(&spec.source).await?;
@@ -331,7 +346,12 @@ async fn run_once(
                 replication.drop_slot(&sub.slot, true).await?;
             }
             metrics.set_state(State::Snapshot);
-            let start = initial_sync(spec, &mut replication, &mut applier, metrics).await?;
+            // A copy can take long: stopping does not wait for it (it is
+            // rolled back, and done again next time).
+            let start = tokio::select! {
+                start = initial_sync(spec, &mut replication, &source_sql, &mut applier, metrics) => start?,
+                _ = cancel.cancelled() => return Ok(()),
+            };
             (start, start)
         }
     };
@@ -414,7 +434,7 @@ async fn join_new_tables(
     let mut routes = Vec::new();
     for table in new {
         tracing::info!(subscription = %sub.name, %table, "table added to the subscription: copying it while the others stream");
-        routes.extend(applier.take_route(table));
+        routes.push(applier.take_route(table)?);
         floors.set(table.clone(), Floor::Copying { hold: start });
     }
     let (source, target) = (spec.source.clone(), spec.target.clone());
@@ -428,6 +448,7 @@ async fn join_new_tables(
 async fn initial_sync(
     spec: &PipelineSpec,
     replication: &mut ReplicationClient,
+    source_sql: &tokio_postgres::Client,
     applier: &mut Applier,
     metrics: &PipelineMetrics,
 ) -> Result<Lsn, PipelineError> {
@@ -440,11 +461,14 @@ async fn initial_sync(
     applier.begin().await?;
     if let Some(snapshot_name) = slot.snapshot_name.as_deref().filter(|_| sub.snapshot) {
         let routes = routes_of(applier, &tables)?;
-        let origin = format!("{}_copy", sub.slot);
-        let second = SecondTarget::open(&spec.target, &sub.name, &origin).await?;
-        let targets = [applier.client(), &second.client];
-        snapshot::copy_tables(sub, &routes, &spec.source, &targets, snapshot_name, metrics).await?;
-        second.commit().await?;
+        let splits = snapshot::split_points(source_sql, &routes).await?;
+        let origin = format!("{}.copy", sub.slot);
+        let second = SecondTarget::open_if_split(&spec.target, &sub.name, &origin, &splits).await;
+        let targets = SecondTarget::with(&second, applier.client());
+        snapshot::copy_tables(sub, &routes, &splits, &spec.source, &targets, snapshot_name, metrics).await?;
+        if let Some(second) = second {
+            second.commit().await?;
+        }
     }
     tablesync::record_copied(applier.client(), &sub.name, &tables, None).await?;
     applier.commit(slot.consistent_point, crate::pg::timestamp::now_micros()).await?;
@@ -486,7 +510,7 @@ async fn apply_events(
                 },
                 _ = flush_check.tick(), if !state.unflushed.is_empty() => state.release_flushed(applier, durable).await?,
                 Some(copied) = copying.join_next(), if !copying.is_empty() => {
-                    let copied = copied.map_err(|panic| SourceError::Sequence(format!("the copy of new tables panicked: {panic}")))?;
+                    let copied = copied.map_err(|panic| PipelineError::CopyFailed(panic.to_string()))?;
                     state.copied(applier, copied?)?;
                 }
                 _ = tokio::time::sleep_until(state.linger_deadline()), if state.lingering() => {
@@ -523,6 +547,9 @@ struct ApplyState {
     forward_origins: bool,
     /// The commit LSN of the latest source transaction begun.
     current_commit: Lsn,
+    /// The end LSN of the latest source transaction handled (committed on
+    /// the target or not).
+    handled: Lsn,
     /// Source transactions up to this commit LSN are applied carefully
     /// (one statement at a time, refused ones set aside).
     careful_until: Option<Lsn>,
@@ -569,6 +596,7 @@ impl ApplyState {
             in_source_transaction: false,
             skipping: false,
             current_commit: Lsn::ZERO,
+            handled: progress,
             careful_until,
             from_elsewhere: false,
             forward_origins,
@@ -637,6 +665,7 @@ impl ApplyState {
             }
             SourceEvent::Commit { end_lsn, commit_time, .. } => {
                 self.in_source_transaction = false;
+                self.handled = self.handled.max(end_lsn);
                 self.floors.passed(end_lsn);
                 if !self.skipping {
                     self.source_committed(applier, end_lsn, commit_time, nothing_waiting, durable).await?;
@@ -695,8 +724,8 @@ impl ApplyState {
     /// stream skipped their changes while they were copied: if it already
     /// went past the snapshot, it must go back for them.
     fn join(&mut self, applier: &mut Applier, copied: Copied) -> Result<(), CopyBehindStream> {
-        if copied.at < self.progress {
-            return Err(CopyBehindStream { at: copied.at, progress: self.progress });
+        if copied.at < self.handled {
+            return Err(CopyBehindStream { at: copied.at, progress: self.handled });
         }
         for route in copied.routes {
             tracing::info!(subscription = %self.metrics.subscription(), table = %route.mapping.from, at = %copied.at, "copied table joins the stream");

@@ -105,20 +105,9 @@ impl SnapshotReader {
         Ok(rows.max(0))
     }
 
-    /// How many heap blocks a table has, or 0 when the source cannot scan a
-    /// range of them (TID range scans came with PostgreSQL 14; before, each
-    /// part would read the whole table).
-    async fn splittable_blocks(&mut self, table: &QualifiedName) -> Result<i64, SnapshotError> {
-        let name = quote_literal(&table.to_string());
-        self.number(&format!(
-            "SELECT CASE WHEN current_setting('server_version_num')::int >= 140000
-                    THEN pg_relation_size({name}::regclass) / current_setting('block_size')::int ELSE 0 END"
-        ))
-        .await
-    }
-
     /// Runs `COPY ... TO STDOUT` and sends what it yields into `sink` in
-    /// large chunks; `progress` hears of each row (a message per row).
+    /// large chunks; `progress` hears of each message (one per row, and in
+    /// the binary format a last one that ends the data).
     async fn copy_into(
         &mut self,
         sql: &str,
@@ -165,14 +154,42 @@ impl SnapshotReader {
     }
 }
 
+/// Where to split each route's table in two halves (a heap block), for
+/// those large enough to gain from it. Measured before the copy, so that a
+/// second target session is only opened when some table needs it (each
+/// takes one of the target's replication origin slots).
+pub async fn split_points(
+    source: &Client,
+    routes: &[&TableRoute],
+) -> Result<Vec<Option<i64>>, SnapshotError> {
+    let mut points = Vec::new();
+    for route in routes {
+        let table = &route.mapping.from;
+        // TID range scans came with PostgreSQL 14; before, each half would
+        // read the whole table.
+        let blocks: i64 = source
+            .query_one(
+                "SELECT CASE WHEN current_setting('server_version_num')::int >= 140000
+                        THEN pg_relation_size($1::text::regclass) / current_setting('block_size')::int ELSE 0 END",
+                &[&table.to_string()],
+            )
+            .await
+            .map_err(sql_error(format!("measuring {table}")))?
+            .get(0);
+        points.push((blocks >= SPLIT_MIN_BLOCKS).then_some(blocks / 2));
+    }
+    Ok(points)
+}
+
 /// Copies each route's table from `source` (as of the exported snapshot
 /// `snapshot_name`) into `targets`, inside their open transactions,
-/// reporting progress. A large table is split between the first two
-/// targets, each fed by a source session of its own; the rest go to the
-/// first.
+/// reporting progress. A table with a split point (see [`split_points`])
+/// is split between the first two targets, each fed by a source session of
+/// its own; the rest go to the first.
 pub async fn copy_tables(
     sub: &Subscription,
     routes: &[&TableRoute],
+    splits: &[Option<i64>],
     source: &ConnInfo,
     targets: &[&Client],
     snapshot_name: &str,
@@ -190,7 +207,7 @@ pub async fn copy_tables(
         metrics.snapshot_estimate(index_of(route), estimate);
         estimates.push(estimate);
     }
-    for (route, estimate) in routes.iter().copied().zip(estimates) {
+    for ((route, estimate), split) in routes.iter().copied().zip(estimates).zip(splits.iter().copied()) {
         let (started, index, table) = (Instant::now(), index_of(route), &route.mapping.from);
         // Both parts report to one count (they run in this task; the lock
         // is never contended, it only makes the future Send).
@@ -201,10 +218,8 @@ pub async fn copy_tables(
             metrics.snapshot_copied(index, rows);
             shown.lock().expect("not poisoned").update(rows);
         };
-        let blocks = if readers.len() > 1 { readers[0].splittable_blocks(table).await? } else { 0 };
-        let rows = match (&mut readers[..], blocks >= SPLIT_MIN_BLOCKS) {
-            ([first, second, ..], true) => {
-                let half = blocks / 2;
+        let rows = match (&mut readers[..], split) {
+            ([first, second, ..], Some(half)) => {
                 let (below, from) = tokio::join!(
                     copy_part(first, route, targets[0], Part::Below(half), progress),
                     copy_part(second, route, targets[1], Part::From(half), progress)
@@ -255,12 +270,13 @@ async fn copy_part(
         .collect();
     let filter =
         if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
+    let format = if route.binary_copy_safe() { " (FORMAT binary)" } else { "" };
     let sink = target
-        .copy_in(&format!("COPY {to} ({}) FROM STDIN", target_list.join(", ")))
+        .copy_in(&format!("COPY {to} ({}) FROM STDIN{format}", target_list.join(", ")))
         .await
         .map_err(sql_error(format!("writing {to}")))?;
     futures_util::pin_mut!(sink);
-    let copy = format!("COPY (SELECT {} FROM ONLY {from}{filter}) TO STDOUT", source_list.join(", "));
+    let copy = format!("COPY (SELECT {} FROM ONLY {from}{filter}) TO STDOUT{format}", source_list.join(", "));
     reader.copy_into(&copy, sink.as_mut(), to, progress).await?;
     sink.as_mut().finish().await.map_err(sql_error(format!("finishing the copy into {to}")))
 }

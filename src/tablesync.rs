@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::Client;
 
-use crate::apply::{self, ApplyError};
+use crate::apply::{self, ApplyError, target_error};
 use crate::config::Subscription;
 use crate::fault;
 use crate::metrics::PipelineMetrics;
@@ -39,10 +39,6 @@ pub const TABLES_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.tables (
     copying boolean NOT NULL DEFAULT false,
     PRIMARY KEY (subscription, source_table)
 );";
-
-fn target_error(context: &str) -> impl FnOnce(tokio_postgres::Error) -> ApplyError + '_ {
-    move |source| ApplyError::Target { context: context.to_string(), source }
-}
 
 /// What the target says about a subscription's tables.
 #[derive(Debug, Default)]
@@ -80,6 +76,11 @@ impl TableStates {
             states.copied.insert(table);
         }
         Ok(states)
+    }
+
+    /// Nothing is recorded about the subscription's tables.
+    pub fn is_empty(&self) -> bool {
+        self.copied.is_empty()
     }
 
     /// The configured tables the target has no copy of.
@@ -144,15 +145,36 @@ pub struct SecondTarget {
 }
 
 impl SecondTarget {
-    pub async fn open(
+    /// Opens one when some table is to be split (`splits`, see
+    /// [`snapshot::split_points`]). Without one (say, the target has no
+    /// replication origin slot to spare) the copy goes on, unsplit.
+    pub async fn open_if_split(
         target: &ConnInfo,
         subscription: &str,
         origin: &str,
-    ) -> Result<SecondTarget, PipelineError> {
-        let client = tls::connect_sql(target).await.map_err(PipelineError::ConnectTarget)?;
-        apply::prepare_target_session(&client, subscription, origin).await?;
-        client.batch_execute("BEGIN").await.map_err(target_error("BEGIN"))?;
-        Ok(SecondTarget { client })
+        splits: &[Option<i64>],
+    ) -> Option<SecondTarget> {
+        if splits.iter().all(Option::is_none) {
+            return None;
+        }
+        let opened = async {
+            let client = tls::connect_sql(target).await.map_err(PipelineError::ConnectTarget)?;
+            apply::prepare_target_session(&client, subscription, origin).await?;
+            client.batch_execute("BEGIN").await.map_err(target_error("BEGIN"))?;
+            Ok::<_, PipelineError>(SecondTarget { client })
+        };
+        match opened.await {
+            Ok(second) => Some(second),
+            Err(error) => {
+                tracing::warn!(%subscription, "copying with one target session only: a second one could not be opened: {error}");
+                None
+            }
+        }
+    }
+
+    /// The target sessions of a copy: `first`, and this one if there is one.
+    pub fn with<'a>(second: &'a Option<SecondTarget>, first: &'a Client) -> Vec<&'a Client> {
+        std::iter::once(first).chain(second.as_ref().map(|s| &s.client)).collect()
     }
 
     /// Commits its part, before the first session's transaction says the
@@ -258,7 +280,7 @@ impl Floors {
                 relations.retain(|r| self.applies(r, commit_lsn, replaying));
                 !relations.is_empty()
             }
-            Change::Message(_) => true,
+            Change::Message(_) => !replaying,
         }
     }
 
@@ -329,8 +351,9 @@ pub async fn copy_new_tables(
 ) -> Result<Copied, PipelineError> {
     let target_sql = tls::connect_sql(&target).await.map_err(PipelineError::ConnectTarget)?;
     // Origins of their own: an origin serves one session at a time, and the
-    // stream's session holds the subscription's.
-    let origin = format!("{}_sync", sub.slot);
+    // stream's session holds the subscription's. The dot keeps them apart
+    // from any subscription's origin (subscription names have none).
+    let origin = format!("{}.sync", sub.slot);
     apply::prepare_target_session(&target_sql, &sub.name, &origin).await?;
     let source_sql = tls::connect_sql(&source).await.map_err(PipelineError::ConnectSource)?;
     let routes_ref: Vec<&TableRoute> = routes.iter().collect();
@@ -344,10 +367,13 @@ pub async fn copy_new_tables(
         .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
         .await
         .map_err(target_error("BEGIN"))?;
-    let second = SecondTarget::open(&target, &sub.name, &format!("{origin}_copy")).await?;
-    let targets = [&target_sql, &second.client];
-    snapshot::copy_tables(&sub, &routes_ref, &source, &targets, snapshot_name, &metrics).await?;
-    second.commit().await?;
+    let splits = snapshot::split_points(&source_sql, &routes_ref).await?;
+    let second = SecondTarget::open_if_split(&target, &sub.name, &format!("{origin}.copy"), &splits).await;
+    let targets = SecondTarget::with(&second, &target_sql);
+    snapshot::copy_tables(&sub, &routes_ref, &splits, &source, &targets, snapshot_name, &metrics).await?;
+    if let Some(second) = second {
+        second.commit().await?;
+    }
     let names: Vec<&QualifiedName> = routes.iter().map(|r| &r.mapping.from).collect();
     record_copied(&target_sql, &sub.name, &names, Some(slot.consistent_point)).await?;
     target_sql.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))?;
@@ -363,7 +389,8 @@ async fn temporary_slot_name(source: &Client) -> Result<String, SnapshotError> {
         .query_one("SELECT pg_backend_pid()", &[])
         .await
         .map_err(|source| SnapshotError::Sql { context: "naming the copy's slot".into(), source })?;
-    Ok(format!("ferry_copy_{}", row.get::<_, i32>(0)))
+    // Not `ferry_...`: that is where subscriptions' slots are named.
+    Ok(format!("ferrycopy_{}", row.get::<_, i32>(0)))
 }
 
 #[cfg(test)]

@@ -64,7 +64,8 @@ async fn assert_same(src: &tokio_postgres::Client, dst: &tokio_postgres::Client)
 }
 
 async fn copied_tables(dst: &tokio_postgres::Client) -> Vec<String> {
-    let rows = dst.query("SELECT source_table FROM ferry.tables WHERE NOT copying ORDER BY 1", &[]).await.unwrap();
+    let rows =
+        dst.query("SELECT source_table FROM ferry.tables WHERE NOT copying ORDER BY 1", &[]).await.unwrap();
     rows.iter().map(|r| r.get(0)).collect()
 }
 
@@ -277,4 +278,100 @@ async fn a_table_copied_ahead_of_the_stream_joins_it_where_the_copy_ends() {
     assert!(!daemon.logs().contains("going back to"), "{}", daemon.logs());
     let floors: i64 = dst.query_one("SELECT count(floor) FROM ferry.tables", &[]).await.unwrap().get(0);
     assert_eq!(floors, 0, "the floor was cleared once the stream passed it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_ends_while_a_target_transaction_is_open_goes_back_for_what_it_missed() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    let schema = "CREATE TABLE steady (id bigserial PRIMARY KEY, note text);
+         CREATE TABLE marker (id bigserial PRIMARY KEY);
+         CREATE TABLE added (id int PRIMARY KEY, counter int NOT NULL, note text);";
+    exec(&src, schema).await;
+    exec(&dst, schema).await;
+    // On the target, the row 'slow' takes 250 ms to insert: the applier is
+    // inside an open target transaction, holding a source transaction whose
+    // change of `added` it left out, when the copy ends.
+    exec(
+        &dst,
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.note = 'slow' THEN PERFORM pg_sleep(0.25); END IF; RETURN NEW; END $$;
+         CREATE TRIGGER slow BEFORE INSERT ON steady FOR EACH ROW EXECUTE FUNCTION slow();
+         ALTER TABLE steady ENABLE ALWAYS TRIGGER slow;",
+    )
+    .await;
+    exec(&src, "INSERT INTO added SELECT g, 0, 'row' FROM generate_series(1, 10) g").await;
+    let daemon = Daemon::start(&config(&source, &target, &["steady", "marker"]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    let (holder, connection) =
+        tokio_postgres::connect(&target.url("postgres"), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    exec(&holder, "BEGIN; LOCK TABLE added IN SHARE MODE").await;
+    daemon.reload(&config(&source, &target, &["steady", "marker", "added"]));
+    daemon.wait_for_log("copying tables added to the subscription", WAIT).await;
+    let mut sql = String::from(
+        "BEGIN; UPDATE added SET counter = 1 WHERE id = 1;
+         INSERT INTO steady (note) VALUES ('slow'); INSERT INTO marker DEFAULT VALUES; COMMIT;",
+    );
+    for _ in 0..50 {
+        sql.push_str("INSERT INTO steady (note) VALUES ('z');");
+    }
+    exec(&src, &sql).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let sleeping: i64 = holder
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if sleeping > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the applier never reached the slow row");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    exec(&holder, "COMMIT").await;
+    daemon.wait_for_log("going back to", WAIT).await;
+    exec(&src, "INSERT INTO steady (note) VALUES ('after'); UPDATE added SET counter = 2 WHERE id = 2").await;
+    wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
+    wait_for_same(&src, &dst, "added", "added", "id, counter, note", "id", WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_of_a_removed_table_still_in_the_slot_are_left_out() {
+    let (source, target, src, dst) = setup().await;
+    let daemon = Daemon::start(&config(&source, &target, &["steady", "added"]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    assert_same(&src, &dst).await;
+    daemon.signal_and_wait("TERM");
+    // While ferry is down, a change of the table about to be removed: its
+    // transaction is decoded with the publication as it was.
+    exec(&src, "UPDATE added SET counter = 1 WHERE id = 1; INSERT INTO steady (note) VALUES ('x')").await;
+    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    daemon.wait_for_log("leaving out changes of a table this subscription no longer maps", WAIT).await;
+    exec(&src, "INSERT INTO steady (note) VALUES ('after')").await;
+    wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
+    let counter: i32 = dst.query_one("SELECT counter FROM added WHERE id = 1", &[]).await.unwrap().get(0);
+    assert_eq!(counter, 0);
+    assert!(!daemon.logs().contains("pipeline stopped"), "{}", daemon.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_from_before_ferry_recorded_its_tables_keeps_streaming() {
+    let (source, target, src, dst) = setup().await;
+    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    daemon.signal_and_wait("TERM");
+    // What an earlier ferry left on the target: progress, no table list.
+    exec(&dst, "DROP TABLE ferry.tables").await;
+    // The same restart adds a table: it is the only one copied.
+    let daemon = Daemon::start(&config(&source, &target, &["steady", "added"]));
+    daemon.wait_for_log("copied table joins the stream", WAIT).await;
+    exec(
+        &src,
+        "INSERT INTO steady (note) VALUES ('after the upgrade'); UPDATE added SET counter = 9 WHERE id = 3",
+    )
+    .await;
+    assert_same(&src, &dst).await;
+    assert_eq!(daemon.logs().matches("copying it while the others stream").count(), 1, "{}", daemon.logs());
 }

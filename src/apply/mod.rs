@@ -2,7 +2,7 @@
 //! statements prepared per table, and records the subscription's progress in
 //! the same transaction as the changes it covers.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -108,7 +108,7 @@ impl ApplyError {
 /// few hundred milliseconds at most.
 const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn target_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ApplyError {
+pub(crate) fn target_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ApplyError {
     let context = context.into();
     move |source| ApplyError::Target { context, source }
 }
@@ -182,6 +182,8 @@ pub struct Applier {
     run: Option<InsertRun>,
     /// Statements for the next commit to run (see [`Applier::with_next_commit`]).
     next_commit: String,
+    /// Relations whose changes were left out as unmapped (logged once).
+    left_out: HashSet<u32>,
 }
 
 const PROGRESS_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.progress (
@@ -239,6 +241,10 @@ pub async fn prepare_target_session(
     tag_with_origin(client, subscription, origin).await
 }
 
+/// How many times (100 ms apart) an origin held by another session is asked
+/// for again before that is an error.
+const ORIGIN_RELEASE_TRIES: usize = 50;
+
 /// Tags every transaction this session commits with the replication
 /// origin `origin`, so that a pipeline reading this database can tell
 /// ferry's changes from the service's own and not send them back (no
@@ -251,7 +257,19 @@ async fn tag_with_origin(client: &Client, subscription: &str, origin: &str) -> R
         "SELECT pg_replication_origin_create({name}) WHERE pg_replication_origin_oid({name}) IS NULL;
          SELECT pg_replication_origin_session_setup({name});"
     );
-    match client.batch_execute(&sql).await {
+    let mut result = client.batch_execute(&sql).await;
+    // A session of this pipeline's that just ended (a restart, a reload)
+    // may hold the origin for a moment longer on the server.
+    for _ in 0..ORIGIN_RELEASE_TRIES {
+        match &result {
+            Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                result = client.batch_execute(&sql).await;
+            }
+            _ => break,
+        }
+    }
+    match result {
         Ok(()) => Ok(()),
         Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
             tracing::warn!(
@@ -366,6 +384,7 @@ impl Applier {
             dead_letters_written: 0,
             run: None,
             next_commit: String::new(),
+            left_out: HashSet::new(),
         })
     }
 
@@ -380,10 +399,11 @@ impl Applier {
 
     /// Takes a table out of what this applier writes (it is being copied
     /// elsewhere), returning its route.
-    pub fn take_route(&mut self, source: &QualifiedName) -> Option<TableRoute> {
-        let route = self.routes.remove(source)?;
+    pub fn take_route(&mut self, source: &QualifiedName) -> Result<TableRoute, ApplyError> {
+        let route = self.routes.remove(source).ok_or_else(|| ApplyError::Unmapped(source.clone()))?;
         self.plans.retain(|_, plan| !Arc::ptr_eq(&plan.route, &route));
-        Arc::try_unwrap(route).ok()
+        // Nothing else holds it before streaming starts.
+        Arc::try_unwrap(route).map_err(|route| ApplyError::Unmapped(route.mapping.from.clone()))
     }
 
     /// Adds a table to what this applier writes.
@@ -636,6 +656,13 @@ impl Applier {
     /// table's configuration. Its outcome may only be known at the next
     /// commit (statements are pipelined).
     pub async fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
+        if let Change::Insert { relation, .. }
+        | Change::Update { relation, .. }
+        | Change::Delete { relation, .. } = change
+            && !self.is_mapped(relation)
+        {
+            return Ok(());
+        }
         match change {
             Change::Insert { relation, new } => {
                 let plan = self.plan(relation).await?;
@@ -672,6 +699,23 @@ impl Applier {
             Change::Message(_) => {}
         }
         Ok(())
+    }
+
+    /// Whether a relation's changes have a table to go to. Changes of a
+    /// table taken out of the subscription still arrive while the WAL
+    /// written before the publication changed is read (it is decoded with
+    /// the publication as it was): they are left out, and the log says so
+    /// once.
+    fn is_mapped(&mut self, relation: &Relation) -> bool {
+        if self.plans.contains_key(&relation.oid) {
+            return true;
+        }
+        let mapped = self.routes.keys().any(|t| t.schema == relation.namespace && t.name == relation.name);
+        if !mapped && self.left_out.insert(relation.oid) {
+            let table = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
+            tracing::info!(subscription = %self.subscription, %table, "leaving out changes of a table this subscription no longer maps");
+        }
+        mapped
     }
 
     /// The plan for a relation, rebuilt whenever the server describes the

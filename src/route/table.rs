@@ -226,6 +226,21 @@ impl TableRoute {
         self.source_columns.iter().filter_map(|c| self.carried_as(&c.name).map(|t| (c.name.as_str(), t)))
     }
 
+    /// Whether the copy may move rows in COPY's binary format, which spares
+    /// both servers turning values into text and back: only when every
+    /// carried column has the same built-in type on both sides (a binary
+    /// value is read as exactly the type it was written as, and user types'
+    /// oids differ between databases).
+    pub fn binary_copy_safe(&self) -> bool {
+        /// The first oid a database gives its own objects.
+        const FIRST_NORMAL_OID: u32 = 16384;
+        self.carried().all(|(source, target)| {
+            let source = self.source_columns.iter().find(|c| c.name == source);
+            let target = self.target_columns.iter().find(|c| c.name == target);
+            matches!((source, target), (Some(s), Some(t)) if s.type_oid == t.type_oid && s.type_oid < FIRST_NORMAL_OID)
+        })
+    }
+
     /// Source columns that are neither carried nor excluded on purpose:
     /// the target lacks them (logged, so nobody wonders where they went).
     pub fn dropped_for_lack_of_target(&self) -> impl Iterator<Item = &str> {

@@ -191,7 +191,11 @@ pub async fn ensure_publication(client: &Client, subscription: &Subscription) ->
     Ok(())
 }
 
-async fn published_tables(client: &Client, publication: &str) -> Result<Vec<QualifiedName>, CatalogError> {
+/// The tables a publication holds (none when it does not exist), sorted.
+pub async fn published_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<Vec<QualifiedName>, CatalogError> {
     let rows = client
         .query(
             "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
