@@ -113,6 +113,19 @@ impl QueryResult {
 const READ_MIN: usize = 16 * 1024;
 const READ_SIZE: usize = 64 * 1024;
 
+/// The keepalive settings every ferry connection uses (see
+/// [`crate::pg::conninfo::KEEPALIVE_IDLE`]).
+fn set_keepalive(tcp: &TcpStream) -> io::Result<()> {
+    use crate::pg::conninfo::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES, TCP_USER_TIMEOUT};
+    let socket = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    socket.set_tcp_keepalive(&keepalive)?;
+    socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT))
+}
+
 pub struct Connection {
     socket: Socket,
     read_buf: BytesMut,
@@ -170,6 +183,7 @@ impl Connection {
             Host::Tcp(name) => {
                 let tcp = TcpStream::connect((name.as_str(), port)).await.map_err(connect_error)?;
                 tcp.set_nodelay(true).map_err(connect_error)?;
+                set_keepalive(&tcp).map_err(connect_error)?;
                 negotiate_tls(info, name, tcp, target).await?
             }
         };

@@ -288,6 +288,15 @@ pub enum ConnInfoError {
 /// libpq's defaults from [`ConnInfo::endpoints`]. `user` and `dbname` stay
 /// `None` when not given; [`ConnInfo::user`] and [`ConnInfo::dbname`] resolve them.
 ///
+/// TCP keepalives on every connection: a server that vanishes without
+/// closing it shows as a broken connection within about a minute.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_RETRIES: u32 = 3;
+/// How long sent data may stay unacknowledged before the connection counts
+/// as broken.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// `Debug` is derived but safe: the password is a [`Secret`] and prints `***`.
 /// `Display` is a URL without the password, for logs and errors.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -382,6 +391,14 @@ impl ConnInfo {
         if let Some(timeout) = self.connect_timeout {
             config.connect_timeout(timeout);
         }
+        // Broken within a minute instead of the hours TCP's defaults take:
+        // the pipeline then retries as for any lost connection.
+        config
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_RETRIES)
+            .tcp_user_timeout(TCP_USER_TIMEOUT);
         let all_unix = endpoints.iter().all(|e| matches!(e.host, Host::Unix(_)));
         config.ssl_mode(match self.sslmode {
             _ if all_unix => TpSslMode::Disable,
