@@ -66,6 +66,11 @@ pub enum PipelineError {
     /// transactions up to `until` carefully, setting refused changes aside.
     #[error("a change was refused; replaying up to {until} to record it as a dead letter")]
     ReplayCarefully { until: Lsn },
+    /// Not a failure yet: rows sent together failed; the pipeline restarts
+    /// and applies the source transactions up to `until` in source order,
+    /// one statement per row, so that the failing row is named.
+    #[error("a batch of rows failed; replaying up to {until} in source order, one statement per row")]
+    ReplayInOrder { until: Lsn },
     #[error(
         "slot {slot} no longer exists on the source, but the target has progress recorded: changes since then \
          are lost to ferry. To start over, empty the target tables and run \
@@ -112,7 +117,8 @@ impl PipelineError {
             PipelineError::ConnectTarget(_)
             | PipelineError::TargetClosed { .. }
             | PipelineError::Apply(ApplyError::Target { .. } | ApplyError::MissingRow { .. })
-            | PipelineError::ReplayCarefully { .. } => ErrorKind::Target,
+            | PipelineError::ReplayCarefully { .. }
+            | PipelineError::ReplayInOrder { .. } => ErrorKind::Target,
             PipelineError::Snapshot(_) => ErrorKind::Snapshot,
             PipelineError::SlotVanished { .. } | PipelineError::SlotInvalidated { .. } => ErrorKind::Slot,
             PipelineError::Apply(_) | PipelineError::Catalog(_) | PipelineError::Route(_) => {
@@ -166,11 +172,11 @@ pub async fn run(
 ) -> Result<(), PipelineError> {
     let name = spec.subscription.name.clone();
     let mut backoff = Duration::from_secs(1);
-    let mut careful_until = None;
+    let mut replay = Replay::default();
     metrics.set_state(State::Starting);
     loop {
         let started = Instant::now();
-        let error = match run_once(&spec, &metrics, &cancel, careful_until).await {
+        let error = match run_once(&spec, &metrics, &cancel, replay).await {
             Ok(()) => {
                 metrics.set_state(State::Stopped);
                 return Ok(());
@@ -179,7 +185,12 @@ pub async fn run(
                 // A change was refused for good and dead letters are on:
                 // replay up to that transaction one statement at a time.
                 tracing::info!(subscription = %name, %until, "replaying statement by statement to set the refused change aside");
-                careful_until = Some(until);
+                replay.careful_until = Some(until);
+                continue;
+            }
+            Err(PipelineError::ReplayInOrder { until }) => {
+                tracing::info!(subscription = %name, %until, "rows sent together failed; applying again in source order, one statement per row");
+                replay.in_order_until = Some(until);
                 continue;
             }
             Err(error) => error,
@@ -231,12 +242,23 @@ fn without_passwords(mut message: String, spec: &PipelineSpec) -> String {
     message
 }
 
+/// Source transactions applied differently after a failure.
+#[derive(Debug, Clone, Copy, Default)]
+struct Replay {
+    /// Up to this commit LSN: one statement at a time, refused changes set
+    /// aside as dead letters.
+    careful_until: Option<Lsn>,
+    /// Up to this commit LSN: in source order, one statement per row (no
+    /// batches, no COPY), so that a refused row is named.
+    in_order_until: Option<Lsn>,
+}
+
 /// One attempt: set up, copy if new, then stream until cancelled or broken.
 async fn run_once(
     spec: &PipelineSpec,
     metrics: &PipelineMetrics,
     cancel: &CancellationToken,
-    careful_until: Option<Lsn>,
+    replay: Replay,
 ) -> Result<(), PipelineError> {
     let sub = &spec.subscription;
     let target = tls::connect_sql(&spec.target).await.map_err(PipelineError::ConnectTarget)?;
@@ -300,7 +322,7 @@ async fn run_once(
     let stop_reader = cancel.child_token();
     let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone()));
     let target = spec.target.to_string();
-    let state = ApplyState::new(start, metrics, careful_until, sub.forward_origins);
+    let state = ApplyState::new(start, metrics, replay, sub.forward_origins);
     let applied = apply_events(&mut applier, events_rx, &durable_tx, state, &target).await;
     if applied.is_err() {
         stop_reader.cancel();
@@ -430,6 +452,9 @@ async fn apply_events(
         Err(PipelineError::Apply(error)) if applier.would_dead_letter(&error) => {
             Err(PipelineError::ReplayCarefully { until: state.current_commit })
         }
+        Err(PipelineError::Apply(error)) if error.is_batched() && !error.is_retryable() => {
+            Err(PipelineError::ReplayInOrder { until: state.current_commit })
+        }
         other => other,
     }
 }
@@ -448,9 +473,8 @@ struct ApplyState {
     forward_origins: bool,
     /// The commit LSN of the latest source transaction begun.
     current_commit: Lsn,
-    /// Source transactions up to this commit LSN are applied carefully
-    /// (one statement at a time, refused ones set aside).
-    careful_until: Option<Lsn>,
+    /// Source transactions applied carefully or in order after a failure.
+    replay: Replay,
     metrics: PipelineMetrics,
     /// Changes of the current source transaction applied so far.
     transaction_changes: usize,
@@ -473,20 +497,15 @@ struct Batch {
 
 impl ApplyState {
     /// The applier starts from `progress`; source transactions up to
-    /// `careful_until` are applied one statement at a time.
-    fn new(
-        progress: Lsn,
-        metrics: &PipelineMetrics,
-        careful_until: Option<Lsn>,
-        forward_origins: bool,
-    ) -> ApplyState {
+    /// `replay`'s positions are applied carefully or in order.
+    fn new(progress: Lsn, metrics: &PipelineMetrics, replay: Replay, forward_origins: bool) -> ApplyState {
         ApplyState {
             progress,
             batch: None,
             in_source_transaction: false,
             skipping: false,
             current_commit: Lsn::ZERO,
-            careful_until,
+            replay,
             from_elsewhere: false,
             forward_origins,
             metrics: metrics.clone(),
@@ -510,8 +529,9 @@ impl ApplyState {
                 // Its commit lies before the recorded end LSN: applied already.
                 self.skipping = commit_lsn < self.progress;
                 self.current_commit = commit_lsn;
-                let careful = self.careful_until.is_some_and(|until| commit_lsn <= until);
-                applier.begin_source_transaction(commit_lsn, careful);
+                let careful = self.replay.careful_until.is_some_and(|until| commit_lsn <= until);
+                let in_order = self.replay.in_order_until.is_some_and(|until| commit_lsn <= until);
+                applier.begin_source_transaction(commit_lsn, careful, in_order);
                 if !self.skipping {
                     self.metrics.pending(commit_time);
                 }
