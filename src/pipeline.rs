@@ -18,10 +18,11 @@ use crate::pg::{Lsn, PgError, tls};
 use crate::route::{LoadError, TableRoute};
 use crate::snapshot::{self, SnapshotError};
 use crate::source::catalog::{self, CatalogError, SlotState};
-use crate::source::{self, Change, SourceError, SourceEvent};
+use crate::source::{self, Change, EventChunk, SourceError, SourceEvent};
 
-/// Events in flight between reader and applier: enough to keep both busy,
-/// small enough that a slow target slows reading instead of filling memory.
+/// Events in flight between reader and applier (in chunks of
+/// [`source::CHUNK_EVENTS`]): enough to keep both busy, small enough that a
+/// slow target slows reading instead of filling memory.
 const CHANNEL_CAPACITY: usize = 4096;
 /// A target transaction closes at the first source commit after this many
 /// rows or this much time, or when no more changes are waiting.
@@ -317,7 +318,7 @@ async fn run_once(
     tracing::info!(subscription = %sub.name, slot = %sub.slot, %start, "streaming");
     metrics.set_state(State::Streaming);
 
-    let (events_tx, events_rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let (events_tx, events_rx) = mpsc::channel(CHANNEL_CAPACITY / source::CHUNK_EVENTS);
     let (durable_tx, durable_rx) = watch::channel(start);
     let stop_reader = cancel.child_token();
     let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone()));
@@ -417,7 +418,7 @@ async fn estimated_rows(source: &tokio_postgres::Client, table: &crate::pg::name
 /// that the target connection is still open (`target` names it).
 async fn apply_events(
     applier: &mut Applier,
-    mut events: mpsc::Receiver<SourceEvent>,
+    mut events: mpsc::Receiver<EventChunk>,
     durable: &watch::Sender<Lsn>,
     mut state: ApplyState,
     target: &str,
@@ -429,8 +430,14 @@ async fn apply_events(
     let result = async {
         loop {
             tokio::select! {
-                event = events.recv() => match event {
-                    Some(event) => state.handle(applier, event, events.is_empty(), durable).await?,
+                chunk = events.recv() => match chunk {
+                    Some(chunk) => {
+                        let last = chunk.len();
+                        for (n, event) in chunk.into_iter().enumerate() {
+                            let nothing_waiting = n + 1 == last && events.is_empty();
+                            state.handle(applier, event, nothing_waiting, durable).await?;
+                        }
+                    }
                     None => break,
                 },
                 _ = check.tick() => if applier.client().is_closed() {
