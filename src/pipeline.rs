@@ -33,6 +33,12 @@ const GROUP_COMMIT_AGE: Duration = Duration::from_millis(500);
 /// transactions a little apart, and a commit each would cost a round trip
 /// each; live, it adds at most this much latency.
 const GROUP_COMMIT_LINGER: Duration = Duration::from_millis(2);
+/// A source transaction applied with nothing more waiting and committed
+/// less than this long ago means the pipeline is caught up (live): rows
+/// then go out one statement each as they arrive instead of being gathered
+/// per table until the target commit. Catching up, the applier often finds
+/// the channel empty for a moment too, but the commits it applies are old.
+const LIVE_LAG: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How often an idle applier checks that its target connection is still
 /// open, so that a target going away shows (and is retried) without
@@ -571,6 +577,10 @@ impl ApplyState {
             }
             SourceEvent::Commit { end_lsn, commit_time, .. } => {
                 self.in_source_transaction = false;
+                // Caught up or behind: decides whether the next
+                // transaction's rows are gathered per table.
+                let lag = crate::pg::timestamp::now_micros().saturating_sub(commit_time);
+                applier.set_live(nothing_waiting && lag < LIVE_LAG.as_micros() as i64);
                 if self.skipping {
                     return Ok(());
                 }

@@ -196,6 +196,10 @@ pub struct Applier {
     in_order: bool,
     /// The table of the latest inserts in a row, and how many there were.
     consecutive: (u32, usize),
+    /// Caught up with the source: each transaction arrives on its own, and
+    /// its rows go out one statement each as they come (a batch would only
+    /// add a round trip at commit).
+    live: bool,
 }
 
 const PROGRESS_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.progress (
@@ -380,6 +384,7 @@ impl Applier {
             pending: Vec::new(),
             in_order: false,
             consecutive: (0, 0),
+            live: false,
         })
     }
 
@@ -509,7 +514,13 @@ impl Applier {
 
     /// Whether rows may be gathered per table (see [`batch`]).
     fn batching(&self) -> bool {
-        !self.careful && !self.in_order
+        !self.careful && !self.in_order && !self.live
+    }
+
+    /// Says whether the applier is caught up with the source (nothing was
+    /// waiting after the last source commit): then rows are not gathered.
+    pub fn set_live(&mut self, live: bool) {
+        self.live = live;
     }
 
     /// Whether an error is one a replay in careful mode would set aside.
