@@ -20,11 +20,12 @@ use crate::pg::{Lsn, PgError, tls};
 use crate::route::{LoadError, TableRoute};
 use crate::snapshot::{self, SnapshotError};
 use crate::source::catalog::{self, CatalogError, SlotState};
-use crate::source::{self, Change, SourceError, SourceEvent};
+use crate::source::{self, Change, EventChunk, SourceError, SourceEvent};
 use crate::tablesync::{self, Copied, Floor, Floors, SecondTarget, TableStates};
 
-/// Events in flight between reader and applier: enough to keep both busy,
-/// small enough that a slow target slows reading instead of filling memory.
+/// Events in flight between reader and applier (in chunks of
+/// [`source::CHUNK_EVENTS`]): enough to keep both busy, small enough that a
+/// slow target slows reading instead of filling memory.
 const CHANNEL_CAPACITY: usize = 4096;
 /// A target transaction closes at the first source commit after this many
 /// rows or this much time, or when no more changes are waiting.
@@ -35,6 +36,12 @@ const GROUP_COMMIT_AGE: Duration = Duration::from_millis(500);
 /// transactions a little apart, and a commit each would cost a round trip
 /// each; live, it adds at most this much latency.
 const GROUP_COMMIT_LINGER: Duration = Duration::from_millis(2);
+/// A source transaction applied with nothing more waiting and committed
+/// less than this long ago means the pipeline is caught up (live): rows
+/// then go out one statement each as they arrive instead of being gathered
+/// per table until the target commit. Catching up, the applier often finds
+/// the channel empty for a moment too, but the commits it applies are old.
+const LIVE_LAG: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often an idle applier checks that its target connection is still
 /// open, so that a target going away shows (and is retried) without
@@ -69,6 +76,11 @@ pub enum PipelineError {
     /// transactions up to `until` carefully, setting refused changes aside.
     #[error("a change was refused; replaying up to {until} to record it as a dead letter")]
     ReplayCarefully { until: Lsn },
+    /// Not a failure yet: rows sent together failed; the pipeline restarts
+    /// and applies the source transactions up to `until` in source order,
+    /// one statement per row, so that the failing row is named.
+    #[error("a batch of rows failed; replaying up to {until} in source order, one statement per row")]
+    ReplayInOrder { until: Lsn },
     #[error("the copy of tables added to the subscription failed: {0}")]
     CopyFailed(String),
     /// Not a failure: see [`CopyBehindStream`].
@@ -123,6 +135,7 @@ impl PipelineError {
             | PipelineError::TargetClosed { .. }
             | PipelineError::Apply(ApplyError::Target { .. } | ApplyError::MissingRow { .. })
             | PipelineError::ReplayCarefully { .. }
+            | PipelineError::ReplayInOrder { .. }
             | PipelineError::CopyBehindStream(_) => ErrorKind::Target,
             PipelineError::Snapshot(_) | PipelineError::CopyFailed(_) => ErrorKind::Snapshot,
             PipelineError::SlotVanished { .. } | PipelineError::SlotInvalidated { .. } => ErrorKind::Slot,
@@ -207,7 +220,7 @@ pub async fn run(
 ) -> Result<(), PipelineError> {
     let name = spec.subscription.name.clone();
     let mut backoff = Duration::from_secs(1);
-    let mut careful_until = None;
+    let mut replay = Replay::default();
     metrics.set_state(State::Starting);
     loop {
         if cancel.is_cancelled() {
@@ -215,7 +228,7 @@ pub async fn run(
             return Ok(());
         }
         let started = Instant::now();
-        let error = match run_once(&spec, &metrics, &cancel, careful_until).await {
+        let error = match run_once(&spec, &metrics, &cancel, replay).await {
             Ok(()) => {
                 metrics.set_state(State::Stopped);
                 return Ok(());
@@ -224,7 +237,12 @@ pub async fn run(
                 // A change was refused for good and dead letters are on:
                 // replay up to that transaction one statement at a time.
                 tracing::info!(subscription = %name, %until, "replaying statement by statement to set the refused change aside");
-                careful_until = Some(until);
+                replay.careful_until = Some(until);
+                continue;
+            }
+            Err(PipelineError::ReplayInOrder { until }) => {
+                tracing::info!(subscription = %name, %until, "rows sent together failed; applying again in source order, one statement per row");
+                replay.in_order_until = Some(until);
                 continue;
             }
             Err(error @ PipelineError::CopyBehindStream(_)) => {
@@ -280,12 +298,23 @@ fn without_passwords(mut message: String, spec: &PipelineSpec) -> String {
     message
 }
 
+/// Source transactions applied differently after a failure.
+#[derive(Debug, Clone, Copy, Default)]
+struct Replay {
+    /// Up to this commit LSN: one statement at a time, refused changes set
+    /// aside as dead letters.
+    careful_until: Option<Lsn>,
+    /// Up to this commit LSN: in source order, one statement per row (no
+    /// batches, no COPY), so that a refused row is named.
+    in_order_until: Option<Lsn>,
+}
+
 /// One attempt: set up, copy if new, then stream until cancelled or broken.
 async fn run_once(
     spec: &PipelineSpec,
     metrics: &PipelineMetrics,
     cancel: &CancellationToken,
-    careful_until: Option<Lsn>,
+    replay: Replay,
 ) -> Result<(), PipelineError> {
     let sub = &spec.subscription;
     let target = tls::connect_sql(&spec.target).await.map_err(PipelineError::ConnectTarget)?;
@@ -367,12 +396,12 @@ async fn run_once(
     tracing::info!(subscription = %sub.name, slot = %sub.slot, %start, "streaming");
     metrics.set_state(State::Streaming);
 
-    let (events_tx, events_rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let (events_tx, events_rx) = mpsc::channel(CHANNEL_CAPACITY / source::CHUNK_EVENTS);
     let (durable_tx, durable_rx) = watch::channel(start);
     let stop_reader = cancel.child_token();
     let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone()));
     let target = spec.target.to_string();
-    let mut state = ApplyState::new(progress, metrics, careful_until, sub.forward_origins);
+    let mut state = ApplyState::new(progress, metrics, replay, sub.forward_origins);
     state.floors = floors;
     let applied = apply_events(&mut applier, events_rx, &durable_tx, state, copying, &target).await;
     if applied.is_err() {
@@ -488,7 +517,7 @@ fn routes_of<'a>(applier: &'a Applier, tables: &[&QualifiedName]) -> Result<Vec<
 /// that the target connection is still open (`target` names it).
 async fn apply_events(
     applier: &mut Applier,
-    mut events: mpsc::Receiver<SourceEvent>,
+    mut events: mpsc::Receiver<EventChunk>,
     durable: &watch::Sender<Lsn>,
     mut state: ApplyState,
     mut copying: JoinSet<Result<Copied, PipelineError>>,
@@ -501,8 +530,14 @@ async fn apply_events(
     let result = async {
         loop {
             tokio::select! {
-                event = events.recv() => match event {
-                    Some(event) => state.handle(applier, event, events.is_empty(), durable).await?,
+                chunk = events.recv() => match chunk {
+                    Some(chunk) => {
+                        let last = chunk.len();
+                        for (n, event) in chunk.into_iter().enumerate() {
+                            let nothing_waiting = n + 1 == last && events.is_empty();
+                            state.handle(applier, event, nothing_waiting, durable).await?;
+                        }
+                    }
                     None => break,
                 },
                 _ = check.tick() => if applier.client().is_closed() {
@@ -528,6 +563,9 @@ async fn apply_events(
         Err(PipelineError::Apply(error)) if applier.would_dead_letter(&error) => {
             Err(PipelineError::ReplayCarefully { until: state.current_commit })
         }
+        Err(PipelineError::Apply(error)) if error.is_batched() && !error.is_retryable() => {
+            Err(PipelineError::ReplayInOrder { until: state.current_commit })
+        }
         Err(PipelineError::Apply(error)) => Err(applier.explain(error).await.into()),
         other => other,
     }
@@ -550,9 +588,8 @@ struct ApplyState {
     /// The end LSN of the latest source transaction handled (committed on
     /// the target or not).
     handled: Lsn,
-    /// Source transactions up to this commit LSN are applied carefully
-    /// (one statement at a time, refused ones set aside).
-    careful_until: Option<Lsn>,
+    /// Source transactions applied carefully or in order after a failure.
+    replay: Replay,
     metrics: PipelineMetrics,
     /// Changes of the current source transaction applied so far.
     transaction_changes: usize,
@@ -583,13 +620,8 @@ struct Batch {
 
 impl ApplyState {
     /// The applier starts from `progress`; source transactions up to
-    /// `careful_until` are applied one statement at a time.
-    fn new(
-        progress: Lsn,
-        metrics: &PipelineMetrics,
-        careful_until: Option<Lsn>,
-        forward_origins: bool,
-    ) -> ApplyState {
+    /// `replay`'s positions are applied carefully or in order.
+    fn new(progress: Lsn, metrics: &PipelineMetrics, replay: Replay, forward_origins: bool) -> ApplyState {
         ApplyState {
             progress,
             batch: None,
@@ -597,7 +629,7 @@ impl ApplyState {
             skipping: false,
             current_commit: Lsn::ZERO,
             handled: progress,
-            careful_until,
+            replay,
             from_elsewhere: false,
             forward_origins,
             metrics: metrics.clone(),
@@ -626,8 +658,9 @@ impl ApplyState {
                 self.replaying = commit_lsn < self.progress;
                 self.skipping = commit_lsn < self.floors.lowest(self.progress);
                 self.current_commit = commit_lsn;
-                let careful = self.careful_until.is_some_and(|until| commit_lsn <= until);
-                applier.begin_source_transaction(commit_lsn, careful);
+                let careful = self.replay.careful_until.is_some_and(|until| commit_lsn <= until);
+                let in_order = self.replay.in_order_until.is_some_and(|until| commit_lsn <= until);
+                applier.begin_source_transaction(commit_lsn, careful, in_order);
                 if !self.skipping {
                     self.metrics.pending(commit_time);
                 }
@@ -667,6 +700,10 @@ impl ApplyState {
                 self.in_source_transaction = false;
                 self.handled = self.handled.max(end_lsn);
                 self.floors.passed(end_lsn);
+                // Caught up or behind: decides whether the next
+                // transaction's rows are gathered per table.
+                let lag = crate::pg::timestamp::now_micros().saturating_sub(commit_time);
+                applier.set_live(nothing_waiting && lag < LIVE_LAG.as_micros() as i64);
                 if !self.skipping {
                     self.source_committed(applier, end_lsn, commit_time, nothing_waiting, durable).await?;
                 }

@@ -81,7 +81,7 @@ pub async fn run(options: TailOptions, out: impl Write, cancel: CancellationToke
     let stream = replication.start(&slot, Lsn::ZERO, &start).await?;
     tracing::info!(%slot, %publication, source = %options.source, "streaming changes; Ctrl-C stops");
 
-    let (events_tx, events_rx) = mpsc::channel(1024);
+    let (events_tx, events_rx) = mpsc::channel(1024 / source::CHUNK_EVENTS);
     let (durable_tx, durable_rx) = watch::channel(Lsn::ZERO);
     let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, cancel.clone()));
     let printed = print_events(events_rx, out, durable_tx).await;
@@ -160,15 +160,29 @@ async fn ensure_permanent_slot(
     Ok(())
 }
 
+/// The next event: the rest of the current chunk first, then the next one.
+async fn next_event(
+    events: &mut mpsc::Receiver<source::EventChunk>,
+    pending: &mut std::vec::IntoIter<SourceEvent>,
+) -> Option<SourceEvent> {
+    loop {
+        if let Some(event) = pending.next() {
+            return Some(event);
+        }
+        *pending = events.recv().await?.into_iter();
+    }
+}
+
 /// Prints events and reports each printed commit as durable, so the slot
 /// only moves past what reached the output.
 async fn print_events(
-    mut events: mpsc::Receiver<SourceEvent>,
+    mut events: mpsc::Receiver<source::EventChunk>,
     mut out: impl Write,
     durable: watch::Sender<Lsn>,
 ) -> Result<(), TailError> {
     let mut transaction = TransactionContext::default();
-    while let Some(event) = events.recv().await {
+    let mut pending = Vec::new().into_iter();
+    while let Some(event) = next_event(&mut events, &mut pending).await {
         match event {
             SourceEvent::Begin { xid, commit_lsn, commit_time } => {
                 transaction =

@@ -41,6 +41,30 @@ impl InsertRun {
         InsertRun { oid, insert, target, columns, held: Vec::new(), copy: None }
     }
 
+    /// Starts a COPY right away with `rows` (inserts gathered in a batch).
+    pub async fn copy_now(
+        oid: u32,
+        insert: Statement,
+        target: Arc<QualifiedName>,
+        columns: Vec<String>,
+        client: &Client,
+        rows: Vec<Vec<TextParam>>,
+    ) -> Result<InsertRun, ApplyError> {
+        let mut run = InsertRun::new(oid, insert, target, columns);
+        run.start_copy(client, rows).await?;
+        Ok(run)
+    }
+
+    /// Whether a COPY is streaming (nothing else can be sent until it ends).
+    pub fn copying(&self) -> bool {
+        self.copy.is_some()
+    }
+
+    /// Rows in the run so far.
+    pub fn rows(&self) -> usize {
+        self.copy.as_ref().map_or(self.held.len(), |c| c.rows)
+    }
+
     /// Whether the next row switches the run to COPY.
     pub fn starts_copy_next(&self) -> bool {
         self.copy.is_none() && self.held.len() + 1 >= COPY_AFTER_ROWS
@@ -54,31 +78,38 @@ impl InsertRun {
         row: RowRef,
         params: Vec<TextParam>,
     ) -> Result<(), ApplyError> {
-        if let Some(copy) = self.copy.as_mut() {
-            encode_row(&mut copy.buf, &params);
-            copy.rows += 1;
-            if copy.buf.len() >= CHUNK_BYTES {
-                let chunk = copy.buf.split().freeze();
-                copy.sink.send(chunk).await.map_err(target_error(format!("copy into {}", self.target)))?;
-            }
-            return Ok(());
+        if self.copy.is_some() {
+            return self.push_copied(&params).await;
         }
         self.held.push((row, params));
         if self.held.len() >= COPY_AFTER_ROWS {
-            self.start_copy(client).await?;
+            let held: Vec<Vec<TextParam>> = self.held.drain(..).map(|(_, params)| params).collect();
+            self.start_copy(client, held).await?;
         }
         Ok(())
     }
 
-    async fn start_copy(&mut self, client: &Client) -> Result<(), ApplyError> {
+    /// Adds a row to the COPY streaming (see [`InsertRun::copying`]).
+    pub async fn push_copied(&mut self, params: &[TextParam]) -> Result<(), ApplyError> {
+        let copy = self.copy.as_mut().expect("only called while copying");
+        encode_row(&mut copy.buf, params);
+        copy.rows += 1;
+        if copy.buf.len() >= CHUNK_BYTES {
+            let chunk = copy.buf.split().freeze();
+            copy.sink.send(chunk).await.map_err(target_error(format!("copy into {}", self.target)))?;
+        }
+        Ok(())
+    }
+
+    async fn start_copy(&mut self, client: &Client, rows: Vec<Vec<TextParam>>) -> Result<(), ApplyError> {
         let columns: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
         let sql = format!("COPY {} ({}) FROM STDIN", self.target, columns.join(", "));
         let sink = client.copy_in(&sql).await.map_err(target_error(format!("copy into {}", self.target)))?;
         let mut buf = BytesMut::with_capacity(CHUNK_BYTES + 64 * 1024);
-        for (_, params) in self.held.drain(..) {
-            encode_row(&mut buf, &params);
+        for params in &rows {
+            encode_row(&mut buf, params);
         }
-        self.copy = Some(CopyStream { sink: Box::pin(sink), buf, rows: COPY_AFTER_ROWS });
+        self.copy = Some(CopyStream { sink: Box::pin(sink), buf, rows: rows.len() });
         Ok(())
     }
 

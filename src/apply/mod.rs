@@ -24,11 +24,13 @@ use crate::source::Change;
 use crate::source::catalog::{self as source_catalog, CatalogError};
 use crate::tablesync::TABLES_DDL;
 
+mod batch;
 mod copy;
 mod param;
 mod plan;
 
-use copy::InsertRun;
+use batch::{BatchKind, TableBatch};
+use copy::{COPY_AFTER_ROWS, InsertRun};
 use param::{TextParam, key_text, key_tuple, key_value, param, resolved_cells};
 use plan::RelationPlan;
 
@@ -64,6 +66,12 @@ pub enum ApplyError {
     FlushTimeout { lsn: Lsn },
     #[error("{table}: the row filter cannot be evaluated: {error}")]
     Filter { table: QualifiedName, error: String },
+    /// A statement or COPY carrying many rows failed, so which row is not
+    /// known: the pipeline applies the transactions again in source order,
+    /// one statement per row, which names it (or applies them when the
+    /// failure came from the batching itself).
+    #[error("{source} (sent together with other rows)")]
+    Batched { rows: usize, source: Box<ApplyError> },
     #[error(
         "{table}: an updated row now matches the filter, but the server did not send all its values (unchanged \
          TOAST) and the target has no copy of it; set REPLICA IDENTITY FULL on the source table so whole rows are sent"
@@ -76,6 +84,7 @@ impl ApplyError {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             ApplyError::Target { source, .. } => source.code().map(|c| c.code()),
+            ApplyError::Batched { source, .. } => source.sqlstate(),
             _ => None,
         }
     }
@@ -99,8 +108,23 @@ impl ApplyError {
                 }
             },
             ApplyError::FlushTimeout { .. } => true,
+            ApplyError::Batched { source, .. } => source.is_retryable(),
             _ => false,
         }
+    }
+
+    /// Whether it came from a statement carrying many rows (see
+    /// [`ApplyError::Batched`]).
+    pub fn is_batched(&self) -> bool {
+        matches!(self, ApplyError::Batched { .. })
+    }
+}
+
+/// Wraps the error of a statement or COPY that carried `rows` rows.
+fn batched(rows: usize) -> impl FnOnce(ApplyError) -> ApplyError {
+    move |error| match error {
+        error @ ApplyError::Batched { .. } => error,
+        error => ApplyError::Batched { rows, source: Box::new(error) },
     }
 }
 
@@ -184,6 +208,18 @@ pub struct Applier {
     next_commit: String,
     /// Relations whose changes were left out as unmapped (logged once).
     left_out: HashSet<u32>,
+    /// Rows gathered per table, sent as one statement per table (see
+    /// [`batch`]); all of them were gathered after what `run` holds.
+    pending: Vec<TableBatch>,
+    /// Apply the current source transaction in source order, one statement
+    /// per row (no batches, no COPY), so that a failing row is named.
+    in_order: bool,
+    /// The table of the latest inserts in a row, and how many there were.
+    consecutive: (u32, usize),
+    /// Caught up with the source: each transaction arrives on its own, and
+    /// its rows go out one statement each as they come (a batch would only
+    /// add a round trip at commit).
+    live: bool,
 }
 
 const PROGRESS_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.progress (
@@ -291,6 +327,8 @@ struct RowRef {
     target: Arc<QualifiedName>,
     key_names: Arc<[String]>,
     key: Vec<Option<Bytes>>,
+    /// A statement for many rows: how many (`key` is empty then).
+    rows: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -324,6 +362,20 @@ impl RowRef {
         subscription: &str,
         result: Result<u64, tokio_postgres::Error>,
     ) -> Result<(), ApplyError> {
+        if let Some(rows) = self.rows {
+            let error = match (result, self.op) {
+                (Err(source), op) => ApplyError::Target {
+                    context: format!("{} of {rows} rows of {}", op.name(), self.target),
+                    source,
+                },
+                (Ok(n), Op::Update) if n < rows as u64 => ApplyError::MissingRow {
+                    table: (*self.target).clone(),
+                    key: format!("one of {rows} keys updated together"),
+                },
+                (Ok(_), _) => return Ok(()),
+            };
+            return Err(batched(rows)(error));
+        }
         match (result, self.op) {
             (Err(source), op) => Err(ApplyError::Target {
                 context: format!("{} {}, key {}", op.name(), self.target, self.key()),
@@ -385,6 +437,10 @@ impl Applier {
             run: None,
             next_commit: String::new(),
             left_out: HashSet::new(),
+            pending: Vec::new(),
+            in_order: false,
+            consecutive: (0, 0),
+            live: false,
         })
     }
 
@@ -500,6 +556,8 @@ impl Applier {
         self.in_flight.clear();
         self.next_commit.clear();
         self.run = None;
+        self.pending.clear();
+        self.consecutive = (0, 0);
         self.dead_letters_written = 0;
         let _ = self.client.batch_execute("ROLLBACK").await;
     }
@@ -507,7 +565,7 @@ impl Applier {
     /// Sends what is gathered and waits for every statement in flight; the
     /// first failure wins.
     async fn settle(&mut self) -> Result<(), ApplyError> {
-        self.finish_run().await?;
+        self.flush_batches().await?;
         self.settle_in_flight().await
     }
 
@@ -523,10 +581,24 @@ impl Applier {
     }
 
     /// Marks the start of a source transaction: its commit LSN (for dead
-    /// letters) and whether it is applied carefully.
-    pub fn begin_source_transaction(&mut self, commit_lsn: Lsn, careful: bool) {
+    /// letters), whether it is applied carefully (one statement at a time,
+    /// refused rows set aside) and whether in order (one statement per row,
+    /// pipelined, so that a refused row is named).
+    pub fn begin_source_transaction(&mut self, commit_lsn: Lsn, careful: bool, in_order: bool) {
         self.source_lsn = commit_lsn;
         self.careful = careful;
+        self.in_order = in_order;
+    }
+
+    /// Whether rows may be gathered per table (see [`batch`]).
+    fn batching(&self) -> bool {
+        !self.careful && !self.in_order && !self.live
+    }
+
+    /// Says whether the applier is caught up with the source (nothing was
+    /// waiting after the last source commit): then rows are not gathered.
+    pub fn set_live(&mut self, live: bool) {
+        self.live = live;
     }
 
     /// Whether an error is one a replay in careful mode would set aside.
@@ -541,15 +613,101 @@ impl Applier {
         statement: Statement,
         params: Vec<TextParam>,
     ) -> Result<(), ApplyError> {
-        self.finish_run().await?;
+        self.flush_batches().await?;
         self.send_now(row, statement, params).await
+    }
+
+    /// Sends everything gathered: the run of inserts, then the batches.
+    async fn flush_batches(&mut self) -> Result<(), ApplyError> {
+        self.finish_run().await?;
+        for batch in std::mem::take(&mut self.pending) {
+            self.send_batch(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one table's batch as one statement (after the run of inserts,
+    /// which was gathered first).
+    async fn send_batch(&mut self, batch: TableBatch) -> Result<(), ApplyError> {
+        self.finish_run().await?;
+        let plan = &self.plans[&batch.oid];
+        let statements = plan.batch.as_ref().expect("only batched tables gather batches");
+        let (statement, op) = match &batch.kind {
+            BatchKind::Insert => (statements.insert.clone(), Op::Insert),
+            BatchKind::Update(set) => (statements.updates[set].clone(), Op::Update),
+        };
+        let params = batch.encode(&statements.delims(&batch.kind));
+        let mut row = row_ref(plan, op, Vec::new());
+        row.rows = Some(batch.len());
+        self.send_now(row, statement, params).await
+    }
+
+    /// Adds a row to its table's batch. A change of another kind sends the
+    /// table's batch first (the order within a table is kept); a full batch
+    /// is sent; a long run of inserts into one table turns into a COPY.
+    async fn batch_row(
+        &mut self,
+        oid: u32,
+        kind: BatchKind,
+        key: Option<Vec<Option<Bytes>>>,
+        row: Vec<TextParam>,
+    ) -> Result<(), ApplyError> {
+        let insert = kind == BatchKind::Insert;
+        if let Some(run) = self.run.as_mut().filter(|run| run.oid == oid) {
+            if insert && run.copying() {
+                let rows = run.rows();
+                return run.push_copied(&row).await.map_err(batched(rows));
+            }
+            self.finish_run().await?;
+        }
+        if let Some(at) = self.pending.iter().position(|b| b.oid == oid && b.kind != kind) {
+            let earlier = self.pending.remove(at);
+            self.send_batch(earlier).await?;
+        }
+        let at = match self.pending.iter().position(|b| b.oid == oid) {
+            Some(at) => at,
+            None => {
+                self.pending.push(TableBatch::new(oid, kind));
+                self.pending.len() - 1
+            }
+        };
+        let batch = &mut self.pending[at];
+        match key {
+            Some(key) => batch.push_update(key, row),
+            None => batch.push(row),
+        }
+        if insert && self.consecutive.1 >= COPY_AFTER_ROWS && self.run.is_none() {
+            // Nothing but inserts into this table for a while: COPY them
+            // (it waits for its own answer, so read the earlier ones first).
+            let batch = self.pending.remove(at);
+            let rows = batch.len();
+            self.settle_in_flight().await?;
+            let plan = &self.plans[&oid];
+            let columns = plan.columns.iter().map(|(_, name)| name.clone()).collect();
+            let run = InsertRun::copy_now(
+                oid,
+                plan.insert.clone(),
+                Arc::clone(&plan.target),
+                columns,
+                &self.client,
+                batch.into_rows(),
+            )
+            .await
+            .map_err(batched(rows))?;
+            self.run = Some(run);
+        } else if batch.full() {
+            let batch = self.pending.remove(at);
+            self.send_batch(batch).await?;
+        }
+        Ok(())
     }
 
     /// Ends the run of gathered inserts: a long one finishes its COPY, a
     /// short one goes out as pipelined INSERTs.
     async fn finish_run(&mut self) -> Result<(), ApplyError> {
         let Some(mut run) = self.run.take() else { return Ok(()) };
-        run.finish_copy().await?;
+        let rows = run.rows();
+        run.finish_copy().await.map_err(batched(rows))?;
         for (row, params) in run.held {
             self.send_now(row, run.insert.clone(), params).await?;
         }
@@ -564,6 +722,10 @@ impl Applier {
         row: RowRef,
         params: Vec<TextParam>,
     ) -> Result<(), ApplyError> {
+        if !self.pending.is_empty() {
+            // Batches gathered after the run: they go before this row.
+            self.flush_batches().await?;
+        }
         if self.run.as_ref().is_some_and(|run| run.oid != relation.oid) {
             self.finish_run().await?;
         }
@@ -576,7 +738,8 @@ impl Applier {
             let columns = plan.columns.iter().map(|(_, name)| name.clone()).collect();
             InsertRun::new(relation.oid, plan.insert.clone(), Arc::clone(&plan.target), columns)
         });
-        run.push(&self.client, row, params).await
+        let rows = run.rows() + 1;
+        run.push(&self.client, row, params).await.map_err(batched(rows))
     }
 
     /// Sends a statement now (its first poll puts the request on the wire)
@@ -663,6 +826,11 @@ impl Applier {
         {
             return Ok(());
         }
+        self.consecutive = match (change, self.consecutive) {
+            (Change::Insert { relation, .. }, (oid, n)) if relation.oid == oid => (oid, n + 1),
+            (Change::Insert { relation, .. }, _) => (relation.oid, 1),
+            _ => (0, 0),
+        };
         match change {
             Change::Insert { relation, new } => {
                 let plan = self.plan(relation).await?;
@@ -879,8 +1047,11 @@ impl Applier {
     ) -> Result<(), ApplyError> {
         let plan = &self.plans[&relation.oid];
         let params: Vec<TextParam> = plan.columns.iter().map(|(i, _)| param(new, *i)).collect();
+        if !upsert && self.batching() && plan.batch.is_some() {
+            return self.batch_row(relation.oid, BatchKind::Insert, None, params).await;
+        }
         let row = row_ref(plan, Op::Insert, plan.key.iter().map(|&k| key_value(new, new, k)).collect());
-        if !upsert && !self.careful {
+        if !upsert && !self.careful && !self.in_order {
             return self.gather_insert(relation, row, params).await;
         }
         let statement = if upsert {
@@ -902,6 +1073,35 @@ impl Applier {
         let plan = &self.plans[&relation.oid];
         let present: Vec<bool> =
             plan.columns.iter().map(|(i, _)| !matches!(new.0.get(*i), Some(Value::UnchangedToast))).collect();
+        if self.batching() && plan.batch.as_ref().is_some_and(|b| b.shape.updates) {
+            let key = key_values(plan, key_tuple(old, new), new, "an update")?;
+            let same_key = plan.key.iter().zip(&key).all(|(&k, v)| key_value(new, new, k) == *v);
+            let statements = plan.batch.as_ref().expect("checked above");
+            let set: Vec<usize> =
+                (0..present.len()).filter(|i| present[*i] && !statements.key.contains(i)).collect();
+            if same_key && !set.is_empty() {
+                if !statements.updates.contains_key(&set) {
+                    self.settle().await?;
+                    let plan = self.plans.get_mut(&relation.oid).expect("planned by apply");
+                    let names: Vec<String> = plan.columns.iter().map(|(_, n)| n.clone()).collect();
+                    let statements = plan.batch.as_mut().expect("checked above");
+                    let statement = batch::prepare_update(
+                        &self.client,
+                        &plan.target,
+                        &names,
+                        &statements.shape,
+                        &set,
+                        &statements.key,
+                    )
+                    .await?;
+                    statements.updates.insert(set.clone(), statement);
+                }
+                let plan = &self.plans[&relation.oid];
+                let mut row: Vec<TextParam> = set.iter().map(|&i| param(new, plan.columns[i].0)).collect();
+                row.extend(key.iter().cloned().map(TextParam));
+                return self.batch_row(relation.oid, BatchKind::Update(set), Some(key), row).await;
+            }
+        }
         if !plan.updates.contains_key(&present) {
             // Waiting for a new statement's preparation behind unread
             // answers could stall the connection: read them first.
@@ -1030,7 +1230,7 @@ fn first_lsn(messages: &[tokio_postgres::SimpleQueryMessage]) -> Lsn {
 }
 
 fn row_ref(plan: &RelationPlan, op: Op, key: Vec<Option<Bytes>>) -> RowRef {
-    RowRef { op, target: Arc::clone(&plan.target), key_names: Arc::clone(&plan.key_names), key }
+    RowRef { op, target: Arc::clone(&plan.target), key_names: Arc::clone(&plan.key_names), key, rows: None }
 }
 
 /// The row's key values, from `tuple` or, where the server left one out,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio_postgres::{Client, Statement};
 
+use super::batch::{self, BatchShape};
 use super::{ApplyError, target_error};
 use crate::pg::names::{QualifiedName, quote_ident};
 use crate::pg::pgoutput::{Relation, ReplicaIdentity};
@@ -32,6 +33,30 @@ pub struct RelationPlan {
     /// Update statements by the set of columns present (unchanged TOAST
     /// columns are left out of SET, so the target keeps its value).
     pub updates: HashMap<Vec<bool>, Statement>,
+    /// How rows are batched, when the table allows it (see `batch`).
+    pub batch: Option<BatchPlan>,
+}
+
+/// The batched statements of a table whose changes may be gathered.
+pub struct BatchPlan {
+    pub shape: BatchShape,
+    pub insert: Statement,
+    /// Update statements by the columns assigned (plan positions).
+    pub updates: HashMap<Vec<usize>, Statement>,
+    /// Plan positions of the key columns.
+    pub key: Vec<usize>,
+}
+
+impl BatchPlan {
+    /// The array delimiters of a batch's parameters, in order.
+    pub fn delims(&self, kind: &batch::BatchKind) -> Vec<u8> {
+        match kind {
+            batch::BatchKind::Insert => self.shape.types.iter().map(|(_, d)| *d).collect(),
+            batch::BatchKind::Update(set) => {
+                set.iter().chain(&self.key).map(|&i| self.shape.types[i].1).collect()
+            }
+        }
+    }
 }
 
 impl RelationPlan {
@@ -57,7 +82,23 @@ impl RelationPlan {
             .map(|s| relation.columns.iter().position(|c| c.name == s.name))
             .collect();
         let statements = Statements { client, target: &target, columns: &columns, key_names: &key_names };
+        let names: Vec<String> = columns.iter().map(|(_, n)| n.clone()).collect();
+        let batch = match route.filter {
+            // Filtered tables move rows in and out with upserts and
+            // deletes, and may read the target's copy of a row: in order.
+            Some(_) => None,
+            None => match batch::shape(client, &target, &names).await? {
+                Some(shape) => Some(BatchPlan {
+                    insert: batch::prepare_insert(client, &target, &names, &shape).await?,
+                    shape,
+                    updates: HashMap::new(),
+                    key: key.iter().filter_map(|k| columns.iter().position(|(i, _)| i == k)).collect(),
+                }),
+                None => None,
+            },
+        };
         Ok(RelationPlan {
+            batch,
             insert: statements.insert(false).await?,
             upsert: match route.filter {
                 Some(_) => Some(statements.insert(true).await?),

@@ -345,6 +345,16 @@ impl Connection {
         }
     }
 
+    /// Whether a whole frame is in the read buffer.
+    pub fn has_buffered_frame(&self) -> bool {
+        self.read_buf.len() >= 5 && {
+            let len =
+                u32::from_be_bytes([self.read_buf[1], self.read_buf[2], self.read_buf[3], self.read_buf[4]])
+                    as usize;
+            self.read_buf.len() > len
+        }
+    }
+
     fn split_frame(&mut self) -> Result<Option<Frame>, PgError> {
         if self.read_buf.len() < 5 {
             return Ok(None);

@@ -239,6 +239,12 @@ impl ReplicationStream {
         }
     }
 
+    /// Whether a whole message is already read and waiting, so that the
+    /// next [`ReplicationStream::next`] returns without waiting.
+    pub fn has_buffered_message(&self) -> bool {
+        self.conn.has_buffered_frame()
+    }
+
     fn parse_copy_data(&self, mut body: Bytes) -> Result<ReplicationMessage, PgError> {
         let short = || self.conn.protocol("truncated replication message".into());
         if body.is_empty() {

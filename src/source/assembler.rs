@@ -7,9 +7,8 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
-use super::{Change, SourceError, SourceEvent};
+use super::{Change, Sink, SourceError, SourceEvent};
 use crate::fault;
 use crate::pg::Lsn;
 use crate::pg::pgoutput::{self, DecodeOptions, Message, Relation};
@@ -150,7 +149,7 @@ impl Assembler {
     }
 
     /// Takes one pgoutput message and sends what became ready to `out`.
-    pub async fn handle(&mut self, raw: Bytes, out: &mpsc::Sender<SourceEvent>) -> Result<(), SourceError> {
+    pub async fn handle(&mut self, raw: Bytes, out: &mut Sink) -> Result<(), SourceError> {
         let message = self.decoder.decode(raw.clone())?;
         match message {
             Message::Begin(begin) => {
@@ -241,7 +240,7 @@ impl Assembler {
         &mut self,
         message: Message,
         raw: Bytes,
-        out: &mpsc::Sender<SourceEvent>,
+        out: &mut Sink,
     ) -> Result<(), SourceError> {
         if let Some(top) = self.stream_block {
             let xid = message_xid(&message).unwrap_or(top);
@@ -277,7 +276,7 @@ impl Assembler {
     /// Sends the spooled changes of a committed streamed transaction.
     /// Relations described inside the stream apply to it first, and to
     /// everything after it once it has committed (as the server assumes).
-    async fn replay(&mut self, spool: Spool, out: &mpsc::Sender<SourceEvent>) -> Result<(), SourceError> {
+    async fn replay(&mut self, spool: Spool, out: &mut Sink) -> Result<(), SourceError> {
         let mut reader = spool.into_reader()?;
         let mut streamed: HashMap<u32, Arc<Relation>> = HashMap::new();
         let options = DecodeOptions { in_stream: true, stream_abort_info: false };
@@ -299,8 +298,8 @@ impl Assembler {
     }
 }
 
-async fn send(out: &mpsc::Sender<SourceEvent>, event: SourceEvent) -> Result<(), SourceError> {
-    out.send(event).await.map_err(|_| SourceError::ConsumerGone)
+async fn send(out: &mut Sink, event: SourceEvent) -> Result<(), SourceError> {
+    out.send(event).await
 }
 
 /// The xid a streamed message carries (the sub-transaction it belongs to).

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::time::Interval;
 use tokio_util::sync::CancellationToken;
 
 use crate::pg::pgoutput::{self, LogicalMessage, OldTuple, Relation, Tuple};
@@ -78,6 +79,15 @@ pub enum SourceError {
 /// How often a standby status goes to the server even when nothing asks.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Events travel to the consumer in chunks of up to this many: one channel
+/// operation (and wake-up) per chunk instead of per event. A chunk also
+/// goes as soon as the stream has nothing more buffered, so a quiet source
+/// waits for nothing.
+pub const CHUNK_EVENTS: usize = 256;
+
+/// Events in source order, as they travel to the consumer.
+pub type EventChunk = Vec<SourceEvent>;
+
 /// How long a stopping reader waits for the consumer to make the last
 /// transaction durable before it reports its final position anyway.
 const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(30);
@@ -94,27 +104,39 @@ const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(30);
 /// is closed, the consumer's last durable position awaited and confirmed,
 /// and the stream stopped cleanly.
 pub async fn read_stream(
-    mut stream: ReplicationStream,
-    out: mpsc::Sender<SourceEvent>,
-    mut durable: watch::Receiver<Lsn>,
+    stream: ReplicationStream,
+    out: mpsc::Sender<EventChunk>,
+    durable: watch::Receiver<Lsn>,
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
     let mut assembler = Assembler::new();
-    let mut feedback = Feedback::default();
     let mut ticker = tokio::time::interval(STATUS_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sink = Sink {
+        stream,
+        out,
+        chunk: Vec::with_capacity(CHUNK_EVENTS),
+        ticker,
+        durable,
+        feedback: Feedback::default(),
+    };
     let mut stopping = false;
     loop {
         if stopping && !assembler.in_transaction() {
             break;
         }
+        if !sink.stream.has_buffered_message() {
+            // About to wait for the server: hand on what is gathered.
+            sink.flush().await?;
+        }
+        let Sink { stream, ticker, durable, feedback, .. } = &mut sink;
         tokio::select! {
             biased;
             _ = cancel.cancelled(), if !stopping => stopping = true,
             message = stream.next() => match message?.ok_or(SourceError::StreamEnded)? {
                 ReplicationMessage::XLogData { wal_end, data, .. } => {
                     feedback.written = feedback.written.max(wal_end);
-                    assembler.handle(data, &out).await?;
+                    assembler.handle(data, &mut sink).await?;
                 }
                 ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
                     feedback.written = feedback.written.max(wal_end);
@@ -123,16 +145,18 @@ pub async fn read_stream(
                     }
                     if reply_requested {
                         let durable = *durable.borrow();
-                        feedback.send(&mut stream, &assembler, durable).await?;
+                        feedback.send(stream, &assembler, durable).await?;
                     }
                 }
             },
             _ = ticker.tick() => {
                 let durable = *durable.borrow_and_update();
-                feedback.send(&mut stream, &assembler, durable).await?;
+                feedback.send(stream, &assembler, durable).await?;
             }
         }
     }
+    sink.flush().await?;
+    let Sink { mut stream, out, mut durable, feedback, .. } = sink;
     drop(out);
     let last = assembler.last_commit_end();
     let _ = tokio::time::timeout(FINAL_FLUSH_WAIT, durable.wait_for(|d| *d >= last)).await;
@@ -140,6 +164,54 @@ pub async fn read_stream(
     feedback.send(&mut stream, &assembler, final_durable).await?;
     stream.stop().await?;
     Ok(())
+}
+
+/// Where assembled events go: gathered into chunks for the consumer. While
+/// the consumer is behind (the channel is full) and the stream is not read,
+/// standby status still goes to the server every [`STATUS_INTERVAL`], so
+/// that it does not time the connection out (`wal_sender_timeout`).
+pub struct Sink {
+    stream: ReplicationStream,
+    out: mpsc::Sender<EventChunk>,
+    chunk: EventChunk,
+    ticker: Interval,
+    durable: watch::Receiver<Lsn>,
+    feedback: Feedback,
+}
+
+impl Sink {
+    /// Adds an event; a full chunk is handed on.
+    pub async fn send(&mut self, event: SourceEvent) -> Result<(), SourceError> {
+        self.chunk.push(event);
+        if self.chunk.len() >= CHUNK_EVENTS {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the gathered events on, waiting for room in the channel.
+    pub async fn flush(&mut self) -> Result<(), SourceError> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        loop {
+            tokio::select! {
+                biased;
+                permit = self.out.reserve() => {
+                    let permit = permit.map_err(|_| SourceError::ConsumerGone)?;
+                    permit.send(std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_EVENTS)));
+                    return Ok(());
+                }
+                _ = self.ticker.tick() => {
+                    // Only what the consumer made durable counts as
+                    // flushed; keepalive positions wait for the loop.
+                    let durable = *self.durable.borrow_and_update();
+                    let written = self.feedback.written.max(durable);
+                    self.stream.send_status(written, durable, durable, false).await?;
+                }
+            }
+        }
+    }
 }
 
 /// The positions reported in standby status updates.

@@ -1,0 +1,171 @@
+//! Rows gathered per table and sent together: many small transactions over
+//! several tables arrive as on the source, tables a trigger or foreign key
+//! could watch keep their order, and a failing row in a batch is named.
+
+mod support;
+
+use std::time::Duration;
+
+use support::daemon::{Daemon, wait_for_same};
+use support::{Cluster, exec};
+
+const SETTLE: Duration = Duration::from_secs(120);
+
+fn config(source: &Cluster, target: &Cluster, tables: &[&str]) -> String {
+    let tables: Vec<(&str, &str)> = tables.iter().map(|t| (*t, *t)).collect();
+    // The targets hold the same starting rows: no initial copy.
+    support::daemon::config(
+        &source.url("postgres"),
+        &target.url("postgres"),
+        "test",
+        &tables,
+        "snapshot = false",
+    )
+}
+
+/// Starts ferry, waits until it streams and stops it, so that what the
+/// source does next waits in the slot and arrives as one backlog.
+async fn start_and_stop(config: &str) {
+    let daemon = Daemon::start(config);
+    daemon.wait_for_log("streaming", SETTLE).await;
+    let (status, _) = daemon.signal_and_wait("TERM");
+    assert_eq!(status, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_transactions_over_several_tables_arrive_as_on_the_source() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    let dst = target.client("postgres").await;
+    // Every scalar type (arrays are applied row by row: unnest would
+    // flatten them), updated and inserted in batches.
+    let scalars: Vec<&(&str, &str, &str)> =
+        support::types::COLUMNS.iter().filter(|(_, ty, _)| !ty.ends_with("[]")).collect();
+    let definitions: Vec<String> = scalars.iter().map(|(name, ty, _)| format!("{name} {ty}")).collect();
+    let schema = format!(
+        "{types}
+         CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text);
+         CREATE TABLE history (id bigserial PRIMARY KEY, aid int NOT NULL, delta int NOT NULL);
+         CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
+         CREATE TABLE scalars (id int PRIMARY KEY, {columns});",
+        types = support::types::SUPPORTING_TYPES,
+        columns = definitions.join(", ")
+    );
+    exec(&src, &schema).await;
+    exec(&dst, &schema.replace("bigserial", "bigint")).await;
+    exec(&src, "INSERT INTO accounts SELECT g, 0, 'account ' || g FROM generate_series(1, 50) g").await;
+    exec(&dst, "INSERT INTO accounts SELECT g, 0, 'account ' || g FROM generate_series(1, 50) g").await;
+    let body = "(SELECT string_agg(md5(g::text), '') FROM generate_series(1, 700) g)";
+    exec(&src, &format!("INSERT INTO docs SELECT g, 'draft', {body} FROM generate_series(1, 5) g")).await;
+    exec(&dst, &format!("INSERT INTO docs SELECT g, 'draft', {body} FROM generate_series(1, 5) g")).await;
+    let config = config(&source, &target, &["accounts", "history", "docs", "scalars"]);
+    start_and_stop(&config).await;
+
+    let values: Vec<&str> = scalars.iter().map(|(_, _, v)| *v).collect();
+    let mut work = String::new();
+    for n in 1..=3000 {
+        // Few accounts: the same row comes back within a batch.
+        let (aid, delta) = (n * 7 % 50 + 1, n % 13 - 6);
+        work.push_str(&format!(
+            "BEGIN; UPDATE accounts SET balance = balance + {delta}, note = 'n{n}' WHERE id = {aid};
+             INSERT INTO history (aid, delta) VALUES ({aid}, {delta});"
+        ));
+        match n % 100 {
+            // Unchanged TOAST: another set of columns, the body stays.
+            10 => work.push_str(&format!("UPDATE docs SET title = 't{n}' WHERE id = {};", n % 5 + 1)),
+            20 => work.push_str(&format!("INSERT INTO scalars VALUES ({n}, {});", values.join(", "))),
+            30 => work.push_str(&format!("UPDATE scalars SET c_text = 'u{n}', c_bit = B'0101' WHERE id = {};", n - 10)),
+            40 => work.push_str(&format!("UPDATE accounts SET note = NULL WHERE id = {aid};")),
+            50 => work.push_str(&format!("DELETE FROM history WHERE id = {};", n - 1)),
+            60 => work.push_str(&format!("UPDATE accounts SET id = id + 1000 WHERE id = {aid}; UPDATE accounts SET id = id - 1000 WHERE id = {aid} + 1000;")),
+            _ => {}
+        }
+        work.push_str("COMMIT;");
+        if n % 500 == 0 {
+            exec(&src, &work).await;
+            work.clear();
+        }
+    }
+    // One transaction touching one row many times, in between others.
+    exec(&src, "BEGIN; UPDATE accounts SET balance = balance * 2 WHERE id <= 10; UPDATE accounts SET balance = balance + 1; INSERT INTO history (aid, delta) SELECT g, 1 FROM generate_series(1, 200) g; UPDATE accounts SET balance = -balance WHERE id % 2 = 0; COMMIT;").await;
+
+    let daemon = Daemon::start(&config);
+    let names: Vec<&str> = scalars.iter().map(|(name, _, _)| *name).collect();
+    wait_for_same(&src, &dst, "scalars", "scalars", &format!("id, {}", names.join(", ")), "id", SETTLE).await;
+    wait_for_same(&src, &dst, "accounts", "accounts", "id, balance, note", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "history", "history", "id, aid, delta", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "docs", "docs", "id, title, body", "id", SETTLE).await;
+    assert!(!daemon.logs().contains("replaying"), "nothing failed: {}", daemon.logs());
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_a_trigger_or_foreign_key_could_watch_keep_the_source_order() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    let dst = target.client("postgres").await;
+    // `seen` records how many rows `b` had when the row of `a` was written:
+    // the same on both sides only if a's and b's changes are applied in
+    // the order the source made them.
+    let schema = "
+        CREATE TABLE a (id int PRIMARY KEY, seen bigint);
+        CREATE TABLE b (id int PRIMARY KEY, v int);
+        CREATE FUNCTION count_b() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN NEW.seen := (SELECT count(*) FROM b); RETURN NEW; END $$;
+        CREATE TRIGGER count_b BEFORE INSERT OR UPDATE ON a FOR EACH ROW EXECUTE FUNCTION count_b();
+        CREATE TABLE parent (id int PRIMARY KEY, v int);
+        CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent);";
+    exec(&src, schema).await;
+    exec(&dst, schema).await;
+    let config = config(&source, &target, &["a", "b", "parent", "child"]);
+    start_and_stop(&config).await;
+
+    let mut work = String::new();
+    for n in 1..=600 {
+        work.push_str(&format!(
+            "BEGIN; INSERT INTO b VALUES ({n}, {n}); INSERT INTO a VALUES ({n}); UPDATE a SET id = id WHERE id = {};
+             INSERT INTO parent VALUES ({n}, 0); INSERT INTO child VALUES ({n}, {n}); UPDATE parent SET v = {n} WHERE id = {n};",
+            n / 2 + 1
+        ));
+        if n % 3 == 0 {
+            work.push_str(&format!(
+                "DELETE FROM child WHERE id = {}; DELETE FROM parent WHERE id = {};",
+                n - 1,
+                n - 1
+            ));
+        }
+        work.push_str("COMMIT;");
+    }
+    exec(&src, &work).await;
+
+    let daemon = Daemon::start(&config);
+    wait_for_same(&src, &dst, "b", "b", "id, v", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "a", "a", "id, seen", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "parent", "parent", "id, v", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "child", "child", "id, parent_id", "id", SETTLE).await;
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_missing_from_a_batched_update_is_named() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    let dst = target.client("postgres").await;
+    let schema = "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)";
+    exec(&src, schema).await;
+    exec(&dst, schema).await;
+    exec(&src, "INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 20) g").await;
+    exec(&dst, "INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 20) g WHERE g <> 7").await;
+    let config = config(&source, &target, &["accounts"]);
+    start_and_stop(&config).await;
+    exec(&src, "UPDATE accounts SET balance = id * 10").await;
+
+    let daemon = Daemon::start(&config);
+    let stopped = daemon.wait_for_log("pipeline stopped", SETTLE).await;
+    assert!(stopped.contains("found no row with key (id)=(7)"), "{stopped}");
+    // The rows were updated together first, then again one by one.
+    assert!(daemon.logs().contains("applying again in source order"), "{}", daemon.logs());
+    let balance: i64 = dst.query_one("SELECT sum(balance)::bigint FROM accounts", &[]).await.unwrap().get(0);
+    assert_eq!(balance, 0, "nothing of the failed transaction was applied");
+    drop(daemon);
+}
