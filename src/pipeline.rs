@@ -703,9 +703,13 @@ impl ApplyState {
                 // Caught up or behind: decides whether the next
                 // transaction's rows are gathered per table.
                 let lag = crate::pg::timestamp::now_micros().saturating_sub(commit_time);
-                applier.set_live(nothing_waiting && lag < LIVE_LAG.as_micros() as i64);
+                let recent = lag < LIVE_LAG.as_micros() as i64;
+                applier.set_live(nothing_waiting && recent);
                 if !self.skipping {
-                    self.source_committed(applier, end_lsn, commit_time, nothing_waiting, durable).await?;
+                    // Live, a transaction waits at most the linger for the
+                    // next ones, even when more are already arriving.
+                    let close = nothing_waiting || recent;
+                    self.source_committed(applier, end_lsn, commit_time, close, durable).await?;
                 }
                 if let Some(copied) = self.joining.take() {
                     self.join(applier, copied)?;
@@ -717,13 +721,14 @@ impl ApplyState {
     }
 
     /// A source transaction ended: it joins the open target transaction,
-    /// which commits when full or when nothing more is waiting.
+    /// which commits when full, or once it is older than the linger when
+    /// `close` (nothing more waiting, or the pipeline is live).
     async fn source_committed(
         &mut self,
         applier: &mut Applier,
         end_lsn: Lsn,
         commit_time: i64,
-        nothing_waiting: bool,
+        close: bool,
         durable: &watch::Sender<Lsn>,
     ) -> Result<(), ApplyError> {
         let Some(batch) = self.batch.as_mut() else {
@@ -741,7 +746,7 @@ impl ApplyState {
             batch.transactions += 1;
         }
         let full = batch.rows >= GROUP_COMMIT_ROWS || batch.started.elapsed() >= GROUP_COMMIT_AGE;
-        if full || (nothing_waiting && batch.started.elapsed() >= GROUP_COMMIT_LINGER) {
+        if full || (close && batch.started.elapsed() >= GROUP_COMMIT_LINGER) {
             self.commit(applier).await?;
         }
         Ok(())
