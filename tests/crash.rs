@@ -147,8 +147,10 @@ async fn crash_between_target_commit_and_feedback_loses_and_repeats_nothing() {
     crash_at("after-target-commit:3", &load).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_in_the_middle_of_the_initial_copy_starts_the_copy_over() {
+/// A source table large enough (about 16 MiB) to be copied in two halves
+/// at once, and a first start that crashes at `failpoint` during its
+/// initial copy. Returns the clusters and the config, for the restart.
+async fn crash_during_the_initial_copy(failpoint: &str) -> (Cluster, Cluster, String) {
     let (source, target, config) = setup().await;
     let src = source.client("postgres").await;
     src.batch_execute(
@@ -156,30 +158,26 @@ async fn crash_in_the_middle_of_the_initial_copy_starts_the_copy_over() {
     )
     .await
     .unwrap();
-    let mut daemon = Daemon::start_with_env(&config, &[("FERRY_FAILPOINT", "during-snapshot-copy:20")]);
+    let mut daemon = Daemon::start_with_env(&config, &[("FERRY_FAILPOINT", failpoint)]);
     assert_eq!(daemon.wait_for_exit(Duration::from_secs(120)).await, Some(137), "the failpoint should fire");
     // Writes between the crash and the restart are picked up too.
     src.batch_execute("UPDATE counter SET n = n + 1; DELETE FROM events WHERE id <= 10;").await.unwrap();
+    (source, target, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_in_the_middle_of_the_initial_copy_starts_the_copy_over() {
+    let (source, target, config) = crash_during_the_initial_copy("during-snapshot-copy:20").await;
     let _daemon = Daemon::start(&config);
     assert_identical(&source, &target).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_half_of_a_split_copy_committed_copies_it_all_again() {
-    let (source, target, config) = setup().await;
-    let src = source.client("postgres").await;
-    // Large enough (about 16 MiB) to be copied in two halves at once.
-    src.batch_execute(
-        "INSERT INTO events (account, amount, note) SELECT g % 1000 + 1, g, md5(g::text) FROM generate_series(1, 200000) g",
-    )
-    .await
-    .unwrap();
-    let mut daemon = Daemon::start_with_env(&config, &[("FERRY_FAILPOINT", "after-copy-part-commit")]);
-    assert_eq!(daemon.wait_for_exit(Duration::from_secs(120)).await, Some(137), "the failpoint should fire");
+    let (source, target, config) = crash_during_the_initial_copy("after-copy-part-commit").await;
     let dst = target.client("postgres").await;
     let left: i64 = dst.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
     assert!(left > 0 && left < 200_000, "half of the copy was committed: {left} rows");
-    src.batch_execute("UPDATE counter SET n = n + 1; DELETE FROM events WHERE id <= 10;").await.unwrap();
     let daemon = Daemon::start(&config);
     assert_identical(&source, &target).await;
     assert!(daemon.logs().contains("removing what an unfinished copy left"), "{}", daemon.logs());
