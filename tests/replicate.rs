@@ -240,3 +240,45 @@ async fn odd_identifiers_and_every_type_arrive_as_on_the_source() {
     }
     drop(daemon);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_transactions_that_abort_leave_nothing_on_the_target() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(&src, ITEMS).await;
+    exec(&dst, ITEMS).await;
+    let daemon = Daemon::start(&config(&source, &target, &[("items", "items")], ""));
+    daemon.wait_for_log("streaming", SETTLE).await;
+    // Each is far over the clusters' logical_decoding_work_mem (64 kB), so
+    // the source streams it while in progress.
+    exec(
+        &src,
+        "BEGIN; INSERT INTO items (id, name, qty) SELECT g, repeat('x', 100), 1 FROM generate_series(1, 20000) g;
+         ROLLBACK;
+         BEGIN; INSERT INTO items (id, name, qty) SELECT g, repeat('y', 100), 2 FROM generate_series(1, 10000) g;
+         SAVEPOINT s;
+         INSERT INTO items (id, name, qty) SELECT g, repeat('z', 100), 3 FROM generate_series(10001, 20000) g;
+         ROLLBACK TO SAVEPOINT s;
+         UPDATE items SET qty = 4 WHERE id <= 10;
+         COMMIT;
+         INSERT INTO items (id, name, qty) VALUES (0, 'after', 5);",
+    )
+    .await;
+    wait_for_same(&src, &dst, "items", "items", "id, name, qty, updated", "id", SETTLE).await;
+    let (rows, _) = checksum(&dst, "items", "id", "id").await;
+    assert_eq!(rows, 10_001, "only the committed work arrived");
+    // The walsender reports its statistics a little later.
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let streamed: i64 = src
+            .query_one("SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = 'ferry_test'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if streamed >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the transactions were not streamed: {streamed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
