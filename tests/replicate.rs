@@ -271,7 +271,10 @@ async fn streamed_transactions_that_abort_leave_nothing_on_the_target() {
     let deadline = std::time::Instant::now() + SETTLE;
     loop {
         let streamed: i64 = src
-            .query_one("SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = 'ferry_test'", &[])
+            .query_one(
+                "SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = 'ferry_test'",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
