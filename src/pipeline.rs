@@ -18,10 +18,10 @@ use crate::pg::names::QualifiedName;
 use crate::pg::replication::{ReplicationClient, SlotKind, StartOptions};
 use crate::pg::{Lsn, PgError, tls};
 use crate::route::{LoadError, TableRoute};
-use crate::snapshot::{self, SnapshotError};
+use crate::snapshot::SnapshotError;
 use crate::source::catalog::{self, CatalogError, SlotState};
 use crate::source::{self, Change, EventChunk, SourceError, SourceEvent};
-use crate::tablesync::{self, Copied, Floor, Floors, SecondTarget, TableStates};
+use crate::tablesync::{self, Copied, CopyEnds, Floor, Floors, TableStates};
 
 /// Events in flight between reader and applier (in chunks of
 /// [`source::CHUNK_EVENTS`]): enough to keep both busy, small enough that a
@@ -489,15 +489,10 @@ async fn initial_sync(
     let slot = replication.create_slot(&sub.slot, SlotKind::Permanent, sub.snapshot).await?;
     applier.begin().await?;
     if let Some(snapshot_name) = slot.snapshot_name.as_deref().filter(|_| sub.snapshot) {
-        let routes = routes_of(applier, &tables)?;
-        let splits = snapshot::split_points(source_sql, &routes).await?;
-        let origin = format!("{}.copy", sub.slot);
-        let second = SecondTarget::open_if_split(&spec.target, &sub.name, &origin, &splits).await;
-        let targets = SecondTarget::with(&second, applier.client());
-        snapshot::copy_tables(sub, &routes, &splits, &spec.source, &targets, snapshot_name, metrics).await?;
-        if let Some(second) = second {
-            second.commit().await?;
-        }
+        let ends =
+            CopyEnds { source: &spec.source, source_sql, target: &spec.target, target_sql: applier.client() };
+        // The applier's session carries the subscription's origin, the slot's name.
+        tablesync::copy(sub, ends, &sub.slot, &routes_of(applier, &tables)?, snapshot_name, metrics).await?;
     }
     tablesync::record_copied(applier.client(), &sub.name, &tables, None).await?;
     applier.commit(slot.consistent_point, crate::pg::timestamp::now_micros()).await?;

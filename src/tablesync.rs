@@ -138,17 +138,52 @@ pub async fn mark_copying(
         .map_err(target_error("marking the tables as being copied"))
 }
 
-/// A second target session for a copy (see [`snapshot::copy_tables`]),
-/// its transaction open and tagged with the replication origin `origin`.
-pub struct SecondTarget {
-    pub client: Client,
+/// Where a copy reads and writes: the source and target databases, and a
+/// session open on each (the source's for measuring tables, the target's
+/// inside the transaction that will record the copy complete).
+pub struct CopyEnds<'a> {
+    pub source: &'a ConnInfo,
+    pub source_sql: &'a Client,
+    pub target: &'a ConnInfo,
+    pub target_sql: &'a Client,
+}
+
+/// Copies `routes`' tables as of the exported snapshot `snapshot_name`
+/// into `ends.target_sql`'s open transaction. A table large enough to split
+/// gets a second target session (replication origin `origin` + `.copy`,
+/// as an origin serves one session at a time) for its other half, which
+/// commits here, before the caller's transaction records the copy complete.
+pub async fn copy(
+    sub: &Subscription,
+    ends: CopyEnds<'_>,
+    origin: &str,
+    routes: &[&TableRoute],
+    snapshot_name: &str,
+    metrics: &PipelineMetrics,
+) -> Result<(), PipelineError> {
+    let splits = snapshot::split_points(ends.source_sql, routes).await?;
+    let second =
+        SecondTarget::open_if_split(ends.target, &sub.name, &format!("{origin}.copy"), &splits).await;
+    let targets: Vec<&Client> =
+        std::iter::once(ends.target_sql).chain(second.as_ref().map(|s| &s.client)).collect();
+    snapshot::copy_tables(sub, routes, &splits, ends.source, &targets, snapshot_name, metrics).await?;
+    if let Some(second) = second {
+        second.commit().await?;
+    }
+    Ok(())
+}
+
+/// A second target session for a copy, its transaction open and tagged
+/// with a replication origin of its own.
+struct SecondTarget {
+    client: Client,
 }
 
 impl SecondTarget {
     /// Opens one when some table is to be split (`splits`, see
     /// [`snapshot::split_points`]). Without one (say, the target has no
     /// replication origin slot to spare) the copy goes on, unsplit.
-    pub async fn open_if_split(
+    async fn open_if_split(
         target: &ConnInfo,
         subscription: &str,
         origin: &str,
@@ -172,14 +207,9 @@ impl SecondTarget {
         }
     }
 
-    /// The target sessions of a copy: `first`, and this one if there is one.
-    pub fn with<'a>(second: &'a Option<SecondTarget>, first: &'a Client) -> Vec<&'a Client> {
-        std::iter::once(first).chain(second.as_ref().map(|s| &s.client)).collect()
-    }
-
     /// Commits its part, before the first session's transaction says the
     /// copy is complete.
-    pub async fn commit(self) -> Result<(), ApplyError> {
+    async fn commit(self) -> Result<(), ApplyError> {
         self.client.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))?;
         fault::point(fault::AFTER_COPY_PART_COMMIT);
         Ok(())
@@ -367,13 +397,9 @@ pub async fn copy_new_tables(
         .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
         .await
         .map_err(target_error("BEGIN"))?;
-    let splits = snapshot::split_points(&source_sql, &routes_ref).await?;
-    let second = SecondTarget::open_if_split(&target, &sub.name, &format!("{origin}.copy"), &splits).await;
-    let targets = SecondTarget::with(&second, &target_sql);
-    snapshot::copy_tables(&sub, &routes_ref, &splits, &source, &targets, snapshot_name, &metrics).await?;
-    if let Some(second) = second {
-        second.commit().await?;
-    }
+    let ends =
+        CopyEnds { source: &source, source_sql: &source_sql, target: &target, target_sql: &target_sql };
+    copy(&sub, ends, &origin, &routes_ref, snapshot_name, &metrics).await?;
     let names: Vec<&QualifiedName> = routes.iter().map(|r| &r.mapping.from).collect();
     record_copied(&target_sql, &sub.name, &names, Some(slot.consistent_point)).await?;
     target_sql.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))?;
