@@ -401,8 +401,7 @@ async fn run_once(
     let stop_reader = cancel.child_token();
     let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone()));
     let target = spec.target.to_string();
-    let mut state = ApplyState::new(progress, metrics, replay, sub.forward_origins);
-    state.floors = floors;
+    let state = ApplyState::new(progress, floors, metrics, replay, sub.forward_origins);
     let applied = apply_events(&mut applier, events_rx, &durable_tx, state, copying, &target).await;
     if applied.is_err() {
         stop_reader.cancel();
@@ -614,9 +613,16 @@ struct Batch {
 }
 
 impl ApplyState {
-    /// The applier starts from `progress`; source transactions up to
-    /// `replay`'s positions are applied carefully or in order.
-    fn new(progress: Lsn, metrics: &PipelineMetrics, replay: Replay, forward_origins: bool) -> ApplyState {
+    /// The applier starts from `progress`, with `floors` for the tables out
+    /// of step with it; source transactions up to `replay`'s positions are
+    /// applied carefully or in order.
+    fn new(
+        progress: Lsn,
+        floors: Floors,
+        metrics: &PipelineMetrics,
+        replay: Replay,
+        forward_origins: bool,
+    ) -> ApplyState {
         ApplyState {
             progress,
             batch: None,
@@ -630,7 +636,7 @@ impl ApplyState {
             metrics: metrics.clone(),
             transaction_changes: 0,
             replaying: false,
-            floors: Floors::default(),
+            floors,
             joining: None,
             unflushed: VecDeque::new(),
         }

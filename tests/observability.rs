@@ -32,16 +32,7 @@ async fn metrics_follow_a_replication_and_lag_returns_to_zero() {
     exec(&src, "INSERT INTO items SELECT g, 'old ' || g, 1 FROM generate_series(1, 1000) g; ANALYZE items")
         .await;
 
-    let port = free_port();
-    let config = support::daemon::config(
-        &source.url("postgres"),
-        &target.url("postgres"),
-        "test",
-        &[("public.items", "public.items")],
-        "",
-    );
-    let daemon = Daemon::start(&with_server(port, &config));
-    let http = Endpoints::on(port);
+    let (daemon, http) = start_items_pipeline(&source, &target);
     assert_eq!(http.get("/healthz").await.0, 200);
     http.wait_for_state("test", State::Streaming, SETTLE).await;
     assert_eq!(http.get("/readyz").await.0, 200);
@@ -192,16 +183,7 @@ async fn a_target_that_goes_away_takes_its_pipeline_down_until_it_returns() {
     let src = source.client("postgres").await;
     exec(&src, ITEMS).await;
     exec(&target.client("postgres").await, ITEMS).await;
-    let port = free_port();
-    let config = support::daemon::config(
-        &source.url("postgres"),
-        &target.url("postgres"),
-        "test",
-        &[("public.items", "public.items")],
-        "",
-    );
-    let daemon = Daemon::start(&with_server(port, &config));
-    let http = Endpoints::on(port);
+    let (daemon, http) = start_items_pipeline(&source, &target);
     http.wait_for_state("test", State::Streaming, SETTLE).await;
 
     // No change flows: the idle pipeline notices the closed connection.
@@ -241,4 +223,18 @@ async fn ferry_run_fails_at_start_when_its_port_is_taken() {
     let logs = daemon.logs();
     assert!(logs.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{logs}");
     assert!(!logs.contains("starting pipeline"), "{logs}");
+}
+
+/// `ferry run` replicating `items` from `source` to `target` as subscription
+/// `test`, with its HTTP endpoints on a port of their own.
+fn start_items_pipeline(source: &Cluster, target: &Cluster) -> (Daemon, Endpoints) {
+    let port = free_port();
+    let config = support::daemon::config(
+        &source.url("postgres"),
+        &target.url("postgres"),
+        "test",
+        &[("public.items", "public.items")],
+        "",
+    );
+    (Daemon::start(&with_server(port, &config)), Endpoints::on(port))
 }
