@@ -93,26 +93,35 @@ pub async fn drop_subscription(
 pub async fn forgotten_slots(config: &Config) -> Vec<(String, String)> {
     let mut forgotten = Vec::new();
     for (name, info) in &config.sources {
-        let Ok(client) = tls::connect_sql(info).await else { continue };
-        let Ok(rows) = client
-            .query(
-                "SELECT slot_name::text FROM pg_replication_slots
-                 WHERE slot_type = 'logical' AND NOT temporary AND database = current_database()
-                   AND slot_name LIKE 'ferry\\_%' ORDER BY 1",
-                &[],
-            )
-            .await
-        else {
-            continue;
-        };
-        for row in rows {
-            let slot: String = row.get(0);
-            if !config.subscriptions.iter().any(|s| s.source == *name && s.slot == slot) {
-                forgotten.push((name.clone(), slot));
-            }
+        if let Ok(client) = tls::connect_sql(info).await {
+            forgotten.extend(
+                forgotten_slots_on(config, name, &client).await.into_iter().map(|s| (name.clone(), s)),
+            );
         }
     }
     forgotten
+}
+
+/// The forgotten slots (see [`forgotten_slots`]) on the source `source`,
+/// asked over `client`; none when it cannot be asked.
+pub async fn forgotten_slots_on(
+    config: &Config,
+    source: &str,
+    client: &tokio_postgres::Client,
+) -> Vec<String> {
+    let Ok(rows) = client
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots
+             WHERE slot_type = 'logical' AND NOT temporary AND database = current_database()
+               AND slot_name LIKE 'ferry\\_%' ORDER BY 1",
+            &[],
+        )
+        .await
+    else {
+        return Vec::new();
+    };
+    let slots = rows.iter().map(|row| row.get::<_, String>(0));
+    slots.filter(|slot| !config.subscriptions.iter().any(|s| s.source == source && s.slot == *slot)).collect()
 }
 
 /// Says in the log which slots on the sources belong to no subscription.

@@ -166,11 +166,13 @@ pub async fn online(config: &Config) -> Report {
         plan.columns = columns;
         report.problems.extend(problems);
     }
-    for (source, slot) in teardown::forgotten_slots(config).await {
+    for (source, client) in &sources {
         let mut findings = Findings::new(format!("source {source}"));
-        findings.warning(format!(
-            "slot {slot} belongs to no configured subscription and keeps WAL; `ferry drop SUBSCRIPTION --source {source}` removes it"
-        ));
+        for slot in teardown::forgotten_slots_on(config, source, client).await {
+            findings.warning(format!(
+                "slot {slot} belongs to no configured subscription and keeps WAL; `ferry drop SUBSCRIPTION --source {source}` removes it"
+            ));
+        }
         report.problems.extend(findings.problems);
     }
     report
