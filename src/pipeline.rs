@@ -309,6 +309,21 @@ struct Replay {
     in_order_until: Option<Lsn>,
 }
 
+impl Replay {
+    /// Whether the transaction committing at `commit_lsn` is applied
+    /// carefully, and whether in order.
+    fn modes(&self, commit_lsn: Lsn) -> (bool, bool) {
+        let covers = |until: Option<Lsn>| until.is_some_and(|until| commit_lsn <= until);
+        (covers(self.careful_until), covers(self.in_order_until))
+    }
+
+    /// Whether transactions committing after `handled` may still be
+    /// replayed.
+    fn pending(&self, handled: Lsn) -> bool {
+        [self.careful_until, self.in_order_until].into_iter().flatten().any(|until| until >= handled)
+    }
+}
+
 /// One attempt: set up, copy if new, then stream until cancelled or broken.
 async fn run_once(
     spec: &PipelineSpec,
@@ -399,7 +414,7 @@ async fn run_once(
     let (events_tx, events_rx) = mpsc::channel(CHANNEL_CAPACITY / source::CHUNK_EVENTS);
     let (durable_tx, durable_rx) = watch::channel(start);
     let stop_reader = cancel.child_token();
-    let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone()));
+    let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone(), true));
     let target = spec.target.to_string();
     let state = ApplyState::new(progress, floors, metrics, replay, sub.forward_origins);
     let applied = apply_events(&mut applier, events_rx, &durable_tx, state, copying, &target).await;
@@ -595,10 +610,27 @@ struct ApplyState {
     /// Tables copied while a source transaction was open, joining the
     /// stream at its end.
     joining: Option<Copied>,
+    /// The streamed transaction in progress whose changes arrive early.
+    early: Option<Early>,
     /// Committed on the target but maybe not yet flushed there: (target
     /// WAL position of the commit, source end LSN), oldest first. The
     /// source hears of each only once the target has flushed it.
     unflushed: VecDeque<(Lsn, Lsn)>,
+}
+
+/// A streamed transaction in progress (see [`ApplyState::stream_begin`]).
+#[derive(Clone, Copy)]
+struct Early {
+    /// Its changes are applied as they arrive; otherwise they are left
+    /// for its commit.
+    applying: bool,
+}
+
+/// Where a streamed transaction committed.
+struct StreamedCommit {
+    commit_lsn: Lsn,
+    end_lsn: Lsn,
+    commit_time: i64,
 }
 
 struct Batch {
@@ -638,6 +670,7 @@ impl ApplyState {
             replaying: false,
             floors,
             joining: None,
+            early: None,
             unflushed: VecDeque::new(),
         }
     }
@@ -651,74 +684,193 @@ impl ApplyState {
     ) -> Result<(), PipelineError> {
         match event {
             SourceEvent::Begin { commit_lsn, commit_time, .. } => {
-                self.in_source_transaction = true;
-                self.transaction_changes = 0;
-                self.from_elsewhere = false;
-                // Its commit lies before the recorded end LSN: applied
-                // already, unless a table behind the stream needs it.
-                self.replaying = commit_lsn < self.progress;
-                self.skipping = commit_lsn < self.floors.lowest(self.progress);
-                self.current_commit = commit_lsn;
-                let careful = self.replay.careful_until.is_some_and(|until| commit_lsn <= until);
-                let in_order = self.replay.in_order_until.is_some_and(|until| commit_lsn <= until);
-                applier.begin_source_transaction(commit_lsn, careful, in_order);
-                if !self.skipping {
-                    self.metrics.pending(commit_time);
-                }
+                self.begin(applier, commit_lsn, commit_time)
             }
-            SourceEvent::Origin { name } => {
-                // Applied there by a replicator (ferry or PostgreSQL's own):
-                // sent on only when the subscription forwards such changes.
-                if !self.forward_origins {
-                    tracing::debug!(subscription = %self.metrics.subscription(), origin = %name, "leaving out a transaction applied by another replicator");
-                    self.from_elsewhere = true;
-                }
-            }
-            SourceEvent::Change(mut change) if !self.skipping && !self.from_elsewhere => {
-                if !self.floors.is_empty()
-                    && !self.floors.keep(&mut change, self.current_commit, self.replaying)
-                {
-                    return Ok(());
-                }
-                if self.batch.is_none() {
-                    applier.begin().await?;
-                    self.batch = Some(Batch {
-                        rows: 0,
-                        started: Instant::now(),
-                        last_commit: None,
-                        transactions: 0,
-                        events: EventCounts::default(),
-                    });
-                }
-                applier.apply(&change).await?;
-                self.transaction_changes += 1;
-                if let Some(batch) = self.batch.as_mut() {
-                    batch.rows += 1;
-                    count_event(&self.metrics, &mut batch.events, &change);
-                }
-            }
+            SourceEvent::Origin { name } => self.origin(&name),
+            SourceEvent::Change(change) => self.change(applier, change).await?,
             SourceEvent::Commit { end_lsn, commit_time, .. } => {
-                self.in_source_transaction = false;
-                self.handled = self.handled.max(end_lsn);
-                self.floors.passed(end_lsn);
-                // Caught up or behind: decides whether the next
-                // transaction's rows are gathered per table.
-                let lag = crate::pg::timestamp::now_micros().saturating_sub(commit_time);
-                let recent = lag < LIVE_LAG.as_micros() as i64;
-                applier.set_live(nothing_waiting && recent);
-                if !self.skipping {
-                    // Live, a transaction waits at most the linger for the
-                    // next ones, even when more are already arriving.
-                    let close = nothing_waiting || recent;
-                    self.source_committed(applier, end_lsn, commit_time, close, durable).await?;
-                }
-                if let Some(copied) = self.joining.take() {
-                    self.join(applier, copied)?;
-                }
+                self.commit_source(applier, end_lsn, commit_time, nothing_waiting, durable).await?;
             }
-            SourceEvent::Change(_) | SourceEvent::Message(_) => {}
+            SourceEvent::Message(_) => {}
+            SourceEvent::StreamBegin { .. } => self.stream_begin(applier).await?,
+            SourceEvent::StreamDiscard { .. } => self.stream_discard(applier).await,
+            SourceEvent::StreamCommit { commit_lsn, end_lsn, commit_time, changes, .. } => {
+                let commit = StreamedCommit { commit_lsn, end_lsn, commit_time };
+                self.stream_commit(applier, commit, changes, nothing_waiting, durable).await?;
+            }
         }
         Ok(())
+    }
+
+    fn begin(&mut self, applier: &mut Applier, commit_lsn: Lsn, commit_time: i64) {
+        self.in_source_transaction = true;
+        self.transaction_changes = 0;
+        self.from_elsewhere = false;
+        // Its commit lies before the recorded end LSN: applied
+        // already, unless a table behind the stream needs it.
+        self.replaying = commit_lsn < self.progress;
+        self.skipping = commit_lsn < self.floors.lowest(self.progress);
+        self.current_commit = commit_lsn;
+        let (careful, in_order) = self.replay.modes(commit_lsn);
+        applier.begin_source_transaction(commit_lsn, careful, in_order);
+        if !self.skipping {
+            self.metrics.pending(commit_time);
+        }
+    }
+
+    fn origin(&mut self, name: &str) {
+        // Applied there by a replicator (ferry or PostgreSQL's own):
+        // sent on only when the subscription forwards such changes.
+        if !self.forward_origins {
+            tracing::debug!(subscription = %self.metrics.subscription(), origin = %name, "leaving out a transaction applied by another replicator");
+            self.from_elsewhere = true;
+        }
+    }
+
+    async fn change(&mut self, applier: &mut Applier, mut change: Change) -> Result<(), ApplyError> {
+        if self.skipping || self.from_elsewhere {
+            return Ok(());
+        }
+        if let Some(early) = self.early {
+            if !early.applying {
+                return Ok(());
+            }
+            fault::point(fault::IN_STREAMED_TRANSACTION);
+            return self.early_change(applier, &change).await;
+        }
+        if !self.floors.is_empty() && !self.floors.keep(&mut change, self.current_commit, self.replaying) {
+            return Ok(());
+        }
+        self.apply(applier, &change).await
+    }
+
+    async fn apply(&mut self, applier: &mut Applier, change: &Change) -> Result<(), ApplyError> {
+        if self.batch.is_none() {
+            applier.begin().await?;
+            self.batch = Some(Batch {
+                rows: 0,
+                started: Instant::now(),
+                last_commit: None,
+                transactions: 0,
+                events: EventCounts::default(),
+            });
+        }
+        applier.apply(change).await?;
+        self.transaction_changes += 1;
+        if let Some(batch) = self.batch.as_mut() {
+            batch.rows += 1;
+            count_event(&self.metrics, &mut batch.events, change);
+        }
+        Ok(())
+    }
+
+    async fn commit_source(
+        &mut self,
+        applier: &mut Applier,
+        end_lsn: Lsn,
+        commit_time: i64,
+        nothing_waiting: bool,
+        durable: &watch::Sender<Lsn>,
+    ) -> Result<(), PipelineError> {
+        self.in_source_transaction = false;
+        self.handled = self.handled.max(end_lsn);
+        self.floors.passed(end_lsn);
+        // Caught up or behind: decides whether the next
+        // transaction's rows are gathered per table.
+        let lag = crate::pg::timestamp::now_micros().saturating_sub(commit_time);
+        let recent = lag < LIVE_LAG.as_micros() as i64;
+        applier.set_live(nothing_waiting && recent);
+        if !self.skipping {
+            // Live, a transaction waits at most the linger for the
+            // next ones, even when more are already arriving.
+            let close = nothing_waiting || recent;
+            self.source_committed(applier, end_lsn, commit_time, close, durable).await?;
+        }
+        if let Some(copied) = self.joining.take() {
+            self.join(applier, copied)?;
+        }
+        Ok(())
+    }
+
+    /// A streamed transaction arrives while still in progress. It is
+    /// applied as it arrives, in a target transaction of its own, when
+    /// nothing can make its changes conditional on its commit LSN (which
+    /// is not known yet): no table out of step with the stream, no replay
+    /// after a failure. Otherwise its changes wait for its commit.
+    async fn stream_begin(&mut self, applier: &mut Applier) -> Result<(), ApplyError> {
+        self.stream_discard(applier).await;
+        let applying = self.floors.is_empty() && !self.replay.pending(self.handled);
+        if applying {
+            // What is open so far ends at a source commit: it goes first.
+            self.commit(applier).await?;
+            applier.begin_source_transaction(Lsn::ZERO, false, false);
+        }
+        self.early = Some(Early { applying });
+        self.in_source_transaction = true;
+        self.transaction_changes = 0;
+        self.skipping = false;
+        self.from_elsewhere = false;
+        self.replaying = false;
+        Ok(())
+    }
+
+    /// Applies a change of a transaction still in progress. A change the
+    /// target refuses (a constraint, say) does not fail the pipeline here:
+    /// the transaction is applied again from its spool at its commit,
+    /// where the failure is handled with the commit's position known.
+    async fn early_change(&mut self, applier: &mut Applier, change: &Change) -> Result<(), ApplyError> {
+        match self.apply(applier, change).await {
+            Err(error) if !error.is_retryable() => {
+                tracing::debug!(subscription = %self.metrics.subscription(), %error, "applying a transaction in progress failed; applying it at its commit instead");
+                self.stream_discard(applier).await;
+                self.early = Some(Early { applying: false });
+                self.in_source_transaction = true;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Rolls back what was applied of a transaction in progress.
+    async fn stream_discard(&mut self, applier: &mut Applier) {
+        if self.early.take().is_some_and(|early| early.applying) && self.batch.take().is_some() {
+            applier.rollback().await;
+        }
+        self.in_source_transaction = false;
+    }
+
+    /// A streamed transaction committed: what was applied of it while it
+    /// arrived commits too, when the commit LSN confirms it had to be
+    /// applied whole; otherwise it is applied from its spool now, like any
+    /// other transaction.
+    async fn stream_commit(
+        &mut self,
+        applier: &mut Applier,
+        commit: StreamedCommit,
+        mut changes: source::StreamedChanges,
+        nothing_waiting: bool,
+        durable: &watch::Sender<Lsn>,
+    ) -> Result<(), PipelineError> {
+        let StreamedCommit { commit_lsn, end_lsn, commit_time } = commit;
+        let applied_early = self.early.is_some_and(|early| early.applying)
+            && commit_lsn >= self.progress
+            && self.replay.modes(commit_lsn) == (false, false);
+        if applied_early {
+            self.early = None;
+            self.current_commit = commit_lsn;
+            self.metrics.pending(commit_time);
+        } else {
+            self.stream_discard(applier).await;
+            self.begin(applier, commit_lsn, commit_time);
+            if let Some(origin) = changes.origin() {
+                self.origin(origin);
+            }
+            while let Some(change) = changes.next_change()? {
+                self.change(applier, change).await?;
+                fault::point(fault::IN_STREAMED_TRANSACTION);
+            }
+        }
+        self.commit_source(applier, end_lsn, commit_time, nothing_waiting, durable).await
     }
 
     /// A source transaction ended: it joins the open target transaction,

@@ -83,7 +83,7 @@ pub async fn run(options: TailOptions, out: impl Write, cancel: CancellationToke
 
     let (events_tx, events_rx) = mpsc::channel(1024 / source::CHUNK_EVENTS);
     let (durable_tx, durable_rx) = watch::channel(Lsn::ZERO);
-    let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, cancel.clone()));
+    let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, cancel.clone(), false));
     let printed = print_events(events_rx, out, durable_tx).await;
     // The printer only stops early on an output error: stop reading too.
     cancel.cancel();
@@ -189,16 +189,22 @@ async fn print_events(
                     TransactionContext { xid: Some(xid), lsn: commit_lsn, commit_time: Some(commit_time) };
             }
             SourceEvent::Origin { .. } => {}
-            SourceEvent::Change(change) => {
-                for line in change_lines(&transaction, &change) {
-                    serde_json::to_writer(&mut out, &line).map_err(std::io::Error::from)?;
-                    out.write_all(b"\n")?;
-                }
-            }
+            SourceEvent::Change(change) => print_change(&mut out, &transaction, &change)?,
             SourceEvent::Commit { end_lsn, .. } => {
                 out.flush()?;
                 durable.send_replace(end_lsn);
                 transaction = TransactionContext::default();
+            }
+            // Read without `early`: a streamed transaction comes whole, at its commit.
+            SourceEvent::StreamBegin { .. } | SourceEvent::StreamDiscard { .. } => {}
+            SourceEvent::StreamCommit { xid, commit_lsn, end_lsn, commit_time, mut changes } => {
+                let transaction =
+                    TransactionContext { xid: Some(xid), lsn: commit_lsn, commit_time: Some(commit_time) };
+                while let Some(change) = changes.next_change()? {
+                    print_change(&mut out, &transaction, &change)?;
+                }
+                out.flush()?;
+                durable.send_replace(end_lsn);
             }
             SourceEvent::Message(message) => {
                 let line = message_line(&TransactionContext::default(), &message);
@@ -209,6 +215,18 @@ async fn print_events(
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+fn print_change(
+    out: &mut impl Write,
+    transaction: &TransactionContext,
+    change: &Change,
+) -> std::io::Result<()> {
+    for line in change_lines(transaction, change) {
+        serde_json::to_writer(&mut *out, &line)?;
+        out.write_all(b"\n")?;
+    }
     Ok(())
 }
 

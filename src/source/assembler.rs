@@ -1,5 +1,6 @@
 //! Assembles pgoutput messages into whole transactions in commit order,
-//! spooling streamed in-progress transactions to temporary files.
+//! spooling streamed in-progress transactions to temporary files and, when
+//! asked, handing one of them on early, while it is still in progress.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -9,7 +10,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Change, Sink, SourceError, SourceEvent};
-use crate::fault;
 use crate::pg::Lsn;
 use crate::pg::pgoutput::{self, DecodeOptions, Message, Relation};
 
@@ -22,6 +22,11 @@ struct Spool {
     /// belongs to it or to its own children (what PostgreSQL's apply worker
     /// does too).
     first_offsets: Vec<(u32, u64)>,
+    /// Relations as the stream describes them so far: they apply to its
+    /// own changes first, and to everything after it once it commits.
+    relations: HashMap<u32, Arc<Relation>>,
+    /// The replication origin the transaction was applied by, if any.
+    origin: Option<String>,
 }
 
 impl Spool {
@@ -30,6 +35,8 @@ impl Spool {
             writer: BufWriter::with_capacity(256 * 1024, tempfile::tempfile()?),
             len: 0,
             first_offsets: Vec::new(),
+            relations: HashMap::new(),
+            origin: None,
         })
     }
 
@@ -79,10 +86,17 @@ impl Spool {
         Ok(kept)
     }
 
-    fn into_reader(self) -> io::Result<SpoolReader<File>> {
+    /// The spooled changes of the committed transaction, to be read back
+    /// against `relations` (those described before the stream).
+    fn into_changes(self, relations: &HashMap<u32, Arc<Relation>>) -> io::Result<StreamedChanges> {
         let mut file = self.writer.into_inner().map_err(|e| e.into_error())?;
         file.seek(SeekFrom::Start(0))?;
-        Ok(SpoolReader { reader: BufReader::with_capacity(256 * 1024, file), remaining: self.len })
+        Ok(StreamedChanges {
+            reader: SpoolReader { reader: BufReader::with_capacity(256 * 1024, file), remaining: self.len },
+            relations: relations.clone(),
+            streamed: HashMap::new(),
+            origin: self.origin,
+        })
     }
 }
 
@@ -106,8 +120,59 @@ impl<R: Read> SpoolReader<R> {
     }
 }
 
+/// The changes of a committed streamed transaction, read back from its
+/// spool in source order.
+pub struct StreamedChanges {
+    reader: SpoolReader<File>,
+    /// The relations described before the stream.
+    relations: HashMap<u32, Arc<Relation>>,
+    /// The relations described inside the stream, so far as it is read.
+    streamed: HashMap<u32, Arc<Relation>>,
+    origin: Option<String>,
+}
+
+impl StreamedChanges {
+    /// The replication origin the transaction was applied by, if any.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
+    /// The next change, or `None` at the end.
+    pub fn next_change(&mut self) -> Result<Option<Change>, SourceError> {
+        let options = DecodeOptions { in_stream: true, stream_abort_info: false };
+        while let Some(record) = self.reader.next_record()? {
+            match pgoutput::decode(record, options)? {
+                Message::Relation(relation) => {
+                    self.streamed.insert(relation.oid, Arc::new(relation));
+                }
+                Message::Type(_) => {}
+                other => return resolve(&self.relations, Some(&self.streamed), other).map(Some),
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl std::fmt::Debug for StreamedChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamedChanges")
+            .field("bytes_left", &self.reader.remaining)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Turns decoded pgoutput messages into [`SourceEvent`]s of committed
 /// transactions, in commit order.
+///
+/// With `early` on, one streamed transaction at a time is also handed on
+/// while it is in progress, between [`SourceEvent::StreamBegin`] and its
+/// [`SourceEvent::StreamCommit`] or [`SourceEvent::StreamDiscard`], with
+/// no other event in between: the consumer can apply it while the source
+/// is still decoding the rest. Only a transaction that streams alone is
+/// handed on early: once anything else arrives before its commit (another
+/// transaction, another stream) or part of it aborts, its early changes
+/// are discarded and the spool, which is always written, holds it whole.
 pub struct Assembler {
     decoder: pgoutput::Decoder,
     relations: HashMap<u32, Arc<Relation>>,
@@ -118,16 +183,17 @@ pub struct Assembler {
     streams: HashMap<u32, Spool>,
     /// The top-level xid of the stream block being received.
     stream_block: Option<u32>,
-}
-
-impl Default for Assembler {
-    fn default() -> Self {
-        Assembler::new()
-    }
+    /// Whether streamed transactions may be handed on early.
+    early: bool,
+    /// The streamed transaction being handed on early, and whether its
+    /// StreamBegin went out yet (it goes with its first change).
+    handing_on: Option<(u32, bool)>,
 }
 
 impl Assembler {
-    pub fn new() -> Assembler {
+    /// With `early`, a streamed transaction may be handed on while in
+    /// progress (see [`Assembler`]).
+    pub fn new(early: bool) -> Assembler {
         Assembler {
             decoder: pgoutput::Decoder::new(false),
             relations: HashMap::new(),
@@ -135,6 +201,8 @@ impl Assembler {
             last_commit_end: Lsn::ZERO,
             streams: HashMap::new(),
             stream_block: None,
+            early,
+            handing_on: None,
         }
     }
 
@@ -153,6 +221,7 @@ impl Assembler {
         let message = self.decoder.decode(raw.clone())?;
         match message {
             Message::Begin(begin) => {
+                self.stop_handing_on(out).await?;
                 self.open_xid = Some(begin.xid);
                 send(
                     out,
@@ -181,9 +250,26 @@ impl Assembler {
                 )
                 .await
             }
-            Message::Origin(origin) => send(out, SourceEvent::Origin { name: origin.name }).await,
+            Message::Origin(origin) => match self.stream_block {
+                Some(xid) => {
+                    // Transactions from elsewhere are not handed on early:
+                    // whether they are applied is decided at their commit.
+                    if self.handing_on.is_some_and(|(early, _)| early == xid) {
+                        self.stop_handing_on(out).await?;
+                    }
+                    self.spool(xid)?.origin = Some(origin.name);
+                    Ok(())
+                }
+                None => send(out, SourceEvent::Origin { name: origin.name }).await,
+            },
             Message::StreamStart(start) => {
+                if self.handing_on.is_some_and(|(early, _)| early != start.xid) {
+                    self.stop_handing_on(out).await?;
+                }
                 if start.first_segment {
+                    if self.early && self.streams.is_empty() && self.handing_on.is_none() {
+                        self.handing_on = Some((start.xid, false));
+                    }
                     self.streams.insert(start.xid, Spool::new()?);
                 }
                 self.stream_block = Some(start.xid);
@@ -193,32 +279,36 @@ impl Assembler {
                 self.stream_block = None;
                 Ok(())
             }
-            Message::StreamAbort(abort) => self.stream_abort(abort.xid, abort.subxid),
+            Message::StreamAbort(abort) => {
+                if self.handing_on.is_some_and(|(early, _)| early == abort.xid) {
+                    self.stop_handing_on(out).await?;
+                }
+                self.stream_abort(abort.xid, abort.subxid)
+            }
             Message::StreamCommit(commit) => {
-                let spool = self.streams.remove(&commit.xid).ok_or_else(|| {
+                let mut spool = self.streams.remove(&commit.xid).ok_or_else(|| {
                     SourceError::Sequence(format!(
                         "Stream Commit of transaction {} that never started",
                         commit.xid
                     ))
                 })?;
-                send(
-                    out,
-                    SourceEvent::Begin {
-                        xid: commit.xid,
-                        commit_lsn: commit.commit_lsn,
-                        commit_time: commit.commit_time,
-                    },
-                )
-                .await?;
-                self.replay(spool, out).await?;
+                match self.handing_on {
+                    Some((early, _)) if early == commit.xid => self.handing_on = None,
+                    Some(_) => self.stop_handing_on(out).await?,
+                    None => {}
+                }
+                let streamed = std::mem::take(&mut spool.relations);
+                let changes = spool.into_changes(&self.relations)?;
+                self.relations.extend(streamed);
                 self.last_commit_end = commit.end_lsn;
                 send(
                     out,
-                    SourceEvent::Commit {
+                    SourceEvent::StreamCommit {
                         xid: commit.xid,
                         commit_lsn: commit.commit_lsn,
                         end_lsn: commit.end_lsn,
                         commit_time: commit.commit_time,
+                        changes,
                     },
                 )
                 .await
@@ -234,8 +324,8 @@ impl Assembler {
         }
     }
 
-    /// Relation, Type and row messages: spooled inside a stream block,
-    /// otherwise resolved and sent on.
+    /// Relation, Type and row messages: spooled inside a stream block (and
+    /// handed on when early), otherwise resolved and sent on.
     async fn data_message(
         &mut self,
         message: Message,
@@ -243,12 +333,7 @@ impl Assembler {
         out: &mut Sink,
     ) -> Result<(), SourceError> {
         if let Some(top) = self.stream_block {
-            let xid = message_xid(&message).unwrap_or(top);
-            let spool = self.streams.get_mut(&top).ok_or_else(|| {
-                SourceError::Sequence(format!("stream block of transaction {top} without its first segment"))
-            })?;
-            spool.append(xid, &raw)?;
-            return Ok(());
+            return self.streamed_message(top, message, raw, out).await;
         }
         match message {
             Message::Relation(relation) => {
@@ -264,36 +349,58 @@ impl Assembler {
         }
     }
 
+    async fn streamed_message(
+        &mut self,
+        top: u32,
+        message: Message,
+        raw: Bytes,
+        out: &mut Sink,
+    ) -> Result<(), SourceError> {
+        let xid = message_xid(&message).unwrap_or(top);
+        let spool = self.spool(top)?;
+        spool.append(xid, &raw)?;
+        match message {
+            Message::Relation(relation) => {
+                spool.relations.insert(relation.oid, Arc::new(relation));
+            }
+            Message::Type(_) => {}
+            change => {
+                let Some((early, begun)) = self.handing_on.filter(|(early, _)| *early == top) else {
+                    return Ok(());
+                };
+                let spool = &self.streams[&top];
+                let change = resolve(&self.relations, Some(&spool.relations), change)?;
+                if !begun {
+                    self.handing_on = Some((early, true));
+                    send(out, SourceEvent::StreamBegin { xid: early }).await?;
+                }
+                send(out, SourceEvent::Change(change)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn spool(&mut self, top: u32) -> Result<&mut Spool, SourceError> {
+        self.streams.get_mut(&top).ok_or_else(|| {
+            SourceError::Sequence(format!("stream block of transaction {top} without its first segment"))
+        })
+    }
+
+    /// The transaction handed on early is no longer: what was handed on of
+    /// it is void (its spool keeps it whole).
+    async fn stop_handing_on(&mut self, out: &mut Sink) -> Result<(), SourceError> {
+        match self.handing_on.take() {
+            Some((xid, true)) => send(out, SourceEvent::StreamDiscard { xid }).await,
+            _ => Ok(()),
+        }
+    }
+
     fn stream_abort(&mut self, xid: u32, subxid: u32) -> Result<(), SourceError> {
         if xid == subxid {
             self.streams.remove(&xid);
         } else if let Some(spool) = self.streams.get_mut(&xid) {
             spool.abort_subtransaction(xid, subxid)?;
         }
-        Ok(())
-    }
-
-    /// Sends the spooled changes of a committed streamed transaction.
-    /// Relations described inside the stream apply to it first, and to
-    /// everything after it once it has committed (as the server assumes).
-    async fn replay(&mut self, spool: Spool, out: &mut Sink) -> Result<(), SourceError> {
-        let mut reader = spool.into_reader()?;
-        let mut streamed: HashMap<u32, Arc<Relation>> = HashMap::new();
-        let options = DecodeOptions { in_stream: true, stream_abort_info: false };
-        while let Some(record) = reader.next_record()? {
-            match pgoutput::decode(record, options)? {
-                Message::Relation(relation) => {
-                    streamed.insert(relation.oid, Arc::new(relation));
-                }
-                Message::Type(_) => {}
-                other => {
-                    let change = resolve(&self.relations, Some(&streamed), other)?;
-                    send(out, SourceEvent::Change(change)).await?;
-                    fault::point(fault::IN_STREAMED_TRANSACTION);
-                }
-            }
-        }
-        self.relations.extend(streamed);
         Ok(())
     }
 }

@@ -4,8 +4,10 @@
 //! Transactions arrive either whole (Begin … Commit) or, when they are
 //! large, streamed while still in progress: blocks of several transactions
 //! interleave and a block can be aborted, in part (a sub-transaction) or
-//! whole. Streamed changes are spooled to a temporary file and replayed at
-//! Stream Commit, so memory does not grow with the size of a transaction.
+//! whole. Streamed changes are spooled to a temporary file, read back by
+//! the consumer after Stream Commit, so memory does not grow with the size
+//! of a transaction; a transaction that streams alone can also be handed
+//! on while it arrives (see [`Assembler`]).
 
 mod assembler;
 pub mod catalog;
@@ -22,10 +24,10 @@ use crate::pg::pgoutput::{self, LogicalMessage, OldTuple, Relation, Tuple};
 use crate::pg::replication::{ReplicationMessage, ReplicationStream};
 use crate::pg::{Lsn, PgError};
 
-pub use assembler::Assembler;
+pub use assembler::{Assembler, StreamedChanges};
 
 /// One step of a committed transaction, as the rest of ferry sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum SourceEvent {
     Begin {
         xid: u32,
@@ -46,6 +48,28 @@ pub enum SourceEvent {
     /// A `pg_logical_emit_message` with `transactional = false`: it stands
     /// alone, outside any transaction.
     Message(LogicalMessage),
+    /// A streamed transaction still in progress: its changes follow as they
+    /// arrive, until its [`SourceEvent::StreamCommit`] or
+    /// [`SourceEvent::StreamDiscard`]; no other transaction's events come
+    /// in between.
+    StreamBegin {
+        xid: u32,
+    },
+    /// The changes since the StreamBegin of `xid` are void: it aborted, or
+    /// it will be applied from its spool at its StreamCommit.
+    StreamDiscard {
+        xid: u32,
+    },
+    /// A streamed transaction committed. `changes` holds all of it; when
+    /// its changes came early and were not discarded, they are all there
+    /// already.
+    StreamCommit {
+        xid: u32,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time: i64,
+        changes: StreamedChanges,
+    },
 }
 
 /// A row change, with the relation as the server last described it.
@@ -93,8 +117,9 @@ pub type EventChunk = Vec<SourceEvent>;
 const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(30);
 
 /// Reads a replication stream until `cancel` fires: decodes and assembles
-/// transactions into `out`, and reports `durable` (what the consumer has
-/// made durable) as the flush position.
+/// transactions into `out` (streamed ones also early, with `early`; see
+/// [`Assembler`]), and reports `durable` (what the consumer has made
+/// durable) as the flush position.
 ///
 /// When the source is idle — no transaction open and everything handed on
 /// already durable — the WAL end of keepalives is confirmed too, so the
@@ -108,8 +133,9 @@ pub async fn read_stream(
     out: mpsc::Sender<EventChunk>,
     durable: watch::Receiver<Lsn>,
     cancel: CancellationToken,
+    early: bool,
 ) -> Result<(), SourceError> {
-    let mut assembler = Assembler::new();
+    let mut assembler = Assembler::new(early);
     let mut ticker = tokio::time::interval(STATUS_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sink = Sink {
