@@ -628,6 +628,7 @@ struct Early {
 
 /// Where a streamed transaction committed.
 struct StreamedCommit {
+    xid: u32,
     commit_lsn: Lsn,
     end_lsn: Lsn,
     commit_time: i64,
@@ -694,8 +695,8 @@ impl ApplyState {
             SourceEvent::Message(_) => {}
             SourceEvent::StreamBegin { .. } => self.stream_begin(applier).await?,
             SourceEvent::StreamDiscard { .. } => self.stream_discard(applier).await,
-            SourceEvent::StreamCommit { commit_lsn, end_lsn, commit_time, changes, .. } => {
-                let commit = StreamedCommit { commit_lsn, end_lsn, commit_time };
+            SourceEvent::StreamCommit { xid, commit_lsn, end_lsn, commit_time, changes } => {
+                let commit = StreamedCommit { xid, commit_lsn, end_lsn, commit_time };
                 self.stream_commit(applier, commit, changes, nothing_waiting, durable).await?;
             }
         }
@@ -851,15 +852,17 @@ impl ApplyState {
         nothing_waiting: bool,
         durable: &watch::Sender<Lsn>,
     ) -> Result<(), PipelineError> {
-        let StreamedCommit { commit_lsn, end_lsn, commit_time } = commit;
+        let StreamedCommit { xid, commit_lsn, end_lsn, commit_time } = commit;
         let applied_early = self.early.is_some_and(|early| early.applying)
             && commit_lsn >= self.progress
             && self.replay.modes(commit_lsn) == (false, false);
         if applied_early {
+            tracing::info!(subscription = %self.metrics.subscription(), xid, changes = self.transaction_changes, %commit_lsn, "streamed transaction committed; it was applied while it arrived");
             self.early = None;
             self.current_commit = commit_lsn;
             self.metrics.pending(commit_time);
         } else {
+            tracing::info!(subscription = %self.metrics.subscription(), xid, %commit_lsn, "streamed transaction committed; applying it from its spool");
             self.stream_discard(applier).await;
             self.begin(applier, commit_lsn, commit_time);
             if let Some(origin) = changes.origin() {

@@ -191,3 +191,27 @@ async fn crash_while_applying_a_streamed_transaction_applies_it_once_later() {
         COMMIT;";
     crash_at("in-streamed-transaction:20000", &[load]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_while_applying_a_streamed_transaction_from_its_spool_applies_it_once_later() {
+    let (source, target, config) = setup().await;
+    let (src, other) = (source.client("postgres").await, source.client("postgres").await);
+    // Seam hits: at most 30,000 while the transaction arrives, then one per
+    // change (60,000 and more) from the spool.
+    let mut daemon = Daemon::start_with_env(&config, &[("FERRY_FAILPOINT", "in-streamed-transaction:40000")]);
+    daemon.wait_for_log("streaming", Duration::from_secs(180)).await;
+    let insert = "INSERT INTO events (account, amount, note) SELECT g % 1000 + 1, g, md5(g::text) FROM generate_series(1, 30000) g";
+    src.batch_execute(&format!("BEGIN; {insert}")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Committed while the large one is open: the large one is applied at
+    // its commit, from its spool.
+    other.batch_execute("UPDATE counter SET n = n + 1").await.unwrap();
+    src.batch_execute(&format!("{insert}; UPDATE counter SET n = n + 1; COMMIT")).await.unwrap();
+    assert_eq!(daemon.wait_for_exit(Duration::from_secs(120)).await, Some(137), "the failpoint should fire");
+    assert!(daemon.logs().contains("applying it from its spool"), "{}", daemon.logs());
+    let _daemon = Daemon::start(&config);
+    assert_identical(&source, &target).await;
+    let n: i64 =
+        target.client("postgres").await.query_one("SELECT n FROM counter", &[]).await.unwrap().get(0);
+    assert_eq!(n, 2, "both transactions applied once");
+}

@@ -51,12 +51,18 @@ async fn two_services_replicating_to_each_other_settle_without_loops() {
     ca.batch_execute("UPDATE notes SET body = 'edited on a' WHERE id = 101").await.unwrap();
     cb.batch_execute("DELETE FROM notes WHERE id = 1").await.unwrap();
     wait_for_same(&ca, &cb, "notes", "notes", "id, body", "id", SETTLE).await;
+    // A transaction large enough to be streamed while in progress, on both
+    // legs: its origin arrives inside the stream.
+    ca.batch_execute("INSERT INTO notes SELECT g, 'bulk from a' FROM generate_series(1000, 20999) g")
+        .await
+        .unwrap();
+    wait_for_same(&ca, &cb, "notes", "notes", "id, body", "id", SETTLE).await;
     // A change sent back would have hit a duplicate key or a missing row.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let logs = daemon.logs();
     assert!(!logs.contains("pipeline stopped") && !logs.contains("retrying"), "{logs}");
     let (count, _) = support::daemon::checksum(&ca, "notes", "id", "id").await;
-    assert_eq!(count, 39);
+    assert_eq!(count, 20_039);
     let origins: i64 = ca
         .query_one("SELECT count(*) FROM pg_replication_origin WHERE roname = 'ferry_b_to_a'", &[])
         .await

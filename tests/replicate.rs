@@ -285,3 +285,81 @@ async fn streamed_transactions_that_abort_leave_nothing_on_the_target() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Whether a transaction other than the caller's holds a write lock on
+/// `table`: rows are being written into it, not yet committed.
+async fn being_written(client: &tokio_postgres::Client, table: &str) -> bool {
+    client
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+             WHERE c.relname = $1 AND l.mode = 'RowExclusiveLock' AND l.pid <> pg_backend_pid()",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn wait_until_written(client: &tokio_postgres::Client, table: &str) {
+    let deadline = std::time::Instant::now() + SETTLE;
+    while !being_written(client, table).await {
+        assert!(std::time::Instant::now() < deadline, "nothing was written into {table} on the target");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_transaction_is_applied_while_it_arrives_and_shows_only_at_its_commit() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(&src, ITEMS).await;
+    exec(&dst, ITEMS).await;
+    let daemon = Daemon::start(&config(&source, &target, &[("items", "items")], ""));
+    daemon.wait_for_log("streaming", SETTLE).await;
+
+    // Far over logical_decoding_work_mem (64 kB): streamed while open.
+    exec(&src, "BEGIN; INSERT INTO items (id, name, qty) SELECT g, repeat('x', 100), 1 FROM generate_series(1, 20000) g")
+        .await;
+    wait_until_written(&dst, "items").await;
+    assert_eq!(count(&dst, "items").await, 0, "nothing shows before the source commits");
+    exec(&src, "UPDATE items SET qty = 2 WHERE id <= 100; DELETE FROM items WHERE id > 19990; COMMIT").await;
+    wait_for_same(&src, &dst, "items", "items", "id, name, qty, updated", "id", SETTLE).await;
+    assert_eq!(count(&dst, "items").await, 19_990);
+    let logs = daemon.logs();
+    assert!(logs.contains("it was applied while it arrived"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_committed_while_a_large_one_streams_goes_first() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    let other = source.client("postgres").await;
+    exec(&src, ITEMS).await;
+    exec(&dst, ITEMS).await;
+    let daemon = Daemon::start(&config(&source, &target, &[("items", "items")], ""));
+    daemon.wait_for_log("streaming", SETTLE).await;
+
+    exec(&src, "BEGIN; INSERT INTO items (id, name, qty) SELECT g, repeat('x', 100), 1 FROM generate_series(1, 20000) g")
+        .await;
+    wait_until_written(&dst, "items").await;
+    // Commits first, so it is applied first: what was applied of the open
+    // transaction is rolled back, not committed along with it.
+    exec(&other, "INSERT INTO items (id, name, qty) VALUES (0, 'between', 5)").await;
+    let deadline = std::time::Instant::now() + SETTLE;
+    while count(&dst, "items").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the transaction in between did not arrive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&dst, "items").await, 1, "only the committed transaction shows");
+    // The large one then changes the row the other one wrote.
+    exec(&src, "UPDATE items SET qty = 9 WHERE id = 0; COMMIT").await;
+    wait_for_same(&src, &dst, "items", "items", "id, name, qty, updated", "id", SETTLE).await;
+    assert_eq!(count(&dst, "items").await, 20_001);
+    let logs = daemon.logs();
+    assert!(logs.contains("applying it from its spool"), "{logs}");
+    assert!(!logs.contains("retrying"), "{logs}");
+}
