@@ -20,7 +20,7 @@ pub const AFTER_COPY_PART_COMMIT: &str = "after-copy-part-commit";
 /// After tables added to a running subscription were copied and recorded,
 /// before the stream takes them on.
 pub const AFTER_TABLE_COPY: &str = "after-table-copy";
-/// While replaying a streamed transaction into the target.
+/// While applying a streamed transaction: as it arrives, or from its spool.
 pub const IN_STREAMED_TRANSACTION: &str = "in-streamed-transaction";
 
 struct Armed {
