@@ -616,6 +616,9 @@ struct ApplyState {
     /// WAL position of the commit, source end LSN), oldest first. The
     /// source hears of each only once the target has flushed it.
     unflushed: VecDeque<(Lsn, Lsn)>,
+    /// The target's flush position as the latest commit reported it, until
+    /// a flush check uses it.
+    reported_flush: Option<Lsn>,
 }
 
 /// A streamed transaction in progress (see [`ApplyState::stream_begin`]).
@@ -673,6 +676,7 @@ impl ApplyState {
             joining: None,
             early: None,
             unflushed: VecDeque::new(),
+            reported_flush: None,
         }
     }
 
@@ -957,13 +961,14 @@ impl ApplyState {
                 if !self.floors.is_empty() {
                     applier.with_next_commit(self.floors.record_sql(self.metrics.subscription(), progress));
                 }
-                let target_lsn = applier.commit(progress, commit_time).await?;
+                let committed = applier.commit(progress, commit_time).await?;
+                self.reported_flush = Some(committed.flushed);
                 self.floors.settle(progress);
                 self.metrics.batch_committed(&events, transactions, started.elapsed());
                 self.metrics.dead_lettered(applier.take_dead_letters());
                 fault::point(fault::AFTER_TARGET_COMMIT);
                 // The source hears of it at the next flush check.
-                self.advance(target_lsn, end_lsn, commit_time);
+                self.advance(committed.at, end_lsn, commit_time);
             }
             Some(_) => applier.rollback().await,
             None => {}
@@ -986,7 +991,13 @@ impl ApplyState {
         durable: &watch::Sender<Lsn>,
     ) -> Result<(), ApplyError> {
         let Some(&(oldest, _)) = self.unflushed.front() else { return Ok(()) };
-        let flushed = if oldest == Lsn::ZERO { Lsn::ZERO } else { applier.flushed().await? };
+        // While commits come, each reports the flush position: asking
+        // the target in between would hold up the changes waiting.
+        let flushed = match self.reported_flush.take() {
+            Some(flushed) => flushed,
+            None if oldest == Lsn::ZERO => Lsn::ZERO,
+            None => applier.flushed().await?,
+        };
         let mut released = None;
         while let Some(&(target_lsn, end_lsn)) = self.unflushed.front() {
             if target_lsn > flushed {

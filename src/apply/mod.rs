@@ -515,8 +515,9 @@ impl Applier {
     /// progress become durable together or not at all. The commit is
     /// asynchronous (`synchronous_commit = off`, as PostgreSQL's own apply
     /// worker does): it returns the target WAL position that must be
-    /// flushed before the source may hear of it (see [`Applier::flushed`]).
-    pub async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<Lsn, ApplyError> {
+    /// flushed before the source may hear of it, and the position flushed
+    /// when it returned (see [`Applier::flushed`]).
+    pub async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<Committed, ApplyError> {
         self.settle().await?;
         // One round trip: progress, commit, and where the commit landed.
         let sql = format!(
@@ -526,13 +527,13 @@ impl Applier {
              SET end_lsn = EXCLUDED.end_lsn, commit_time = EXCLUDED.commit_time, updated_at = now();
              {extra}
              COMMIT;
-             SELECT pg_current_wal_insert_lsn()::text",
+             SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text",
             subscription = quote_literal(&self.subscription),
             time = crate::pg::timestamp::to_rfc3339(commit_time),
             extra = std::mem::take(&mut self.next_commit),
         );
         let messages = self.client.simple_query(&sql).await.map_err(target_error("COMMIT"))?;
-        Ok(first_lsn(&messages))
+        Ok(Committed { at: lsn_column(&messages, 0), flushed: lsn_column(&messages, 1) })
     }
 
     /// The target's WAL flush position: commits up to it survive a crash
@@ -1220,13 +1221,26 @@ fn start(mut execution: InFlight) -> Result<(RowRef, Result<u64, tokio_postgres:
 
 /// The LSN in the first row of a simple query's answer (0/0 if none).
 fn first_lsn(messages: &[tokio_postgres::SimpleQueryMessage]) -> Lsn {
+    lsn_column(messages, 0)
+}
+
+/// The LSN in column `column` of the first row.
+fn lsn_column(messages: &[tokio_postgres::SimpleQueryMessage], column: usize) -> Lsn {
     messages
         .iter()
         .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(column)?.parse().ok(),
             _ => None,
         })
         .unwrap_or(Lsn::ZERO)
+}
+
+/// Where a target commit landed in the target's WAL, and how far that WAL
+/// was flushed right after it.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed {
+    pub at: Lsn,
+    pub flushed: Lsn,
 }
 
 fn row_ref(plan: &RelationPlan, op: Op, key: Vec<Option<Bytes>>) -> RowRef {
