@@ -19,6 +19,25 @@ fn config(source: &Cluster, target: &Cluster, tables: &[(&str, &str)], extra: &s
 const ITEMS: &str =
     "CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int, updated timestamptz DEFAULT now())";
 
+/// Source and target with the items table, and a daemon streaming it.
+struct ItemsPipeline {
+    source: Cluster,
+    src: tokio_postgres::Client,
+    dst: tokio_postgres::Client,
+    daemon: Daemon,
+    target: Cluster,
+}
+
+async fn streaming_items() -> ItemsPipeline {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(&src, ITEMS).await;
+    exec(&dst, ITEMS).await;
+    let daemon = Daemon::start(&config(&source, &target, &[("items", "items")], ""));
+    daemon.wait_for_log("streaming", SETTLE).await;
+    ItemsPipeline { source, src, dst, daemon, target }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_existing_rows_then_streams_changes_made_during_the_copy() {
     let (source, target) = (Cluster::start(), Cluster::start());
@@ -243,12 +262,8 @@ async fn odd_identifiers_and_every_type_arrive_as_on_the_source() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_transactions_that_abort_leave_nothing_on_the_target() {
-    let (source, target) = (Cluster::start(), Cluster::start());
-    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
-    exec(&src, ITEMS).await;
-    exec(&dst, ITEMS).await;
-    let daemon = Daemon::start(&config(&source, &target, &[("items", "items")], ""));
-    daemon.wait_for_log("streaming", SETTLE).await;
+    let ItemsPipeline { source: _source, src, dst, daemon: _daemon, target: _target } =
+        streaming_items().await;
     // Each is far over the clusters' logical_decoding_work_mem (64 kB), so
     // the source streams it while in progress.
     exec(
@@ -314,12 +329,7 @@ async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_transaction_is_applied_while_it_arrives_and_shows_only_at_its_commit() {
-    let (source, target) = (Cluster::start(), Cluster::start());
-    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
-    exec(&src, ITEMS).await;
-    exec(&dst, ITEMS).await;
-    let daemon = Daemon::start(&config(&source, &target, &[("items", "items")], ""));
-    daemon.wait_for_log("streaming", SETTLE).await;
+    let ItemsPipeline { source: _source, src, dst, daemon, target: _target } = streaming_items().await;
 
     // Far over logical_decoding_work_mem (64 kB): streamed while open.
     exec(&src, "BEGIN; INSERT INTO items (id, name, qty) SELECT g, repeat('x', 100), 1 FROM generate_series(1, 20000) g")
@@ -335,13 +345,8 @@ async fn a_large_transaction_is_applied_while_it_arrives_and_shows_only_at_its_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_committed_while_a_large_one_streams_goes_first() {
-    let (source, target) = (Cluster::start(), Cluster::start());
-    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    let ItemsPipeline { source, src, dst, daemon, target: _target } = streaming_items().await;
     let other = source.client("postgres").await;
-    exec(&src, ITEMS).await;
-    exec(&dst, ITEMS).await;
-    let daemon = Daemon::start(&config(&source, &target, &[("items", "items")], ""));
-    daemon.wait_for_log("streaming", SETTLE).await;
 
     exec(&src, "BEGIN; INSERT INTO items (id, name, qty) SELECT g, repeat('x', 100), 1 FROM generate_series(1, 20000) g")
         .await;
