@@ -31,16 +31,19 @@ const CHANNEL_CAPACITY: usize = 4096;
 /// rows or this much time, or when no more changes are waiting.
 const GROUP_COMMIT_ROWS: usize = 20_000;
 const GROUP_COMMIT_AGE: Duration = Duration::from_millis(500);
+/// The age at which a target transaction closes, although more changes are
+/// waiting, when the pipeline is live (see [`LIVE_LAG`]): the applier is
+/// working through a burst, and its rows should not wait for the whole
+/// burst. Committing each transaction of a burst on its own instead would
+/// slow the applier below the rate they arrive at, and the burst would grow.
+const LIVE_GROUP_COMMIT_AGE: Duration = Duration::from_millis(50);
 /// When nothing more is waiting, a target transaction still lingers this
 /// long for the next source transaction: catching up, the reader delivers
 /// transactions a little apart, and a commit each would cost a round trip
 /// each; live, it adds at most this much latency.
 const GROUP_COMMIT_LINGER: Duration = Duration::from_millis(2);
-/// A source transaction applied with nothing more waiting and committed
-/// less than this long ago means the pipeline is caught up (live): rows
-/// then go out one statement each as they arrive instead of being gathered
-/// per table until the target commit. Catching up, the applier often finds
-/// the channel empty for a moment too, but the commits it applies are old.
+/// A source transaction committed less than this long ago means the
+/// pipeline is caught up (live), and its target transactions close sooner.
 const LIVE_LAG: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often an idle applier checks that its target connection is still
@@ -501,7 +504,7 @@ async fn initial_sync(
         tablesync::mark_copying(applier.client(), &sub.name, &routes_of(applier, &tables)?).await?;
     }
     let slot = replication.create_slot(&sub.slot, SlotKind::Permanent, sub.snapshot).await?;
-    applier.begin().await?;
+    applier.begin()?;
     if let Some(snapshot_name) = slot.snapshot_name.as_deref().filter(|_| sub.snapshot) {
         let ends =
             CopyEnds { source: &spec.source, source_sql, target: &spec.target, target_sql: applier.client() };
@@ -751,7 +754,7 @@ impl ApplyState {
 
     async fn apply(&mut self, applier: &mut Applier, change: &Change) -> Result<(), ApplyError> {
         if self.batch.is_none() {
-            applier.begin().await?;
+            applier.begin()?;
             self.batch = Some(Batch {
                 rows: 0,
                 started: Instant::now(),
@@ -780,16 +783,11 @@ impl ApplyState {
         self.in_source_transaction = false;
         self.handled = self.handled.max(end_lsn);
         self.floors.passed(end_lsn);
-        // Caught up or behind: decides whether the next
-        // transaction's rows are gathered per table.
-        let lag = crate::pg::timestamp::now_micros().saturating_sub(commit_time);
-        let recent = lag < LIVE_LAG.as_micros() as i64;
-        applier.set_live(nothing_waiting && recent);
         if !self.skipping {
-            // Live, a transaction waits at most the linger for the
-            // next ones, even when more are already arriving.
-            let close = nothing_waiting || recent;
-            self.source_committed(applier, end_lsn, commit_time, close, durable).await?;
+            let lag = crate::pg::timestamp::now_micros().saturating_sub(commit_time);
+            let live = lag < LIVE_LAG.as_micros() as i64;
+            let max_age = if live { LIVE_GROUP_COMMIT_AGE } else { GROUP_COMMIT_AGE };
+            self.source_committed(applier, end_lsn, commit_time, nothing_waiting, max_age, durable).await?;
         }
         if let Some(copied) = self.joining.take() {
             self.join(applier, copied)?;
@@ -881,14 +879,17 @@ impl ApplyState {
     }
 
     /// A source transaction ended: it joins the open target transaction,
-    /// which commits when full, or once it is older than the linger when
-    /// `close` (nothing more waiting, or the pipeline is live).
+    /// which commits when full (by rows, or older than `max_age`), or once
+    /// it is older than the linger when nothing more is waiting. While more
+    /// is waiting it stays open: the changes waiting are applied sooner in
+    /// it than after a commit.
     async fn source_committed(
         &mut self,
         applier: &mut Applier,
         end_lsn: Lsn,
         commit_time: i64,
-        close: bool,
+        nothing_waiting: bool,
+        max_age: Duration,
         durable: &watch::Sender<Lsn>,
     ) -> Result<(), ApplyError> {
         let Some(batch) = self.batch.as_mut() else {
@@ -905,8 +906,9 @@ impl ApplyState {
         if self.transaction_changes > 0 {
             batch.transactions += 1;
         }
-        let full = batch.rows >= GROUP_COMMIT_ROWS || batch.started.elapsed() >= GROUP_COMMIT_AGE;
-        if full || (close && batch.started.elapsed() >= GROUP_COMMIT_LINGER) {
+        let age = batch.started.elapsed();
+        let full = batch.rows >= GROUP_COMMIT_ROWS || age >= max_age;
+        if full || (nothing_waiting && age >= GROUP_COMMIT_LINGER) {
             self.commit(applier).await?;
         }
         Ok(())

@@ -172,6 +172,9 @@ impl TargetTable {
 /// A statement sent but not yet answered; it resolves to its own check.
 type InFlight = Pin<Box<dyn Future<Output = (RowRef, Result<u64, tokio_postgres::Error>)> + Send>>;
 
+/// A request sent whose answer is only read later.
+type Pending<T> = Pin<Box<dyn Future<Output = Result<T, tokio_postgres::Error>> + Send>>;
+
 /// How many statements may be sent ahead of their answers. Pipelining them
 /// turns one round trip per row into one per this many rows.
 const MAX_IN_FLIGHT: usize = 2048;
@@ -190,6 +193,9 @@ pub struct Applier {
     /// been read at start.
     routes_read_at: Lsn,
     plans: HashMap<u32, RelationPlan>,
+    /// The open target transaction's BEGIN, until its answer is read
+    /// (see [`Applier::begin`]).
+    begun: Option<Pending<()>>,
     /// Statements sent and not yet answered, oldest first. Their requests
     /// are on the wire in this order, which is the source's order.
     in_flight: VecDeque<InFlight>,
@@ -216,10 +222,6 @@ pub struct Applier {
     in_order: bool,
     /// The table of the latest inserts in a row, and how many there were.
     consecutive: (u32, usize),
-    /// Caught up with the source: each transaction arrives on its own, and
-    /// its rows go out one statement each as they come (a batch would only
-    /// add a round trip at commit).
-    live: bool,
 }
 
 const PROGRESS_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.progress (
@@ -429,6 +431,7 @@ impl Applier {
             routes,
             routes_read_at,
             plans: HashMap::new(),
+            begun: None,
             in_flight: VecDeque::new(),
             dead_letters,
             careful: false,
@@ -440,7 +443,6 @@ impl Applier {
             pending: Vec::new(),
             in_order: false,
             consecutive: (0, 0),
-            live: false,
         })
     }
 
@@ -507,8 +509,22 @@ impl Applier {
         Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
     }
 
-    pub async fn begin(&mut self) -> Result<(), ApplyError> {
-        self.client.batch_execute("BEGIN").await.map_err(target_error("BEGIN"))
+    /// Opens a target transaction. BEGIN goes out without waiting for its
+    /// answer, which arrives ahead of the answers to the statements after
+    /// it and is read with theirs (see [`Applier::settle_in_flight`]): a
+    /// round trip less per target transaction. Whatever runs on the target
+    /// outside the pipelined statements (COPY, TRUNCATE, the commit) reads
+    /// it first.
+    pub fn begin(&mut self) -> Result<(), ApplyError> {
+        let client = Arc::clone(&self.client);
+        let begin: Pending<()> = Box::pin(async move { client.batch_execute("BEGIN").await });
+        match start(begin) {
+            Ok(answer) => answer.map_err(target_error("BEGIN")),
+            Err(pending) => {
+                self.begun = Some(pending);
+                Ok(())
+            }
+        }
     }
 
     /// Records `end_lsn` as applied and commits: the changes and the
@@ -554,6 +570,7 @@ impl Applier {
 
     /// Abandons the current transaction and whatever is still in flight.
     pub async fn rollback(&mut self) {
+        self.begun = None;
         self.in_flight.clear();
         self.next_commit.clear();
         self.run = None;
@@ -571,6 +588,12 @@ impl Applier {
     }
 
     async fn settle_in_flight(&mut self) -> Result<(), ApplyError> {
+        if let Some(begin) = self.begun.take()
+            && let Err(error) = begin.await
+        {
+            self.in_flight.clear();
+            return Err(target_error("BEGIN")(error));
+        }
         while let Some(statement) = self.in_flight.pop_front() {
             let (row, result) = statement.await;
             if let Err(error) = row.check(&self.subscription, result) {
@@ -593,13 +616,7 @@ impl Applier {
 
     /// Whether rows may be gathered per table (see [`batch`]).
     fn batching(&self) -> bool {
-        !self.careful && !self.in_order && !self.live
-    }
-
-    /// Says whether the applier is caught up with the source (nothing was
-    /// waiting after the last source commit): then rows are not gathered.
-    pub fn set_live(&mut self, live: bool) {
-        self.live = live;
+        !self.careful && !self.in_order
     }
 
     /// Whether an error is one a replay in careful mode would set aside.
@@ -1209,13 +1226,13 @@ impl Applier {
     }
 }
 
-/// Polls a statement once, which puts its request on the wire; gives it
-/// back when its answer is still to come.
-fn start(mut execution: InFlight) -> Result<(RowRef, Result<u64, tokio_postgres::Error>), InFlight> {
+/// Polls a request once, which puts it on the wire; gives it back when its
+/// answer is still to come.
+fn start<F: Future + ?Sized>(mut request: Pin<Box<F>>) -> Result<F::Output, Pin<Box<F>>> {
     let mut context = Context::from_waker(Waker::noop());
-    match execution.as_mut().poll(&mut context) {
+    match request.as_mut().poll(&mut context) {
         Poll::Ready(answer) => Ok(answer),
-        Poll::Pending => Err(execution),
+        Poll::Pending => Err(request),
     }
 }
 
