@@ -32,7 +32,7 @@ const CHANNEL_CAPACITY: usize = 4096;
 const GROUP_COMMIT_ROWS: usize = 20_000;
 const GROUP_COMMIT_AGE: Duration = Duration::from_millis(500);
 /// The age at which a target transaction closes, although more changes are
-/// waiting, when the pipeline is live (see [`LIVE_LAG`]): the applier is
+/// waiting, when the pipeline is live (see [`source::LIVE_LAG`]): the applier is
 /// working through a burst, and its rows should not wait for the whole
 /// burst. Committing each transaction of a burst on its own instead would
 /// slow the applier below the rate they arrive at, and the burst would grow.
@@ -42,9 +42,6 @@ const LIVE_GROUP_COMMIT_AGE: Duration = Duration::from_millis(50);
 /// transactions a little apart, and a commit each would cost a round trip
 /// each; live, it adds at most this much latency.
 const GROUP_COMMIT_LINGER: Duration = Duration::from_millis(2);
-/// A source transaction committed less than this long ago means the
-/// pipeline is caught up (live), and its target transactions close sooner.
-const LIVE_LAG: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often an idle applier checks that its target connection is still
 /// open, so that a target going away shows (and is retried) without
@@ -785,7 +782,7 @@ impl ApplyState {
         self.floors.passed(end_lsn);
         if !self.skipping {
             let lag = crate::pg::timestamp::now_micros().saturating_sub(commit_time);
-            let live = lag < LIVE_LAG.as_micros() as i64;
+            let live = lag < source::LIVE_LAG.as_micros() as i64;
             let max_age = if live { LIVE_GROUP_COMMIT_AGE } else { GROUP_COMMIT_AGE };
             self.source_committed(applier, end_lsn, commit_time, nothing_waiting, max_age, durable).await?;
         }

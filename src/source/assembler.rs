@@ -180,6 +180,8 @@ pub struct Assembler {
     open_xid: Option<u32>,
     /// The end LSN of the last commit handed on.
     last_commit_end: Lsn,
+    /// The commit time of the last transaction handed on.
+    last_commit_time: i64,
     streams: HashMap<u32, Spool>,
     /// The top-level xid of the stream block being received.
     stream_block: Option<u32>,
@@ -199,6 +201,7 @@ impl Assembler {
             relations: HashMap::new(),
             open_xid: None,
             last_commit_end: Lsn::ZERO,
+            last_commit_time: 0,
             streams: HashMap::new(),
             stream_block: None,
             early,
@@ -209,6 +212,13 @@ impl Assembler {
     /// True between a Begin and its Commit.
     pub fn in_transaction(&self) -> bool {
         self.open_xid.is_some()
+    }
+
+    /// Whether the stream is live: nothing open, and the last transaction
+    /// handed on committed less than `lag` ago.
+    pub fn is_live(&self, lag: std::time::Duration) -> bool {
+        let age = crate::pg::timestamp::now_micros().saturating_sub(self.last_commit_time);
+        self.open_xid.is_none() && self.streams.is_empty() && age < lag.as_micros() as i64
     }
 
     /// The end LSN of the last transaction handed on.
@@ -239,6 +249,7 @@ impl Assembler {
                     .take()
                     .ok_or_else(|| SourceError::Sequence("Commit without Begin".into()))?;
                 self.last_commit_end = commit.end_lsn;
+                self.last_commit_time = commit.commit_time;
                 send(
                     out,
                     SourceEvent::Commit {
@@ -301,6 +312,7 @@ impl Assembler {
                 let changes = spool.into_changes(&self.relations)?;
                 self.relations.extend(streamed);
                 self.last_commit_end = commit.end_lsn;
+                self.last_commit_time = commit.commit_time;
                 send(
                     out,
                     SourceEvent::StreamCommit {

@@ -109,12 +109,18 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// waits for nothing.
 pub const CHUNK_EVENTS: usize = 256;
 
-/// Before waiting for the server again, the reader pauses this long, so
-/// that what the server sends meanwhile is read in one go. At a steady rate
-/// of small transactions that is one wake-up, one receive and one TCP
+/// A source transaction committed less than this long ago means ferry is
+/// caught up with its source (live).
+pub const LIVE_LAG: Duration = Duration::from_millis(250);
+
+/// Live, before waiting for the server again, the reader pauses this long,
+/// so that what the server sends meanwhile is read in one go. At a steady
+/// rate of small transactions that is one wake-up, one receive and one TCP
 /// acknowledgement per pause instead of per transaction; on a busy machine
 /// the CPU this saves goes to the source's walsender, whose sends are what
 /// comes late when CPUs are short. It adds at most this much latency.
+/// Catching up, or inside a transaction, the reader never pauses: the
+/// server then sends as fast as it decodes, and a pause would only stall it.
 const READ_PAUSE: Duration = Duration::from_millis(2);
 
 /// Events in source order, as they travel to the consumer.
@@ -162,7 +168,9 @@ pub async fn read_stream(
         if !sink.stream.has_buffered_message() {
             // About to wait for the server: hand on what is gathered.
             sink.flush().await?;
-            tokio::time::sleep(READ_PAUSE).await;
+            if assembler.is_live(LIVE_LAG) {
+                tokio::time::sleep(READ_PAUSE).await;
+            }
         }
         let Sink { stream, ticker, durable, feedback, .. } = &mut sink;
         tokio::select! {
