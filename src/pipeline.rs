@@ -32,7 +32,7 @@ const CHANNEL_CAPACITY: usize = 4096;
 const GROUP_COMMIT_ROWS: usize = 20_000;
 const GROUP_COMMIT_AGE: Duration = Duration::from_millis(500);
 /// The age at which a target transaction closes, although more changes are
-/// waiting, when the pipeline is live (see [`source::LIVE_LAG`]): the applier is
+/// waiting, when the pipeline is live (see [`source::is_recent`]): the applier is
 /// working through a burst, and its rows should not wait for the whole
 /// burst. Committing each transaction of a burst on its own instead would
 /// slow the applier below the rate they arrive at, and the burst would grow.
@@ -781,9 +781,8 @@ impl ApplyState {
         self.handled = self.handled.max(end_lsn);
         self.floors.passed(end_lsn);
         if !self.skipping {
-            let lag = crate::pg::timestamp::now_micros().saturating_sub(commit_time);
-            let live = lag < source::LIVE_LAG.as_micros() as i64;
-            let max_age = if live { LIVE_GROUP_COMMIT_AGE } else { GROUP_COMMIT_AGE };
+            let max_age =
+                if source::is_recent(commit_time) { LIVE_GROUP_COMMIT_AGE } else { GROUP_COMMIT_AGE };
             self.source_committed(applier, end_lsn, commit_time, nothing_waiting, max_age, durable).await?;
         }
         if let Some(copied) = self.joining.take() {

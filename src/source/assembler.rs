@@ -215,10 +215,9 @@ impl Assembler {
     }
 
     /// Whether the stream is live: nothing open, and the last transaction
-    /// handed on committed less than `lag` ago.
-    pub fn is_live(&self, lag: std::time::Duration) -> bool {
-        let age = crate::pg::timestamp::now_micros().saturating_sub(self.last_commit_time);
-        self.open_xid.is_none() && self.streams.is_empty() && age < lag.as_micros() as i64
+    /// handed on committed recently (see [`super::is_recent`]).
+    pub fn is_live(&self) -> bool {
+        self.open_xid.is_none() && self.streams.is_empty() && super::is_recent(self.last_commit_time)
     }
 
     /// The end LSN of the last transaction handed on.

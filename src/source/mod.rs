@@ -111,7 +111,14 @@ pub const CHUNK_EVENTS: usize = 256;
 
 /// A source transaction committed less than this long ago means ferry is
 /// caught up with its source (live).
-pub const LIVE_LAG: Duration = Duration::from_millis(250);
+const LIVE_LAG: Duration = Duration::from_millis(250);
+
+/// Whether a source transaction that committed at `commit_time` (µs since
+/// 2000-01-01, as pgoutput sends it) is recent enough to mean ferry is live
+/// (see [`LIVE_LAG`]).
+pub fn is_recent(commit_time: i64) -> bool {
+    crate::pg::timestamp::now_micros().saturating_sub(commit_time) < LIVE_LAG.as_micros() as i64
+}
 
 /// Live, before waiting for the server again, the reader pauses this long,
 /// so that what the server sends meanwhile is read in one go. At a steady
@@ -168,7 +175,7 @@ pub async fn read_stream(
         if !sink.stream.has_buffered_message() {
             // About to wait for the server: hand on what is gathered.
             sink.flush().await?;
-            if assembler.is_live(LIVE_LAG) {
+            if assembler.is_live() {
                 tokio::time::sleep(READ_PAUSE).await;
             }
         }
