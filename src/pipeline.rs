@@ -259,8 +259,10 @@ pub async fn run(
         }
         metrics.error(error.kind(), message.clone());
         if !error.is_retryable() {
-            tracing::error!(subscription = %name, sqlstate = error.sqlstate(), "pipeline stopped: {message}");
+            // Stopped before the log says so: whoever reads the log line
+            // and then asks /status sees the same.
             metrics.set_state(State::Stopped);
+            tracing::error!(subscription = %name, sqlstate = error.sqlstate(), "pipeline stopped: {message}");
             return Err(error);
         }
         metrics.set_state(State::Retrying);
