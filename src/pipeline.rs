@@ -783,9 +783,7 @@ impl ApplyState {
         self.handled = self.handled.max(end_lsn);
         self.floors.passed(end_lsn);
         if !self.skipping {
-            let max_age =
-                if source::is_recent(commit_time) { LIVE_GROUP_COMMIT_AGE } else { GROUP_COMMIT_AGE };
-            self.source_committed(applier, end_lsn, commit_time, nothing_waiting, max_age, durable).await?;
+            self.source_committed(applier, end_lsn, commit_time, nothing_waiting, durable).await?;
         }
         if let Some(copied) = self.joining.take() {
             self.join(applier, copied)?;
@@ -877,17 +875,17 @@ impl ApplyState {
     }
 
     /// A source transaction ended: it joins the open target transaction,
-    /// which commits when full (by rows, or older than `max_age`), or once
-    /// it is older than the linger when nothing more is waiting. While more
-    /// is waiting it stays open: the changes waiting are applied sooner in
-    /// it than after a commit.
+    /// which commits when full (by rows, or by age: [`GROUP_COMMIT_AGE`],
+    /// or [`LIVE_GROUP_COMMIT_AGE`] when the source commit is recent), or
+    /// once it is older than the linger when nothing more is waiting. While
+    /// more is waiting it stays open: the changes waiting are applied sooner
+    /// in it than after a commit.
     async fn source_committed(
         &mut self,
         applier: &mut Applier,
         end_lsn: Lsn,
         commit_time: i64,
         nothing_waiting: bool,
-        max_age: Duration,
         durable: &watch::Sender<Lsn>,
     ) -> Result<(), ApplyError> {
         let Some(batch) = self.batch.as_mut() else {
@@ -905,6 +903,7 @@ impl ApplyState {
             batch.transactions += 1;
         }
         let age = batch.started.elapsed();
+        let max_age = if source::is_recent(commit_time) { LIVE_GROUP_COMMIT_AGE } else { GROUP_COMMIT_AGE };
         let full = batch.rows >= GROUP_COMMIT_ROWS || age >= max_age;
         if full || (nothing_waiting && age >= GROUP_COMMIT_LINGER) {
             self.commit(applier).await?;

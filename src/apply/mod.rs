@@ -485,7 +485,7 @@ impl Applier {
             .simple_query("SELECT pg_current_wal_insert_lsn()::text")
             .await
             .map_err(target_error("reading the WAL insert position"))?;
-        let written = first_lsn(&messages);
+        let written = lsn_column(&messages, 0);
         let deadline = std::time::Instant::now() + FLUSH_WAIT;
         while self.flushed().await? < written {
             if std::time::Instant::now() > deadline {
@@ -512,9 +512,10 @@ impl Applier {
     /// Opens a target transaction. BEGIN goes out without waiting for its
     /// answer, which arrives ahead of the answers to the statements after
     /// it and is read with theirs (see [`Applier::settle_in_flight`]): a
-    /// round trip less per target transaction. Whatever runs on the target
-    /// outside the pipelined statements (COPY, TRUNCATE, the commit) reads
-    /// it first.
+    /// round trip less per target transaction. A run's COPY, a TRUNCATE and
+    /// the commit read it first. (A new pipeline's snapshot copy goes before
+    /// it is read, at the commit; the tables are marked as being copied
+    /// until then, so a failure there means copying them again.)
     pub fn begin(&mut self) -> Result<(), ApplyError> {
         let client = Arc::clone(&self.client);
         let begin: Pending<()> = Box::pin(async move { client.batch_execute("BEGIN").await });
@@ -560,7 +561,7 @@ impl Applier {
             .simple_query("SELECT pg_current_wal_flush_lsn()::text")
             .await
             .map_err(target_error("reading the WAL flush position"))?;
-        Ok(first_lsn(&messages))
+        Ok(lsn_column(&messages, 0))
     }
 
     /// How many dead letters the last commit made durable (and resets it).
@@ -1236,12 +1237,8 @@ fn start<F: Future + ?Sized>(mut request: Pin<Box<F>>) -> Result<F::Output, Pin<
     }
 }
 
-/// The LSN in the first row of a simple query's answer (0/0 if none).
-fn first_lsn(messages: &[tokio_postgres::SimpleQueryMessage]) -> Lsn {
-    lsn_column(messages, 0)
-}
-
-/// The LSN in column `column` of the first row.
+/// The LSN in column `column` of the first row of a simple query's answer
+/// (0/0 if none).
 fn lsn_column(messages: &[tokio_postgres::SimpleQueryMessage], column: usize) -> Lsn {
     messages
         .iter()
