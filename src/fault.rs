@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const AFTER_TARGET_COMMIT: &str = "after-target-commit";
 /// In the middle of the initial copy of a table.
 pub const DURING_SNAPSHOT_COPY: &str = "during-snapshot-copy";
-/// After the second connection of a split copy committed its part, before
+/// After another connection of a split copy committed its part, before
 /// the copy is recorded complete.
 pub const AFTER_COPY_PART_COMMIT: &str = "after-copy-part-commit";
 /// After tables added to a running subscription were copied and recorded,

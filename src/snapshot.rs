@@ -48,24 +48,36 @@ const SPLIT_MIN_BLOCKS: i64 = 1024;
 /// message per row.
 const CHUNK: usize = 64 * 1024;
 
-/// Which rows of a table a copy takes, by heap block: with two target
-/// sessions, each takes one half, so that two target backends insert at
-/// once (the target's inserts, not the source's reads, bound a copy).
-#[derive(Debug, Clone, Copy)]
-enum Part {
-    Whole,
-    Below(i64),
-    From(i64),
+/// A copy of a large table is split into this many parts by heap block,
+/// each written by a target session of its own, so that several target
+/// backends insert at once (the target's inserts, not the source's reads,
+/// bound a copy). More parts than CPUs still help: while one backend waits
+/// for its WAL to be written, another inserts.
+pub const COPY_SESSIONS: usize = 3;
+
+/// Which rows of a table a copy takes: heap blocks from `from` and below
+/// `below` (each unbounded when `None`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Part {
+    from: Option<i64>,
+    below: Option<i64>,
 }
 
 impl Part {
+    /// The parts a table splits into at `points` (ascending heap blocks;
+    /// none: the whole table).
+    fn split(points: &[i64]) -> Vec<Part> {
+        let bounds: Vec<Option<i64>> =
+            std::iter::once(None).chain(points.iter().copied().map(Some)).chain([None]).collect();
+        bounds.windows(2).map(|w| Part { from: w[0], below: w[1] }).collect()
+    }
+
     /// The condition on `ctid` (a TID range scan on the source).
     fn condition(self) -> Option<String> {
-        match self {
-            Part::Whole => None,
-            Part::Below(block) => Some(format!("ctid < '({block},0)'::tid")),
-            Part::From(block) => Some(format!("ctid >= '({block},0)'::tid")),
-        }
+        let from = self.from.map(|block| format!("ctid >= '({block},0)'::tid"));
+        let below = self.below.map(|block| format!("ctid < '({block},0)'::tid"));
+        let both: Vec<String> = from.into_iter().chain(below).collect();
+        (!both.is_empty()).then(|| both.join(" AND "))
     }
 }
 
@@ -106,18 +118,20 @@ impl SnapshotReader {
     }
 
     /// Runs `COPY ... TO STDOUT` and sends what it yields into `sink` in
-    /// large chunks; `progress` hears of each message (one per row, and in
-    /// the binary format a last one that ends the data).
+    /// large chunks; `progress` hears, with each chunk, how many messages
+    /// it holds (one per row, and in the binary format a last one that ends
+    /// the data).
     async fn copy_into(
         &mut self,
         sql: &str,
         mut sink: Pin<&mut CopyInSink<Bytes>>,
         to: &QualifiedName,
-        progress: impl Fn(),
+        progress: impl Fn(u64),
     ) -> Result<(), SnapshotError> {
         self.conn.buffer_query(sql)?;
         self.conn.flush().await?;
         let mut chunk = BytesMut::with_capacity(CHUNK);
+        let mut rows = 0;
         let mut error = None;
         loop {
             let frame = self.conn.read_frame().await?;
@@ -125,10 +139,11 @@ impl SnapshotReader {
                 b'd' => {
                     fault::point(fault::DURING_SNAPSHOT_COPY);
                     chunk.extend_from_slice(frame.payload());
-                    progress();
+                    rows += 1;
                     if chunk.len() >= CHUNK {
                         let full = std::mem::replace(&mut chunk, BytesMut::with_capacity(CHUNK));
                         sink.send(full.freeze()).await.map_err(sql_error(format!("writing {to}")))?;
+                        progress(std::mem::take(&mut rows));
                     }
                 }
                 b'H' | b'c' | b'C' => {}
@@ -142,6 +157,7 @@ impl SnapshotReader {
         }
         if !chunk.is_empty() {
             sink.send(chunk.freeze()).await.map_err(sql_error(format!("writing {to}")))?;
+            progress(rows);
         }
         Ok(())
     }
@@ -154,18 +170,15 @@ impl SnapshotReader {
     }
 }
 
-/// Where to split each route's table in two halves (a heap block), for
-/// those large enough to gain from it. Measured before the copy, so that a
-/// second target session is only opened when some table needs it (each
-/// takes one of the target's replication origin slots).
-pub async fn split_points(
-    source: &Client,
-    routes: &[&TableRoute],
-) -> Result<Vec<Option<i64>>, SnapshotError> {
+/// Where to split each route's table (heap blocks, ascending; empty: not
+/// split), for those large enough to gain from it. Measured before the
+/// copy, so that more target sessions are only opened when some table
+/// needs them (each takes one of the target's replication origin slots).
+pub async fn split_points(source: &Client, routes: &[&TableRoute]) -> Result<Vec<Vec<i64>>, SnapshotError> {
     let mut points = Vec::new();
     for route in routes {
         let table = &route.mapping.from;
-        // TID range scans came with PostgreSQL 14; before, each half would
+        // TID range scans came with PostgreSQL 14; before, each part would
         // read the whole table.
         let blocks: i64 = source
             .query_one(
@@ -176,20 +189,22 @@ pub async fn split_points(
             .await
             .map_err(sql_error(format!("measuring {table}")))?
             .get(0);
-        points.push((blocks >= SPLIT_MIN_BLOCKS).then_some(blocks / 2));
+        let parts = if blocks >= SPLIT_MIN_BLOCKS { COPY_SESSIONS as i64 } else { 1 };
+        points.push((1..parts).map(|n| blocks * n / parts).collect());
     }
     Ok(points)
 }
 
 /// Copies each route's table from `source` (as of the exported snapshot
 /// `snapshot_name`) into `targets`, inside their open transactions,
-/// reporting progress. A table with a split point (see [`split_points`])
-/// is split between the first two targets, each fed by a source session of
-/// its own; the rest go to the first.
+/// reporting progress. A table with split points (see [`split_points`]) is
+/// split between as many targets, each part fed by a source session of its
+/// own; the rest go to the first. With fewer targets than parts (a session
+/// could not be opened), the table is copied whole.
 pub async fn copy_tables(
     sub: &Subscription,
     routes: &[&TableRoute],
-    splits: &[Option<i64>],
+    splits: &[Vec<i64>],
     source: &ConnInfo,
     targets: &[&Client],
     snapshot_name: &str,
@@ -207,27 +222,24 @@ pub async fn copy_tables(
         metrics.snapshot_estimate(index_of(route), estimate);
         estimates.push(estimate);
     }
-    for ((route, estimate), split) in routes.iter().copied().zip(estimates).zip(splits.iter().copied()) {
+    for ((route, estimate), points) in routes.iter().copied().zip(estimates).zip(splits) {
         let (started, index, table) = (Instant::now(), index_of(route), &route.mapping.from);
-        // Both parts report to one count (they run in this task; the lock
+        // The parts report to one count (they run in this task; the lock
         // is never contended, it only makes the future Send).
         let shown = Mutex::new(CopyProgress::new(&sub.name, table, estimate));
         let counted = AtomicU64::new(0);
-        let progress = || {
-            let rows = counted.fetch_add(1, Ordering::Relaxed) + 1;
+        let progress = |rows: u64| {
+            let rows = counted.fetch_add(rows, Ordering::Relaxed) + rows;
             metrics.snapshot_copied(index, rows);
             shown.lock().expect("not poisoned").update(rows);
         };
-        let rows = match (&mut readers[..], split) {
-            ([first, second, ..], Some(half)) => {
-                let (below, from) = tokio::join!(
-                    copy_part(first, route, targets[0], Part::Below(half), progress),
-                    copy_part(second, route, targets[1], Part::From(half), progress)
-                );
-                below? + from?
-            }
-            (readers, _) => copy_part(&mut readers[0], route, targets[0], Part::Whole, progress).await?,
-        };
+        let parts = if points.len() < targets.len() { Part::split(points) } else { vec![Part::default()] };
+        let copies = readers
+            .iter_mut()
+            .zip(targets)
+            .zip(parts)
+            .map(|((reader, target), part)| copy_part(reader, route, target, part, &progress));
+        let rows = futures_util::future::try_join_all(copies).await?.into_iter().sum();
         shown.lock().expect("not poisoned").finish();
         metrics.snapshot_copied(index, rows);
         let seconds = started.elapsed().as_secs_f64();
@@ -244,13 +256,13 @@ pub async fn copy_tables(
 /// sit in memory. The filter is pushed into the source query, where it
 /// means the same as in ferry's own evaluation. The target must be inside
 /// the caller's transaction, and its table empty. Returns the row count;
-/// `progress` hears of each row.
+/// `progress` hears of the rows as they go.
 async fn copy_part(
     reader: &mut SnapshotReader,
     route: &TableRoute,
     target: &Client,
     part: Part,
-    progress: impl Fn(),
+    progress: impl Fn(u64),
 ) -> Result<u64, SnapshotError> {
     let (from, to) = (&route.mapping.from, &route.mapping.to);
     let empty: bool = target
@@ -342,5 +354,31 @@ impl<'a> CopyProgress<'a> {
         if self.terminal && self.shown != self.started {
             eprintln!();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_splits_into_adjoining_parts_that_cover_every_block() {
+        let parts = Part::split(&[100, 200]);
+        let conditions: Vec<Option<String>> = parts.into_iter().map(Part::condition).collect();
+        assert_eq!(
+            conditions,
+            [
+                Some("ctid < '(100,0)'::tid".to_string()),
+                Some("ctid >= '(100,0)'::tid AND ctid < '(200,0)'::tid".to_string()),
+                Some("ctid >= '(200,0)'::tid".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_table_without_split_points_is_copied_whole() {
+        let parts = Part::split(&[]);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].condition(), None);
     }
 }

@@ -150,9 +150,10 @@ pub struct CopyEnds<'a> {
 
 /// Copies `routes`' tables as of the exported snapshot `snapshot_name`
 /// into `ends.target_sql`'s open transaction. A table large enough to split
-/// gets a second target session (replication origin `origin` + `.copy`,
-/// as an origin serves one session at a time) for its other half, which
-/// commits here, before the caller's transaction records the copy complete.
+/// gets more target sessions (replication origins `origin` + `.copy`,
+/// `.copy2`, …, as an origin serves one session at a time) for its other
+/// parts, which commit here, before the caller's transaction records the
+/// copy complete.
 pub async fn copy(
     sub: &Subscription,
     ends: CopyEnds<'_>,
@@ -162,49 +163,47 @@ pub async fn copy(
     metrics: &PipelineMetrics,
 ) -> Result<(), PipelineError> {
     let splits = snapshot::split_points(ends.source_sql, routes).await?;
-    let second =
-        SecondTarget::open_if_split(ends.target, &sub.name, &format!("{origin}.copy"), &splits).await;
+    let parts = splits.iter().map(|points| points.len() + 1).max().unwrap_or(1);
+    let extra = ExtraTarget::open(ends.target, &sub.name, origin, parts - 1).await;
     let targets: Vec<&Client> =
-        std::iter::once(ends.target_sql).chain(second.as_ref().map(|s| &s.client)).collect();
+        std::iter::once(ends.target_sql).chain(extra.iter().map(|s| &s.client)).collect();
     snapshot::copy_tables(sub, routes, &splits, ends.source, &targets, snapshot_name, metrics).await?;
-    if let Some(second) = second {
-        second.commit().await?;
+    for session in extra {
+        session.commit().await?;
     }
     Ok(())
 }
 
-/// A second target session for a copy, its transaction open and tagged
+/// A further target session for a copy, its transaction open and tagged
 /// with a replication origin of its own.
-struct SecondTarget {
+struct ExtraTarget {
     client: Client,
 }
 
-impl SecondTarget {
-    /// Opens one when some table is to be split (`splits`, see
-    /// [`snapshot::split_points`]). Without one (say, the target has no
-    /// replication origin slot to spare) the copy goes on, unsplit.
-    async fn open_if_split(
-        target: &ConnInfo,
-        subscription: &str,
-        origin: &str,
-        splits: &[Option<i64>],
-    ) -> Option<SecondTarget> {
-        if splits.iter().all(Option::is_none) {
-            return None;
-        }
-        let opened = async {
-            let client = tls::connect_sql(target).await.map_err(PipelineError::ConnectTarget)?;
-            apply::prepare_target_session(&client, subscription, origin).await?;
-            client.batch_execute("BEGIN").await.map_err(target_error("BEGIN"))?;
-            Ok::<_, PipelineError>(SecondTarget { client })
-        };
-        match opened.await {
-            Ok(second) => Some(second),
-            Err(error) => {
-                tracing::warn!(%subscription, "copying with one target session only: a second one could not be opened: {error}");
-                None
+impl ExtraTarget {
+    /// Opens `count` of them, for the parts of split tables (see
+    /// [`snapshot::split_points`]). When they cannot all be opened (say,
+    /// the target has no replication origin slot to spare), none is: the
+    /// copy goes on with one session, unsplit.
+    async fn open(target: &ConnInfo, subscription: &str, origin: &str, count: usize) -> Vec<ExtraTarget> {
+        let mut sessions = Vec::new();
+        for n in 1..=count {
+            let origin = if n == 1 { format!("{origin}.copy") } else { format!("{origin}.copy{n}") };
+            let opened = async {
+                let client = tls::connect_sql(target).await.map_err(PipelineError::ConnectTarget)?;
+                apply::prepare_target_session(&client, subscription, &origin).await?;
+                client.batch_execute("BEGIN").await.map_err(target_error("BEGIN"))?;
+                Ok::<_, PipelineError>(ExtraTarget { client })
+            };
+            match opened.await {
+                Ok(session) => sessions.push(session),
+                Err(error) => {
+                    tracing::warn!(%subscription, "copying with one target session only: another one could not be opened: {error}");
+                    return Vec::new();
+                }
             }
         }
+        sessions
     }
 
     /// Commits its part, before the first session's transaction says the
