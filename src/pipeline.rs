@@ -38,9 +38,11 @@ const GROUP_COMMIT_AGE: Duration = Duration::from_millis(500);
 /// slow the applier below the rate they arrive at, and the burst would grow.
 const LIVE_GROUP_COMMIT_AGE: Duration = Duration::from_millis(50);
 /// When nothing more is waiting, a target transaction still lingers this
-/// long for the next source transaction: catching up, the reader delivers
-/// transactions a little apart, and a commit each would cost a round trip
-/// each; live, it adds at most this much latency.
+/// long for the next source transaction while catching up: the reader then
+/// delivers transactions a little apart, and a commit each would cost a
+/// round trip each. Live it does not linger: the reader's pause (see
+/// [`source::read_stream`]) already gathers what arrives together, and a
+/// linger on top would add its latency to every row.
 const GROUP_COMMIT_LINGER: Duration = Duration::from_millis(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often an idle applier checks that its target connection is still
@@ -903,9 +905,13 @@ impl ApplyState {
             batch.transactions += 1;
         }
         let age = batch.started.elapsed();
-        let max_age = if source::is_recent(commit_time) { LIVE_GROUP_COMMIT_AGE } else { GROUP_COMMIT_AGE };
+        let (max_age, linger) = if source::is_recent(commit_time) {
+            (LIVE_GROUP_COMMIT_AGE, Duration::ZERO)
+        } else {
+            (GROUP_COMMIT_AGE, GROUP_COMMIT_LINGER)
+        };
         let full = batch.rows >= GROUP_COMMIT_ROWS || age >= max_age;
-        if full || (nothing_waiting && age >= GROUP_COMMIT_LINGER) {
+        if full || (nothing_waiting && age >= linger) {
             self.commit(applier).await?;
         }
         Ok(())

@@ -125,10 +125,12 @@ pub fn is_recent(commit_time: i64) -> bool {
 /// rate of small transactions that is one wake-up, one receive and one TCP
 /// acknowledgement per pause instead of per transaction; on a busy machine
 /// the CPU this saves goes to the source's walsender, whose sends are what
-/// comes late when CPUs are short. It adds at most this much latency.
-/// Catching up, or inside a transaction, the reader never pauses: the
-/// server then sends as fast as it decodes, and a pause would only stall it.
-const READ_PAUSE: Duration = Duration::from_millis(2);
+/// comes late when CPUs are short. It adds at most this much latency, plus
+/// the timer's resolution (a millisecond); the applier commits what the
+/// pause gathered without waiting more. Catching up, or inside a
+/// transaction, the reader never pauses: the server then sends as fast as
+/// it decodes, and a pause would only stall it.
+const READ_PAUSE: Duration = Duration::from_millis(1);
 
 /// Events in source order, as they travel to the consumer.
 pub type EventChunk = Vec<SourceEvent>;
