@@ -180,8 +180,6 @@ pub struct Assembler {
     open_xid: Option<u32>,
     /// The end LSN of the last commit handed on.
     last_commit_end: Lsn,
-    /// The commit time of the last transaction handed on.
-    last_commit_time: i64,
     streams: HashMap<u32, Spool>,
     /// The top-level xid of the stream block being received.
     stream_block: Option<u32>,
@@ -201,7 +199,6 @@ impl Assembler {
             relations: HashMap::new(),
             open_xid: None,
             last_commit_end: Lsn::ZERO,
-            last_commit_time: 0,
             streams: HashMap::new(),
             stream_block: None,
             early,
@@ -212,12 +209,6 @@ impl Assembler {
     /// True between a Begin and its Commit.
     pub fn in_transaction(&self) -> bool {
         self.open_xid.is_some()
-    }
-
-    /// Whether the stream is live: nothing open, and the last transaction
-    /// handed on committed recently (see [`super::is_recent`]).
-    pub fn is_live(&self) -> bool {
-        self.open_xid.is_none() && self.streams.is_empty() && super::is_recent(self.last_commit_time)
     }
 
     /// The end LSN of the last transaction handed on.
@@ -248,7 +239,6 @@ impl Assembler {
                     .take()
                     .ok_or_else(|| SourceError::Sequence("Commit without Begin".into()))?;
                 self.last_commit_end = commit.end_lsn;
-                self.last_commit_time = commit.commit_time;
                 send(
                     out,
                     SourceEvent::Commit {
@@ -311,7 +301,6 @@ impl Assembler {
                 let changes = spool.into_changes(&self.relations)?;
                 self.relations.extend(streamed);
                 self.last_commit_end = commit.end_lsn;
-                self.last_commit_time = commit.commit_time;
                 send(
                     out,
                     SourceEvent::StreamCommit {

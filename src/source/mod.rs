@@ -120,18 +120,6 @@ pub fn is_recent(commit_time: i64) -> bool {
     crate::pg::timestamp::now_micros().saturating_sub(commit_time) < LIVE_LAG.as_micros() as i64
 }
 
-/// Live, before waiting for the server again, the reader pauses this long,
-/// so that what the server sends meanwhile is read in one go. At a steady
-/// rate of small transactions that is one wake-up, one receive and one TCP
-/// acknowledgement per pause instead of per transaction; on a busy machine
-/// the CPU this saves goes to the source's walsender, whose sends are what
-/// comes late when CPUs are short. It adds at most this much latency, plus
-/// the timer's resolution (a millisecond); the applier commits what the
-/// pause gathered without waiting more. Catching up, or inside a
-/// transaction, the reader never pauses: the server then sends as fast as
-/// it decodes, and a pause would only stall it.
-const READ_PAUSE: Duration = Duration::from_millis(1);
-
 /// Events in source order, as they travel to the consumer.
 pub type EventChunk = Vec<SourceEvent>;
 
@@ -177,9 +165,6 @@ pub async fn read_stream(
         if !sink.stream.has_buffered_message() {
             // About to wait for the server: hand on what is gathered.
             sink.flush().await?;
-            if assembler.is_live() {
-                tokio::time::sleep(READ_PAUSE).await;
-            }
         }
         let Sink { stream, ticker, durable, feedback, .. } = &mut sink;
         tokio::select! {
