@@ -41,9 +41,7 @@ const LIVE_GROUP_COMMIT_AGE: Duration = Duration::from_millis(50);
 /// long for the next source transaction while catching up: the reader then
 /// delivers transactions a little apart, and a commit each would cost a
 /// round trip each. Live it does not linger: at a steady rate of small
-/// transactions a linger adds its latency to every row (with the fixed
-/// benchmark probe, even a 1 ms pause of the reader cost 0.9 ms at p50 and
-/// p99 visible latency, for a third less of ferry's CPU).
+/// transactions a linger adds its latency to every row.
 const GROUP_COMMIT_LINGER: Duration = Duration::from_millis(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often an idle applier checks that its target connection is still
