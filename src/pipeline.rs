@@ -504,7 +504,7 @@ async fn initial_sync(
         tablesync::mark_copying(applier.client(), &sub.name, &routes_of(applier, &tables)?).await?;
     }
     let slot = replication.create_slot(&sub.slot, SlotKind::Permanent, sub.snapshot).await?;
-    applier.begin()?;
+    applier.begin_now()?;
     if let Some(snapshot_name) = slot.snapshot_name.as_deref().filter(|_| sub.snapshot) {
         let ends =
             CopyEnds { source: &spec.source, source_sql, target: &spec.target, target_sql: applier.client() };
@@ -754,7 +754,7 @@ impl ApplyState {
 
     async fn apply(&mut self, applier: &mut Applier, change: &Change) -> Result<(), ApplyError> {
         if self.batch.is_none() {
-            applier.begin()?;
+            applier.begin();
             self.batch = Some(Batch {
                 rows: 0,
                 started: Instant::now(),

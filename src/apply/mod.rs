@@ -193,8 +193,10 @@ pub struct Applier {
     /// been read at start.
     routes_read_at: Lsn,
     plans: HashMap<u32, RelationPlan>,
-    /// The open target transaction's BEGIN, until its answer is read
+    /// A target transaction is open but its BEGIN is not on the wire yet
     /// (see [`Applier::begin`]).
+    begin_deferred: bool,
+    /// The open target transaction's BEGIN, until its answer is read.
     begun: Option<Pending<()>>,
     /// Statements sent and not yet answered, oldest first. Their requests
     /// are on the wire in this order, which is the source's order.
@@ -212,8 +214,6 @@ pub struct Applier {
     run: Option<InsertRun>,
     /// Statements for the next commit to run (see [`Applier::with_next_commit`]).
     next_commit: String,
-    /// Records the subscription's progress (see [`RECORD_PROGRESS`]).
-    record_progress: Statement,
     /// Relations whose changes were left out as unmapped (logged once).
     left_out: HashSet<u32>,
     /// Rows gathered per table, sent as one statement per table (see
@@ -233,9 +233,13 @@ const PROGRESS_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.progress (
     updated_at timestamptz NOT NULL DEFAULT now()
 );";
 
-/// Prepared once: it runs in every target transaction.
-const RECORD_PROGRESS: &str = "INSERT INTO ferry.progress (subscription, end_lsn, commit_time, updated_at)
-    VALUES ($1, $2::text::pg_lsn, $3::text::timestamptz, now())
+/// Prepared once per session as an SQL prepared statement, not a protocol
+/// one: it runs in every target transaction, and as `EXECUTE` it travels
+/// in the one query that also commits (a protocol statement would cost
+/// the target a reply of its own per transaction).
+const RECORD_PROGRESS: &str = "PREPARE ferry_record_progress (text, pg_lsn, timestamptz) AS
+    INSERT INTO ferry.progress (subscription, end_lsn, commit_time, updated_at)
+    VALUES ($1, $2, $3, now())
     ON CONFLICT (subscription) DO UPDATE
     SET end_lsn = EXCLUDED.end_lsn, commit_time = EXCLUDED.commit_time, updated_at = now()";
 
@@ -437,8 +441,8 @@ impl Applier {
         let dead_letters = subscription.on_error == OnError::DeadLetter;
         prepare_session(&client, dead_letters).await?;
         tag_with_origin(&client, &subscription.name, &subscription.slot).await?;
-        let record_progress = client
-            .prepare(RECORD_PROGRESS)
+        client
+            .batch_execute(RECORD_PROGRESS)
             .await
             .map_err(target_error("preparing the progress statement"))?;
         let routes = routes.into_iter().map(|r| (r.mapping.from.clone(), Arc::new(r))).collect();
@@ -450,6 +454,7 @@ impl Applier {
             routes,
             routes_read_at,
             plans: HashMap::new(),
+            begin_deferred: false,
             begun: None,
             in_flight: VecDeque::new(),
             dead_letters,
@@ -458,7 +463,6 @@ impl Applier {
             dead_letters_written: 0,
             run: None,
             next_commit: String::new(),
-            record_progress,
             left_out: HashSet::new(),
             pending: Vec::new(),
             in_order: false,
@@ -529,14 +533,32 @@ impl Applier {
         Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
     }
 
-    /// Opens a target transaction. BEGIN goes out without waiting for its
-    /// answer, which arrives ahead of the answers to the statements after
-    /// it and is read with theirs (see [`Applier::settle_in_flight`]): a
-    /// round trip less per target transaction. A run's COPY, a TRUNCATE and
-    /// the commit read it first. (A new pipeline's snapshot copy goes before
-    /// it is read, at the commit; the tables are marked as being copied
-    /// until then, so a failure there means copying them again.)
-    pub fn begin(&mut self) -> Result<(), ApplyError> {
+    /// Opens a target transaction. Its BEGIN waits to go out with the
+    /// first statement after it, in the same write, and the server reads
+    /// both at once; nor does ferry wait for its answer, which arrives
+    /// ahead of the answers to the statements after it and is read with
+    /// theirs (see [`Applier::settle_in_flight`]): a round trip less per
+    /// target transaction. A run's COPY, a TRUNCATE and the commit read it
+    /// first.
+    pub fn begin(&mut self) {
+        self.begin_deferred = true;
+    }
+
+    /// Opens a target transaction with its BEGIN on the wire at once, for
+    /// a caller that writes through [`Applier::client`] itself. (A new
+    /// pipeline's snapshot copy goes before the BEGIN's answer is read, at
+    /// the commit; the tables are marked as being copied until then, so a
+    /// failure there means copying them again.)
+    pub fn begin_now(&mut self) -> Result<(), ApplyError> {
+        self.begin();
+        self.send_begin()
+    }
+
+    /// Puts a deferred BEGIN on the wire (see [`Applier::begin`]).
+    fn send_begin(&mut self) -> Result<(), ApplyError> {
+        if !std::mem::take(&mut self.begin_deferred) {
+            return Ok(());
+        }
         let client = Arc::clone(&self.client);
         let begin: Pending<()> = Box::pin(async move { client.batch_execute("BEGIN").await });
         match start(begin) {
@@ -556,26 +578,19 @@ impl Applier {
     /// when it returned (see [`Applier::flushed`]).
     pub async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<Committed, ApplyError> {
         self.settle().await?;
-        // One round trip: progress, commit, and where the commit landed.
-        // The progress row goes first; were it refused, the transaction
-        // would be aborted and its COMMIT a rollback, so its answer is read
-        // before the commit's counts.
-        let (client, statement) = (Arc::clone(&self.client), self.record_progress.clone());
-        let (subscription, lsn) = (Arc::clone(&self.subscription), end_lsn.to_string());
-        let time = crate::pg::timestamp::to_rfc3339(commit_time);
-        let progress: Pending<u64> =
-            Box::pin(async move { client.execute(&statement, &[&&*subscription, &lsn, &time]).await });
-        let progress = start(progress);
-        let client = Arc::clone(&self.client);
+        // One query: progress, commit, and where the commit landed. Were
+        // the progress row refused, the server would skip the rest and the
+        // transaction would stay open and aborted, for the caller to roll
+        // back.
         let sql = format!(
-            "{extra} COMMIT; SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text",
+            "EXECUTE ferry_record_progress({subscription}, {lsn}, {time}); {extra} COMMIT;
+             SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text",
+            subscription = quote_literal(&self.subscription),
+            lsn = quote_literal(&end_lsn.to_string()),
+            time = quote_literal(&crate::pg::timestamp::to_rfc3339(commit_time)),
             extra = std::mem::take(&mut self.next_commit),
         );
-        let committed: Pending<Vec<SimpleQueryMessage>> =
-            Box::pin(async move { client.simple_query(&sql).await });
-        let committed = start(committed);
-        answer(progress).await.map_err(target_error("recording progress"))?;
-        let messages = answer(committed).await.map_err(target_error("COMMIT"))?;
+        let messages = self.client.simple_query(&sql).await.map_err(target_error("COMMIT"))?;
         Ok(Committed { at: lsn_column(&messages, 0), flushed: lsn_column(&messages, 1) })
     }
 
@@ -597,6 +612,7 @@ impl Applier {
 
     /// Abandons the current transaction and whatever is still in flight.
     pub async fn rollback(&mut self) {
+        self.begin_deferred = false;
         self.begun = None;
         self.in_flight.clear();
         self.next_commit.clear();
@@ -615,6 +631,7 @@ impl Applier {
     }
 
     async fn settle_in_flight(&mut self) -> Result<(), ApplyError> {
+        self.send_begin()?;
         if let Some(begin) = self.begun.take()
             && let Err(error) = begin.await
         {
@@ -796,6 +813,7 @@ impl Applier {
         statement: Statement,
         params: Vec<TextParam>,
     ) -> Result<(), ApplyError> {
+        self.send_begin()?;
         let client = Arc::clone(&self.client);
         let execution: InFlight = Box::pin(async move {
             let result = client.execute_raw(&statement, params).await;
@@ -1260,14 +1278,6 @@ fn start<F: Future + ?Sized>(mut request: Pin<Box<F>>) -> Result<F::Output, Pin<
     match request.as_mut().poll(&mut context) {
         Poll::Ready(answer) => Ok(answer),
         Poll::Pending => Err(request),
-    }
-}
-
-/// The answer to a request [`start`]ed earlier.
-async fn answer<F: Future + ?Sized>(started: Result<F::Output, Pin<Box<F>>>) -> F::Output {
-    match started {
-        Ok(answer) => answer,
-        Err(pending) => pending.await,
     }
 }
 
