@@ -590,7 +590,11 @@ impl Applier {
             time = quote_literal(&crate::pg::timestamp::to_rfc3339(commit_time)),
             extra = std::mem::take(&mut self.next_commit),
         );
-        let messages = self.client.simple_query(&sql).await.map_err(target_error("COMMIT"))?;
+        let messages = self
+            .client
+            .simple_query(&sql)
+            .await
+            .map_err(target_error("recording progress and committing"))?;
         Ok(Committed { at: lsn_column(&messages, 0), flushed: lsn_column(&messages, 1) })
     }
 
