@@ -615,13 +615,11 @@ struct ApplyState {
     joining: Option<Copied>,
     /// The streamed transaction in progress whose changes arrive early.
     early: Option<Early>,
-    /// Committed on the target but maybe not yet flushed there: (target
-    /// WAL position of the commit, source end LSN), oldest first. The
-    /// source hears of each only once the target has flushed it.
-    unflushed: VecDeque<(Lsn, Lsn)>,
-    /// The target's flush position as the latest commit reported it, until
-    /// a flush check uses it.
-    reported_flush: Option<Lsn>,
+    /// Committed on the target but maybe not yet flushed there, oldest
+    /// first: the target WAL position that must be flushed before the
+    /// source hears of it (0/0: nothing to flush; `None`: not read yet, see
+    /// [`ApplyState::release_flushed`]), and the source end LSN.
+    unflushed: VecDeque<(Option<Lsn>, Lsn)>,
 }
 
 /// A streamed transaction in progress (see [`ApplyState::stream_begin`]).
@@ -679,7 +677,6 @@ impl ApplyState {
             joining: None,
             early: None,
             unflushed: VecDeque::new(),
-            reported_flush: None,
         }
     }
 
@@ -893,7 +890,7 @@ impl ApplyState {
             // Nothing of it reached the target (no mapped rows):
             // there is nothing to flush, only commits before it.
             let waiting = !self.unflushed.is_empty();
-            self.advance(Lsn::ZERO, end_lsn, commit_time);
+            self.advance(Some(Lsn::ZERO), end_lsn, commit_time);
             if !waiting {
                 self.release_flushed(applier, durable).await?;
             }
@@ -965,14 +962,13 @@ impl ApplyState {
                 if !self.floors.is_empty() {
                     applier.with_next_commit(self.floors.record_sql(self.metrics.subscription(), progress));
                 }
-                let committed = applier.commit(progress, commit_time).await?;
-                self.reported_flush = Some(committed.flushed);
+                applier.commit(progress, commit_time).await?;
                 self.floors.settle(progress);
                 self.metrics.batch_committed(&events, transactions, started.elapsed());
                 self.metrics.dead_lettered(applier.take_dead_letters());
                 fault::point(fault::AFTER_TARGET_COMMIT);
-                // The source hears of it at the next flush check.
-                self.advance(committed.at, end_lsn, commit_time);
+                // The source hears of it at a flush check.
+                self.advance(None, end_lsn, commit_time);
             }
             Some(_) => applier.rollback().await,
             None => {}
@@ -981,29 +977,34 @@ impl ApplyState {
     }
 
     /// Everything received is on the target, up to `end_lsn`, once the
-    /// target has flushed its WAL to `target_lsn` (0/0: nothing to flush).
-    fn advance(&mut self, target_lsn: Lsn, end_lsn: Lsn, commit_time: i64) {
+    /// target has flushed its WAL to `target_lsn` (see `unflushed`).
+    fn advance(&mut self, target_lsn: Option<Lsn>, end_lsn: Lsn, commit_time: i64) {
         self.progress = self.progress.max(end_lsn);
         self.metrics.applied(self.progress, Some(commit_time));
         self.unflushed.push_back((target_lsn, end_lsn));
     }
 
-    /// Tells the source about every commit the target has flushed.
+    /// Tells the source about every commit the target has flushed. The
+    /// target's WAL positions are read here, not at each commit, which
+    /// would cost the target a statement per transaction: every commit so
+    /// far has returned, so each lies below the insert position read now.
     async fn release_flushed(
         &mut self,
         applier: &mut Applier,
         durable: &watch::Sender<Lsn>,
     ) -> Result<(), ApplyError> {
         let Some(&(oldest, _)) = self.unflushed.front() else { return Ok(()) };
-        // While commits come, each reports the flush position: asking
-        // the target in between would hold up the changes waiting.
-        let flushed = match self.reported_flush.take() {
-            Some(flushed) => flushed,
-            None if oldest == Lsn::ZERO => Lsn::ZERO,
-            None => applier.flushed().await?,
+        let flushed = if oldest == Some(Lsn::ZERO) {
+            Lsn::ZERO
+        } else {
+            let (inserted, flushed) = applier.wal_positions().await?;
+            for (target_lsn, _) in self.unflushed.iter_mut().filter(|(t, _)| t.is_none()) {
+                *target_lsn = Some(inserted);
+            }
+            flushed
         };
         let mut released = None;
-        while let Some(&(target_lsn, end_lsn)) = self.unflushed.front() {
+        while let Some(&(Some(target_lsn), end_lsn)) = self.unflushed.front() {
             if target_lsn > flushed {
                 break;
             }

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::daemon::{Daemon, wait_for_same};
-use support::{Cluster, exec};
+use support::{Cluster, ClusterOptions, exec};
 
 const SETTLE: Duration = Duration::from_secs(120);
 
@@ -167,5 +167,106 @@ async fn a_row_missing_from_a_batched_update_is_named() {
     assert!(daemon.logs().contains("applying again in source order"), "{}", daemon.logs());
     let balance: i64 = dst.query_one("SELECT sum(balance)::bigint FROM accounts", &[]).await.unwrap().get(0);
     assert_eq!(balance, 0, "nothing of the failed transaction was applied");
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_live_transactions_go_as_one_query_and_arrive_as_on_the_source() {
+    let source = Cluster::start();
+    // The target logs its statements, to show which way the rows went.
+    let target = Cluster::start_with(ClusterOptions {
+        conf: vec!["log_statement = 'all'".into()],
+        ..Default::default()
+    });
+    let src = source.client("postgres").await;
+    let dst = target.client("postgres").await;
+    let scalars: Vec<&(&str, &str, &str)> =
+        support::types::COLUMNS.iter().filter(|(_, ty, _)| !ty.ends_with("[]")).collect();
+    let definitions: Vec<String> = scalars.iter().map(|(name, ty, _)| format!("{name} {ty}")).collect();
+    let schema = format!(
+        "{types}
+         CREATE TABLE scalars (id int PRIMARY KEY, {columns});
+         CREATE TABLE accounts (id int PRIMARY KEY, note text);",
+        types = support::types::SUPPORTING_TYPES,
+        columns = definitions.join(", ")
+    );
+    exec(&src, &schema).await;
+    exec(&dst, &schema).await;
+    let daemon = Daemon::start(&config(&source, &target, &["scalars", "accounts"]));
+    daemon.wait_for_log("streaming", SETTLE).await;
+
+    let values: Vec<&str> = scalars.iter().map(|(_, _, v)| *v).collect();
+    let names: Vec<&str> = scalars.iter().map(|(name, _, _)| *name).collect();
+    let columns = format!("id, {}", names.join(", "));
+    // The first rows of a table or of a kind of change prepare statements
+    // on their way, and go as usual.
+    exec(&src, &format!("INSERT INTO scalars VALUES (1, {})", values.join(", "))).await;
+    exec(&src, "UPDATE scalars SET c_text = 'warm' WHERE id = 1").await;
+    exec(&src, "INSERT INTO accounts VALUES (0, 'zero')").await;
+    wait_for_same(&src, &dst, "scalars", "scalars", &columns, "id", SETTLE).await;
+    wait_for_same(&src, &dst, "accounts", "accounts", "id, note", "id", SETTLE).await;
+
+    // Text a literal must carry: quotes, backslashes, escapes that are not
+    // escapes, non-ASCII; and a NULL. Each transaction arrives alone (a
+    // change of another kind to a table sends what it gathered first).
+    let odd = r"E'it''s a \\ back\\slash, \\x41 not A, \\n not a newline, ünïcødé ✓'";
+    let transactions = [
+        format!("INSERT INTO scalars VALUES (2, {})", values.join(", ")),
+        format!("INSERT INTO scalars VALUES (3, {})", values.join(", ")),
+        format!("UPDATE scalars SET c_text = {odd}, c_bytea = '\\x5c27', c_null = 'now set' WHERE id = 2"),
+        "BEGIN; INSERT INTO accounts VALUES (1, 'one'); UPDATE scalars SET c_text = NULL WHERE id = 3; COMMIT".into(),
+    ];
+    for sql in &transactions {
+        exec(&src, sql).await;
+        wait_for_same(&src, &dst, "scalars", "scalars", &columns, "id", SETTLE).await;
+        wait_for_same(&src, &dst, "accounts", "accounts", "id, note", "id", SETTLE).await;
+    }
+    let log = target.log();
+    let one_query =
+        |needle: &str| log.lines().any(|l| l.contains("EXECUTE ferry_row_") && l.contains(needle));
+    assert!(one_query("ünïcødé") && one_query("'one'"), "rows went as one query: {log}");
+    assert!(!daemon.logs().contains("sent as one query failed"), "{}", daemon.logs());
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_missing_from_a_small_live_transaction_is_named_and_nothing_of_it_lands() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    let dst = target.client("postgres").await;
+    let schema = "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+                  CREATE TABLE history (id int PRIMARY KEY, delta int NOT NULL);";
+    exec(&src, schema).await;
+    exec(&dst, schema).await;
+    exec(&src, "INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 10) g").await;
+    exec(&dst, "INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 10) g WHERE g <> 7").await;
+    let daemon = Daemon::start(&config(&source, &target, &["accounts", "history"]));
+    daemon.wait_for_log("streaming", SETTLE).await;
+
+    exec(
+        &src,
+        "BEGIN; INSERT INTO history VALUES (1, 5); UPDATE accounts SET balance = 5 WHERE id = 1; COMMIT",
+    )
+    .await;
+    wait_for_same(&src, &dst, "history", "history", "id, delta", "id", SETTLE).await;
+    exec(
+        &src,
+        "BEGIN; INSERT INTO history VALUES (2, 70); UPDATE accounts SET balance = 70 WHERE id = 7; COMMIT",
+    )
+    .await;
+
+    let stopped = daemon.wait_for_log("pipeline stopped", SETTLE).await;
+    assert!(stopped.contains("found no row with key (id)=(7)"), "{stopped}");
+    assert!(daemon.logs().contains("sent as one query failed"), "{}", daemon.logs());
+    let rows: Vec<(i32, i32)> = dst
+        .query("SELECT id, delta FROM history ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(rows, [(1, 5)], "the first transaction landed, nothing of the failed one did");
+    let balance: i64 = dst.query_one("SELECT sum(balance)::bigint FROM accounts", &[]).await.unwrap().get(0);
+    assert_eq!(balance, 5);
     drop(daemon);
 }

@@ -158,7 +158,7 @@ pub async fn prepare_update(
 
 /// What a batch holds: inserts, or updates of one set of present columns
 /// (plan positions of the columns assigned; key unchanged).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BatchKind {
     Insert,
     Update(Vec<usize>),
@@ -187,6 +187,11 @@ impl TableBatch {
 
     pub fn len(&self) -> usize {
         self.rows.len()
+    }
+
+    /// Each row's values, in the statement's parameter order.
+    pub fn rows(&self) -> &[Vec<TextParam>] {
+        &self.rows
     }
 
     /// Whether it should be sent now.
@@ -267,10 +272,7 @@ fn quote_element(out: &mut BytesMut, value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn text(s: &str) -> TextParam {
-        TextParam(Some(Bytes::copy_from_slice(s.as_bytes())))
-    }
+    use crate::apply::param::text;
 
     #[test]
     fn encodes_one_array_per_column() {

@@ -162,10 +162,7 @@ fn escape_into(buf: &mut BytesMut, value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn text(s: &str) -> TextParam {
-        TextParam(Some(Bytes::copy_from_slice(s.as_bytes())))
-    }
+    use crate::apply::param::text;
 
     #[test]
     fn encodes_rows_in_copy_text_format() {

@@ -26,6 +26,7 @@ use crate::tablesync::TABLES_DDL;
 
 mod batch;
 mod copy;
+mod inline;
 mod param;
 mod plan;
 
@@ -214,6 +215,8 @@ pub struct Applier {
     run: Option<InsertRun>,
     /// Statements for the next commit to run (see [`Applier::with_next_commit`]).
     next_commit: String,
+    /// SQL statements prepared for [`inline`] so far, to name the next.
+    inline_statements_prepared: u64,
     /// Relations whose changes were left out as unmapped (logged once).
     left_out: HashSet<u32>,
     /// Rows gathered per table, sent as one statement per table (see
@@ -463,6 +466,7 @@ impl Applier {
             dead_letters_written: 0,
             run: None,
             next_commit: String::new(),
+            inline_statements_prepared: 0,
             left_out: HashSet::new(),
             pending: Vec::new(),
             in_order: false,
@@ -504,14 +508,9 @@ impl Applier {
     /// before it is durable. The WAL writer flushes within a few hundred
     /// milliseconds.
     pub async fn wait_for_flush(&mut self) -> Result<(), ApplyError> {
-        let messages = self
-            .monitor
-            .simple_query("SELECT pg_current_wal_insert_lsn()::text")
-            .await
-            .map_err(target_error("reading the WAL insert position"))?;
-        let written = lsn_column(&messages, 0);
+        let (written, _) = self.wal_positions().await?;
         let deadline = std::time::Instant::now() + FLUSH_WAIT;
-        while self.flushed().await? < written {
+        while self.wal_positions().await?.1 < written {
             if std::time::Instant::now() > deadline {
                 return Err(ApplyError::FlushTimeout { lsn: written });
             }
@@ -573,40 +572,150 @@ impl Applier {
     /// Records `end_lsn` as applied and commits: the changes and the
     /// progress become durable together or not at all. The commit is
     /// asynchronous (`synchronous_commit = off`, as PostgreSQL's own apply
-    /// worker does): it returns the target WAL position that must be
-    /// flushed before the source may hear of it, and the position flushed
-    /// when it returned (see [`Applier::flushed`]).
-    pub async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<Committed, ApplyError> {
-        self.settle().await?;
-        // One query: progress, commit, and where the commit landed. Were
-        // the progress row refused, the server would skip the rest and the
-        // transaction would stay open and aborted, for the caller to roll
-        // back.
-        let sql = format!(
-            "EXECUTE ferry_record_progress({subscription}, {lsn}, {time}); {extra} COMMIT;
-             SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text",
+    /// worker does): the source may hear of it only once the target's WAL
+    /// is flushed past it (see [`Applier::wal_positions`]).
+    pub async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<(), ApplyError> {
+        let progress = format!(
+            "EXECUTE ferry_record_progress({subscription}, {lsn}, {time}); {extra}",
             subscription = quote_literal(&self.subscription),
             lsn = quote_literal(&end_lsn.to_string()),
             time = quote_literal(&crate::pg::timestamp::to_rfc3339(commit_time)),
             extra = std::mem::take(&mut self.next_commit),
         );
-        let messages = self
-            .client
-            .simple_query(&sql)
+        if self.commit_in_one_query(&progress).await? {
+            return Ok(());
+        }
+        self.settle().await?;
+        // Were the progress row refused, the server would skip the COMMIT
+        // and the transaction would stay open and aborted, for the caller
+        // to roll back.
+        self.client
+            .batch_execute(&format!("{progress} COMMIT"))
             .await
-            .map_err(target_error("recording progress and committing"))?;
-        Ok(Committed { at: lsn_column(&messages, 0), flushed: lsn_column(&messages, 1) })
+            .map_err(target_error("recording progress and committing"))
     }
 
-    /// The target's WAL flush position: commits up to it survive a crash
-    /// of the target.
-    pub async fn flushed(&mut self) -> Result<Lsn, ApplyError> {
+    /// Sends the whole target transaction, ending with `progress`, as one
+    /// query (see [`inline`]) when nothing of it is on the wire yet and it
+    /// is small. The statements of one query without BEGIN run as one
+    /// transaction, committed at its end, rolled back whole at an error.
+    /// `false` when it does not qualify, or failed: the caller then sends
+    /// it as usual, which names any failure.
+    async fn commit_in_one_query(&mut self, progress: &str) -> Result<bool, ApplyError> {
+        let held = match &self.run {
+            Some(run) if run.copying() => return Ok(false),
+            Some(run) => run.held.len(),
+            None => 0,
+        };
+        let rows = held + self.pending.iter().map(TableBatch::len).sum::<usize>();
+        if !self.begin_deferred || !self.in_flight.is_empty() || self.careful || rows > inline::INLINE_ROWS {
+            return Ok(false);
+        }
+        let Some(mut sql) = self.inline_statements().await? else { return Ok(false) };
+        sql.push_str(progress);
+        match self.client.batch_execute(&sql).await {
+            Ok(()) => {
+                self.begin_deferred = false;
+                self.run = None;
+                self.pending.clear();
+                Ok(true)
+            }
+            Err(error) if error.code().is_some() => {
+                tracing::debug!(
+                    subscription = %self.subscription,
+                    "a target transaction sent as one query failed ({}); sending it statement by statement",
+                    describe_sql_error(&error)
+                );
+                Ok(false)
+            }
+            Err(error) => Err(target_error("applying a transaction")(error)),
+        }
+    }
+
+    /// An `EXECUTE` for every row gathered, in the order
+    /// [`Applier::flush_batches`] sends them, preparing the statements a
+    /// table needs on first use. `None` when a row cannot go this way.
+    async fn inline_statements(&mut self) -> Result<Option<String>, ApplyError> {
+        let run = self.run.as_ref().map(|run| (run.oid, BatchKind::Insert));
+        let kinds: Vec<(u32, BatchKind)> =
+            run.into_iter().chain(self.pending.iter().map(|b| (b.oid, b.kind.clone()))).collect();
+        for (oid, kind) in &kinds {
+            if !self.inline_prepared(*oid, kind).await? {
+                return Ok(None);
+            }
+        }
+        let name = |oid: u32, kind: &BatchKind| {
+            self.plans[&oid].inline[kind].as_deref().expect("prepared above").to_string()
+        };
+        let mut sql = String::new();
+        if let Some(run) = &self.run {
+            let name = name(run.oid, &BatchKind::Insert);
+            for (_, params) in &run.held {
+                if !inline::push_execute(&mut sql, &name, params) {
+                    return Ok(None);
+                }
+            }
+        }
+        for batch in &self.pending {
+            let name = name(batch.oid, &batch.kind);
+            for params in batch.rows() {
+                if !inline::push_execute(&mut sql, &name, params) {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(sql))
+    }
+
+    /// Prepares the SQL statement for one row of a `kind` batch of `oid`
+    /// unless it is; `false` when the target refused it (the table's rows
+    /// then always go as parameters). Nothing is open on the wire here.
+    async fn inline_prepared(&mut self, oid: u32, kind: &BatchKind) -> Result<bool, ApplyError> {
+        if let Some(name) = self.plans[&oid].inline.get(kind) {
+            return Ok(name.is_some());
+        }
+        self.inline_statements_prepared += 1;
+        let name = format!("ferry_row_{}", self.inline_statements_prepared);
+        let plan = &self.plans[&oid];
+        let prepared = match self.client.batch_execute(&inline::prepare_sql(&name, plan, kind)).await {
+            Ok(()) => Some(name),
+            Err(error) if error.code().is_some() => {
+                tracing::debug!(subscription = %self.subscription, table = %plan.target, "rows go as parameters: {}", describe_sql_error(&error));
+                None
+            }
+            Err(error) => {
+                return Err(target_error(format!("preparing a statement for {}", plan.target))(error));
+            }
+        };
+        let plan = self.plans.get_mut(&oid).expect("looked up above");
+        Ok(plan.inline.entry(kind.clone()).or_insert(prepared).is_some())
+    }
+
+    /// Drops the SQL statements of a plan replaced by a new one (the
+    /// protocol-level ones close when dropped).
+    async fn deallocate_inline(&mut self, plan: &RelationPlan) -> Result<(), ApplyError> {
+        let names: Vec<&str> = plan.inline.values().flatten().map(String::as_str).collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let sql: String = names.iter().map(|name| format!("DEALLOCATE {name};")).collect();
+        self.client
+            .batch_execute(&sql)
+            .await
+            .map_err(target_error(format!("dropping statements for {}", plan.target)))
+    }
+
+    /// The target's WAL insert and flush positions, read together on the
+    /// second connection: every commit that returned before lies below
+    /// the first, and commits below the second survive a crash of the
+    /// target.
+    pub async fn wal_positions(&mut self) -> Result<(Lsn, Lsn), ApplyError> {
         let messages = self
             .monitor
-            .simple_query("SELECT pg_current_wal_flush_lsn()::text")
+            .simple_query("SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text")
             .await
-            .map_err(target_error("reading the WAL flush position"))?;
-        Ok(lsn_column(&messages, 0))
+            .map_err(target_error("reading the WAL positions"))?;
+        Ok((lsn_column(&messages, 0), lsn_column(&messages, 1)))
     }
 
     /// How many dead letters the last commit made durable (and resets it).
@@ -964,7 +1073,9 @@ impl Applier {
             self.settle().await?;
             let route = self.route_for(relation).await?;
             let plan = RelationPlan::build(&self.client, relation, &route).await?;
-            self.plans.insert(relation.oid, plan);
+            if let Some(replaced) = self.plans.insert(relation.oid, plan) {
+                self.deallocate_inline(&replaced).await?;
+            }
         }
         Ok(&self.plans[&relation.oid])
     }
@@ -1295,14 +1406,6 @@ fn lsn_column(messages: &[SimpleQueryMessage], column: usize) -> Lsn {
             _ => None,
         })
         .unwrap_or(Lsn::ZERO)
-}
-
-/// Where a target commit landed in the target's WAL, and how far that WAL
-/// was flushed right after it.
-#[derive(Debug, Clone, Copy)]
-pub struct Committed {
-    pub at: Lsn,
-    pub flushed: Lsn,
 }
 
 fn row_ref(plan: &RelationPlan, op: Op, key: Vec<Option<Bytes>>) -> RowRef {

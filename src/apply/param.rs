@@ -37,6 +37,12 @@ impl ToSql for TextParam {
     tokio_postgres::types::to_sql_checked!();
 }
 
+/// A value given as text, for tests.
+#[cfg(test)]
+pub fn text(s: &str) -> TextParam {
+    TextParam(Some(Bytes::copy_from_slice(s.as_bytes())))
+}
+
 /// The value of column `index`; unchanged TOAST has no value to send.
 pub fn param(tuple: &Tuple, index: usize) -> TextParam {
     match tuple.0.get(index) {

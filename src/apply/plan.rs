@@ -35,6 +35,10 @@ pub struct RelationPlan {
     pub updates: HashMap<Vec<bool>, Statement>,
     /// How rows are batched, when the table allows it (see `batch`).
     pub batch: Option<BatchPlan>,
+    /// The SQL prepared statements for one row of each kind of batch, by
+    /// name, once prepared (see `inline`); `None` when the target refused
+    /// to prepare one, and that kind of row always goes as a parameter.
+    pub inline: HashMap<batch::BatchKind, Option<String>>,
 }
 
 /// The batched statements of a table whose changes may be gathered.
@@ -113,6 +117,7 @@ impl RelationPlan {
             key_names,
             filter_columns,
             updates: HashMap::new(),
+            inline: HashMap::new(),
         })
     }
 
