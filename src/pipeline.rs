@@ -615,11 +615,73 @@ struct ApplyState {
     joining: Option<Copied>,
     /// The streamed transaction in progress whose changes arrive early.
     early: Option<Early>,
-    /// Committed on the target but maybe not yet flushed there, oldest
-    /// first: the target WAL position that must be flushed before the
-    /// source hears of it (0/0: nothing to flush; `None`: not read yet, see
-    /// [`ApplyState::release_flushed`]), and the source end LSN.
-    unflushed: VecDeque<(Option<Lsn>, Lsn)>,
+    /// Committed on the target but maybe not yet flushed there.
+    unflushed: Unflushed,
+}
+
+/// Commits on the target maybe not yet flushed there, oldest first: the
+/// target WAL position that must be flushed before the source hears of it
+/// (0/0: nothing to flush; `None`: not read yet), and the source end LSN.
+#[derive(Debug, Default)]
+struct Unflushed(VecDeque<(Option<Lsn>, Lsn)>);
+
+impl Unflushed {
+    fn push(&mut self, target_lsn: Option<Lsn>, end_lsn: Lsn) {
+        self.0.push_back((target_lsn, end_lsn));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether the oldest commit waits for a read of the target's WAL
+    /// positions: then the source end LSN of the newest, which the read
+    /// will cover.
+    fn read_needed(&self) -> Option<Lsn> {
+        match self.0.front()? {
+            (Some(Lsn::ZERO), _) => None,
+            _ => self.0.back().map(|&(_, end_lsn)| end_lsn),
+        }
+    }
+
+    /// Takes the commits that `read` (none: no read) shows flushed, oldest
+    /// first, and returns the source end LSN of the newest taken.
+    fn take_flushed(&mut self, read: Option<WalRead>) -> Option<Lsn> {
+        let flushed = match read {
+            Some(read) => {
+                for (target_lsn, end_lsn) in self.0.iter_mut() {
+                    if target_lsn.is_none() && *end_lsn <= read.asked {
+                        *target_lsn = Some(read.inserted);
+                    }
+                }
+                read.flushed
+            }
+            None => Lsn::ZERO,
+        };
+        let mut released = None;
+        while let Some(&(Some(target_lsn), end_lsn)) = self.0.front() {
+            if target_lsn > flushed {
+                break;
+            }
+            released = Some(end_lsn);
+            self.0.pop_front();
+        }
+        released
+    }
+}
+
+/// The target's WAL positions as a read returned them, and the source end
+/// LSN of the last commit that had returned when it was asked.
+struct WalRead {
+    asked: Lsn,
+    inserted: Lsn,
+    flushed: Lsn,
+}
+
+impl WalRead {
+    fn new(asked: Lsn, (inserted, flushed): (Lsn, Lsn)) -> WalRead {
+        WalRead { asked, inserted, flushed }
+    }
 }
 
 /// A streamed transaction in progress (see [`ApplyState::stream_begin`]).
@@ -676,7 +738,7 @@ impl ApplyState {
             floors,
             joining: None,
             early: None,
-            unflushed: VecDeque::new(),
+            unflushed: Unflushed::default(),
         }
     }
 
@@ -981,11 +1043,11 @@ impl ApplyState {
     fn advance(&mut self, target_lsn: Option<Lsn>, end_lsn: Lsn, commit_time: i64) {
         self.progress = self.progress.max(end_lsn);
         self.metrics.applied(self.progress, Some(commit_time));
-        self.unflushed.push_back((target_lsn, end_lsn));
+        self.unflushed.push(target_lsn, end_lsn);
     }
 
     /// Tells the source about every commit the target has flushed. The
-    /// target's WAL positions are read here, not at each commit, which
+    /// target's WAL positions are read here, apart from the commits, which
     /// would cost the target a statement per transaction: every commit so
     /// far has returned, so each lies below the insert position read now.
     async fn release_flushed(
@@ -993,25 +1055,11 @@ impl ApplyState {
         applier: &mut Applier,
         durable: &watch::Sender<Lsn>,
     ) -> Result<(), ApplyError> {
-        let Some(&(oldest, _)) = self.unflushed.front() else { return Ok(()) };
-        let flushed = if oldest == Some(Lsn::ZERO) {
-            Lsn::ZERO
-        } else {
-            let (inserted, flushed) = applier.wal_positions().await?;
-            for (target_lsn, _) in self.unflushed.iter_mut().filter(|(t, _)| t.is_none()) {
-                *target_lsn = Some(inserted);
-            }
-            flushed
+        let read = match self.unflushed.read_needed() {
+            Some(asked) => Some(WalRead::new(asked, applier.wal_positions().await?)),
+            None => None,
         };
-        let mut released = None;
-        while let Some(&(Some(target_lsn), end_lsn)) = self.unflushed.front() {
-            if target_lsn > flushed {
-                break;
-            }
-            released = Some(end_lsn);
-            self.unflushed.pop_front();
-        }
-        if let Some(end_lsn) = released {
+        if let Some(end_lsn) = self.unflushed.take_flushed(read) {
             durable.send_replace(self.floors.cap(end_lsn));
         }
         Ok(())
@@ -1068,5 +1116,54 @@ fn count_event(metrics: &PipelineMetrics, events: &mut EventCounts, change: &Cha
         Change::Delete { relation, .. } => add(relation, Op::Delete),
         Change::Truncate { relations, .. } => relations.iter().for_each(|r| add(r, Op::Truncate)),
         Change::Message(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lsn(n: u64) -> Lsn {
+        Lsn(n)
+    }
+
+    #[test]
+    fn commits_with_nothing_to_flush_go_without_a_read() {
+        let mut unflushed = Unflushed::default();
+        unflushed.push(Some(Lsn::ZERO), lsn(10));
+        unflushed.push(None, lsn(20));
+        assert_eq!(unflushed.read_needed(), None);
+        assert_eq!(unflushed.take_flushed(None), Some(lsn(10)));
+        assert_eq!(unflushed.read_needed(), Some(lsn(20)));
+        assert_eq!(unflushed.take_flushed(None), None, "a commit that wrote waits for a read");
+    }
+
+    #[test]
+    fn a_commit_goes_once_the_target_flushed_past_where_it_was_read() {
+        let mut unflushed = Unflushed::default();
+        unflushed.push(None, lsn(10));
+        let asked = unflushed.read_needed().unwrap();
+        let read = WalRead::new(asked, (lsn(500), lsn(400)));
+        assert_eq!(unflushed.take_flushed(Some(read)), None, "inserted up to 500, flushed only 400");
+        unflushed.push(None, lsn(20));
+        let read = WalRead::new(unflushed.read_needed().unwrap(), (lsn(900), lsn(500)));
+        assert_eq!(unflushed.take_flushed(Some(read)), Some(lsn(10)));
+        assert!(!unflushed.is_empty(), "the second commit lies below 900, not yet flushed");
+    }
+
+    #[test]
+    fn a_commit_that_returned_after_the_read_was_asked_waits_for_the_next() {
+        let mut unflushed = Unflushed::default();
+        unflushed.push(None, lsn(10));
+        let asked = unflushed.read_needed().unwrap();
+        // The second commit returns while the read is on its way: the
+        // positions read may come from before it.
+        unflushed.push(None, lsn(20));
+        let read = WalRead::new(asked, (lsn(500), lsn(500)));
+        assert_eq!(unflushed.take_flushed(Some(read)), Some(lsn(10)));
+        assert_eq!(unflushed.read_needed(), Some(lsn(20)));
+        let read = WalRead::new(lsn(20), (lsn(600), lsn(600)));
+        assert_eq!(unflushed.take_flushed(Some(read)), Some(lsn(20)));
+        assert!(unflushed.is_empty());
     }
 }

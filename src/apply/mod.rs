@@ -709,7 +709,7 @@ impl Applier {
     /// second connection: every commit that returned before lies below
     /// the first, and commits below the second survive a crash of the
     /// target.
-    pub async fn wal_positions(&mut self) -> Result<(Lsn, Lsn), ApplyError> {
+    pub async fn wal_positions(&self) -> Result<(Lsn, Lsn), ApplyError> {
         let messages = self
             .monitor
             .simple_query("SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text")
