@@ -23,8 +23,24 @@ use super::plan::RelationPlan;
 use crate::pg::names::quote_ident;
 
 /// Target transactions of at most this many rows go as one query; larger
-/// ones are sent as batches, which cost the target less per row.
-pub const INLINE_ROWS: usize = 32;
+/// ones are sent as batches, which cost the target less per row...
+const INLINE_ROWS: usize = 32;
+/// ... and of at most this many bytes of values: every value is copied
+/// into the query, which is one message (the server refuses one over 1 GB).
+const INLINE_BYTES: usize = 64 * 1024;
+
+/// Whether `rows` are few and small enough to go as one query.
+pub fn fits<'a>(rows: impl Iterator<Item = &'a [TextParam]>) -> bool {
+    let (mut count, mut bytes) = (0, 0);
+    for row in rows {
+        count += 1;
+        bytes += row.iter().map(|param| param.0.as_ref().map_or(0, |value| value.len())).sum::<usize>();
+        if count > INLINE_ROWS || bytes > INLINE_BYTES {
+            return false;
+        }
+    }
+    true
+}
 
 /// `PREPARE name AS ...` for one row of a batch of `kind` of `plan`'s
 /// table, with the batch's parameter order: the carried columns for an
@@ -111,6 +127,15 @@ mod tests {
         let mut sql = String::new();
         assert!(push_execute(&mut sql, "ferry_i1", &[text("it's"), TextParam(None), text("a\\b")]));
         assert_eq!(sql, "EXECUTE ferry_i1(E'it''s', NULL, E'a\\\\b');");
+    }
+
+    #[test]
+    fn few_small_rows_fit_and_more_or_larger_do_not() {
+        let row = [text("1"), TextParam(None), text("abc")];
+        assert!(fits(std::iter::repeat_n(&row[..], INLINE_ROWS)));
+        assert!(!fits(std::iter::repeat_n(&row[..], INLINE_ROWS + 1)));
+        let large = [text(&"x".repeat(INLINE_BYTES + 1))];
+        assert!(!fits(std::iter::once(&large[..])));
     }
 
     #[test]

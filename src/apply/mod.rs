@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use tokio_postgres::error::Severity;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, SimpleQueryMessage, Statement};
 
@@ -602,13 +603,14 @@ impl Applier {
     /// `false` when it does not qualify, or failed: the caller then sends
     /// it as usual, which names any failure.
     async fn commit_in_one_query(&mut self, progress: &str) -> Result<bool, ApplyError> {
-        let held = match &self.run {
-            Some(run) if run.copying() => return Ok(false),
-            Some(run) => run.held.len(),
-            None => 0,
-        };
-        let rows = held + self.pending.iter().map(TableBatch::len).sum::<usize>();
-        if !self.begin_deferred || !self.in_flight.is_empty() || self.careful || rows > inline::INLINE_ROWS {
+        let copying = self.run.as_ref().is_some_and(InsertRun::copying);
+        if !self.begin_deferred || !self.in_flight.is_empty() || self.careful || copying {
+            return Ok(false);
+        }
+        let held = self.run.iter().flat_map(|run| run.held.iter().map(|(_, params)| &params[..]));
+        if !inline::fits(
+            held.chain(self.pending.iter().flat_map(|batch| batch.rows().iter().map(Vec::as_slice))),
+        ) {
             return Ok(false);
         }
         let Some(mut sql) = self.inline_statements().await? else { return Ok(false) };
@@ -620,7 +622,10 @@ impl Applier {
                 self.pending.clear();
                 Ok(true)
             }
-            Err(error) if error.code().is_some() => {
+            // Refused, with the session still open (not a FATAL error).
+            Err(error)
+                if error.as_db_error().is_some_and(|e| e.parsed_severity() == Some(Severity::Error)) =>
+            {
                 tracing::debug!(
                     subscription = %self.subscription,
                     "a target transaction sent as one query failed ({}); sending it statement by statement",
