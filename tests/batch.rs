@@ -186,13 +186,14 @@ async fn small_live_transactions_go_as_one_query_and_arrive_as_on_the_source() {
     let schema = format!(
         "{types}
          CREATE TABLE scalars (id int PRIMARY KEY, {columns});
-         CREATE TABLE accounts (id int PRIMARY KEY, note text);",
+         CREATE TABLE accounts (id int PRIMARY KEY, note text);
+         CREATE TABLE pairs (k pair PRIMARY KEY, v int);",
         types = support::types::SUPPORTING_TYPES,
         columns = definitions.join(", ")
     );
     exec(&src, &schema).await;
     exec(&dst, &schema).await;
-    let daemon = Daemon::start(&config(&source, &target, &["scalars", "accounts"]));
+    let daemon = Daemon::start(&config(&source, &target, &["scalars", "accounts", "pairs"]));
     daemon.wait_for_log("streaming", SETTLE).await;
 
     let values: Vec<&str> = scalars.iter().map(|(_, _, v)| *v).collect();
@@ -203,8 +204,11 @@ async fn small_live_transactions_go_as_one_query_and_arrive_as_on_the_source() {
     exec(&src, &format!("INSERT INTO scalars VALUES (1, {})", values.join(", "))).await;
     exec(&src, "UPDATE scalars SET c_text = 'warm' WHERE id = 1").await;
     exec(&src, "INSERT INTO accounts VALUES (0, 'zero')").await;
+    exec(&src, "INSERT INTO pairs VALUES (ROW(1, 'a b'), 1)").await;
+    exec(&src, "UPDATE pairs SET v = 2").await;
     wait_for_same(&src, &dst, "scalars", "scalars", &columns, "id", SETTLE).await;
     wait_for_same(&src, &dst, "accounts", "accounts", "id, note", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "pairs", "pairs", "k, v", "k", SETTLE).await;
 
     // Text a literal must carry: quotes, backslashes, escapes that are not
     // escapes, non-ASCII; and a NULL. Each transaction arrives alone (a
@@ -215,16 +219,22 @@ async fn small_live_transactions_go_as_one_query_and_arrive_as_on_the_source() {
         format!("INSERT INTO scalars VALUES (3, {})", values.join(", ")),
         format!("UPDATE scalars SET c_text = {odd}, c_bytea = '\\x5c27', c_null = 'now set' WHERE id = 2"),
         "BEGIN; INSERT INTO accounts VALUES (1, 'one'); UPDATE scalars SET c_text = NULL WHERE id = 3; COMMIT".into(),
+        // A composite key: its parameter is read as the column's type.
+        "UPDATE pairs SET v = 3 WHERE k = ROW(1, 'a b')::pair".into(),
     ];
     for sql in &transactions {
         exec(&src, sql).await;
         wait_for_same(&src, &dst, "scalars", "scalars", &columns, "id", SETTLE).await;
         wait_for_same(&src, &dst, "accounts", "accounts", "id, note", "id", SETTLE).await;
+        wait_for_same(&src, &dst, "pairs", "pairs", "k, v", "k", SETTLE).await;
     }
     let log = target.log();
     let one_query =
         |needle: &str| log.lines().any(|l| l.contains("EXECUTE ferry_row_") && l.contains(needle));
-    assert!(one_query("ünïcødé") && one_query("'one'"), "rows went as one query: {log}");
+    assert!(
+        one_query("ünïcødé") && one_query("'one'") && one_query("\"a b\")');"),
+        "rows went as one query: {log}"
+    );
     assert!(!daemon.logs().contains("sent as one query failed"), "{}", daemon.logs());
     drop(daemon);
 }

@@ -42,21 +42,26 @@ pub fn fits<'a>(rows: impl Iterator<Item = &'a [TextParam]>) -> bool {
     true
 }
 
-/// `PREPARE name AS ...` for one row of a batch of `kind` of `plan`'s
-/// table, with the batch's parameter order: the carried columns for an
-/// insert; the assigned columns, then the key, for an update.
-pub fn prepare_sql(name: &str, plan: &RelationPlan, kind: &BatchKind) -> String {
+/// `PREPARE name (types) AS ...` for one row of a batch of `kind` of
+/// `plan`'s table, with the batch's parameter order: the carried columns
+/// for an insert; the assigned columns, then the key, for an update. Each
+/// parameter has its column's type, so that a value is read as the column
+/// reads it (left to infer, `composite_key = $1` would take a `record`).
+/// `None` when a column's type is not known.
+pub fn prepare_sql(name: &str, plan: &RelationPlan, kind: &BatchKind) -> Option<String> {
     let target = &plan.target;
     let column = |i: usize| quote_ident(&plan.columns[i].1);
-    match kind {
+    let type_of = |i: usize| {
+        let columns = &plan.route.target_columns;
+        columns.iter().find(|c| c.name == plan.columns[i].1).map(|c| c.type_name.as_str())
+    };
+    let (parameters, statement): (Vec<usize>, String) = match kind {
         BatchKind::Insert => {
             let names: Vec<String> = (0..plan.columns.len()).map(column).collect();
             let values: Vec<String> = (1..=names.len()).map(|n| format!("${n}")).collect();
-            format!(
-                "PREPARE {name} AS INSERT INTO {target} ({}) VALUES ({})",
-                names.join(", "),
-                values.join(", ")
-            )
+            let statement =
+                format!("INSERT INTO {target} ({}) VALUES ({})", names.join(", "), values.join(", "));
+            ((0..plan.columns.len()).collect(), statement)
         }
         BatchKind::Update(set) => {
             let key = plan.batch.as_ref().map_or(&[][..], |b| &b.key[..]);
@@ -69,16 +74,19 @@ pub fn prepare_sql(name: &str, plan: &RelationPlan, kind: &BatchKind) -> String 
                 .collect();
             // The cast's operand depends on the count, so the planner
             // cannot fold it into an error at PREPARE.
-            format!(
-                "PREPARE {name} AS WITH changed AS (UPDATE {target} SET {} WHERE {} RETURNING 1)
+            let statement = format!(
+                "WITH changed AS (UPDATE {target} SET {} WHERE {} RETURNING 1)
                  SELECT CASE WHEN count(*) > 0 THEN 0
                         ELSE ('ferry: no row to update, rows changed: ' || count(*))::int END
                  FROM changed",
                 assignments.join(", "),
                 condition.join(" AND ")
-            )
+            );
+            (set.iter().chain(key).copied().collect(), statement)
         }
-    }
+    };
+    let types: Option<Vec<&str>> = parameters.into_iter().map(type_of).collect();
+    Some(format!("PREPARE {name} ({}) AS {statement}", types?.join(", ")))
 }
 
 /// Appends `EXECUTE name(values);`. `false` when a value is not UTF-8 text

@@ -682,7 +682,12 @@ impl Applier {
         self.inline_statements_prepared += 1;
         let name = format!("ferry_row_{}", self.inline_statements_prepared);
         let plan = &self.plans[&oid];
-        let prepared = match self.client.batch_execute(&inline::prepare_sql(&name, plan, kind)).await {
+        let Some(sql) = inline::prepare_sql(&name, plan, kind) else {
+            let plan = self.plans.get_mut(&oid).expect("looked up above");
+            plan.inline.insert(kind.clone(), None);
+            return Ok(false);
+        };
+        let prepared = match self.client.batch_execute(&sql).await {
             Ok(()) => Some(name),
             Err(error) if error.code().is_some() => {
                 tracing::debug!(subscription = %self.subscription, table = %plan.target, "rows go as parameters: {}", describe_sql_error(&error));
