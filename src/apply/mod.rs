@@ -607,10 +607,7 @@ impl Applier {
         if !self.begin_deferred || !self.in_flight.is_empty() || self.careful || copying {
             return Ok(false);
         }
-        let held = self.run.iter().flat_map(|run| run.held.iter().map(|(_, params)| &params[..]));
-        if !inline::fits(
-            held.chain(self.pending.iter().flat_map(|batch| batch.rows().iter().map(Vec::as_slice))),
-        ) {
+        if !inline::fits(self.gathered().map(|(_, _, row)| row)) {
             return Ok(false);
         }
         let Some(mut sql) = self.inline_statements().await? else { return Ok(false) };
@@ -622,10 +619,7 @@ impl Applier {
                 self.pending.clear();
                 Ok(true)
             }
-            // Refused, with the session still open (not a FATAL error).
-            Err(error)
-                if error.as_db_error().is_some_and(|e| e.parsed_severity() == Some(Severity::Error)) =>
-            {
+            Err(error) if refused_in_session(&error) => {
                 tracing::debug!(
                     subscription = %self.subscription,
                     "a target transaction sent as one query failed ({}); sending it statement by statement",
@@ -637,36 +631,36 @@ impl Applier {
         }
     }
 
-    /// An `EXECUTE` for every row gathered, in the order
-    /// [`Applier::flush_batches`] sends them, preparing the statements a
+    /// The rows gathered and not yet sent, with their table and kind of
+    /// batch, in the order [`Applier::flush_batches`] sends them: the run
+    /// of inserts, then the batches.
+    fn gathered(&self) -> impl Iterator<Item = (u32, &BatchKind, &[TextParam])> {
+        static INSERT: BatchKind = BatchKind::Insert;
+        let held =
+            self.run.iter().flat_map(|run| run.held.iter().map(|(_, row)| (run.oid, &INSERT, &row[..])));
+        let batched = self
+            .pending
+            .iter()
+            .flat_map(|batch| batch.rows().iter().map(|row| (batch.oid, &batch.kind, &row[..])));
+        held.chain(batched)
+    }
+
+    /// An `EXECUTE` for every row gathered, preparing the statements a
     /// table needs on first use. `None` when a row cannot go this way.
     async fn inline_statements(&mut self) -> Result<Option<String>, ApplyError> {
-        let run = self.run.as_ref().map(|run| (run.oid, BatchKind::Insert));
-        let kinds: Vec<(u32, BatchKind)> =
-            run.into_iter().chain(self.pending.iter().map(|b| (b.oid, b.kind.clone()))).collect();
+        let mut kinds: Vec<(u32, BatchKind)> =
+            self.gathered().map(|(oid, kind, _)| (oid, kind.clone())).collect();
+        kinds.dedup();
         for (oid, kind) in &kinds {
             if !self.inline_prepared(*oid, kind).await? {
                 return Ok(None);
             }
         }
-        let name = |oid: u32, kind: &BatchKind| {
-            self.plans[&oid].inline[kind].as_deref().expect("prepared above").to_string()
-        };
         let mut sql = String::new();
-        if let Some(run) = &self.run {
-            let name = name(run.oid, &BatchKind::Insert);
-            for (_, params) in &run.held {
-                if !inline::push_execute(&mut sql, &name, params) {
-                    return Ok(None);
-                }
-            }
-        }
-        for batch in &self.pending {
-            let name = name(batch.oid, &batch.kind);
-            for params in batch.rows() {
-                if !inline::push_execute(&mut sql, &name, params) {
-                    return Ok(None);
-                }
+        for (oid, kind, row) in self.gathered() {
+            let name = self.plans[&oid].inline[kind].as_deref().expect("prepared above");
+            if !inline::push_execute(&mut sql, name, row) {
+                return Ok(None);
             }
         }
         Ok(Some(sql))
@@ -682,20 +676,18 @@ impl Applier {
         self.inline_statements_prepared += 1;
         let name = format!("ferry_row_{}", self.inline_statements_prepared);
         let plan = &self.plans[&oid];
-        let Some(sql) = inline::prepare_sql(&name, plan, kind) else {
-            let plan = self.plans.get_mut(&oid).expect("looked up above");
-            plan.inline.insert(kind.clone(), None);
-            return Ok(false);
-        };
-        let prepared = match self.client.batch_execute(&sql).await {
-            Ok(()) => Some(name),
-            Err(error) if error.code().is_some() => {
-                tracing::debug!(subscription = %self.subscription, table = %plan.target, "rows go as parameters: {}", describe_sql_error(&error));
-                None
-            }
-            Err(error) => {
-                return Err(target_error(format!("preparing a statement for {}", plan.target))(error));
-            }
+        let prepared = match inline::prepare_sql(&name, plan, kind) {
+            None => None,
+            Some(sql) => match self.client.batch_execute(&sql).await {
+                Ok(()) => Some(name),
+                Err(error) if refused_in_session(&error) => {
+                    tracing::debug!(subscription = %self.subscription, table = %plan.target, "rows go as parameters: {}", describe_sql_error(&error));
+                    None
+                }
+                Err(error) => {
+                    return Err(target_error(format!("preparing a statement for {}", plan.target))(error));
+                }
+            },
         };
         let plan = self.plans.get_mut(&oid).expect("looked up above");
         Ok(plan.inline.entry(kind.clone()).or_insert(prepared).is_some())
@@ -1416,6 +1408,12 @@ fn lsn_column(messages: &[SimpleQueryMessage], column: usize) -> Lsn {
             _ => None,
         })
         .unwrap_or(Lsn::ZERO)
+}
+
+/// Whether the server refused a statement and the session goes on (an
+/// ERROR, not a FATAL one or a broken connection).
+fn refused_in_session(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|e| e.parsed_severity() == Some(Severity::Error))
 }
 
 fn row_ref(plan: &RelationPlan, op: Op, key: Vec<Option<Bytes>>) -> RowRef {
