@@ -7,8 +7,8 @@ use support::exec;
 
 use std::time::Duration;
 
-use support::Cluster;
 use support::daemon::{Daemon, checksum, wait_for_same};
+use support::{Cluster, ClusterOptions};
 
 const SETTLE: Duration = Duration::from_secs(120);
 
@@ -257,6 +257,38 @@ async fn odd_identifiers_and_every_type_arrive_as_on_the_source() {
             assert_eq!(actual[i], expected[i], "row {id}, column {name}");
         }
     }
+    drop(daemon);
+}
+
+/// With `standard_conforming_strings` off a backslash in a plain literal is
+/// an escape: ferry's literals must mean the same either way, here the
+/// table name it records its copy under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backslash_in_a_table_name_is_recorded_as_it_is_when_literals_take_escapes() {
+    let source = Cluster::start();
+    let target = Cluster::start_with(ClusterOptions {
+        conf: vec!["standard_conforming_strings = off".into(), "escape_string_warning = off".into()],
+        ..Default::default()
+    });
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    let table = r#""back\slash""#;
+    let schema = format!("CREATE TABLE {table} (id int PRIMARY KEY, note text)");
+    exec(&src, &schema).await;
+    exec(&dst, &schema).await;
+    exec(&src, &format!(r"INSERT INTO {table} VALUES (1, E'copied \\ once')")).await;
+    let daemon = Daemon::start(&config(&source, &target, &[(table, table)], ""));
+    daemon.wait_for_log("streaming", SETTLE).await;
+    exec(&src, &format!(r"INSERT INTO {table} VALUES (2, E'streamed \\ once')")).await;
+    wait_for_same(&src, &dst, table, table, "id, note", "id", SETTLE).await;
+
+    let recorded: Vec<(String, bool)> = dst
+        .query("SELECT source_table, copying FROM ferry.tables", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(recorded, vec![(r#""public"."back\slash""#.to_string(), false)]);
     drop(daemon);
 }
 

@@ -19,10 +19,16 @@ pub fn quote_ident_if_needed(name: &str) -> Cow<'_, str> {
     if plain { Cow::Borrowed(name) } else { Cow::Owned(quote_ident(name)) }
 }
 
-/// Quotes a string literal (`'it''s'`). Backslashes are literal with
-/// `standard_conforming_strings`, on by default since PostgreSQL 9.1.
+/// Quotes a string literal for SQL so that it means the same whatever
+/// `standard_conforming_strings` is (off, `'a\'` would escape its quote): a
+/// backslash switches to the `E''` form, where backslashes are always
+/// escapes (`'it''s'`, `E'C:\\dir'`).
 pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    if value.contains('\\') {
+        format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", value.replace('\'', "''"))
+    }
 }
 
 /// A table name with its schema, as stored in the catalog (unquoted,
@@ -147,6 +153,7 @@ mod tests {
         assert_eq!(QualifiedName::new("public", "Order Lines").to_string(), "\"public\".\"Order Lines\"");
         assert_eq!(quote_ident("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(r"C:\dir's"), r"E'C:\\dir''s'");
     }
 
     #[test]

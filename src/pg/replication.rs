@@ -7,7 +7,7 @@ use super::connection::{Connection, QueryResult};
 use super::conninfo::ConnInfo;
 use super::error::PgError;
 use super::lsn::Lsn;
-use super::names::{quote_ident, quote_literal};
+use super::names::quote_ident;
 use super::timestamp;
 
 /// What IDENTIFY_SYSTEM reports.
@@ -183,7 +183,7 @@ impl ReplicationClient {
         let plugin_options: Vec<String> = self
             .plugin_options(options)
             .iter()
-            .map(|(k, v)| format!("{} {}", quote_ident(k), quote_literal(v)))
+            .map(|(k, v)| format!("{} {}", quote_ident(k), quote_command_string(v)))
             .collect();
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL {start} ({})",
@@ -306,6 +306,12 @@ impl ReplicationStream {
     }
 }
 
+/// A string in a replication command, whose grammar knows only `'...'`
+/// with `''` for a quote: a backslash is plain there and `E''` unknown.
+fn quote_command_string(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,5 +329,10 @@ mod tests {
         assert_eq!(highest_protocol_version(140005), 2);
         assert_eq!(highest_protocol_version(150019), 3);
         assert_eq!(highest_protocol_version(170002), 4);
+    }
+
+    #[test]
+    fn replication_command_strings_double_only_quotes() {
+        assert_eq!(quote_command_string(r#""it's", "C:\dir""#), r#"'"it''s", "C:\dir"'"#);
     }
 }

@@ -18,6 +18,7 @@ use super::check::{Const, Literal, Node, Value};
 use super::datetime;
 use super::syntax::Truth;
 use super::value::{self, Domain};
+use crate::pg::names::{quote_ident, quote_literal};
 
 pub(super) fn render(node: &Node, names: &[String]) -> String {
     let mut out = String::new();
@@ -66,7 +67,7 @@ impl Renderer<'_> {
                 self.push(if *fold { " ILIKE " } else { " LIKE " });
                 match pattern {
                     Some(pattern) => {
-                        self.push(&quote_string(&pattern.source));
+                        self.push(&quote_literal(&pattern.source));
                         self.push("::text COLLATE \"C\"");
                     }
                     None => self.push("NULL"),
@@ -116,7 +117,7 @@ impl Renderer<'_> {
     }
 
     fn column(&mut self, index: usize) {
-        let quoted = quote_identifier(&self.names[index]);
+        let quoted = quote_ident(&self.names[index]);
         self.push(&quoted);
     }
 
@@ -131,7 +132,7 @@ impl Renderer<'_> {
         match &constant.value {
             None => self.push("NULL"),
             Some(literal) => {
-                let text = format!("{}::{}", quote_string(&literal_text(literal)), constant.cast);
+                let text = format!("{}::{}", quote_literal(&literal_text(literal)), constant.cast);
                 self.push(&text);
             }
         }
@@ -174,20 +175,5 @@ fn float_text(value: f64, finite: impl FnOnce() -> String) -> String {
         "-Infinity".into()
     } else {
         finite()
-    }
-}
-
-pub(super) fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// A string literal that means the same whatever
-/// `standard_conforming_strings` is: a backslash switches to the `E''` form,
-/// where backslashes are always escapes.
-pub(super) fn quote_string(text: &str) -> String {
-    if text.contains('\\') {
-        format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
-    } else {
-        format!("'{}'", text.replace('\'', "''"))
     }
 }
