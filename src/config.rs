@@ -304,6 +304,10 @@ fn without_value(message: &str) -> String {
             return format!("{prefix}{kind}{expected}");
         }
     }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        let expected = rest.find(", expected ").map_or("", |i| &rest[i..]);
+        return format!("unknown variant{expected}");
+    }
     message.to_string()
 }
 
@@ -427,7 +431,16 @@ impl Checker<'_> {
             Err(std::env::VarError::NotPresent) => "is not set",
             Err(std::env::VarError::NotUnicode(_)) => "is not valid UTF-8",
         };
-        self.report(var.span(), format!("{what}: environment variable {name} {problem}"));
+        let looks_like_a_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let message = if looks_like_a_name {
+            format!("{what}: environment variable {name} {problem}")
+        } else {
+            format!(
+                "{what}: password_env must name an environment variable (letters, digits and _), not hold the password"
+            )
+        };
+        self.report(var.span(), message);
         None
     }
 
@@ -568,6 +581,17 @@ impl Checker<'_> {
                 }
             }
         };
+        if let Some(f) = &raw.filter
+            && let Err(error) = crate::route::filter::Filter::check_syntax(f.get_ref())
+        {
+            self.report(f.span(), error.to_string());
+            return None;
+        }
+        let mut renamed = BTreeSet::new();
+        if let Some(twice) = raw.rename.values().find(|v| !renamed.insert(v.as_str())) {
+            self.report(table.span(), format!("two columns are renamed to {twice:?}"));
+            return None;
+        }
         let filter = raw.filter.as_ref().map(|f| f.get_ref().clone());
         Some(TableMapping { from, to, columns, rename: raw.rename.clone(), filter, operations })
     }
@@ -922,5 +946,72 @@ tables = [{ from = "Audit" }]
             "invalid type: map, expected a string"
         );
         assert_eq!(without_value("unknown field `x`, expected `url`"), "unknown field `x`, expected `url`");
+    }
+}
+
+#[cfg(test)]
+mod mistakes_tests {
+    use super::*;
+
+    const SECRET: &str = "hunter2-do-not-print";
+
+    fn shown(text: &str) -> String {
+        match Config::parse_with_env(text, Path::new("ferry.toml"), &|_| Err(std::env::VarError::NotPresent))
+        {
+            Ok(config) => format!("{config:?}"),
+            Err(error) => format!("{error}\n{error:?}"),
+        }
+    }
+
+    fn config(database: &str, subscription: &str, table: &str) -> String {
+        format!(
+            "[sources.a]\n{database}\n[targets.b]\nurl = \"postgresql://h/b\"\n\n\
+             [[subscriptions]]\nname = \"s\"\nsource = \"a\"\ntarget = \"b\"\n{subscription}\n\
+             [[subscriptions.tables]]\nfrom = \"t\"\n{table}\n"
+        )
+    }
+
+    /// serde's "unknown variant `…`" quotes the value, as "invalid type"
+    /// does; `without_value` only strips the latter.
+    #[test]
+    fn a_password_in_an_enum_field_is_not_echoed() {
+        let url = format!("url = \"postgresql://u:{SECRET}@h/a\"");
+        let text = config(&url, &format!("on_error = \"{SECRET}\""), "");
+        assert!(!shown(&text).contains(SECRET), "the password leaked:\n{}", shown(&text));
+        let text = config(&url, "", &format!("operations = [\"{SECRET}\"]"));
+        assert!(!shown(&text).contains(SECRET), "the password leaked:\n{}", shown(&text));
+    }
+
+    /// The password itself written into password_env (the easy mistake:
+    /// `password_env = "s3cr3t-pa55"`) is quoted back in the error.
+    #[test]
+    fn a_password_written_as_password_env_is_not_echoed() {
+        let text = config(&format!("url = \"postgresql://h/a\"\npassword_env = \"{SECRET}\""), "", "");
+        assert!(!shown(&text).contains(SECRET), "the password leaked:\n{}", shown(&text));
+    }
+
+    /// A `where` that cannot parse is a config error with file, line and
+    /// column (README: "every error names file, line and column"), caught
+    /// by `validate --offline` and by a SIGHUP reload, not only when the
+    /// pipeline starts.
+    #[test]
+    fn a_where_filter_that_does_not_parse_is_a_located_config_error() {
+        for filter in ["status = = (", ""] {
+            let text = config("url = \"postgresql://h/a\"", "", &format!("where = \"{filter}\""));
+            match Config::parse(&text, Path::new("ferry.toml")) {
+                Err(ConfigError::Invalid { diagnostics }) => {
+                    assert_eq!(diagnostics[0].line, 13, "{diagnostics:?}");
+                }
+                other => panic!("where = {filter:?} was accepted: {other:?}"),
+            }
+        }
+    }
+
+    /// Two source columns renamed onto one target column can never be
+    /// applied; the config alone shows it.
+    #[test]
+    fn two_columns_renamed_to_one_name_are_a_config_error() {
+        let text = config("url = \"postgresql://h/a\"", "", "rename = { a = \"x\", b = \"x\" }");
+        assert!(Config::parse(&text, Path::new("ferry.toml")).is_err(), "accepted");
     }
 }

@@ -5,6 +5,7 @@ use std::io::Write;
 
 use serde_json::{Map, Value as Json, json};
 use tokio::sync::{mpsc, watch};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::pg::conninfo::{ConnInfo, ConnInfoError};
@@ -43,6 +44,10 @@ pub enum TailError {
     Source(#[from] SourceError),
     #[error("publication {0:?} does not exist on the source")]
     NoPublication(String),
+    #[error(
+        "--slot {0:?} is too long: with --table its publication is named ferry_tail_<slot>, which must fit in 63 bytes (so 52 for the slot)"
+    )]
+    SlotTooLong(String),
     #[error("give --table (one or more) or --publication")]
     NothingToTail,
     #[error("cannot write to standard output: {0}")]
@@ -60,20 +65,38 @@ pub async fn run(options: TailOptions, out: impl Write, cancel: CancellationToke
     let sql = tls::connect_sql(&options.source).await?;
     let temporary_name = format!("ferry_tail_{}", std::process::id());
     let (publication, created_publication) = prepare_publication(&sql, &options, &temporary_name).await?;
+    // Whatever happens from here on, a publication made for this run goes.
+    let result = stream(&sql, &options, &temporary_name, &publication, out, cancel).await;
+    if created_publication {
+        sql.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&publication)))
+            .await
+            .map_err(query_error("dropping the temporary publication"))?;
+    }
+    result
+}
 
+/// Creates the slot and prints its changes until `cancel` fires.
+async fn stream(
+    sql: &Client,
+    options: &TailOptions,
+    temporary_name: &str,
+    publication: &str,
+    out: impl Write,
+    cancel: CancellationToken,
+) -> Result<(), TailError> {
     let mut replication = ReplicationClient::connect(&options.source).await?;
     let slot = match &options.slot {
         Some(name) => {
-            ensure_permanent_slot(&sql, &mut replication, name).await?;
+            ensure_permanent_slot(sql, &mut replication, name).await?;
             name.clone()
         }
         None => {
-            replication.create_slot(&temporary_name, SlotKind::Temporary, false).await?;
-            temporary_name.clone()
+            replication.create_slot(temporary_name, SlotKind::Temporary, false).await?;
+            temporary_name.to_string()
         }
     };
     let start = StartOptions {
-        publications: vec![publication.clone()],
+        publications: vec![publication.to_string()],
         protocol_version: None,
         messages: true,
         streaming: true,
@@ -88,12 +111,6 @@ pub async fn run(options: TailOptions, out: impl Write, cancel: CancellationToke
     // The printer only stops early on an output error: stop reading too.
     cancel.cancel();
     let read = reader.await.unwrap_or(Ok(()));
-
-    if created_publication {
-        sql.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&publication)))
-            .await
-            .map_err(query_error("dropping the temporary publication"))?;
-    }
     printed?;
     read?;
     Ok(())
@@ -123,7 +140,15 @@ async fn prepare_publication(
     // A permanent slot needs a publication that outlives this run: the
     // server looks publications up as of the WAL it decodes.
     let (name, temporary) = match &options.slot {
-        Some(slot) => (format!("ferry_tail_{slot}"), false),
+        Some(slot) => {
+            let name = format!("ferry_tail_{slot}");
+            // PostgreSQL would cut a longer name, and the next run would not
+            // find the publication under the name it asks for.
+            if name.len() > 63 {
+                return Err(TailError::SlotTooLong(slot.clone()));
+            }
+            (name, false)
+        }
         None => (temporary_name.to_string(), true),
     };
     let exists = sql

@@ -50,7 +50,7 @@ pub async fn drop_subscription(
     name: &str,
     source: Option<&str>,
 ) -> Result<Dropped, DropError> {
-    if config.subscriptions.iter().any(|s| s.name == name) {
+    if config.subscriptions.iter().any(|s| s.name == name || s.slot == config::slot_name(name)) {
         return Err(DropError::StillConfigured(name.to_string()));
     }
     let (source_name, info) = pick_source(config, source)?;

@@ -375,3 +375,41 @@ async fn a_target_from_before_ferry_recorded_its_tables_keeps_streaming() {
     assert_same(&src, &dst).await;
     assert_eq!(daemon.logs().matches("copying it while the others stream").count(), 1, "{}", daemon.logs());
 }
+
+/// `ferry drop --help`: "Refuses while the subscription is still
+/// configured". `a-b` and the configured `a_b` share the slot `ferry_a_b`
+/// (config.rs even refuses both in one config for that reason), so dropping
+/// `a-b` drops the slot of a configured subscription while its pipeline is
+/// not connected (daemon stopped, or retrying after an error): the changes
+/// the slot held are lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_refuses_a_name_whose_slot_a_configured_subscription_uses() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    exec(&src, "CREATE TABLE steady (id int PRIMARY KEY)").await;
+    exec(&src, "SELECT pg_create_logical_replication_slot('ferry_a_b', 'pgoutput')").await;
+    let text = support::daemon::config(
+        &source.url("postgres"),
+        &target.url("postgres"),
+        "a_b",
+        &[("steady", "steady")],
+        "",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, text).unwrap();
+
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["drop", "a-b", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+
+    let slots: i64 = src
+        .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry_a_b'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 1, "the slot of configured subscription a_b was dropped: {output:?}");
+    assert!(!output.status.success(), "{output:?}");
+}

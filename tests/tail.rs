@@ -293,3 +293,63 @@ async fn a_table_first_described_in_an_aborted_savepoint_still_decodes_afterward
     assert_eq!(lines[5000]["table"], "b");
     assert_eq!(lines[5000]["new"], json!({"id": "1", "pad": "kept"}));
 }
+
+/// `ferry tail --help`: "Creates a publication for the given tables and a
+/// temporary slot, both removed on exit". When the slot cannot be made (here
+/// wal_level = replica), ferry exits with an error but leaves its
+/// publication `ferry_tail_<pid>` on the source for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_removes_the_publication_it_created() {
+    let cluster = Cluster::start_with(support::ClusterOptions {
+        conf: vec!["wal_level = replica".into()],
+        ..Default::default()
+    });
+    let client = setup(&cluster, "CREATE TABLE items (id int PRIMARY KEY)").await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["tail", "--source", &cluster.url("postgres"), "--table", "public.items"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success(), "tail should fail without wal_level = logical");
+    let left: Vec<String> = client
+        .query("SELECT pubname::text FROM pg_publication", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "publications left behind: {left:?}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `--slot NAME` keeps a publication `ferry_tail_NAME`, found again by name
+/// on the next run. A slot name of 53 to 63 bytes (valid for a slot) would
+/// make that name longer than PostgreSQL keeps, so it is refused up front,
+/// with nothing made on the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_name_too_long_for_its_publication_is_refused() {
+    let cluster = Cluster::start();
+    let client = setup(&cluster, "CREATE TABLE items (id int PRIMARY KEY)").await;
+    let slot = "s".repeat(53);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["tail", "--source", &cluster.url("postgres"), "--table", "public.items", "--slot", &slot])
+        .output()
+        .await
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("too long"), "{stderr}");
+    let made: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_slots)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(made, 0, "a publication or slot was left on the source");
+}

@@ -302,3 +302,36 @@ async fn an_unreachable_database_is_an_error_that_keeps_the_password_secret() {
     ));
     assert!(!validated.output().contains(password), "the password leaked:\n{}", validated.output());
 }
+
+/// PostgreSQL folds only ASCII letters of an unquoted name (in a UTF-8
+/// database `CREATE TABLE Äpfel` makes a table named `Äpfel`), so the same
+/// unquoted name in the config must find that table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unquoted_non_ascii_table_name_folds_as_postgresql_folds_it() {
+    let cluster = Cluster::start();
+    let (source, target) = source_and_target(&cluster).await;
+    exec(&source, "CREATE TABLE Äpfel (id int PRIMARY KEY)").await;
+    exec(&target, "CREATE TABLE Äpfel (id int PRIMARY KEY)").await;
+    let text = config(&cluster.url("customers"), &cluster.url("orders"), "", &[("Äpfel", "Äpfel")]);
+
+    let validated = validate(&text, &[]).await;
+
+    assert_eq!(validated.code, Some(0), "{}", validated.output());
+}
+
+/// Two source columns carried into one target column cannot be applied
+/// (`INSERT INTO t (id, b, b)`): validate must say so, not pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_source_columns_carried_into_one_target_column_are_an_error() {
+    let cluster = Cluster::start();
+    let (source, target) = source_and_target(&cluster).await;
+    exec(&source, "CREATE TABLE t (id int PRIMARY KEY, a text, b text)").await;
+    exec(&target, "CREATE TABLE t (id int PRIMARY KEY, b text)").await;
+    let mut text = config(&cluster.url("customers"), &cluster.url("orders"), "", &[]);
+    text.push_str("\n[[subscriptions.tables]]\nfrom = 't'\nrename = { a = \"b\" }\n");
+
+    let validated = validate(&text, &[]).await;
+
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    validated.assert_mentions("\"b\"");
+}

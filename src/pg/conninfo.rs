@@ -611,7 +611,7 @@ fn parse_url(rest: &str, draft: &mut Draft) -> Result<(), ConnInfoError> {
     let host_part = match authority.find('@') {
         Some(at) => {
             let (userinfo, hosts) = (&authority[..at], &authority[at + 1..]);
-            if hosts.contains('@') {
+            if hosts.contains('@') || path.contains('@') {
                 return Err(ConnInfoError::UnencodedAt);
             }
             let (user, password) = match userinfo.split_once(':') {
@@ -1254,6 +1254,19 @@ mod tests {
             let err = parse_err(case);
             assert_hidden("hunter2", &[err.to_string(), format!("{err:?}")]);
             assert_hidden("ter2", &[err.to_string(), format!("{err:?}")]);
+        }
+    }
+
+    /// A URL password with both a raw "@" and a raw "/" (`hu@n/ter2`) is
+    /// read without error as host `n` and database `ter2@h/d`, so the
+    /// password's tail shows up in every log line and error that names the
+    /// connection (`Display`).
+    #[test]
+    fn a_password_with_a_raw_at_and_slash_is_refused() {
+        let result = "postgresql://u:hu@n/ter2@h/d".parse::<ConnInfo>();
+        match result {
+            Err(err) => assert_hidden("ter2", &[err.to_string(), format!("{err:?}")]),
+            Ok(info) => panic!("accepted, and shown as {info}"),
         }
     }
 

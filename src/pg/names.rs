@@ -112,7 +112,7 @@ fn split_identifiers(text: &str) -> Result<Vec<String>, &'static str> {
                 if !(c.is_alphanumeric() || c == '_' || c == '$') {
                     return Err("unquoted names may hold only letters, digits, _ and $; quote the others");
                 }
-                part.extend(c.to_lowercase());
+                part.push(c.to_ascii_lowercase());
                 chars.next();
             }
             if part.is_empty() {

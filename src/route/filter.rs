@@ -91,6 +91,12 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Checks only the syntax, which needs no column types: what the
+    /// config can tell before any database is reached.
+    pub fn check_syntax(expression: &str) -> Result<(), FilterError> {
+        syntax::parse(expression).map(|_| ())
+    }
+
     /// Parses `expression` and checks it against `columns` (the source
     /// table's columns, in the order rows will give them).
     pub fn compile(expression: &str, columns: &[ColumnType]) -> Result<Filter, FilterError> {

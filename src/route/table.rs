@@ -42,6 +42,12 @@ pub enum RouteError {
         .pair.table, .pair.column, .pair.target, .pair.target_column, quote_ident_if_needed(&.pair.target_column)
     )]
     IncompatibleType { pair: Box<ColumnPair>, source_type: String, target_type: String, leave_out: String },
+    #[error(
+        "table {table}: columns {:?} and {:?} would both be replicated into column {target_column:?}; \
+         rename or leave out one of them",
+        .sources.0, .sources.1
+    )]
+    SameTargetColumn { table: QualifiedName, target_column: String, sources: Box<(String, String)> },
     #[error("table {table}: where: {error}")]
     Filter { table: QualifiedName, error: String },
     #[error(
@@ -156,6 +162,16 @@ impl TableRoute {
                 explicit(&column.name) || mapping.rename.contains_key(&column.name) || column.is_key;
             if must_exist && !target_columns.iter().any(|c| c.name == target_column) {
                 return Err(missing_target_column(mapping, column));
+            }
+        }
+        let mut targets: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
+        for column in source_columns.iter().filter(|c| mapping.columns.includes(&c.name)) {
+            if let Some(first) = targets.insert(mapping.target_column(&column.name), &column.name) {
+                return Err(RouteError::SameTargetColumn {
+                    table: table.clone(),
+                    target_column: mapping.target_column(&column.name).to_string(),
+                    sources: Box::new((first.to_string(), column.name.clone())),
+                });
             }
         }
         let filter = match &mapping.filter {
