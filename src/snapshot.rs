@@ -95,7 +95,11 @@ pub struct SnapshotReader {
 
 impl SnapshotReader {
     pub async fn open(source: &ConnInfo, snapshot: &str) -> Result<SnapshotReader, SnapshotError> {
-        let mut conn = Connection::connect(source, &[]).await?;
+        let mut conn = Connection::connect(
+            source,
+            &[("DateStyle", "ISO"), ("IntervalStyle", "postgres"), ("extra_float_digits", "3")],
+        )
+        .await?;
         conn.simple_query(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
             quote_literal(snapshot)

@@ -400,3 +400,134 @@ async fn a_transaction_committed_while_a_large_one_streams_goes_first() {
     assert!(logs.contains("applying it from its spool"), "{logs}");
     assert!(!logs.contains("retrying"), "{logs}");
 }
+
+/// Quotes (both kinds), commas, spaces and upper case in every name a config
+/// can hold: schema, table, columns, rename target, filter column and an
+/// existing publication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotes_in_every_name_survive_snapshot_and_streaming() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(
+        &src,
+        r#"CREATE SCHEMA "Q""s"; CREATE TABLE "Q""s"."it's ""x""" ("I""d" int PRIMARY KEY, "co'l" text, "Upper, Col" text);
+           CREATE PUBLICATION "My ""Pub"", x'" FOR TABLE "Q""s"."it's ""x""";
+           INSERT INTO "Q""s"."it's ""x""" VALUES (1, 'a', 'A'), (2, 'skip', 'B');"#,
+    )
+    .await;
+    exec(
+        &dst,
+        r#"CREATE SCHEMA "T""2"; CREATE TABLE "T""2"."Dst ""t""" ("I""d" int PRIMARY KEY, "ta""rget" text, "Upper, Col" text);"#,
+    )
+    .await;
+    let config = format!(
+        "[sources.src]\nurl = \"{}\"\n\n[targets.dst]\nurl = \"{}\"\n\n\
+         [[subscriptions]]\nname = \"odd\"\nsource = \"src\"\ntarget = \"dst\"\npublication = '''My \"Pub\", x''''\n\n\
+         [[subscriptions.tables]]\nfrom = '''\"Q\"\"s\".\"it's \"\"x\"\"\"'''\nto = '''\"T\"\"2\".\"Dst \"\"t\"\"\"'''\n\
+         rename = {{ \"co'l\" = 'ta\"rget' }}\nwhere = '''\"co'l\" <> 'skip' '''\n",
+        source.url("postgres"),
+        target.url("postgres")
+    );
+    let daemon = Daemon::start(&config);
+    daemon.wait_for_log("streaming", SETTLE).await;
+    exec(&src, r#"INSERT INTO "Q""s"."it's ""x""" VALUES (3, 'c', 'C'), (4, 'skip', 'D'); UPDATE "Q""s"."it's ""x""" SET "Upper, Col" = 'AA' WHERE "I""d" = 1; DELETE FROM "Q""s"."it's ""x""" WHERE "I""d" = 3"#).await;
+    exec(&src, r#"INSERT INTO "Q""s"."it's ""x""" VALUES (5, 'e', 'E')"#).await;
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let rows = dst
+            .query(r#"SELECT "I""d", "ta""rget", "Upper, Col" FROM "T""2"."Dst ""t""" ORDER BY 1"#, &[])
+            .await
+            .unwrap();
+        let got: Vec<(i32, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+        let want = vec![(1, "a".to_string(), "AA".to_string()), (5, "e".into(), "E".into())];
+        if got == want {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "got {got:?}\n{}", daemon.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    exec(&src, r#"INSERT INTO "Q""s"."it's ""x""" SELECT g, 'g' || g, 'u' FROM generate_series(100, 399) g"#)
+        .await;
+    exec(
+        &src,
+        r#"UPDATE "Q""s"."it's ""x""" SET "co'l" = "co'l" || '!', "Upper, Col" = 'v' WHERE "I""d" >= 100"#,
+    )
+    .await;
+    exec(&src, r#"DELETE FROM "Q""s"."it's ""x""" WHERE "I""d" >= 300"#).await;
+    loop {
+        let row = dst
+            .query_one(r#"SELECT count(*), count(*) FILTER (WHERE "ta""rget" LIKE '%!' AND "Upper, Col" = 'v') FROM "T""2"."Dst ""t""""#, &[])
+            .await
+            .unwrap();
+        let got: (i64, i64) = (row.get(0), row.get(1));
+        if got == (202, 200) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "got {got:?}\n{}", daemon.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(daemon);
+}
+
+/// The source's output settings must not change values: ferry reads the
+/// source in ISO dates, `postgres` intervals and shortest-exact floats, as
+/// PostgreSQL's own subscriber does. Before, a source with `DateStyle =
+/// 'German'` sent 3 February as `03.02.2024`, which the target read as 2
+/// March, and `extra_float_digits = 0` rounded 0.30000000000000004 to 0.3.
+/// The target's key is `bigint` so that the snapshot copies as text too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_output_settings_do_not_change_values() {
+    let source = Cluster::start_with(ClusterOptions {
+        conf: vec![
+            "datestyle = 'German'".into(),
+            "intervalstyle = 'sql_standard'".into(),
+            "extra_float_digits = 0".into(),
+        ],
+        ..Default::default()
+    });
+    let target = Cluster::start();
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(&src, "CREATE TABLE e (id int PRIMARY KEY, d date, iv interval, f float8)").await;
+    exec(&dst, "CREATE TABLE e (id bigint PRIMARY KEY, d date, iv interval, f float8)").await;
+    let row =
+        |id: i32| format!("INSERT INTO e VALUES ({id}, '2024-02-03', '-1 day -02:03:04', 0.1::float8 + 0.2)");
+    exec(&src, &row(1)).await;
+    let daemon = Daemon::start(&config(&source, &target, &[("e", "e")], ""));
+    daemon.wait_for_log("streaming", SETTLE).await;
+    exec(&src, &row(2)).await;
+
+    let same_output = "SET datestyle = 'ISO'; SET intervalstyle = 'postgres'; SET extra_float_digits = 3";
+    exec(&src, same_output).await;
+    exec(&dst, same_output).await;
+    wait_for_same(&src, &dst, "e", "e", "id, d, iv, f", "id", SETTLE).await;
+}
+
+/// A key `GENERATED ALWAYS AS IDENTITY` takes the source's values: inserts
+/// say OVERRIDING SYSTEM VALUE, and an update leaves an unchanged key out of
+/// its SET (such a column can only be set to DEFAULT). The trigger makes the
+/// target apply row by row, through the statements that assign columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_always_keys_are_replicated() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    let schema = "CREATE TABLE ga (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text)";
+    exec(&src, schema).await;
+    exec(&dst, schema).await;
+    exec(
+        &dst,
+        "CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+         CREATE TRIGGER t BEFORE INSERT OR UPDATE ON ga FOR EACH ROW EXECUTE FUNCTION noop();
+         ALTER TABLE ga ENABLE ALWAYS TRIGGER t",
+    )
+    .await;
+    exec(&src, "INSERT INTO ga (v) SELECT 'snap' FROM generate_series(1, 10)").await;
+    let daemon = Daemon::start(&config(&source, &target, &[("ga", "ga")], ""));
+    daemon.wait_for_log("streaming", SETTLE).await;
+
+    exec(&src, "INSERT INTO ga (v) VALUES ('one')").await;
+    exec(&src, "INSERT INTO ga (v) SELECT 'many' FROM generate_series(1, 100)").await;
+    exec(&src, "UPDATE ga SET v = 'changed' WHERE id % 2 = 0").await;
+    exec(&src, "UPDATE ga SET v = 'one row' WHERE id = 3").await;
+
+    wait_for_same(&src, &dst, "ga", "ga", "id, v", "id", SETTLE).await;
+}

@@ -115,7 +115,11 @@ pub async fn prepare_insert(
     let names: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
     let arrays: Vec<String> =
         shape.types.iter().enumerate().map(|(i, (ty, _))| format!("unnest(${}::{ty})", i + 1)).collect();
-    let sql = format!("INSERT INTO {target} ({}) SELECT {}", names.join(", "), arrays.join(", "));
+    let sql = format!(
+        "INSERT INTO {target} ({}) OVERRIDING SYSTEM VALUE SELECT {}",
+        names.join(", "),
+        arrays.join(", ")
+    );
     client.prepare(&sql).await.map_err(target_error(format!("preparing batched insert into {target}")))
 }
 

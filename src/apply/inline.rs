@@ -59,8 +59,11 @@ pub fn prepare_sql(name: &str, plan: &RelationPlan, kind: &BatchKind) -> Option<
         BatchKind::Insert => {
             let names: Vec<String> = (0..plan.columns.len()).map(column).collect();
             let values: Vec<String> = (1..=names.len()).map(|n| format!("${n}")).collect();
-            let statement =
-                format!("INSERT INTO {target} ({}) VALUES ({})", names.join(", "), values.join(", "));
+            let statement = format!(
+                "INSERT INTO {target} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
+                names.join(", "),
+                values.join(", ")
+            );
             ((0..plan.columns.len()).collect(), statement)
         }
         BatchKind::Update(set) => {

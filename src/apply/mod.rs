@@ -1282,6 +1282,7 @@ impl Applier {
                 return self.batch_row(relation.oid, BatchKind::Update(set), Some(key), row).await;
             }
         }
+        let present = without_unchanged_key(plan, key_tuple(old, new), new, present);
         if !plan.updates.contains_key(&present) {
             // Waiting for a new statement's preparation behind unread
             // answers could stall the connection: read them first.
@@ -1414,6 +1415,26 @@ fn lsn_column(messages: &[SimpleQueryMessage], column: usize) -> Lsn {
 /// ERROR, not a FATAL one or a broken connection).
 fn refused_in_session(error: &tokio_postgres::Error) -> bool {
     error.as_db_error().is_some_and(|e| e.parsed_severity() == Some(Severity::Error))
+}
+
+/// The columns an in-place update assigns: those the source sent, less a key
+/// that did not change (a `GENERATED ALWAYS` identity key can only be set to
+/// DEFAULT), unless the key is all there is to assign.
+fn without_unchanged_key(
+    plan: &RelationPlan,
+    identity: &Tuple,
+    new: &Tuple,
+    mut present: Vec<bool>,
+) -> Vec<bool> {
+    let key_changed = plan.key.iter().any(|&k| key_value(identity, new, k) != key_value(new, new, k));
+    let is_key = |i: &usize| plan.key.contains(i);
+    let others = plan.columns.iter().zip(&present).any(|((i, _), sent)| *sent && !is_key(i));
+    if !key_changed && others {
+        for ((i, _), sent) in plan.columns.iter().zip(present.iter_mut()) {
+            *sent &= !is_key(i);
+        }
+    }
+    present
 }
 
 fn row_ref(plan: &RelationPlan, op: Op, key: Vec<Option<Bytes>>) -> RowRef {

@@ -171,7 +171,7 @@ impl Statements<'_> {
         let names: Vec<String> = self.columns.iter().map(|(_, n)| quote_ident(n)).collect();
         let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
         let mut sql = format!(
-            "INSERT INTO {} ({}) VALUES ({})",
+            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
             self.target,
             names.join(", "),
             placeholders.join(", ")

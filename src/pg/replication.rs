@@ -78,7 +78,16 @@ pub struct ReplicationClient {
 
 impl ReplicationClient {
     pub async fn connect(info: &ConnInfo) -> Result<Self, PgError> {
-        let conn = Connection::connect(info, &[("replication", "database")]).await?;
+        let conn = Connection::connect(
+            info,
+            &[
+                ("replication", "database"),
+                ("DateStyle", "ISO"),
+                ("IntervalStyle", "postgres"),
+                ("extra_float_digits", "3"),
+            ],
+        )
+        .await?;
         let version = conn.parameter("server_version").unwrap_or_default().to_string();
         let server_version_num = parse_server_version(&version)
             .ok_or_else(|| conn.protocol(format!("cannot read the server version {version:?}")))?;

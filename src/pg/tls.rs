@@ -449,6 +449,11 @@ async fn connect_endpoint(
                 client
             }
         };
+        connected
+            .batch_execute(
+                "SET datestyle = 'ISO'; SET intervalstyle = 'postgres'; SET extra_float_digits = 3",
+            )
+            .await?;
         Ok::<_, tokio_postgres::Error>(connected)
     };
     let result = match info.connect_timeout {
