@@ -138,7 +138,8 @@ enum Command {
         /// Read an existing publication instead of --table.
         #[arg(long, conflicts_with = "tables")]
         publication: Option<String>,
-        /// Use (and create if missing) this permanent slot instead of a temporary one.
+        /// Use (and create if missing) this permanent slot instead of a temporary one
+        /// (at most 52 bytes with --table: its publication is ferry_tail_SLOT).
         #[arg(long)]
         slot: Option<String>,
         /// Password, when not in the connection string.
