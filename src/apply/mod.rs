@@ -1175,34 +1175,17 @@ impl Applier {
         relation: &Arc<Relation>,
         cells: &[Cell<'_>],
     ) -> Result<bool, ApplyError> {
-        self.settle().await?;
         let plan = &self.plans[&relation.oid];
-        let names: Vec<String> = plan.columns.iter().map(|(_, n)| quote_ident(n)).collect();
-        let key_params: Vec<TextParam> = plan
+        let key = plan
             .key
             .iter()
-            .map(|&k| {
-                TextParam(match cells.get(k) {
-                    Some(Cell::Text(b)) => Some(Bytes::copy_from_slice(b)),
-                    _ => None,
-                })
+            .map(|&k| match cells.get(k) {
+                Some(Cell::Text(b)) => Some(Bytes::copy_from_slice(b)),
+                _ => None,
             })
             .collect();
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {}",
-            names.iter().map(|n| format!("{n}::text")).collect::<Vec<_>>().join(", "),
-            plan.target,
-            plan::key_condition(&plan.key_names, 1)
-        );
-        let row = self
-            .client
-            .query_opt(&sql, &key_params.iter().map(|p| p as &(dyn ToSql + Sync)).collect::<Vec<_>>())
-            .await
-            .map_err(target_error(format!("reading the target's copy of a row of {}", plan.target)))?;
-        let Some(row) = row else {
-            return Err(ApplyError::IncompleteRow { table: plan.route.mapping.from.clone() });
-        };
-        let stored: Vec<Option<String>> = (0..plan.columns.len()).map(|i| row.get(i)).collect();
+        let stored = self.target_copy(relation, key).await?;
+        let plan = &self.plans[&relation.oid];
         let mut merged = cells.to_vec();
         for (position, (index, _)) in plan.columns.iter().enumerate() {
             if matches!(merged.get(*index), Some(Cell::Unchanged)) {
@@ -1305,6 +1288,37 @@ impl Applier {
         self.send(row, statement, params).await
     }
 
+    /// The target's copy of the row with `key` (the carried columns as
+    /// text), which must be there: without it the values the server left
+    /// out (unchanged TOAST) are unknown, which is an error rather than a
+    /// guess.
+    async fn target_copy(
+        &mut self,
+        relation: &Arc<Relation>,
+        key: Vec<Option<Bytes>>,
+    ) -> Result<Vec<Option<String>>, ApplyError> {
+        self.settle().await?;
+        let plan = &self.plans[&relation.oid];
+        let names: Vec<String> =
+            plan.columns.iter().map(|(_, n)| format!("{}::text", quote_ident(n))).collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {}",
+            names.join(", "),
+            plan.target,
+            plan::key_condition(&plan.key_names, 1)
+        );
+        let key: Vec<TextParam> = key.into_iter().map(TextParam).collect();
+        let row = self
+            .client
+            .query_opt(&sql, &key.iter().map(|p| p as &(dyn ToSql + Sync)).collect::<Vec<_>>())
+            .await
+            .map_err(target_error(format!("reading the target's copy of a row of {}", plan.target)))?;
+        let Some(row) = row else {
+            return Err(ApplyError::IncompleteRow { table: plan.route.mapping.from.clone() });
+        };
+        Ok((0..plan.columns.len()).map(|i| row.get(i)).collect())
+    }
+
     /// An update under a row filter: the row lands on the target when its
     /// new values match, and leaves it when they do not — whether or not it
     /// matched before, which replica identity default does not tell.
@@ -1329,7 +1343,11 @@ impl Applier {
         }
         if !complete {
             // Some values were not sent: the row must already be there,
-            // under its old key if that changed; update it in place.
+            // under its old key if that changed; update it in place. A row
+            // that only now matches is not there, and its unsent values are
+            // unknown.
+            let identity = key_values(plan, key_tuple(old, new), new, "an update")?;
+            self.target_copy(relation, identity).await?;
             return self.update(relation, old, new).await;
         }
         if key_changed && let Some(old) = old {
