@@ -314,7 +314,12 @@ async fn streamed_transactions_that_abort_leave_nothing_on_the_target() {
     wait_for_same(&src, &dst, "items", "items", "id, name, qty, updated", "id", SETTLE).await;
     let (rows, _) = checksum(&dst, "items", "id", "id").await;
     assert_eq!(rows, 10_001, "only the committed work arrived");
-    // The walsender reports its statistics a little later.
+    wait_until_streamed(&src, 2).await;
+}
+
+/// Waits until the source has streamed at least `transactions` in progress;
+/// the walsender reports its statistics a little after the fact.
+async fn wait_until_streamed(src: &tokio_postgres::Client, transactions: i64) {
     let deadline = std::time::Instant::now() + SETTLE;
     loop {
         let streamed: i64 = src
@@ -325,7 +330,7 @@ async fn streamed_transactions_that_abort_leave_nothing_on_the_target() {
             .await
             .unwrap()
             .get(0);
-        if streamed >= 2 {
+        if streamed >= transactions {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the transactions were not streamed: {streamed}");
@@ -399,6 +404,43 @@ async fn a_transaction_committed_while_a_large_one_streams_goes_first() {
     let logs = daemon.logs();
     assert!(logs.contains("applying it from its spool"), "{logs}");
     assert!(!logs.contains("retrying"), "{logs}");
+}
+
+/// Two large transactions streamed at once, their stream blocks
+/// interleaved, commit in the opposite order to their start: each is
+/// applied whole, in commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_streamed_transactions_apply_in_commit_order() {
+    let ItemsPipeline { source, src, dst, daemon, target: _target } = streaming_items().await;
+    let other = source.client("postgres").await;
+
+    exec(&src, "BEGIN; INSERT INTO items (id, name, qty) SELECT g, repeat('a', 100), 1 FROM generate_series(1, 20000) g")
+        .await;
+    wait_until_written(&dst, "items").await;
+    // Keys apart from the first one's, so neither waits for the other.
+    exec(
+        &other,
+        "BEGIN; INSERT INTO items (id, name, qty) SELECT g, repeat('b', 100), 2 FROM generate_series(100001, 120000) g",
+    )
+    .await;
+    exec(&src, "INSERT INTO items (id, name, qty) SELECT g, repeat('c', 100), 3 FROM generate_series(20001, 40000) g")
+        .await;
+    exec(&other, "UPDATE items SET qty = 7 WHERE id > 110000; COMMIT").await;
+    let deadline = std::time::Instant::now() + SETTLE;
+    while count(&dst, "items").await != 20_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second transaction, committed first, did not arrive alone"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Committed after it, so its update of the other one's rows wins.
+    exec(&src, "UPDATE items SET qty = 9 WHERE id BETWEEN 115001 AND 120000; COMMIT").await;
+    wait_for_same(&src, &dst, "items", "items", "id, name, qty, updated", "id", SETTLE).await;
+    let nines: i64 = dst.query_one("SELECT count(*) FROM items WHERE qty = 9", &[]).await.unwrap().get(0);
+    assert_eq!(nines, 5_000);
+    wait_until_streamed(&src, 2).await;
+    assert!(daemon.logs().contains("applying it from its spool"), "{}", daemon.logs());
 }
 
 /// Quotes (both kinds), commas, spaces and upper case in every name a config

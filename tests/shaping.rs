@@ -261,6 +261,11 @@ async fn a_filter_on_an_unchanged_toast_column_is_evaluated_on_the_targets_copy(
     wait_for_same(&src, &dst, filtered, "docs", "id, category, n", "id", SETTLE).await;
     let n: i32 = dst.query_one("SELECT n FROM docs WHERE id = 1", &[]).await.unwrap().get(0);
     assert_eq!(n, 2);
+    // With the key changed too, the copy is found under the old key.
+    exec(&src, "UPDATE docs SET id = 10, n = 3 WHERE id = 1").await;
+    wait_for_same(&src, &dst, filtered, "docs", "id, category, n", "id", SETTLE).await;
+    let n: i32 = dst.query_one("SELECT n FROM docs WHERE id = 10", &[]).await.unwrap().get(0);
+    assert_eq!(n, 3);
     drop(daemon);
 }
 

@@ -1013,7 +1013,7 @@ impl Applier {
             Change::Insert { relation, new } => {
                 let plan = self.plan(relation).await?;
                 if plan.route.mapping.operations.insert
-                    && self.matches(relation, &resolved_cells(new, None)).await?
+                    && self.matches(relation, &resolved_cells(new, None), None, new).await?
                 {
                     self.insert(relation, new, false).await?;
                 }
@@ -1151,15 +1151,24 @@ impl Applier {
 
     /// Whether a row (its cells in relation order) passes the table's filter.
     /// A filter column the server did not send (unchanged TOAST) is read
-    /// from the target's copy of the row.
-    async fn matches(&mut self, relation: &Arc<Relation>, cells: &[Cell<'_>]) -> Result<bool, ApplyError> {
+    /// from the target's copy of the row, found by its old key when an
+    /// update changed it.
+    async fn matches(
+        &mut self,
+        relation: &Arc<Relation>,
+        cells: &[Cell<'_>],
+        old: Option<&OldTuple>,
+        new: &Tuple,
+    ) -> Result<bool, ApplyError> {
         let plan = &self.plans[&relation.oid];
         let Some(filter) = &plan.route.filter else { return Ok(true) };
         let lookup =
             |i: usize| plan.filter_columns[i].and_then(|r| cells.get(r).copied()).unwrap_or(Cell::Null);
         match filter.evaluate(lookup) {
             Ok(matched) => Ok(matched),
-            Err(EvalError::NeedsUnchangedColumn(_)) => self.matches_on_target(relation, cells).await,
+            Err(EvalError::NeedsUnchangedColumn(_)) => {
+                self.matches_on_target(relation, cells, old, new).await
+            }
             Err(error) => {
                 Err(ApplyError::Filter { table: plan.route.mapping.from.clone(), error: error.to_string() })
             }
@@ -1174,16 +1183,10 @@ impl Applier {
         &mut self,
         relation: &Arc<Relation>,
         cells: &[Cell<'_>],
+        old: Option<&OldTuple>,
+        new: &Tuple,
     ) -> Result<bool, ApplyError> {
-        let plan = &self.plans[&relation.oid];
-        let key = plan
-            .key
-            .iter()
-            .map(|&k| match cells.get(k) {
-                Some(Cell::Text(b)) => Some(Bytes::copy_from_slice(b)),
-                _ => None,
-            })
-            .collect();
+        let key = key_values(&self.plans[&relation.oid], key_tuple(old, new), new, "an update")?;
         let stored = self.target_copy(relation, key).await?;
         let plan = &self.plans[&relation.oid];
         let mut merged = cells.to_vec();
@@ -1329,7 +1332,7 @@ impl Applier {
         new: &Tuple,
     ) -> Result<(), ApplyError> {
         let cells = resolved_cells(new, old);
-        let matched = self.matches(relation, &cells).await?;
+        let matched = self.matches(relation, &cells, old, new).await?;
         let plan = &self.plans[&relation.oid];
         let key_changed = old.is_some_and(|o| {
             plan.key.iter().any(|&k| key_value(o.tuple(), new, k) != key_value(new, new, k))
