@@ -317,6 +317,28 @@ async fn streamed_transactions_that_abort_leave_nothing_on_the_target() {
     wait_until_streamed(&src, 2).await;
 }
 
+/// A loop with an exception block opens a sub-transaction per iteration;
+/// those that fail are cut out of the streamed transaction one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_transaction_with_thousands_of_subtransactions_keeps_the_committed_ones() {
+    let ItemsPipeline { source: _source, src, dst, daemon: _daemon, target: _target } =
+        streaming_items().await;
+    exec(
+        &src,
+        "DO $$ BEGIN FOR i IN 1..20000 LOOP
+           BEGIN
+             INSERT INTO items (id, name, qty) VALUES (i, repeat('s', 100), i % 7);
+             IF i % 3 = 0 THEN RAISE EXCEPTION 'undo %', i; END IF;
+           EXCEPTION WHEN raise_exception THEN NULL;
+           END;
+         END LOOP; END $$",
+    )
+    .await;
+    wait_for_same(&src, &dst, "items", "items", "id, name, qty, updated", "id", SETTLE).await;
+    assert_eq!(count(&dst, "items").await, 13_334);
+    wait_until_streamed(&src, 1).await;
+}
+
 /// Waits until the source has streamed at least `transactions` in progress;
 /// the walsender reports its statistics a little after the fact.
 async fn wait_until_streamed(src: &tokio_postgres::Client, transactions: i64) {

@@ -2,7 +2,7 @@
 //! spooling streamed in-progress transactions to temporary files and, when
 //! asked, handing one of them on early, while it is still in progress.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
@@ -22,6 +22,14 @@ struct Spool {
     /// belongs to it or to its own children (what PostgreSQL's apply worker
     /// does too).
     first_offsets: Vec<(u32, u64)>,
+    /// The xids in `first_offsets`: one lookup per change, however many
+    /// sub-transactions (a PL/pgSQL loop with an exception block opens one
+    /// per iteration).
+    spooled_xids: HashSet<u32>,
+    /// The Relation and Type records spooled and where they lie, kept in
+    /// memory so that cutting a sub-transaction does not read the spool
+    /// back.
+    descriptions: Vec<(u64, Bytes)>,
     /// Relations as the stream describes them so far: they apply to its
     /// own changes first, and to everything after it once it commits.
     relations: HashMap<u32, Arc<Relation>>,
@@ -35,14 +43,19 @@ impl Spool {
             writer: BufWriter::with_capacity(256 * 1024, tempfile::tempfile()?),
             len: 0,
             first_offsets: Vec::new(),
+            spooled_xids: HashSet::new(),
+            descriptions: Vec::new(),
             relations: HashMap::new(),
             origin: None,
         })
     }
 
     fn append(&mut self, xid: u32, raw: &[u8]) -> io::Result<()> {
-        if !self.first_offsets.iter().any(|(x, _)| *x == xid) {
+        if self.spooled_xids.insert(xid) {
             self.first_offsets.push((xid, self.len));
+        }
+        if matches!(raw.first(), Some(b'R' | b'Y')) {
+            self.descriptions.push((self.len, Bytes::copy_from_slice(raw)));
         }
         self.writer.write_all(&(raw.len() as u32).to_be_bytes())?;
         self.writer.write_all(raw)?;
@@ -59,31 +72,20 @@ impl Spool {
             return Ok(()); // it had no changes streamed
         };
         let offset = self.first_offsets[pos].1;
-        self.first_offsets.truncate(pos);
+        for (cut, _) in self.first_offsets.drain(pos..) {
+            self.spooled_xids.remove(&cut);
+        }
+        let kept = self.descriptions.partition_point(|(at, _)| *at < offset);
+        let descriptions = self.descriptions.split_off(kept);
         self.writer.flush()?;
-        let descriptions = self.descriptions_from(offset)?;
         let file = self.writer.get_mut();
         file.set_len(offset)?;
         file.seek(SeekFrom::Start(offset))?;
         self.len = offset;
-        for description in descriptions {
+        for (_, description) in descriptions {
             self.append(xid, &description)?;
         }
         Ok(())
-    }
-
-    /// The Relation and Type records from `offset` to the end.
-    fn descriptions_from(&mut self, offset: u64) -> io::Result<Vec<Bytes>> {
-        let file = self.writer.get_mut();
-        file.seek(SeekFrom::Start(offset))?;
-        let mut reader = SpoolReader { reader: BufReader::new(file), remaining: self.len - offset };
-        let mut kept = Vec::new();
-        while let Some(record) = reader.next_record()? {
-            if matches!(record.first(), Some(b'R' | b'Y')) {
-                kept.push(record);
-            }
-        }
-        Ok(kept)
     }
 
     /// The spooled changes of the committed transaction, to be read back
@@ -221,6 +223,12 @@ impl Assembler {
         let message = self.decoder.decode(raw.clone())?;
         match message {
             Message::Begin(begin) => {
+                if self.open_xid.is_some() || self.stream_block.is_some() {
+                    return Err(SourceError::Sequence(format!(
+                        "Begin of transaction {} inside another transaction",
+                        begin.xid
+                    )));
+                }
                 self.stop_handing_on(out).await?;
                 self.open_xid = Some(begin.xid);
                 send(
@@ -267,6 +275,12 @@ impl Assembler {
                     self.stop_handing_on(out).await?;
                 }
                 if start.first_segment {
+                    if self.streams.contains_key(&start.xid) {
+                        return Err(SourceError::Sequence(format!(
+                            "first stream segment of transaction {} again",
+                            start.xid
+                        )));
+                    }
                     if self.early && self.streams.is_empty() && self.handing_on.is_none() {
                         self.handing_on = Some((start.xid, false));
                     }
@@ -341,7 +355,11 @@ impl Assembler {
                 Ok(())
             }
             Message::Type(_) => Ok(()), // values arrive as text; type names are not needed
-            Message::Message(m) if !m.transactional => send(out, SourceEvent::Message(m)).await,
+            Message::Message(m) if !m.transactional => {
+                // Nothing may come between an early transaction's events.
+                self.stop_handing_on(out).await?;
+                send(out, SourceEvent::Message(m)).await
+            }
             other => {
                 let change = resolve(&self.relations, None, other)?;
                 send(out, SourceEvent::Change(change)).await
@@ -448,4 +466,49 @@ fn resolve(
         Message::Message(m) => Change::Message(m),
         other => return Err(SourceError::Sequence(format!("unexpected message {other:?}"))),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(spool: Spool) -> Vec<Vec<u8>> {
+        let mut changes = spool.into_changes(&HashMap::new()).unwrap();
+        let mut out = Vec::new();
+        while let Some(record) = changes.reader.next_record().unwrap() {
+            out.push(record.to_vec());
+        }
+        out
+    }
+
+    #[test]
+    fn an_aborted_subtransaction_is_cut_out_and_its_descriptions_kept() {
+        let mut spool = Spool::new().unwrap();
+        spool.append(1, b"I top").unwrap();
+        spool.append(2, b"R described in 2").unwrap();
+        spool.append(2, b"I in 2").unwrap();
+        spool.append(3, b"I in 3, a child of 2").unwrap();
+        spool.append(3, b"Y typed in 3").unwrap();
+        spool.abort_subtransaction(1, 2).unwrap();
+        spool.append(4, b"I in 4").unwrap();
+        // Sub-transaction 3 aborts after the cut: nothing of it is left.
+        spool.abort_subtransaction(1, 3).unwrap();
+        let kept: Vec<&[u8]> = vec![b"I top", b"R described in 2", b"Y typed in 3", b"I in 4"];
+        assert_eq!(records(spool), kept);
+    }
+
+    #[test]
+    fn a_subtransaction_seen_again_after_a_cut_starts_where_it_resumes() {
+        let mut spool = Spool::new().unwrap();
+        spool.append(1, b"I top").unwrap();
+        spool.append(2, b"I in 2").unwrap();
+        spool.abort_subtransaction(1, 2).unwrap();
+        // An xid is not reused within a transaction, but a cut one must
+        // not keep its old offset, which now lies past the end.
+        spool.append(2, b"I in 2 again").unwrap();
+        spool.append(5, b"I in 5").unwrap();
+        spool.abort_subtransaction(1, 2).unwrap();
+        let kept: Vec<&[u8]> = vec![b"I top"];
+        assert_eq!(records(spool), kept);
+    }
 }
