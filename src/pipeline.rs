@@ -858,11 +858,13 @@ impl ApplyState {
     /// after a failure. Otherwise its changes wait for its commit.
     async fn stream_begin(&mut self, applier: &mut Applier) -> Result<(), ApplyError> {
         self.stream_discard(applier).await;
+        // What is open so far ends at a source commit: it goes first, and
+        // does not wait for however long the stream takes.
+        self.commit(applier).await?;
         let applying = self.floors.is_empty() && !self.replay.pending(self.handled);
         if applying {
-            // What is open so far ends at a source commit: it goes first.
-            self.commit(applier).await?;
             applier.begin_source_transaction(Lsn::ZERO, false, false);
+            applier.begin_stream();
         }
         self.early = Some(Early { applying });
         self.in_source_transaction = true;
@@ -890,10 +892,14 @@ impl ApplyState {
         }
     }
 
-    /// Rolls back what was applied of a transaction in progress.
+    /// Rolls back what was applied of a transaction in progress, and any
+    /// change of a table's description it brought.
     async fn stream_discard(&mut self, applier: &mut Applier) {
-        if self.early.take().is_some_and(|early| early.applying) && self.batch.take().is_some() {
-            applier.rollback().await;
+        if self.early.take().is_some_and(|early| early.applying) {
+            if self.batch.take().is_some() {
+                applier.rollback().await;
+            }
+            applier.end_stream(false);
         }
         self.in_source_transaction = false;
     }
@@ -917,6 +923,7 @@ impl ApplyState {
         if applied_early {
             tracing::info!(subscription = %self.metrics.subscription(), xid, changes = self.transaction_changes, %commit_lsn, "streamed transaction committed; it was applied while it arrived");
             self.early = None;
+            applier.end_stream(true);
             self.current_commit = commit_lsn;
             self.metrics.pending(commit_time);
         } else {

@@ -1,6 +1,7 @@
 //! Rows gathered per table and sent together: many small transactions over
 //! several tables arrive as on the source, tables a trigger or foreign key
-//! could watch keep their order, and a failing row in a batch is named.
+//! could watch keep their order, rules see every row, and a failing row in
+//! a batch is named.
 
 mod support;
 
@@ -143,6 +144,33 @@ async fn tables_a_trigger_or_foreign_key_could_watch_keep_the_source_order() {
     wait_for_same(&src, &dst, "a", "a", "id, seen", "id", SETTLE).await;
     wait_for_same(&src, &dst, "parent", "parent", "id, v", "id", SETTLE).await;
     wait_for_same(&src, &dst, "child", "child", "id, parent_id", "id", SETTLE).await;
+    drop(daemon);
+}
+
+/// A rule on the target sees every inserted row, however long the run of
+/// inserts: COPY, which carries long runs elsewhere, fires no rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_on_the_target_sees_every_row_of_a_long_run_of_inserts() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    let dst = target.client("postgres").await;
+    let table = "CREATE TABLE orders (id int PRIMARY KEY, total int)";
+    exec(&src, table).await;
+    exec(&dst, table).await;
+    exec(
+        &dst,
+        "CREATE TABLE audit (order_id int);
+         CREATE RULE audited AS ON INSERT TO orders DO ALSO INSERT INTO audit VALUES (NEW.id)",
+    )
+    .await;
+    let config = config(&source, &target, &["orders"]);
+    start_and_stop(&config).await;
+    exec(&src, "INSERT INTO orders SELECT g, g * 10 FROM generate_series(1, 1000) g").await;
+
+    let daemon = Daemon::start(&config);
+    wait_for_same(&src, &dst, "orders", "orders", "id, total", "id", SETTLE).await;
+    let audited: i64 = dst.query_one("SELECT count(DISTINCT order_id) FROM audit", &[]).await.unwrap().get(0);
+    assert_eq!(audited, 1000);
     drop(daemon);
 }
 

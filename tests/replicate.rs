@@ -317,6 +317,28 @@ async fn streamed_transactions_that_abort_leave_nothing_on_the_target() {
     wait_until_streamed(&src, 2).await;
 }
 
+/// A column added inside a streamed transaction that is applied while it
+/// arrives and then rolls back is not carried afterwards: the table's later
+/// changes, without it, still apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_by_a_streamed_transaction_that_aborts_is_forgotten() {
+    let ItemsPipeline { source: _source, src, dst, daemon, target: _target } = streaming_items().await;
+    // The target is ready for the column first, as a migration would be.
+    exec(&dst, "ALTER TABLE items ADD COLUMN c int").await;
+    exec(
+        &src,
+        "BEGIN; ALTER TABLE items ADD COLUMN c int;
+         INSERT INTO items (id, name, qty, c) SELECT g, repeat('x', 100), 1, g FROM generate_series(1, 20000) g",
+    )
+    .await;
+    wait_until_written(&dst, "items").await;
+    exec(&src, "ROLLBACK; INSERT INTO items (id, name, qty) VALUES (1, 'after', 5)").await;
+    wait_for_same(&src, &dst, "items", "items", "id, name, qty, updated", "id", SETTLE).await;
+    assert_eq!(count(&dst, "items").await, 1);
+    // The stream's description was followed while it was applied.
+    assert!(daemon.logs().contains("c added: replicated into c"), "{}", daemon.logs());
+}
+
 /// A loop with an exception block opens a sub-transaction per iteration;
 /// those that fail are cut out of the streamed transaction one by one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

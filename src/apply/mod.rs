@@ -220,6 +220,9 @@ pub struct Applier {
     inline_statements_prepared: u64,
     /// Relations whose changes were left out as unmapped (logged once).
     left_out: HashSet<u32>,
+    /// The routes as they were when a streamed transaction started being
+    /// applied while in progress (see [`Applier::begin_stream`]).
+    routes_before_stream: Option<HashMap<QualifiedName, Arc<TableRoute>>>,
     /// Rows gathered per table, sent as one statement per table (see
     /// [`batch`]); all of them were gathered after what `run` holds.
     pending: Vec<TableBatch>,
@@ -469,6 +472,7 @@ impl Applier {
             next_commit: String::new(),
             inline_statements_prepared: 0,
             left_out: HashSet::new(),
+            routes_before_stream: None,
             pending: Vec::new(),
             in_order: false,
             consecutive: (0, 0),
@@ -496,6 +500,33 @@ impl Applier {
     /// Adds a table to what this applier writes.
     pub fn add_route(&mut self, route: TableRoute) {
         self.routes.insert(route.mapping.from.clone(), Arc::new(route));
+    }
+
+    /// A streamed transaction starts being applied while in progress. A
+    /// table description inside it may change a route (a column it adds is
+    /// carried from then on); should it not commit, that change must end
+    /// with it (see [`Applier::end_stream`]).
+    pub fn begin_stream(&mut self) {
+        self.routes_before_stream = Some(self.routes.clone());
+    }
+
+    /// The streamed transaction applied while in progress ends: committed,
+    /// its route changes stand; discarded, the routes it changed are put
+    /// back and the plans built on them dropped, to be built again at their
+    /// table's next change.
+    pub fn end_stream(&mut self, committed: bool) {
+        let Some(before) = self.routes_before_stream.take() else { return };
+        if committed {
+            return;
+        }
+        for (table, route) in before {
+            if let Some(current) = self.routes.get_mut(&table)
+                && !Arc::ptr_eq(current, &route)
+            {
+                let changed = std::mem::replace(current, route);
+                self.plans.retain(|_, plan| !Arc::ptr_eq(&plan.route, &changed));
+            }
+        }
     }
 
     /// Has `sql` run inside the next commit, after the progress row.
@@ -969,8 +1000,10 @@ impl Applier {
             Err(error) if refused_for_good(&error) => error,
             Err(error) => return Err(error),
         };
+        // Rolling back keeps the savepoint: released too, so that dead
+        // letters do not nest a sub-transaction each.
         self.client
-            .batch_execute("ROLLBACK TO SAVEPOINT ferry_row")
+            .batch_execute("ROLLBACK TO SAVEPOINT ferry_row; RELEASE SAVEPOINT ferry_row")
             .await
             .map_err(target_error("ROLLBACK TO SAVEPOINT"))?;
         let (lsn, table, key) = (self.source_lsn.to_string(), row.target.to_string(), row.key());
@@ -1217,7 +1250,7 @@ impl Applier {
             return self.batch_row(relation.oid, BatchKind::Insert, None, params).await;
         }
         let row = row_ref(plan, Op::Insert, plan.key.iter().map(|&k| key_value(new, new, k)).collect());
-        if !upsert && !self.careful && !self.in_order {
+        if !upsert && !self.careful && !self.in_order && plan.copyable {
             return self.gather_insert(relation, row, params).await;
         }
         let statement = if upsert {

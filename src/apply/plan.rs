@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_postgres::{Client, Statement};
 
 use super::batch::{self, BatchShape};
+use super::copy;
 use super::{ApplyError, target_error};
 use crate::pg::names::{QualifiedName, quote_ident};
 use crate::pg::pgoutput::{Relation, ReplicaIdentity};
@@ -35,6 +36,8 @@ pub struct RelationPlan {
     pub updates: HashMap<Vec<bool>, Statement>,
     /// How rows are batched, when the table allows it (see `batch`).
     pub batch: Option<BatchPlan>,
+    /// Whether runs of inserts may go as COPY (see `copy::allowed`).
+    pub copyable: bool,
     /// The SQL prepared statements for one row of each kind of batch, by
     /// name, once prepared (see `inline`); `None` when the target refused
     /// to prepare one, and that kind of row always goes as a parameter.
@@ -103,6 +106,7 @@ impl RelationPlan {
         };
         Ok(RelationPlan {
             batch,
+            copyable: copy::allowed(client, &target).await?,
             insert: statements.insert(false).await?,
             upsert: match route.filter {
                 Some(_) => Some(statements.insert(true).await?),
