@@ -184,6 +184,36 @@ async fn operations_not_listed_are_left_out_and_logged() {
     drop(daemon);
 }
 
+/// A source table without a key, replica identity FULL, and a NULL where
+/// the target's key is: the insert is a dead letter, and a later update of
+/// the row says what is wrong rather than asking for a replica identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_of_a_row_with_a_null_key_names_the_column() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    let dst = target.client("postgres").await;
+    exec(&src, "CREATE TABLE items (id int, qty int); ALTER TABLE items REPLICA IDENTITY FULL").await;
+    exec(&dst, "CREATE TABLE items (id int PRIMARY KEY, qty int)").await;
+    let tables = "[[subscriptions.tables]]\nfrom = \"items\"\n";
+    let daemon = Daemon::start(&config(&source, &target, "on_error = \"dead_letter\"", tables));
+    daemon.wait_for_log("streaming", SETTLE).await;
+    exec(&src, "INSERT INTO items VALUES (NULL, 1), (2, 1)").await;
+    let keyed = "(SELECT * FROM items WHERE id IS NOT NULL) i";
+    wait_for_same(&src, &dst, keyed, "items", "id, qty", "id", SETTLE).await;
+    let letters: Vec<String> = dst
+        .query("SELECT sqlstate FROM ferry.dead_letters", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(letters, ["23502"]);
+
+    exec(&src, "UPDATE items SET qty = 2").await;
+    daemon.wait_for_log("an update names a row whose key column id is NULL on the source", SETTLE).await;
+    assert!(!daemon.logs().contains("set REPLICA IDENTITY"), "{}", daemon.logs());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_changes_go_to_dead_letters_and_the_pipeline_goes_on() {
     let (source, target) = (Cluster::start(), Cluster::start());

@@ -56,6 +56,13 @@ pub enum ApplyError {
         "{table}: {what} arrived without the row's key; set REPLICA IDENTITY on the source table (DEFAULT with a primary key, USING INDEX, or FULL)"
     )]
     NoKey { table: QualifiedName, what: &'static str },
+    /// The source sent the key column, as NULL: no row on the target can
+    /// have it (a source table without a primary key, replica identity
+    /// FULL, and a nullable column the target's key is on).
+    #[error(
+        "{table}: {what} names a row whose key column {column} is NULL on the source, which the target's primary key cannot hold (the row's insert was refused); make that column NOT NULL or the source table's key"
+    )]
+    NullKey { table: QualifiedName, what: &'static str, column: String },
     #[error("a change arrived for {0}, which no table of this subscription maps")]
     Unmapped(QualifiedName),
     /// A table changed under the pipeline in a way it cannot follow.
@@ -1505,10 +1512,17 @@ fn key_values(
 ) -> Result<Vec<Option<Bytes>>, ApplyError> {
     plan.key
         .iter()
-        .map(|&k| {
-            key_value(tuple, fallback, k)
-                .map(Some)
-                .ok_or_else(|| ApplyError::NoKey { table: (*plan.target).clone(), what })
+        .zip(plan.key_names.iter())
+        .map(|(&k, name)| {
+            key_value(tuple, fallback, k).map(Some).ok_or_else(|| {
+                let sent_null = matches!(tuple.0.get(k), Some(Value::Null))
+                    && plan.relation.columns.get(k).is_some_and(|c| c.is_key);
+                if sent_null {
+                    ApplyError::NullKey { table: (*plan.target).clone(), what, column: name.clone() }
+                } else {
+                    ApplyError::NoKey { table: (*plan.target).clone(), what }
+                }
+            })
         })
         .collect()
 }

@@ -51,7 +51,9 @@ impl Spool {
     }
 
     fn append(&mut self, xid: u32, raw: &[u8]) -> io::Result<()> {
-        if self.spooled_xids.insert(xid) {
+        // Most changes belong to the sub-transaction of the one before.
+        let same_as_last = self.first_offsets.last().is_some_and(|(last, _)| *last == xid);
+        if !same_as_last && self.spooled_xids.insert(xid) {
             self.first_offsets.push((xid, self.len));
         }
         if matches!(raw.first(), Some(b'R' | b'Y')) {
