@@ -353,7 +353,7 @@ async fn run_once(
         metrics.resumed_at(progress);
     }
     let mut tables = TableStates::load(applier.client(), sub).await?;
-    if progress.is_some() && tables.is_empty() {
+    if progress.is_some() && tables.nothing_recorded() {
         // A target written before ferry recorded its tables: the ones it
         // streamed are those the publication holds.
         let published = catalog::published_tables(&source_sql, &sub.publication).await?;

@@ -259,6 +259,15 @@ pub async fn copy_tables(
     Ok(())
 }
 
+/// Whether the target table `table` holds no row (that the session sees).
+pub async fn is_empty(target: &Client, table: &QualifiedName) -> Result<bool, SnapshotError> {
+    let row = target
+        .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {table})"), &[])
+        .await
+        .map_err(sql_error(format!("checking that {table} is empty")))?;
+    Ok(row.get(0))
+}
+
 /// Copies a table's carried columns, and only the rows its filter keeps
 /// (and `part` takes), with COPY on both sides, streaming: the rows never
 /// sit in memory. The filter is pushed into the source query, where it
@@ -273,12 +282,7 @@ async fn copy_part(
     progress: impl Fn(u64),
 ) -> Result<u64, SnapshotError> {
     let (from, to) = (&route.mapping.from, &route.mapping.to);
-    let empty: bool = target
-        .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {to})"), &[])
-        .await
-        .map_err(sql_error(format!("checking that {to} is empty")))?
-        .get(0);
-    if !empty {
+    if !is_empty(target, to).await? {
         return Err(SnapshotError::TargetNotEmpty(to.clone()));
     }
     let (source_list, target_list): (Vec<String>, Vec<String>) =

@@ -43,13 +43,17 @@ pub const TABLES_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.tables (
 /// What the target says about a subscription's tables.
 #[derive(Debug, Default)]
 pub struct TableStates {
+    /// Anything was recorded for the subscription, even of tables since
+    /// taken out of it or copies never finished.
+    recorded: bool,
     copied: HashSet<String>,
     floors: HashMap<String, Lsn>,
 }
 
 impl TableStates {
     /// Reads the subscription's tables from the target and forgets those
-    /// no longer configured (added again later, they are copied again).
+    /// no longer configured (added again later, they are copied again). A
+    /// table whose copy never finished is not copied: its copy starts over.
     pub async fn load(target: &Client, sub: &Subscription) -> Result<TableStates, ApplyError> {
         let configured: Vec<String> = sub.tables.iter().map(|t| t.from.to_string()).collect();
         let removed = target
@@ -59,17 +63,24 @@ impl TableStates {
             )
             .await
             .map_err(target_error("forgetting tables removed from the subscription"))?;
-        for row in removed {
+        for row in &removed {
             let table: String = row.get(0);
             tracing::info!(subscription = %sub.name, %table, "table no longer in the subscription: not replicated any more");
         }
         let rows = target
-            .query("SELECT source_table, floor::text FROM ferry.tables WHERE subscription = $1", &[&sub.name])
+            .query(
+                "SELECT source_table, floor::text, copying FROM ferry.tables WHERE subscription = $1",
+                &[&sub.name],
+            )
             .await
             .map_err(target_error("reading the subscription's tables"))?;
-        let mut states = TableStates::default();
+        let mut states =
+            TableStates { recorded: !removed.is_empty() || !rows.is_empty(), ..TableStates::default() };
         for row in rows {
-            let table: String = row.get(0);
+            let (table, copying): (String, bool) = (row.get(0), row.get(2));
+            if copying {
+                continue;
+            }
             if let Some(floor) = row.get::<_, Option<String>>(1).and_then(|f| f.parse().ok()) {
                 states.floors.insert(table.clone(), floor);
             }
@@ -78,9 +89,10 @@ impl TableStates {
         Ok(states)
     }
 
-    /// Nothing is recorded about the subscription's tables.
-    pub fn is_empty(&self) -> bool {
-        self.copied.is_empty()
+    /// Nothing was ever recorded about the subscription's tables: a target
+    /// written before ferry recorded them.
+    pub fn nothing_recorded(&self) -> bool {
+        !self.recorded
     }
 
     /// The configured tables the target has no copy of.
@@ -104,12 +116,13 @@ impl TableStates {
 /// copy `routes`' tables: a copy is split over several target transactions
 /// (see [`snapshot::copy_tables`]), so a crash can leave part of one behind,
 /// and the next attempt must know that what it finds is its own. Such
-/// leftovers are deleted here.
+/// leftovers are deleted here. Any other table must be empty before it is
+/// marked: rows ferry did not write are never taken for leftovers.
 pub async fn mark_copying(
     target: &Client,
     subscription: &str,
     routes: &[&TableRoute],
-) -> Result<(), ApplyError> {
+) -> Result<(), PipelineError> {
     let names: Vec<String> = routes.iter().map(|r| r.mapping.from.to_string()).collect();
     let leftovers = target
         .query(
@@ -118,12 +131,16 @@ pub async fn mark_copying(
         )
         .await
         .map_err(target_error("looking for unfinished copies"))?;
+    let leftovers: Vec<String> = leftovers.iter().map(|row| row.get(0)).collect();
     let mut sql = String::from("BEGIN;");
-    for row in leftovers {
-        let table: String = row.get(0);
-        let route = routes.iter().find(|r| r.mapping.from.to_string() == table).expect("asked for these");
-        tracing::info!(%subscription, table = %route.mapping.to, "removing what an unfinished copy left");
-        sql.push_str(&format!("DELETE FROM {};", route.mapping.to));
+    for route in routes {
+        let to = &route.mapping.to;
+        if leftovers.contains(&route.mapping.from.to_string()) {
+            tracing::info!(%subscription, table = %to, "removing what an unfinished copy left");
+            sql.push_str(&format!("DELETE FROM {to};"));
+        } else if !snapshot::is_empty(target, to).await? {
+            return Err(SnapshotError::TargetNotEmpty(to.clone()).into());
+        }
     }
     target
         .batch_execute(&format!(
@@ -135,7 +152,8 @@ pub async fn mark_copying(
             tables = names.iter().map(|n| quote_literal(n)).collect::<Vec<_>>().join(", "),
         ))
         .await
-        .map_err(target_error("marking the tables as being copied"))
+        .map_err(target_error("marking the tables as being copied"))?;
+    Ok(())
 }
 
 /// Where a copy reads and writes: the source and target databases, and a

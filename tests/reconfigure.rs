@@ -143,6 +143,46 @@ async fn a_crash_right_after_a_table_copy_loses_nothing() {
     assert!(rows > 20_000);
 }
 
+/// Killed in the middle of copying an added table: the next start copies
+/// it again rather than taking the unfinished copy for a finished one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_a_table_copy_copies_it_again() {
+    let (source, target, src, dst) = setup().await;
+    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    daemon.signal_and_wait("TERM");
+    let both = config(&source, &target, &["steady", "added"]);
+    let mut crashed = Daemon::start_with_env(&both, &[("FERRY_FAILPOINT", "during-snapshot-copy")]);
+    assert_eq!(crashed.wait_for_exit(WAIT).await, Some(137));
+    assert_eq!(copied_tables(&dst).await, vec![r#""public"."steady""#]);
+
+    let daemon = Daemon::start(&both);
+    daemon.wait_for_log("streaming", WAIT).await;
+    exec(&src, "UPDATE added SET counter = 1 WHERE id <= 10; INSERT INTO steady (note) VALUES ('after')")
+        .await;
+    assert_same(&src, &dst).await;
+    assert_eq!(copied_tables(&dst).await.len(), 2);
+    let logs = daemon.logs();
+    assert!(logs.contains("removing what an unfinished copy left"), "{logs}");
+}
+
+/// A table that is not empty on the target is refused before the initial
+/// copy, and again at the next start: its rows are never taken for what
+/// an unfinished copy left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_table_with_rows_of_its_own_is_refused_and_kept() {
+    let (source, target, _src, dst) = setup().await;
+    exec(&dst, "INSERT INTO added VALUES (-1, 0, 'the target''s own')").await;
+    for _ in 0..2 {
+        let mut daemon = Daemon::start(&config(&source, &target, &["steady", "added"]));
+        assert_eq!(daemon.wait_for_exit(WAIT).await, Some(1));
+        let logs = daemon.logs();
+        assert!(logs.contains(r#"target table "public"."added" is not empty"#), "{logs}");
+        let rows: i64 = dst.query_one("SELECT count(*) FROM added", &[]).await.unwrap().get(0);
+        assert_eq!(rows, 1, "the target's own row is kept");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_dropped() {
     let (source, target, src, dst) = setup().await;
@@ -374,6 +414,34 @@ async fn a_target_from_before_ferry_recorded_its_tables_keeps_streaming() {
     .await;
     assert_same(&src, &dst).await;
     assert_eq!(daemon.logs().matches("copying it while the others stream").count(), 1, "{}", daemon.logs());
+}
+
+/// A subscription whose only table is replaced by another, over a
+/// publication that held both all along: the new table is copied, not
+/// taken for one an earlier ferry streamed without recording it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_replacing_the_only_one_is_copied() {
+    let (source, target, src, dst) = setup().await;
+    exec(&src, "CREATE PUBLICATION both_tables FOR TABLE steady, added").await;
+    let extra = "publication = \"both_tables\"";
+    let only = |table: &str| {
+        support::daemon::config(
+            &source.url("postgres"),
+            &target.url("postgres"),
+            "sub",
+            &[(table, table)],
+            extra,
+        )
+    };
+    let daemon = Daemon::start(&only("steady"));
+    daemon.wait_for_log("streaming", WAIT).await;
+    daemon.signal_and_wait("TERM");
+
+    let daemon = Daemon::start(&only("added"));
+    daemon.wait_for_log("copied table joins the stream", WAIT).await;
+    exec(&src, "UPDATE added SET counter = 9 WHERE id = 3").await;
+    wait_for_same(&src, &dst, "added", "added", "id, counter, note", "id", WAIT).await;
+    drop(daemon);
 }
 
 /// `ferry drop --help`: "Refuses while the subscription is still
