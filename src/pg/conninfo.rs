@@ -278,6 +278,13 @@ pub enum ConnInfoError {
          only protects a connection that also checks the host name (use sslmode=verify-full)"
     )]
     WeakSslModeWithSystemRoots { mode: SslMode },
+
+    #[error(
+        "sslmode=verify-ca needs sslrootcert, the file of the CA that signed the server's \
+         certificate: verify-ca does not check the host name, so without a CA of your own any \
+         certificate a public CA issued would pass (give sslrootcert, or use sslmode=verify-full)"
+    )]
+    VerifyCaWithoutRoot,
 }
 
 /// Where and how to connect to one PostgreSQL database, as written in a
@@ -539,6 +546,9 @@ impl Draft {
         let sslmode = match self.sslmode {
             Some(mode) if system_roots && mode != SslMode::VerifyFull => {
                 return Err(ConnInfoError::WeakSslModeWithSystemRoots { mode });
+            }
+            Some(SslMode::VerifyCa) if self.sslrootcert.is_none() => {
+                return Err(ConnInfoError::VerifyCaWithoutRoot);
             }
             Some(mode) => mode,
             None if system_roots => SslMode::VerifyFull,
@@ -1130,6 +1140,13 @@ mod tests {
             parse_err("host=h sslrootcert=system sslmode=require"),
             ConnInfoError::WeakSslModeWithSystemRoots { mode: SslMode::Require }
         );
+    }
+
+    #[test]
+    fn verify_ca_needs_a_root_file() {
+        assert_eq!(parse_err("host=h sslmode=verify-ca"), ConnInfoError::VerifyCaWithoutRoot);
+        assert_eq!(parse("host=h sslmode=verify-ca sslrootcert=/ca.pem").sslmode, SslMode::VerifyCa);
+        assert_eq!(parse("host=h sslmode=verify-full").sslmode, SslMode::VerifyFull);
     }
 
     #[test]

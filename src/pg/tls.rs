@@ -96,7 +96,8 @@ pub enum TlsError {
 ///   handshake signatures are still checked (so the peer holds the key of the
 ///   certificate it sent). As in libpq, `require` with an `sslrootcert` file
 ///   behaves like `verify-ca`.
-/// * `verify-ca`: chain checked against the roots, host name not checked.
+/// * `verify-ca`: chain checked against the `sslrootcert` file (required:
+///   see [`crate::pg::conninfo::ConnInfoError::VerifyCaWithoutRoot`]), host name not checked.
 /// * `verify-full`: chain and host name checked.
 ///
 /// Roots come from `sslrootcert` (a PEM file), or the system store when it is
