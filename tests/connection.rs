@@ -187,6 +187,25 @@ async fn sslmode_require_fails_when_the_server_has_no_tls() {
     ReplicationClient::connect(&info).await.unwrap();
 }
 
+/// As libpq does, a host that fails TLS is passed over for the next one,
+/// by the replication connection as by the SQL ones.
+#[tokio::test]
+async fn a_host_without_tls_is_passed_over_for_the_next_one() {
+    let plain = Cluster::start();
+    let (tls, _dir) = tls_cluster().await;
+    let info: ConnInfo = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=postgres sslmode=require",
+        plain.port, tls.port
+    )
+    .parse()
+    .unwrap();
+    let mut client = ReplicationClient::connect(&info).await.unwrap();
+    assert_eq!(ssl_in_use(&mut client).await, "true");
+    let sql = ferry::pg::tls::connect_sql(&info).await.unwrap();
+    let row = sql.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap();
+    assert!(row.get::<_, bool>(0));
+}
+
 #[tokio::test]
 async fn a_slot_in_use_is_a_typed_error_with_its_sqlstate() {
     let cluster = Cluster::start();

@@ -155,10 +155,12 @@ impl Connection {
             };
             match result {
                 Ok(conn) => return Ok(conn),
-                // Only connection-level failures move on to the next host,
-                // as libpq does; a refusal by the server is final.
-                Err(e @ (PgError::Connect { .. } | PgError::Io { .. })) => last_error = Some(e),
-                Err(e) => return Err(e),
+                // A failed authentication is final, as in libpq (and in
+                // `tls::connect_sql`): the next host would be asked the
+                // same password. Any other failure moves on.
+                Err(e @ PgError::Auth { .. }) => return Err(e),
+                Err(e) if e.sqlstate().is_some_and(|code| code.starts_with("28")) => return Err(e),
+                Err(e) => last_error = Some(e),
             }
         }
         Err(last_error.unwrap_or_else(|| PgError::Connect {
