@@ -487,6 +487,24 @@ async fn interleaved_streamed_transactions_apply_in_commit_order() {
     assert!(daemon.logs().contains("applying it from its spool"), "{}", daemon.logs());
 }
 
+/// An object reference (`regclass`) names the same object after the copy,
+/// though its oid differs on the target: it travels as a name, not as the
+/// source's oid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regclass_value_names_the_same_table_after_the_copy() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    let refs = "CREATE TABLE refs (id int PRIMARY KEY, r regclass)";
+    // The source's tables get other oids than the target's.
+    exec(&src, &format!("CREATE TABLE padding (); CREATE TABLE more_padding (); {refs}")).await;
+    exec(&dst, refs).await;
+    exec(&src, "INSERT INTO refs VALUES (1, 'refs')").await;
+    let daemon = Daemon::start(&config(&source, &target, &[("refs", "refs")], ""));
+    daemon.wait_for_log("streaming", SETTLE).await;
+    let named: String = dst.query_one("SELECT r::text FROM refs WHERE id = 1", &[]).await.unwrap().get(0);
+    assert_eq!(named, "refs");
+}
+
 /// Quotes (both kinds), commas, spaces and upper case in every name a config
 /// can hold: schema, table, columns, rename target, filter column and an
 /// existing publication.

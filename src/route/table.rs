@@ -250,10 +250,19 @@ impl TableRoute {
     pub fn binary_copy_safe(&self) -> bool {
         /// The first oid a database gives its own objects.
         const FIRST_NORMAL_OID: u32 = 16384;
+        /// Built-in types whose binary value means something else in
+        /// another database, or nothing: the object references (`regclass`
+        /// and the other `reg*` types, and their arrays), sent as raw oids,
+        /// and `aclitem`, which has no binary form.
+        const NOT_PORTABLE: [u32; 24] = [
+            24, 1008, 1033, 1034, 2202, 2203, 2204, 2205, 2206, 2207, 2208, 2209, 2210, 2211, 3734, 3735,
+            3769, 3770, 4089, 4090, 4096, 4097, 4191, 4192,
+        ];
         self.carried().all(|(source, target)| {
             let source = self.source_columns.iter().find(|c| c.name == source);
             let target = self.target_columns.iter().find(|c| c.name == target);
-            matches!((source, target), (Some(s), Some(t)) if s.type_oid == t.type_oid && s.type_oid < FIRST_NORMAL_OID)
+            matches!((source, target), (Some(s), Some(t))
+                if s.type_oid == t.type_oid && s.type_oid < FIRST_NORMAL_OID && !NOT_PORTABLE.contains(&s.type_oid))
         })
     }
 
