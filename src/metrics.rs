@@ -8,6 +8,7 @@
 //! The pipeline's hot path (one call per row or per batch) touches only
 //! atomics: the label lookups are done once, when a pipeline registers.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -693,7 +694,7 @@ pub async fn log_summaries(metrics: Metrics, every: Duration, cancel: Cancellati
     let start = tokio::time::Instant::now() + every;
     let mut ticker = tokio::time::interval_at(start, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last: Vec<(u64, u64)> = metrics.pipelines().iter().map(PipelineMetrics::totals).collect();
+    let mut last = HashMap::new();
     let mut last_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
@@ -702,13 +703,31 @@ pub async fn log_summaries(metrics: Metrics, every: Duration, cancel: Cancellati
         }
         let seconds = last_at.elapsed().as_secs_f64().max(0.001);
         last_at = tokio::time::Instant::now();
-        for (pipeline, last) in metrics.pipelines().iter().zip(last.iter_mut()) {
-            let totals = pipeline.totals();
-            let summary = Summary::new(pipeline, *last, totals, seconds);
-            *last = totals;
+        for summary in summaries(&metrics.pipelines(), &mut last, seconds) {
             summary.log();
         }
     }
+}
+
+/// The pipelines' summaries over the last `seconds`, against their totals
+/// at the last tick, by subscription (pipelines come, go and restart with
+/// a reload): a pipeline not seen before counts from zero, as its counters
+/// do.
+fn summaries(
+    pipelines: &[PipelineMetrics],
+    last: &mut HashMap<String, (u64, u64)>,
+    seconds: f64,
+) -> Vec<Summary> {
+    let before = std::mem::take(last);
+    pipelines
+        .iter()
+        .map(|pipeline| {
+            let totals = pipeline.totals();
+            let previous = before.get(pipeline.subscription()).copied().unwrap_or_default();
+            last.insert(pipeline.subscription().to_string(), totals);
+            Summary::new(pipeline, previous, totals, seconds)
+        })
+        .collect()
 }
 
 /// One pipeline's summary line.
@@ -876,6 +895,24 @@ mod tests {
         assert_eq!(report.pipelines[1].error.as_deref(), Some("target: cannot connect"));
         b.set_state(State::Streaming);
         assert_eq!(metrics.status().pipelines[1].error, None);
+    }
+
+    #[test]
+    fn summaries_follow_each_subscription_whatever_the_order() {
+        let metrics = Metrics::new();
+        let a = metrics.pipeline(&subscription("a"));
+        let _b = metrics.pipeline(&subscription("b"));
+        a.batch_committed(&EventCounts::default(), 10, Duration::ZERO);
+        let mut last = HashMap::new();
+        let first = summaries(&metrics.pipelines(), &mut last, 1.0);
+        assert_eq!(first.iter().map(|s| s.transactions_per_second).collect::<Vec<_>>(), [10.0, 0.0]);
+        // A reload restarts `a`: it moves behind `b` in the list.
+        let a = metrics.pipeline(&subscription("a"));
+        a.batch_committed(&EventCounts::default(), 5, Duration::ZERO);
+        let second = summaries(&metrics.pipelines(), &mut last, 1.0);
+        let rates: Vec<(&str, f64)> =
+            second.iter().map(|s| (s.subscription.as_str(), s.transactions_per_second)).collect();
+        assert_eq!(rates, [("b", 0.0), ("a", 5.0)]);
     }
 
     #[test]
