@@ -182,9 +182,17 @@ impl SnapshotReader {
 /// split), for those large enough to gain from it. Measured before the
 /// copy, so that more target sessions are only opened when some table
 /// needs them (each takes one of the target's replication origin slots).
-pub async fn split_points(source: &Client, routes: &[&TableRoute]) -> Result<Vec<Vec<i64>>, SnapshotError> {
+pub async fn split_points(
+    source: &Client,
+    target: &Client,
+    routes: &[&TableRoute],
+) -> Result<Vec<Vec<i64>>, SnapshotError> {
     let mut points = Vec::new();
     for route in routes {
+        if !parts_cannot_collide(target, route).await? {
+            points.push(Vec::new());
+            continue;
+        }
         let table = &route.mapping.from;
         // TID range scans came with PostgreSQL 14; before, each part would
         // read the whole table.
@@ -201,6 +209,37 @@ pub async fn split_points(source: &Client, routes: &[&TableRoute]) -> Result<Vec
         points.push((1..parts).map(|n| blocks * n / parts).collect());
     }
     Ok(points)
+}
+
+/// Whether the parts of a split copy can never wait for each other's rows:
+/// the target's only unique index is its primary key, and the source's
+/// primary key is carried into it. The parts' sessions commit only once
+/// all are done, so two parts inserting the same value into a unique index
+/// would wait for each other for ever, a deadlock PostgreSQL cannot see;
+/// copied whole, the table fails with the duplicate named instead.
+async fn parts_cannot_collide(target: &Client, route: &TableRoute) -> Result<bool, SnapshotError> {
+    if !source_key_in_target_key(route) {
+        return Ok(false);
+    }
+    let to = &route.mapping.to;
+    let other_unique: bool = target
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::text::regclass AND indisunique AND NOT indisprimary)
+                 OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'x')",
+            &[&to.to_string()],
+        )
+        .await
+        .map_err(sql_error(format!("reading the unique indexes of {to}")))?
+        .get(0);
+    Ok(!other_unique)
+}
+
+/// The source table has a primary key, and each of its columns is carried
+/// into a column of the target's primary key.
+fn source_key_in_target_key(route: &TableRoute) -> bool {
+    let mut source_key = route.source_columns.iter().filter(|c| c.is_key).peekable();
+    let target_key = |name: &str| route.target_columns.iter().any(|c| c.name == name && c.is_key);
+    source_key.peek().is_some() && source_key.all(|c| route.carried_as(&c.name).is_some_and(target_key))
 }
 
 /// Copies each route's table from `source` (as of the exported snapshot

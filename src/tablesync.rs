@@ -180,7 +180,7 @@ pub async fn copy(
     snapshot_name: &str,
     metrics: &PipelineMetrics,
 ) -> Result<(), PipelineError> {
-    let splits = snapshot::split_points(ends.source_sql, routes).await?;
+    let splits = snapshot::split_points(ends.source_sql, ends.target_sql, routes).await?;
     let parts = splits.iter().map(|points| points.len() + 1).max().unwrap_or(1);
     let extra = ExtraTarget::open(ends.target, &sub.name, origin, parts - 1).await;
     let targets: Vec<&Client> =

@@ -487,6 +487,29 @@ async fn interleaved_streamed_transactions_apply_in_commit_order() {
     assert!(daemon.logs().contains("applying it from its spool"), "{}", daemon.logs());
 }
 
+/// A large table whose target has a unique index of its own is copied in
+/// one part: two parts inserting the same value would wait for each other
+/// for ever, as each commits only once both are done. Whole, the copy
+/// fails on the duplicate and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_only_unique_index_is_not_split_into_a_deadlock() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    let table = "CREATE TABLE big (id int PRIMARY KEY, tag int, pad text)";
+    exec(&src, table).await;
+    exec(&dst, &format!("{table}; CREATE UNIQUE INDEX ON big (tag)")).await;
+    // Large enough to be split; the first and the last row share a tag.
+    exec(
+        &src,
+        "INSERT INTO big SELECT g, CASE WHEN g = 200000 THEN 1 ELSE g END, md5(g::text) FROM generate_series(1, 200000) g",
+    )
+    .await;
+    let daemon = Daemon::start(&config(&source, &target, &[("big", "big")], ""));
+    daemon.wait_for_log("23505", SETTLE).await;
+    let rows: i64 = dst.query_one("SELECT count(*) FROM big", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 0, "nothing of the failed copy stays");
+}
+
 /// An object reference (`regclass`) names the same object after the copy,
 /// though its oid differs on the target: it travels as a name, not as the
 /// source's oid.
