@@ -170,6 +170,12 @@ pub async fn read_stream(
         tokio::select! {
             biased;
             _ = cancel.cancelled(), if !stopping => stopping = true,
+            // Before the stream, which is always ready while a backlog
+            // streams in: status still goes out every STATUS_INTERVAL.
+            _ = ticker.tick() => {
+                let durable = *durable.borrow_and_update();
+                feedback.send(stream, &assembler, durable).await?;
+            }
             message = stream.next() => match message?.ok_or(SourceError::StreamEnded)? {
                 ReplicationMessage::XLogData { wal_end, data, .. } => {
                     feedback.written = feedback.written.max(wal_end);
@@ -186,10 +192,6 @@ pub async fn read_stream(
                     }
                 }
             },
-            _ = ticker.tick() => {
-                let durable = *durable.borrow_and_update();
-                feedback.send(stream, &assembler, durable).await?;
-            }
         }
     }
     sink.flush().await?;
