@@ -309,10 +309,10 @@ fn compare(
         }
     }
     for (source, target, fit) in route.type_differences() {
-        match fit {
-            TypeFit::Incompatible => findings.error(route.incompatible_type(source, target)),
-            TypeFit::MayFail => findings.warning(may_fail_warning(source, target)),
-            TypeFit::Same => {}
+        match route.refused_type(source, target, fit) {
+            Some(error) => findings.error(error),
+            None if fit == TypeFit::MayFail => findings.warning(may_fail_warning(source, target)),
+            None => {}
         }
     }
     let replicated = route

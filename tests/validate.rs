@@ -185,7 +185,8 @@ async fn reports_the_column_mismatches_a_pipeline_would_stop_for() {
         "CREATE TABLE dropped (id int PRIMARY KEY, name text);
          CREATE TABLE short (id int PRIMARY KEY, name text, qty int);
          CREATE TABLE flags (id int PRIMARY KEY, active boolean, born date);
-         CREATE TABLE widened (id int PRIMARY KEY, qty bigint)",
+         CREATE TABLE widened (id int PRIMARY KEY, qty bigint);
+         CREATE TABLE stamps (id int PRIMARY KEY, at timestamptz)",
     )
     .await;
     exec(
@@ -193,7 +194,8 @@ async fn reports_the_column_mismatches_a_pipeline_would_stop_for() {
         "CREATE TABLE dropped (id int PRIMARY KEY, name text, qty int);
          CREATE TABLE short (id int PRIMARY KEY, name text);
          CREATE TABLE flags (id int PRIMARY KEY, active integer, born date);
-         CREATE TABLE widened (id int PRIMARY KEY, qty integer)",
+         CREATE TABLE widened (id int PRIMARY KEY, qty integer);
+         CREATE TABLE stamps (id int PRIMARY KEY, at timestamp)",
     )
     .await;
     let mut text = config(&cluster.url("customers"), &cluster.url("orders"), "", &[]);
@@ -202,6 +204,7 @@ async fn reports_the_column_mismatches_a_pipeline_would_stop_for() {
         ("short", "columns = [\"id\", \"name\", \"qty\"]"),
         ("flags", ""),
         ("widened", ""),
+        ("stamps", ""),
     ] {
         text.push_str(&format!("\n[[subscriptions.tables]]\nfrom = '{table}'\n{settings}\n"));
     }
@@ -227,7 +230,12 @@ async fn reports_the_column_mismatches_a_pipeline_would_stop_for() {
              TYPE boolean), or leave it out of the subscription (add \"active\" to the table's `exclude`)"
         ),
         format!("warning: {sub}, table public.widened: column qty: source type bigint, target type integer"),
-        "failed: 3 errors, 1 warning (1 subscription, 4 tables)".to_string(),
+        format!(
+            "error: {sub}, table public.stamps: table \"public\".\"stamps\": column \"at\" is timestamp with time zone \
+             on the source but timestamp without time zone in target table \"public\".\"stamps\" (column \"at\"): the \
+             target ignores the time zone offset, so the replica would differ without an error"
+        ),
+        "failed: 4 errors, 1 warning (1 subscription, 5 tables)".to_string(),
     ] {
         validated.assert_mentions(&expected);
     }

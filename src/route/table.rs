@@ -43,6 +43,19 @@ pub enum RouteError {
     )]
     IncompatibleType { pair: Box<ColumnPair>, source_type: String, target_type: String, leave_out: String },
     #[error(
+        "table {}: column {:?} is {source_type} on the source but {target_type} in target table {} (column {:?}): \
+         {loss}, so the replica would differ without an error; change the target column's type \
+         (ALTER TABLE {2} ALTER COLUMN {} TYPE {source_type}), or {leave_out}",
+        .pair.table, .pair.column, .pair.target, .pair.target_column, quote_ident_if_needed(&.pair.target_column)
+    )]
+    LossyType {
+        pair: Box<ColumnPair>,
+        source_type: String,
+        target_type: String,
+        loss: &'static str,
+        leave_out: String,
+    },
+    #[error(
         "table {table}: columns {:?} and {:?} would both be replicated into column {target_column:?}; \
          rename or leave out one of them",
         .sources.0, .sources.1
@@ -124,11 +137,10 @@ impl TableRoute {
         full_identity: bool,
     ) -> Result<TableRoute, RouteError> {
         let route = TableRoute::resolve(mapping, source_columns, target_columns, full_identity)?;
-        let incompatible = route
+        let refused = route
             .type_differences()
-            .find(|(_, _, fit)| *fit == TypeFit::Incompatible)
-            .map(|(source, target, _)| route.incompatible_type(source, target));
-        match incompatible {
+            .find_map(|(source, target, fit)| route.refused_type(source, target, fit));
+        match refused {
             Some(error) => Err(error),
             None => Ok(route),
         }
@@ -218,13 +230,21 @@ impl TableRoute {
         })
     }
 
-    /// The error for a carried column whose values cannot land in `target`.
-    pub fn incompatible_type(&self, source: &Column, target: &Column) -> RouteError {
-        RouteError::IncompatibleType {
-            pair: ColumnPair::new(&self.mapping, &source.name),
-            source_type: source.type_name.clone(),
-            target_type: target.type_name.clone(),
-            leave_out: leave_out(&self.mapping, &source.name),
+    /// The error for a carried column whose values cannot land in `target`
+    /// (`fit` is incompatible) or would land changed (lossy); `None` when
+    /// they may land as they are.
+    pub fn refused_type(&self, source: &Column, target: &Column, fit: TypeFit) -> Option<RouteError> {
+        let pair = ColumnPair::new(&self.mapping, &source.name);
+        let (source_type, target_type) = (source.type_name.clone(), target.type_name.clone());
+        let leave_out = leave_out(&self.mapping, &source.name);
+        match fit {
+            TypeFit::Incompatible => {
+                Some(RouteError::IncompatibleType { pair, source_type, target_type, leave_out })
+            }
+            TypeFit::Lossy(loss) => {
+                Some(RouteError::LossyType { pair, source_type, target_type, loss, leave_out })
+            }
+            TypeFit::Same | TypeFit::MayFail => None,
         }
     }
 
