@@ -189,10 +189,6 @@ pub async fn split_points(
 ) -> Result<Vec<Vec<i64>>, SnapshotError> {
     let mut points = Vec::new();
     for route in routes {
-        if !parts_cannot_collide(target, route).await? {
-            points.push(Vec::new());
-            continue;
-        }
         let table = &route.mapping.from;
         // TID range scans came with PostgreSQL 14; before, each part would
         // read the whole table.
@@ -205,7 +201,9 @@ pub async fn split_points(
             .await
             .map_err(sql_error(format!("measuring {table}")))?
             .get(0);
-        let parts = if blocks >= SPLIT_MIN_BLOCKS { COPY_SESSIONS as i64 } else { 1 };
+        // Only a table large enough to split has its target's indexes read.
+        let split = blocks >= SPLIT_MIN_BLOCKS && parts_cannot_collide(target, route).await?;
+        let parts = if split { COPY_SESSIONS as i64 } else { 1 };
         points.push((1..parts).map(|n| blocks * n / parts).collect());
     }
     Ok(points)
