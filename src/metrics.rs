@@ -650,8 +650,11 @@ pub async fn watch_slot(source: ConnInfo, slot: String, metrics: PipelineMetrics
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let measured =
-            tokio::time::timeout(SLOT_POLL_INTERVAL, measure_slot(&mut client, &source, &slot)).await;
+        // A source that does not answer must not hold up stopping.
+        let measured = tokio::select! {
+            _ = cancel.cancelled() => return,
+            measured = tokio::time::timeout(SLOT_POLL_INTERVAL, measure_slot(&mut client, &source, &slot)) => measured,
+        };
         let error = match measured {
             Ok(Ok(Some((lag, retained)))) => {
                 metrics.slot_positions(lag, retained);

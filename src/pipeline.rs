@@ -15,7 +15,7 @@ use crate::fault;
 use crate::metrics::{ErrorKind, EventCounts, Op, PipelineMetrics, State};
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::names::QualifiedName;
-use crate::pg::replication::{ReplicationClient, SlotKind, StartOptions};
+use crate::pg::replication::{ReplicationClient, ReplicationStream, SlotKind, StartOptions};
 use crate::pg::{Lsn, PgError, tls};
 use crate::route::{LoadError, TableRoute};
 use crate::snapshot::SnapshotError;
@@ -335,6 +335,55 @@ async fn run_once(
     replay: Replay,
 ) -> Result<(), PipelineError> {
     let sub = &spec.subscription;
+    // Setting up can wait on a server that accepted the connection and
+    // never answers, and a copy can take long: stopping waits for neither
+    // (nothing was applied yet; a copy is rolled back, and done again next
+    // time).
+    let ready = tokio::select! {
+        ready = set_up(spec, metrics) => ready?,
+        _ = cancel.cancelled() => return Ok(()),
+    };
+    let Ready { mut applier, stream, progress, start, floors, copying } = ready;
+    tracing::info!(subscription = %sub.name, slot = %sub.slot, %start, "streaming");
+    metrics.set_state(State::Streaming);
+
+    let (events_tx, events_rx) = mpsc::channel(CHANNEL_CAPACITY / source::CHUNK_EVENTS);
+    let (durable_tx, durable_rx) = watch::channel(start);
+    let stop_reader = cancel.child_token();
+    let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone(), true));
+    let target = spec.target.to_string();
+    let state = ApplyState::new(progress, floors, metrics, replay, sub.forward_origins);
+    let applied = apply_events(&mut applier, events_rx, &durable_tx, state, copying, &target).await;
+    if applied.is_err() {
+        stop_reader.cancel();
+    }
+    // Nothing more will become durable: a reader waiting for its last
+    // position stops waiting now.
+    drop(durable_tx);
+    let read = reader.await.unwrap_or(Err(SourceError::ConsumerGone));
+    applied?;
+    read?;
+    Ok(())
+}
+
+/// A pipeline set up and ready to stream.
+struct Ready {
+    applier: Applier,
+    stream: ReplicationStream,
+    /// The last source transaction the target holds.
+    progress: Lsn,
+    /// Where the stream starts (before `progress` while an added table
+    /// catches up).
+    start: Lsn,
+    floors: Floors,
+    /// Copies of added tables, running while the others stream.
+    copying: JoinSet<Result<Copied, PipelineError>>,
+}
+
+/// Connects to both databases, resolves the routes, creates the slot and
+/// copies the tables when the subscription is new, and starts the stream.
+async fn set_up(spec: &PipelineSpec, metrics: &PipelineMetrics) -> Result<Ready, PipelineError> {
+    let sub = &spec.subscription;
     let target = tls::connect_sql(&spec.target).await.map_err(PipelineError::ConnectTarget)?;
     let source_sql = tls::connect_sql(&spec.source).await.map_err(PipelineError::ConnectSource)?;
     catalog::check_tables(&source_sql, sub).await?;
@@ -393,12 +442,7 @@ async fn run_once(
                 replication.drop_slot(&sub.slot, true).await?;
             }
             metrics.set_state(State::Snapshot);
-            // A copy can take long: stopping does not wait for it (it is
-            // rolled back, and done again next time).
-            let start = tokio::select! {
-                start = initial_sync(spec, &mut replication, &source_sql, &mut applier, metrics) => start?,
-                _ = cancel.cancelled() => return Ok(()),
-            };
+            let start = initial_sync(spec, &mut replication, &source_sql, &mut applier, metrics).await?;
             (start, start)
         }
     };
@@ -411,26 +455,7 @@ async fn run_once(
         streaming: true,
     };
     let stream = replication.start(&sub.slot, start, &options).await?;
-    tracing::info!(subscription = %sub.name, slot = %sub.slot, %start, "streaming");
-    metrics.set_state(State::Streaming);
-
-    let (events_tx, events_rx) = mpsc::channel(CHANNEL_CAPACITY / source::CHUNK_EVENTS);
-    let (durable_tx, durable_rx) = watch::channel(start);
-    let stop_reader = cancel.child_token();
-    let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone(), true));
-    let target = spec.target.to_string();
-    let state = ApplyState::new(progress, floors, metrics, replay, sub.forward_origins);
-    let applied = apply_events(&mut applier, events_rx, &durable_tx, state, copying, &target).await;
-    if applied.is_err() {
-        stop_reader.cancel();
-    }
-    // Nothing more will become durable: a reader waiting for its last
-    // position stops waiting now.
-    drop(durable_tx);
-    let read = reader.await.unwrap_or(Err(SourceError::ConsumerGone));
-    applied?;
-    read?;
-    Ok(())
+    Ok(Ready { applier, stream, progress, start, floors, copying })
 }
 
 /// Says in the log what a table lets through, when it is not everything.

@@ -209,3 +209,23 @@ async fn an_idle_source_still_advances_its_slot() {
     }
     drop(daemon);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_pipeline_still_waiting_for_a_server_that_never_answers() {
+    // A server that accepts connections and says nothing, as one stuck or
+    // behind a proxy whose backend is gone; `connect_timeout=0` waits for
+    // it for ever, as libpq would.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().collect();
+        drop(held);
+    });
+    let url = format!("postgresql://ferry@127.0.0.1:{port}/app?sslmode=disable&connect_timeout=0");
+    let config = support::daemon::config(&url, &url, "stuck", &[("items", "items")], "");
+    let daemon = Daemon::start(&config);
+    daemon.wait_for_log("starting pipeline", SETTLE).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, _) = daemon.signal_and_wait("TERM");
+    assert_eq!(code, Some(0), "SIGTERM should end ferry cleanly while it is connecting");
+}

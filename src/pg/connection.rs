@@ -144,7 +144,7 @@ impl Connection {
         let mut last_error = None;
         for endpoint in info.endpoints() {
             let attempt = Self::connect_one(info, &endpoint.host, endpoint.port, startup, &target);
-            let result = match info.connect_timeout {
+            let result = match info.connect_limit() {
                 Some(limit) => tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| {
                     Err(PgError::Connect {
                         target: target.clone(),

@@ -304,6 +304,12 @@ pub const KEEPALIVE_RETRIES: u32 = 3;
 /// as broken.
 pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long connecting (TCP, TLS, authentication) may take when the
+/// connection string sets no `connect_timeout`. libpq waits forever; a
+/// daemon should rather say, and retry, than hang without a word on a host
+/// that accepted the connection and never answers.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// `Debug` is derived but safe: the password is a [`Secret`] and prints `***`.
 /// `Display` is a URL without the password, for logs and errors.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -321,12 +327,24 @@ pub struct ConnInfo {
     /// PEM private key of `sslcert`.
     pub sslkey: Option<PathBuf>,
     pub application_name: Option<String>,
+    /// As written: `None` when not given, zero for "wait forever"; see
+    /// [`ConnInfo::connect_limit`].
     pub connect_timeout: Option<Duration>,
     /// Command-line options sent to the server at startup (`-c name=value ...`).
     pub options: Option<String>,
 }
 
 impl ConnInfo {
+    /// How long a connection may take to be ready: `connect_timeout` as
+    /// written, none when it is zero, else [`DEFAULT_CONNECT_TIMEOUT`].
+    pub fn connect_limit(&self) -> Option<Duration> {
+        match self.connect_timeout {
+            None => Some(DEFAULT_CONNECT_TIMEOUT),
+            Some(Duration::ZERO) => None,
+            Some(limit) => Some(limit),
+        }
+    }
+
     /// The user to log in as: the configured one, else the operating-system
     /// user (`$USER`), else `postgres`.
     pub fn user(&self) -> &str {
@@ -395,7 +413,7 @@ impl ConnInfo {
         if let Some(options) = &self.options {
             config.options(options);
         }
-        if let Some(timeout) = self.connect_timeout {
+        if let Some(timeout) = self.connect_limit() {
             config.connect_timeout(timeout);
         }
         // Broken within a minute instead of the hours TCP's defaults take:
@@ -585,7 +603,8 @@ fn parse_port_entry(entry: &str) -> Result<Option<u16>, ConnInfoError> {
     }
 }
 
-/// libpq's reading: whole seconds; zero or negative waits forever; 1 means 2.
+/// libpq's reading: whole seconds; zero or negative waits forever (kept as
+/// zero); 1 means 2.
 fn parse_connect_timeout(value: &str) -> Result<Option<Duration>, ConnInfoError> {
     if value.is_empty() {
         return Ok(None);
@@ -595,7 +614,7 @@ fn parse_connect_timeout(value: &str) -> Result<Option<Duration>, ConnInfoError>
         value: value.to_string(),
         expected: "a whole number of seconds (0 waits forever)",
     })?;
-    Ok((seconds > 0).then(|| Duration::from_secs(seconds.max(2) as u64)))
+    Ok(Some(if seconds > 0 { Duration::from_secs(seconds.max(2) as u64) } else { Duration::ZERO }))
 }
 
 /// The text after `postgresql://` or `postgres://`, if `s` is a URL.
@@ -1126,9 +1145,11 @@ mod tests {
 
     #[test]
     fn connect_timeout_follows_libpq() {
-        assert_eq!(parse("connect_timeout=0").connect_timeout, None);
-        assert_eq!(parse("connect_timeout=-3").connect_timeout, None);
-        assert_eq!(parse("connect_timeout=1").connect_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(parse("connect_timeout=0").connect_limit(), None);
+        assert_eq!(parse("connect_timeout=-3").connect_limit(), None);
+        assert_eq!(parse("connect_timeout=1").connect_limit(), Some(Duration::from_secs(2)));
+        assert_eq!(parse("connect_timeout=45").connect_limit(), Some(Duration::from_secs(45)));
+        assert_eq!(parse("host=db").connect_limit(), Some(DEFAULT_CONNECT_TIMEOUT));
     }
 
     #[test]

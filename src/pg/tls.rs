@@ -457,7 +457,7 @@ async fn connect_endpoint(
             .await?;
         Ok::<_, tokio_postgres::Error>(connected)
     };
-    let result = match info.connect_timeout {
+    let result = match info.connect_limit() {
         // tokio-postgres' own timeout covers only the TCP connect; libpq's
         // covers the whole startup, TLS and authentication included.
         Some(after) => {
