@@ -290,10 +290,28 @@ impl Metrics {
             }),
         };
         let mut pipelines = self.inner.pipelines.lock().expect("not poisoned");
-        // A pipeline restarted with a new configuration replaces its old self.
+        // A pipeline restarted with a new configuration replaces its old
+        // self; the series of tables it no longer has end.
+        for old in pipelines.iter().filter(|p| p.subscription() == name) {
+            for table in
+                old.inner.tables.iter().filter(|t| !subscription.tables.iter().any(|m| m.from == t.name))
+            {
+                self.remove_table_series(name, &table.label);
+            }
+        }
         pipelines.retain(|p| p.subscription() != name);
         pipelines.push(pipeline.clone());
         pipeline
+    }
+
+    fn remove_table_series(&self, subscription: &str, table: &str) {
+        let f = &self.inner.families;
+        for op in OPS {
+            let _ = f.events.remove_label_values(&[subscription, table, op]);
+        }
+        for family in [&f.snapshot_copied, &f.snapshot_estimated] {
+            let _ = family.remove_label_values(&[subscription, table]);
+        }
     }
 
     /// Drops a subscription no longer configured: its series end, so that
@@ -316,13 +334,7 @@ impl Metrics {
             let _ = f.errors.remove_label_values(&[name, kind.as_str()]);
         }
         for mapping in &subscription.tables {
-            let table = table_label(&mapping.from);
-            for op in OPS {
-                let _ = f.events.remove_label_values(&[name, &table, op]);
-            }
-            for family in [&f.snapshot_copied, &f.snapshot_estimated] {
-                let _ = family.remove_label_values(&[name, &table]);
-            }
+            self.remove_table_series(name, &table_label(&mapping.from));
         }
     }
 
@@ -838,6 +850,22 @@ mod tests {
             Some(0.0)
         );
         assert_eq!(sample(&text, r#"ferry_replication_lag_seconds{subscription="a"}"#), Some(0.0));
+    }
+
+    #[test]
+    fn a_table_taken_out_of_a_subscription_loses_its_series() {
+        let metrics = Metrics::new();
+        metrics.pipeline(&subscription("a"));
+        let mut changed = subscription("a");
+        changed.tables.retain(|t| t.from.name == "items");
+        metrics.pipeline(&changed);
+        let text = metrics.render();
+        let series = |table: &str| {
+            format!(r#"ferry_events_total{{op="insert",subscription="a",table="public.{table}"}}"#)
+        };
+        assert_eq!(sample(&text, &series("items")), Some(0.0));
+        assert_eq!(sample(&text, &series("orders")), None);
+        assert!(!text.contains("public.orders"), "{text}");
     }
 
     #[test]
