@@ -1053,7 +1053,7 @@ impl Applier {
             Change::Insert { relation, new } => {
                 let plan = self.plan(relation).await?;
                 if plan.route.mapping.operations.insert
-                    && self.matches(relation, &resolved_cells(new, None), None, new).await?
+                    && self.matches(relation, &resolved_cells(new, None), None, new).await?.matched
                 {
                     self.insert(relation, new, false).await?;
                 }
@@ -1199,15 +1199,18 @@ impl Applier {
         cells: &[Cell<'_>],
         old: Option<&OldTuple>,
         new: &Tuple,
-    ) -> Result<bool, ApplyError> {
+    ) -> Result<FilterAnswer, ApplyError> {
         let plan = &self.plans[&relation.oid];
-        let Some(filter) = &plan.route.filter else { return Ok(true) };
+        let Some(filter) = &plan.route.filter else {
+            return Ok(FilterAnswer { matched: true, on_target: false });
+        };
         let lookup =
             |i: usize| plan.filter_columns[i].and_then(|r| cells.get(r).copied()).unwrap_or(Cell::Null);
         match filter.evaluate(lookup) {
-            Ok(matched) => Ok(matched),
+            Ok(matched) => Ok(FilterAnswer { matched, on_target: false }),
             Err(EvalError::NeedsUnchangedColumn(_)) => {
-                self.matches_on_target(relation, cells, old, new).await
+                let matched = self.matches_on_target(relation, cells, old, new).await?;
+                Ok(FilterAnswer { matched, on_target: true })
             }
             Err(error) => {
                 Err(ApplyError::Filter { table: plan.route.mapping.from.clone(), error: error.to_string() })
@@ -1372,7 +1375,7 @@ impl Applier {
         new: &Tuple,
     ) -> Result<(), ApplyError> {
         let cells = resolved_cells(new, old);
-        let matched = self.matches(relation, &cells, old, new).await?;
+        let FilterAnswer { matched, on_target } = self.matches(relation, &cells, old, new).await?;
         let plan = &self.plans[&relation.oid];
         let key_changed = old.is_some_and(|o| {
             plan.key.iter().any(|&k| key_value(o.tuple(), new, k) != key_value(new, new, k))
@@ -1388,9 +1391,11 @@ impl Applier {
             // Some values were not sent: the row must already be there,
             // under its old key if that changed; update it in place. A row
             // that only now matches is not there, and its unsent values are
-            // unknown.
-            let identity = key_values(plan, key_tuple(old, new), new, "an update")?;
-            self.target_copy(relation, identity).await?;
+            // unknown (unless the filter found it there already).
+            if !on_target {
+                let identity = key_values(plan, key_tuple(old, new), new, "an update")?;
+                self.target_copy(relation, identity).await?;
+            }
             return self.update(relation, old, new).await;
         }
         if key_changed && let Some(old) = old {
@@ -1496,6 +1501,14 @@ fn without_unchanged_key(
         }
     }
     present
+}
+
+/// Whether a row passes its table's filter, and whether finding out read
+/// the target's copy of the row (which is then known to be there).
+#[derive(Debug, Clone, Copy)]
+struct FilterAnswer {
+    matched: bool,
+    on_target: bool,
 }
 
 fn row_ref(plan: &RelationPlan, op: Op, key: Vec<Option<Bytes>>) -> RowRef {
