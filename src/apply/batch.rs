@@ -47,20 +47,26 @@ pub struct BatchShape {
     pub updates: bool,
 }
 
-/// Reads whether and how `target`'s rows can be batched. `columns` are the
-/// carried target column names in plan order. `None` when the table's
-/// changes must be applied in source order (a trigger, rule, policy or
-/// foreign key could see the order) or a column's type has no array type
-/// to carry it (or is an array itself: `unnest` would flatten it).
-pub async fn shape(
-    client: &Client,
-    target: &QualifiedName,
-    columns: &[String],
-) -> Result<Option<BatchShape>, ApplyError> {
-    let context = || format!("reading the triggers, constraints and column types of {target}");
+/// What the target table's catalog says about how its rows may be sent.
+#[derive(Debug, Clone, Copy)]
+pub struct TableTraits {
+    /// Runs of inserts may go as COPY: COPY fires no rules (an `ON INSERT
+    /// DO ALSO` audit rule would miss the rows the statements before them
+    /// reached) and is refused under row-level security, where INSERT is not.
+    pub copyable: bool,
+    /// Its changes may be applied out of source order: no trigger, rule,
+    /// policy or foreign key could see the order.
+    reorderable: bool,
+    /// No unique constraint but the key (update batches are allowed).
+    sole_unique: bool,
+}
+
+/// Reads `target`'s [`TableTraits`].
+pub async fn traits(client: &Client, target: &QualifiedName) -> Result<TableTraits, ApplyError> {
     let row = client
         .query_one(
-            "SELECT c.relkind = 'r' AND NOT c.relhasrules AND NOT c.relrowsecurity
+            "SELECT NOT c.relhasrules AND NOT c.relrowsecurity,
+                    c.relkind = 'r'
                     AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
                     AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contype = 'f'
                                     AND (k.conrelid = c.oid OR k.confrelid = c.oid)),
@@ -71,9 +77,23 @@ pub async fn shape(
             &[&target.schema, &target.name],
         )
         .await
-        .map_err(target_error(context()))?;
-    let (reorderable, sole_unique): (bool, bool) = (row.get(0), row.get(1));
-    if !reorderable {
+        .map_err(target_error(format!("reading the rules, triggers and constraints of {target}")))?;
+    let (copyable, untriggered): (bool, bool) = (row.get(0), row.get(1));
+    Ok(TableTraits { copyable, reorderable: copyable && untriggered, sole_unique: row.get(2) })
+}
+
+/// Reads whether and how `target`'s rows can be batched. `columns` are the
+/// carried target column names in plan order. `None` when the table's
+/// changes must be applied in source order (see [`TableTraits`]) or a
+/// column's type has no array type to carry it (or is an array itself:
+/// `unnest` would flatten it).
+pub async fn shape(
+    client: &Client,
+    target: &QualifiedName,
+    columns: &[String],
+    traits: TableTraits,
+) -> Result<Option<BatchShape>, ApplyError> {
+    if !traits.reorderable {
         return Ok(None);
     }
     let rows = client
@@ -90,7 +110,7 @@ pub async fn shape(
             &[&target.schema, &target.name],
         )
         .await
-        .map_err(target_error(context()))?;
+        .map_err(target_error(format!("reading the column types of {target}")))?;
     let mut types = Vec::with_capacity(columns.len());
     for column in columns {
         let Some(row) = rows.iter().find(|r| r.get::<_, &str>(0) == column) else { return Ok(None) };
@@ -100,7 +120,7 @@ pub async fn shape(
         }
         types.push((type_name, delim as u8));
     }
-    Ok(Some(BatchShape { types, updates: sole_unique }))
+    Ok(Some(BatchShape { types, updates: traits.sole_unique }))
 }
 
 /// `INSERT INTO t (c...) SELECT unnest($1::_type), ...`: set-returning

@@ -127,23 +127,6 @@ impl InsertRun {
     }
 }
 
-/// Whether runs of inserts into `target` may go as COPY: COPY fires no
-/// rules (an `ON INSERT DO ALSO` audit rule would miss the rows the
-/// statements before them reached) and is refused under row-level
-/// security, where INSERT is not.
-pub async fn allowed(client: &Client, target: &QualifiedName) -> Result<bool, ApplyError> {
-    let row = client
-        .query_one(
-            "SELECT NOT c.relhasrules AND NOT c.relrowsecurity
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relname = $2",
-            &[&target.schema, &target.name],
-        )
-        .await
-        .map_err(target_error(format!("reading the rules and row security of {target}")))?;
-    Ok(row.get(0))
-}
-
 /// Appends one row in COPY's text format: tab between columns, `\N` for
 /// NULL, backslash escapes for the characters the format reserves.
 fn encode_row(buf: &mut BytesMut, params: &[TextParam]) {

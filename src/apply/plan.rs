@@ -7,7 +7,6 @@ use std::sync::Arc;
 use tokio_postgres::{Client, Statement};
 
 use super::batch::{self, BatchShape};
-use super::copy;
 use super::{ApplyError, target_error};
 use crate::pg::names::{QualifiedName, quote_ident};
 use crate::pg::pgoutput::{Relation, ReplicaIdentity};
@@ -36,7 +35,7 @@ pub struct RelationPlan {
     pub updates: HashMap<Vec<bool>, Statement>,
     /// How rows are batched, when the table allows it (see `batch`).
     pub batch: Option<BatchPlan>,
-    /// Whether runs of inserts may go as COPY (see `copy::allowed`).
+    /// Whether runs of inserts may go as COPY (see [`batch::TableTraits`]).
     pub copyable: bool,
     /// The SQL prepared statements for one row of each kind of batch, by
     /// name, once prepared (see `inline`); `None` when the target refused
@@ -90,11 +89,12 @@ impl RelationPlan {
             .collect();
         let statements = Statements { client, target: &target, columns: &columns, key_names: &key_names };
         let names: Vec<String> = columns.iter().map(|(_, n)| n.clone()).collect();
+        let traits = batch::traits(client, &target).await?;
         let batch = match route.filter {
             // Filtered tables move rows in and out with upserts and
             // deletes, and may read the target's copy of a row: in order.
             Some(_) => None,
-            None => match batch::shape(client, &target, &names).await? {
+            None => match batch::shape(client, &target, &names, traits).await? {
                 Some(shape) => Some(BatchPlan {
                     insert: batch::prepare_insert(client, &target, &names, &shape).await?,
                     shape,
@@ -106,7 +106,7 @@ impl RelationPlan {
         };
         Ok(RelationPlan {
             batch,
-            copyable: copy::allowed(client, &target).await?,
+            copyable: traits.copyable,
             insert: statements.insert(false).await?,
             upsert: match route.filter {
                 Some(_) => Some(statements.insert(true).await?),
