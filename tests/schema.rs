@@ -264,3 +264,21 @@ async fn a_replicated_column_dropped_on_the_target_stops_only_its_pipeline() {
     exec(&setup.src, "UPDATE items_a SET name = 'after the restart', qty = 0 WHERE id <= 3").await;
     setup.same("items_a", "id, name").await;
 }
+
+/// A filter that reads a column the table does not carry needs whole old
+/// rows (an update that leaves a large value alone does not send it): a
+/// source table that stops sending them while the pipeline runs stops it,
+/// as such a config is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_losing_the_whole_old_rows_it_reads_stops_only_its_pipeline() {
+    let setup = Setup::new().await;
+    exec(&setup.src, "ALTER TABLE items_a REPLICA IDENTITY FULL").await;
+    let mut daemon = setup.daemon("columns = [\"id\", \"qty\"]\nwhere = \"name <> 'hidden'\"", "");
+    setup.same("items_a", "id, qty").await;
+    setup.same("items_b", "id, name, qty").await;
+    exec(&setup.src, "ALTER TABLE items_a REPLICA IDENTITY DEFAULT; UPDATE items_a SET qty = 0 WHERE id = 1")
+        .await;
+    setup
+        .only_a_stops_saying(&mut daemon, &["\"name\", which is not carried", "REPLICA IDENTITY FULL"])
+        .await;
+}

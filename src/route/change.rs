@@ -37,11 +37,13 @@ fn same_column(relation: &RelationColumn, column: &Column) -> bool {
 
 impl TableRoute {
     /// Whether a Relation message describes the source table as this route
-    /// knows it (same columns and types): then the route still holds and
-    /// nothing needs reading again. The server describes every table anew
-    /// after each reconnect; this is the usual answer then.
+    /// knows it (same columns and types, and whether old rows come whole):
+    /// then the route still holds and nothing needs reading again. The
+    /// server describes every table anew after each reconnect; this is the
+    /// usual answer then.
     pub fn describes(&self, relation: &Relation) -> bool {
-        relation.columns.len() == self.source_columns.len()
+        (relation.replica_identity == ReplicaIdentity::Full) == self.full_identity
+            && relation.columns.len() == self.source_columns.len()
             && relation.columns.iter().zip(&self.source_columns).all(|(r, c)| same_column(r, c))
     }
 
@@ -267,6 +269,10 @@ mod tests {
         )]);
         let columns = route.relation_columns(&added, &types);
         assert_eq!(columns[2], Column { toastable: true, is_key: false, ..note });
+        // Whole old rows start or stop coming: what the filter may read
+        // changes, so the route is worked out again.
+        let full = Relation { replica_identity: ReplicaIdentity::Full, ..relation(&[&id(), &qty()]) };
+        assert!(!route.describes(&full));
     }
 
     #[test]

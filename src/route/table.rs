@@ -113,6 +113,9 @@ pub struct TableRoute {
     /// indexes point into this list.
     pub source_columns: Vec<Column>,
     pub filter: Option<Filter>,
+    /// Whether the source sends whole old rows (REPLICA IDENTITY FULL),
+    /// which the filter's columns were checked against.
+    pub full_identity: bool,
 }
 
 impl TableRoute {
@@ -198,18 +201,19 @@ impl TableRoute {
                 Some(filter)
             }
         };
-        let route = TableRoute { mapping: mapping.clone(), target_columns, source_columns, filter };
-        route.check_filter_columns(full_identity)?;
+        let route =
+            TableRoute { mapping: mapping.clone(), target_columns, source_columns, filter, full_identity };
+        route.check_filter_columns()?;
         Ok(route)
     }
 
     /// A filter column that is not carried cannot be looked up on the
     /// target when an update leaves it out, so it must never be left out.
-    fn check_filter_columns(&self, full_identity: bool) -> Result<(), RouteError> {
+    fn check_filter_columns(&self) -> Result<(), RouteError> {
         let Some(filter) = &self.filter else { return Ok(()) };
         for &index in filter.columns_used() {
             let column = &self.source_columns[index];
-            if column.toastable && !full_identity && self.carried_as(&column.name).is_none() {
+            if column.toastable && !self.full_identity && self.carried_as(&column.name).is_none() {
                 return Err(RouteError::FilterNeedsUncarriedColumn {
                     table: self.mapping.from.clone(),
                     column: column.name.clone(),
