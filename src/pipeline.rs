@@ -99,6 +99,14 @@ pub enum PipelineError {
          DELETE FROM ferry.progress WHERE subscription = '{subscription}' on the target"
     )]
     SlotInvalidated { slot: String, subscription: String },
+    #[error(
+        "slot {slot} exists on the source, but target {target} holds nothing of subscription {subscription}: \
+         the slot may hold changes not yet applied to another target, or to a subscription of another name with \
+         the same slot (was the subscription's target or name changed?). Change it back; or, if what the slot \
+         holds is not needed, drop it on the source (SELECT pg_drop_replication_slot('{slot}')) and ferry starts \
+         afresh"
+    )]
+    SlotOfAnother { slot: String, subscription: String, target: String },
 }
 
 impl PipelineError {
@@ -139,7 +147,9 @@ impl PipelineError {
             | PipelineError::ReplayInOrder { .. }
             | PipelineError::CopyBehindStream(_) => ErrorKind::Target,
             PipelineError::Snapshot(_) | PipelineError::CopyFailed(_) => ErrorKind::Snapshot,
-            PipelineError::SlotVanished { .. } | PipelineError::SlotInvalidated { .. } => ErrorKind::Slot,
+            PipelineError::SlotVanished { .. }
+            | PipelineError::SlotInvalidated { .. }
+            | PipelineError::SlotOfAnother { .. } => ErrorKind::Slot,
             PipelineError::Apply(_) | PipelineError::Catalog(_) | PipelineError::Route(_) => {
                 ErrorKind::Config
             }
@@ -435,9 +445,18 @@ async fn set_up(spec: &PipelineSpec, metrics: &PipelineMetrics) -> Result<Ready,
                 subscription: sub.name.clone(),
             });
         }
+        (None, SlotState::Usable) if tables.nothing_recorded() => {
+            return Err(PipelineError::SlotOfAnother {
+                slot: sub.slot.clone(),
+                subscription: sub.name.clone(),
+                target: spec.target.to_string(),
+            });
+        }
         (None, state) => {
-            // Nothing was ever committed on the target, so a slot left over
-            // (say, by a crash during the copy) holds nothing of value.
+            // Nothing was ever committed on the target, and the tables were
+            // recorded before the slot was made: a slot left over (say, by
+            // a crash during the copy) is this target's and holds nothing
+            // of value.
             if state != SlotState::Missing {
                 replication.drop_slot(&sub.slot, true).await?;
             }
@@ -525,8 +544,12 @@ async fn initial_sync(
 ) -> Result<Lsn, PipelineError> {
     let sub = &spec.subscription;
     let tables: Vec<&QualifiedName> = sub.tables.iter().map(|t| &t.from).collect();
+    // The tables are recorded before the slot exists, so that a slot found
+    // later without progress is known to be this target's (see `set_up`).
     if sub.snapshot {
         tablesync::mark_copying(applier.client(), &sub.name, &routes_of(applier, &tables)?).await?;
+    } else {
+        tablesync::record_copied(applier.client(), &sub.name, &tables, None).await?;
     }
     let slot = replication.create_slot(&sub.slot, SlotKind::Permanent, sub.snapshot).await?;
     applier.begin_now()?;
@@ -535,8 +558,8 @@ async fn initial_sync(
             CopyEnds { source: &spec.source, source_sql, target: &spec.target, target_sql: applier.client() };
         // The applier's session carries the subscription's origin, the slot's name.
         tablesync::copy(sub, ends, &sub.slot, &routes_of(applier, &tables)?, snapshot_name, metrics).await?;
+        tablesync::record_copied(applier.client(), &sub.name, &tables, None).await?;
     }
-    tablesync::record_copied(applier.client(), &sub.name, &tables, None).await?;
     applier.commit(slot.consistent_point, crate::pg::timestamp::now_micros()).await?;
     metrics.applied(slot.consistent_point, None);
     tracing::info!(subscription = %sub.name, slot = %sub.slot, at = %slot.consistent_point, "slot created");

@@ -481,3 +481,34 @@ async fn drop_refuses_a_name_whose_slot_a_configured_subscription_uses() {
     assert_eq!(slots, 1, "the slot of configured subscription a_b was dropped: {output:?}");
     assert!(!output.status.success(), "{output:?}");
 }
+
+/// `a-b` renamed `a_b` keeps the slot `ferry_a_b` but finds no progress of
+/// its own on the target. The slot is kept, not dropped for a fresh start:
+/// it holds what `a-b` has not applied yet, and naming the subscription
+/// back brings that over. Before, the slot was dropped and made anew, and
+/// the change made in between never reached the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_renamed_onto_the_same_slot_keeps_what_the_slot_holds() {
+    let (source, target, src, dst) = setup().await;
+    let named = |name: &str| {
+        support::daemon::config(
+            &source.url("postgres"),
+            &target.url("postgres"),
+            name,
+            &[("steady", "steady")],
+            "",
+        )
+    };
+    let daemon = Daemon::start(&named("a-b"));
+    wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
+    daemon.signal_and_wait("TERM");
+    exec(&src, "INSERT INTO steady (note) VALUES ('while renamed')").await;
+
+    let mut renamed = Daemon::start(&named("a_b"));
+    let stopped = renamed.wait_for_log("pipeline stopped", WAIT).await;
+    assert!(stopped.contains("slot ferry_a_b exists on the source"), "{stopped}");
+    assert_ne!(renamed.wait_for_exit(WAIT).await, Some(0));
+
+    let _daemon = Daemon::start(&named("a-b"));
+    wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
+}
