@@ -431,14 +431,20 @@ impl Checker<'_> {
             Err(std::env::VarError::NotPresent) => "is not set",
             Err(std::env::VarError::NotUnicode(_)) => "is not valid UTF-8",
         };
-        let looks_like_a_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        let is_a_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        let message = if looks_like_a_name {
-            format!("{what}: environment variable {name} {problem}")
-        } else {
-            format!(
+        // A generated password can be letters and digits only: a name is
+        // repeated only when written the usual way, in capitals.
+        let usual_name = !name.chars().any(|c| c.is_ascii_lowercase());
+        let message = match (is_a_name, usual_name) {
+            (true, true) => format!("{what}: environment variable {name} {problem}"),
+            (true, false) => format!(
+                "{what}: the environment variable password_env names {problem} (the name is not repeated here, \
+                 in case it is the password itself)"
+            ),
+            (false, _) => format!(
                 "{what}: password_env must name an environment variable (letters, digits and _), not hold the password"
-            )
+            ),
         };
         self.report(var.span(), message);
         None
@@ -986,8 +992,12 @@ mod mistakes_tests {
     /// `password_env = "s3cr3t-pa55"`) is quoted back in the error.
     #[test]
     fn a_password_written_as_password_env_is_not_echoed() {
-        let text = config(&format!("url = \"postgresql://h/a\"\npassword_env = \"{SECRET}\""), "", "");
-        assert!(!shown(&text).contains(SECRET), "the password leaked:\n{}", shown(&text));
+        for password in [SECRET, "Tr0ub4dor3xK9"] {
+            let text = config(&format!("url = \"postgresql://h/a\"\npassword_env = \"{password}\""), "", "");
+            assert!(!shown(&text).contains(password), "the password leaked:\n{}", shown(&text));
+        }
+        let text = config("url = \"postgresql://h/a\"\npassword_env = \"FERRY_TEST_UNSET_VARIABLE\"", "", "");
+        assert!(shown(&text).contains("FERRY_TEST_UNSET_VARIABLE is not set"), "{}", shown(&text));
     }
 
     /// A `where` that cannot parse is a config error with file, line and

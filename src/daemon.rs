@@ -124,6 +124,8 @@ impl Pipelines {
             if let Some(pipeline) = self.by_name.remove(&name) {
                 self.metrics.forget(&pipeline.spec.subscription);
             }
+            // What is no longer configured no longer counts as failed.
+            self.failed.remove(&name);
             tracing::warn!(
                 subscription = %name,
                 %slot,

@@ -229,3 +229,28 @@ async fn sigterm_stops_a_pipeline_still_waiting_for_a_server_that_never_answers(
     let (code, _) = daemon.signal_and_wait("TERM");
     assert_eq!(code, Some(0), "SIGTERM should end ferry cleanly while it is connecting");
 }
+
+/// A pipeline that stopped with an error and was then taken out of the
+/// config no longer counts: SIGTERM ends the daemon with 0, as README
+/// says. Before, the exit code was 1 for the error of a subscription no
+/// longer configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_subscription_removed_from_the_config_no_longer_fails_the_exit() {
+    let (source, target_a, target_b) = setup_two("").await;
+    let both = two_pipelines(&source, &target_a, &target_b);
+    let broken = both.replace("from = \"items_a\"", "from = \"no_such_table\"");
+    let daemon = Daemon::start(&broken);
+    daemon.wait_for_log("pipeline stopped", SETTLE).await;
+    daemon.wait_for_log("streaming", SETTLE).await;
+    let without_a = format!(
+        "[sources.src]\nurl = \"{}\"\n\n[targets.b]\nurl = \"{}\"\n\n\
+         [[subscriptions]]\nname = \"to-b\"\nsource = \"src\"\ntarget = \"b\"\n\
+         [[subscriptions.tables]]\nfrom = \"items_b\"\n",
+        source.url("postgres"),
+        target_b.url("postgres")
+    );
+    daemon.reload(&without_a);
+    daemon.wait_for_log("subscription removed", SETTLE).await;
+    let (code, _) = daemon.signal_and_wait("TERM");
+    assert_eq!(code, Some(0), "the removed subscription's old error still counted");
+}
