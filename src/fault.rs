@@ -17,6 +17,9 @@ pub const DURING_SNAPSHOT_COPY: &str = "during-snapshot-copy";
 /// After another connection of a split copy committed its part, before
 /// the copy is recorded complete.
 pub const AFTER_COPY_PART_COMMIT: &str = "after-copy-part-commit";
+/// Before tables added to a running subscription are marked as being
+/// copied (those taken out are flagged removed by then).
+pub const BEFORE_TABLE_COPY: &str = "before-table-copy";
 /// After tables added to a running subscription were copied and recorded,
 /// before the stream takes them on.
 pub const AFTER_TABLE_COPY: &str = "after-table-copy";

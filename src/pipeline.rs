@@ -549,7 +549,7 @@ async fn initial_sync(
     if sub.snapshot {
         tablesync::mark_copying(applier.client(), &sub.name, &routes_of(applier, &tables)?).await?;
     } else {
-        tablesync::record_copied(applier.client(), &sub.name, &tables, None).await?;
+        tablesync::record_streamed(applier.client(), &sub.name, &tables).await?;
     }
     let slot = replication.create_slot(&sub.slot, SlotKind::Permanent, sub.snapshot).await?;
     applier.begin_now()?;

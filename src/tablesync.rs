@@ -11,7 +11,11 @@
 //! already applied). A table without a floor follows the subscription's
 //! progress. Floors move with the stream and are cleared in the target
 //! transaction where they meet the progress, so after a crash the target
-//! still says exactly what each table has.
+//! still says exactly what each table has. A table taken out of the
+//! subscription keeps its row, flagged `removed` (it is copied again if it
+//! comes back): the rows say for good that this target recorded the
+//! subscription, which a crash between taking one table out and recording
+//! its replacement must not erase.
 
 use std::collections::{HashMap, HashSet};
 
@@ -32,13 +36,23 @@ use crate::route::TableRoute;
 use crate::snapshot::{self, SnapshotError};
 use crate::source::Change;
 
+/// The `removed` column came later: a target of an older ferry gets it. Only
+/// then is the table altered, as ALTER TABLE would wait for (and hold up)
+/// every transaction using the table, copies of other subscriptions
+/// included.
 pub const TABLES_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.tables (
     subscription text NOT NULL,
     source_table text NOT NULL,
     floor pg_lsn,
     copying boolean NOT NULL DEFAULT false,
+    removed boolean NOT NULL DEFAULT false,
     PRIMARY KEY (subscription, source_table)
-);";
+);
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'ferry.tables'::regclass AND attname = 'removed') THEN
+        ALTER TABLE ferry.tables ADD COLUMN removed boolean NOT NULL DEFAULT false;
+    END IF;
+END $$;";
 
 /// What the target says about a subscription's tables.
 #[derive(Debug, Default)]
@@ -51,34 +65,35 @@ pub struct TableStates {
 }
 
 impl TableStates {
-    /// Reads the subscription's tables from the target and forgets those
-    /// no longer configured (added again later, they are copied again). A
-    /// table whose copy never finished is not copied: its copy starts over.
+    /// Reads the subscription's tables from the target and flags those no
+    /// longer configured as removed (added again later, they are copied
+    /// again). A table whose copy never finished is not copied: its copy
+    /// starts over.
     pub async fn load(target: &Client, sub: &Subscription) -> Result<TableStates, ApplyError> {
         let configured: Vec<String> = sub.tables.iter().map(|t| t.from.to_string()).collect();
         let removed = target
             .query(
-                "DELETE FROM ferry.tables WHERE subscription = $1 AND NOT source_table = ANY($2) RETURNING source_table",
+                "UPDATE ferry.tables SET removed = true
+                 WHERE subscription = $1 AND NOT removed AND NOT source_table = ANY($2) RETURNING source_table",
                 &[&sub.name, &configured],
             )
             .await
-            .map_err(target_error("forgetting tables removed from the subscription"))?;
+            .map_err(target_error("flagging tables removed from the subscription"))?;
         for row in &removed {
             let table: String = row.get(0);
             tracing::info!(subscription = %sub.name, %table, "table no longer in the subscription: not replicated any more");
         }
         let rows = target
             .query(
-                "SELECT source_table, floor::text, copying FROM ferry.tables WHERE subscription = $1",
+                "SELECT source_table, floor::text, copying OR removed FROM ferry.tables WHERE subscription = $1",
                 &[&sub.name],
             )
             .await
             .map_err(target_error("reading the subscription's tables"))?;
-        let mut states =
-            TableStates { recorded: !removed.is_empty() || !rows.is_empty(), ..TableStates::default() };
+        let mut states = TableStates { recorded: !rows.is_empty(), ..TableStates::default() };
         for row in rows {
-            let (table, copying): (String, bool) = (row.get(0), row.get(2));
-            if copying {
+            let (table, not_copied): (String, bool) = (row.get(0), row.get(2));
+            if not_copied {
                 continue;
             }
             if let Some(floor) = row.get::<_, Option<String>>(1).and_then(|f| f.parse().ok()) {
@@ -132,7 +147,9 @@ pub async fn mark_copying(
         .await
         .map_err(target_error("looking for unfinished copies"))?;
     let leftovers: Vec<String> = leftovers.iter().map(|row| row.get(0)).collect();
-    let mut sql = String::from("BEGIN;");
+    // Durable at once: the slot made next is dropped at a restart only
+    // when this says it is this target's (see `pipeline::set_up`).
+    let mut sql = String::from("BEGIN; SET LOCAL synchronous_commit = on;");
     for route in routes {
         let to = &route.mapping.to;
         if leftovers.contains(&route.mapping.from.to_string()) {
@@ -146,7 +163,7 @@ pub async fn mark_copying(
         .batch_execute(&format!(
             "{sql} INSERT INTO ferry.tables (subscription, source_table, copying)
              SELECT {subscription}, t, true FROM unnest(ARRAY[{tables}]::text[]) AS t
-             ON CONFLICT (subscription, source_table) DO UPDATE SET copying = true, floor = NULL;
+             ON CONFLICT (subscription, source_table) DO UPDATE SET copying = true, floor = NULL, removed = false;
              COMMIT;",
             subscription = quote_literal(subscription),
             tables = names.iter().map(|n| quote_literal(n)).collect::<Vec<_>>().join(", "),
@@ -233,6 +250,19 @@ impl ExtraTarget {
     }
 }
 
+/// Records `tables` as in step with the subscription's progress, durably,
+/// in a transaction of its own: before the subscription's slot is made,
+/// which a restart then knows for this target's own (see `pipeline::set_up`).
+pub async fn record_streamed(
+    target: &Client,
+    subscription: &str,
+    tables: &[&QualifiedName],
+) -> Result<(), ApplyError> {
+    target.batch_execute("BEGIN; SET LOCAL synchronous_commit = on").await.map_err(target_error("BEGIN"))?;
+    record_copied(target, subscription, tables, None).await?;
+    target.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))
+}
+
 /// Records `tables` as copied and in step with the subscription's progress
 /// (`floor`: `None`), or from `floor` on, inside the caller's transaction.
 pub async fn record_copied(
@@ -247,7 +277,8 @@ pub async fn record_copied(
         .execute(
             "INSERT INTO ferry.tables (subscription, source_table, floor)
              SELECT $1, t, $3::text::pg_lsn FROM unnest($2::text[]) AS t
-             ON CONFLICT (subscription, source_table) DO UPDATE SET floor = EXCLUDED.floor, copying = false",
+             ON CONFLICT (subscription, source_table)
+             DO UPDATE SET floor = EXCLUDED.floor, copying = false, removed = false",
             &[&subscription, &names, &floor],
         )
         .await
@@ -404,6 +435,7 @@ pub async fn copy_new_tables(
     apply::prepare_target_session(&target_sql, &sub.name, &origin).await?;
     let source_sql = tls::connect_sql(&source).await.map_err(PipelineError::ConnectSource)?;
     let routes_ref: Vec<&TableRoute> = routes.iter().collect();
+    fault::point(fault::BEFORE_TABLE_COPY);
     mark_copying(&target_sql, &sub.name, &routes_ref).await?;
     let mut replication = ReplicationClient::connect(&source).await?;
     let slot_name = temporary_slot_name(&source_sql).await?;

@@ -512,3 +512,42 @@ async fn a_subscription_renamed_onto_the_same_slot_keeps_what_the_slot_holds() {
     let _daemon = Daemon::start(&named("a-b"));
     wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
 }
+
+/// The only table replaced by another, and the process killed after the
+/// old one was taken out (and the publication changed) but before the new
+/// one was marked as being copied: the restart still copies the new one.
+/// Before, taking the old one out deleted the subscription's last row in
+/// `ferry.tables`, the restart took the target for one written before
+/// ferry recorded its tables, and the new table streamed without its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_replacing_the_only_table_and_copying_its_successor_still_copies_it() {
+    let (source, target, src, dst) = setup().await;
+    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    daemon.signal_and_wait("TERM");
+
+    let replaced = config(&source, &target, &["added"]);
+    let mut crashed = Daemon::start_with_env(&replaced, &[("FERRY_FAILPOINT", "before-table-copy")]);
+    assert_eq!(crashed.wait_for_exit(WAIT).await, Some(137));
+
+    let _daemon = Daemon::start(&replaced);
+    wait_for_same(&src, &dst, "added", "added", "id, counter, note", "id", WAIT).await;
+}
+
+/// A target whose `ferry.tables` an older ferry made, without `removed`,
+/// gets the column at the next start and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_tables_record_gets_its_removed_column() {
+    let (source, target, src, dst) = setup().await;
+    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    daemon.signal_and_wait("TERM");
+    exec(&dst, "ALTER TABLE ferry.tables DROP COLUMN removed").await;
+
+    let _daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    exec(&src, "INSERT INTO steady (note) VALUES ('after the upgrade')").await;
+    wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
+    let flagged: i64 =
+        dst.query_one("SELECT count(*) FROM ferry.tables WHERE NOT removed", &[]).await.unwrap().get(0);
+    assert_eq!(flagged, 1);
+}
