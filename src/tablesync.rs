@@ -419,7 +419,8 @@ pub struct Copied {
 /// Copies tables newly added to a streaming subscription under a snapshot
 /// of their own (a temporary slot's), on connections of their own, and
 /// records them with the snapshot's point as floor in the same target
-/// transaction. The publication must already include them.
+/// transaction. The publication must already include them (setting up
+/// made sure of it).
 pub async fn copy_new_tables(
     sub: Subscription,
     source: ConnInfo,

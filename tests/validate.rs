@@ -343,3 +343,32 @@ async fn two_source_columns_carried_into_one_target_column_are_an_error() {
     assert_eq!(validated.code, Some(1), "{}", validated.output());
     validated.assert_mentions("\"b\"");
 }
+
+/// A publication made beforehand that lacks a table of the subscription
+/// would never send that table's changes: validate says which, and what to
+/// run. Before, it passed, and `ferry run` copied the table and then
+/// replicated nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_publication_must_hold_every_table() {
+    let cluster = Cluster::start();
+    let (source, target) = source_and_target(&cluster).await;
+    let schema = "CREATE TABLE items (id int PRIMARY KEY); CREATE TABLE notes (id int PRIMARY KEY)";
+    exec(&source, schema).await;
+    exec(&target, schema).await;
+    exec(&source, "CREATE PUBLICATION shop_pub FOR TABLE items").await;
+    let text = config(
+        &cluster.url("customers"),
+        &cluster.url("orders"),
+        "publication = \"shop_pub\"",
+        &[("items", "items"), ("notes", "notes")],
+    );
+
+    let validated = validate(&text, &[]).await;
+
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    validated.assert_mentions(
+        "error: subscription customers-to-orders: publication \"shop_pub\" does not hold table \
+         \"public\".\"notes\", which the subscription replicates",
+    );
+    validated.assert_mentions("ALTER PUBLICATION shop_pub ADD TABLE \"public\".\"notes\"");
+}

@@ -11,7 +11,7 @@ use crate::pg::Lsn;
 use crate::pg::catalog::{self, Column, TypeDescription};
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::error::describe_sql_error;
-use crate::pg::names::{QualifiedName, quote_ident};
+use crate::pg::names::{QualifiedName, quote_ident, quote_ident_if_needed};
 use crate::pg::tls;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,13 @@ pub enum CatalogError {
         "publication {0:?} is configured but does not exist on the source; create it, or leave `publication` out and ferry manages one"
     )]
     MissingPublication(String),
+    #[error(
+        "publication {publication:?} does not hold {0} {1}, which the subscription replicates, so no change of \
+         {0} {1} would ever arrive; run ALTER PUBLICATION {2} ADD TABLE {1} on the source, or leave \
+         `publication` out and ferry manages one",
+        if .tables.len() == 1 { "table" } else { "tables" }, names(.tables), quote_ident_if_needed(.publication)
+    )]
+    UnpublishedTables { publication: String, tables: Vec<QualifiedName> },
     #[error(
         "wal_level is {0}; logical replication needs wal_level = logical on the source (set it and restart the server)"
     )]
@@ -145,15 +152,29 @@ pub async fn check_wal_level(client: &Client) -> Result<(), CatalogError> {
     if level == "logical" { Ok(()) } else { Err(CatalogError::WalLevel(level)) }
 }
 
-/// Checks that a configured publication exists. A managed one needs no
-/// check: ferry creates it.
+/// Checks that a configured publication exists and holds every table of
+/// the subscription. A managed one needs no check: ferry makes it so.
 pub async fn check_publication(client: &Client, subscription: &Subscription) -> Result<(), CatalogError> {
     let name = &subscription.publication;
-    if subscription.publication_managed || publication_exists(client, name).await? {
+    if subscription.publication_managed {
+        return Ok(());
+    }
+    if !publication_exists(client, name).await? {
+        return Err(CatalogError::MissingPublication(name.clone()));
+    }
+    let published = published_tables(client, name).await?;
+    let missing: Vec<QualifiedName> =
+        subscription.tables.iter().map(|t| &t.from).filter(|t| !published.contains(t)).cloned().collect();
+    if missing.is_empty() {
         Ok(())
     } else {
-        Err(CatalogError::MissingPublication(name.clone()))
+        Err(CatalogError::UnpublishedTables { publication: name.clone(), tables: missing })
     }
+}
+
+/// Tables as a list for a message: `a, b`.
+fn names(tables: &[QualifiedName]) -> String {
+    tables.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 async fn publication_exists(client: &Client, name: &str) -> Result<bool, CatalogError> {
