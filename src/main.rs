@@ -228,8 +228,8 @@ async fn demo_command(seconds: Option<u64>) -> anyhow::Result<()> {
 }
 
 /// Each SIGHUP re-reads the config file at `path` and hands on what it
-/// holds when it is valid.
-fn reload_on_sighup(path: PathBuf) -> tokio::sync::mpsc::Receiver<Config> {
+/// holds when it is valid; `metrics` shows whether it was.
+fn reload_on_sighup(path: PathBuf, metrics: Metrics) -> tokio::sync::mpsc::Receiver<Config> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     // Installed before any pipeline starts: until then SIGHUP would end
     // the process.
@@ -238,7 +238,9 @@ fn reload_on_sighup(path: PathBuf) -> tokio::sync::mpsc::Receiver<Config> {
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration");
-            match Config::load(&path) {
+            let loaded = Config::load(&path);
+            metrics.reloaded(loaded.is_ok());
+            match loaded {
                 Ok(config) => {
                     if tx.send(config).await.is_err() {
                         return;
@@ -271,7 +273,7 @@ async fn run_command(path: PathBuf) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let stop_server = CancellationToken::new();
     let server = tokio::spawn(ferry::server::serve(listener, metrics.clone(), stop_server.clone()));
-    let reloads = reload_on_sighup(path);
+    let reloads = reload_on_sighup(path, metrics.clone());
     let failed = ferry::daemon::run_with(config, &metrics, reloads, shutdown_token()).await;
     stop_server.cancel();
     if let Ok(Err(error)) = server.await {

@@ -46,6 +46,10 @@ pub const METRICS: &[(&str, &str)] = &[
     ("ferry_pipeline_up", "1 while the pipeline is streaming, 0 otherwise."),
     ("ferry_snapshot_rows_copied", "Rows copied so far by the initial copy of a table."),
     ("ferry_snapshot_rows_estimated", "Rows the initial copy of a table expects (pg_class.reltuples)."),
+    (
+        "ferry_config_last_reload_successful",
+        "0 when the last SIGHUP found a config that did not load (the running one is kept), else 1.",
+    ),
 ];
 
 /// The families of [`prometheus::process_collector::ProcessCollector`].
@@ -160,6 +164,7 @@ struct Families {
     up: prometheus::IntGaugeVec,
     snapshot_copied: prometheus::IntGaugeVec,
     snapshot_estimated: prometheus::IntGaugeVec,
+    reload_successful: IntGauge,
 }
 
 fn help(name: &str) -> &'static str {
@@ -204,7 +209,9 @@ impl Families {
                 opts("ferry_snapshot_rows_estimated"),
                 &["subscription", "table"],
             )?,
+            reload_successful: IntGauge::with_opts(opts("ferry_config_last_reload_successful"))?,
         };
+        families.reload_successful.set(1);
         registry.register(Box::new(families.lag_bytes.clone()))?;
         registry.register(Box::new(families.lag_seconds.clone()))?;
         registry.register(Box::new(families.retained_wal_bytes.clone()))?;
@@ -217,6 +224,7 @@ impl Families {
         registry.register(Box::new(families.up.clone()))?;
         registry.register(Box::new(families.snapshot_copied.clone()))?;
         registry.register(Box::new(families.snapshot_estimated.clone()))?;
+        registry.register(Box::new(families.reload_successful.clone()))?;
         Ok(families)
     }
 }
@@ -346,6 +354,11 @@ impl Metrics {
     /// Whether the config is loaded and every pipeline started (`/readyz`).
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Relaxed)
+    }
+
+    /// Whether the config a SIGHUP read loaded.
+    pub fn reloaded(&self, loaded: bool) {
+        self.inner.families.reload_successful.set(i64::from(loaded));
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use support::daemon::{Daemon, checksum, wait_for_same};
-use support::{Cluster, exec};
+use support::endpoints::{Endpoints, Samples, with_server};
+use support::{Cluster, exec, free_port};
 
 const WAIT: Duration = Duration::from_secs(120);
 const SCHEMA: &str = "CREATE TABLE steady (id bigserial PRIMARY KEY, note text);
@@ -281,10 +282,15 @@ async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_d
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_that_does_not_load_keeps_the_running_one() {
     let (source, target, src, dst) = setup().await;
-    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    let port = free_port();
+    let http = Endpoints::on(port);
+    let reload_metric = |samples: &Samples| samples.value("ferry_config_last_reload_successful", &[]);
+    let daemon = Daemon::start(&with_server(port, &config(&source, &target, &["steady"])));
     daemon.wait_for_log("streaming", WAIT).await;
-    daemon.reload("[[subscriptions]]\nname = 'broken'\n");
+    assert_eq!(reload_metric(&http.metrics().await), 1.0);
+    daemon.reload(&with_server(port, "[[subscriptions]]\nname = 'broken'\n"));
     daemon.wait_for_log("did not load, keeping the running one", WAIT).await;
+    assert_eq!(reload_metric(&http.metrics().await), 0.0, "a failed reload shows in the metrics");
     exec(&src, "INSERT INTO steady (note) VALUES ('after a bad reload')").await;
     wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
 
@@ -294,10 +300,11 @@ async fn a_config_that_does_not_load_keeps_the_running_one() {
          [[subscriptions.tables]]\nfrom = 'added'\n",
         config(&source, &target, &["steady"])
     );
-    daemon.reload(&second);
+    daemon.reload(&with_server(port, &second));
     daemon.wait_for_log("configuration reloaded", WAIT).await;
     exec(&src, "UPDATE added SET counter = 3 WHERE id = 2; INSERT INTO steady (note) VALUES ('two')").await;
     assert_same(&src, &dst).await;
+    assert_eq!(reload_metric(&http.metrics().await), 1.0);
     let logs = daemon.logs();
     assert_eq!(logs.matches("starting pipeline subscription=sub ").count(), 1, "{logs}");
     assert!(!logs.contains("restarting"), "{logs}");
