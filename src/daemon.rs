@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -39,7 +39,8 @@ pub async fn run_with(
 ) -> usize {
     let mut background = JoinSet::new();
     background.spawn(metrics::log_summaries(metrics.clone(), SUMMARY_INTERVAL, cancel.clone()));
-    background.spawn(teardown::warn_about_forgotten_slots(config.clone()));
+    let (configs, config_rx) = watch::channel(config.clone());
+    background.spawn(teardown::watch_forgotten_slots(config_rx, metrics.clone(), cancel.clone()));
     let mut pipelines = Pipelines::new(metrics.clone(), cancel.clone());
     pipelines.apply(&config).await;
     let mut current = config;
@@ -52,6 +53,7 @@ pub async fn run_with(
                     tracing::warn!(listen = %config.server.listen, "a new [server] listen address takes a restart");
                 }
                 pipelines.apply(&config).await;
+                configs.send_replace(config.clone());
                 current = config;
                 tracing::info!("configuration reloaded");
             }

@@ -21,6 +21,7 @@ use crate::config::Subscription;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::names::QualifiedName;
 use crate::pg::{Lsn, timestamp, tls};
+use crate::teardown::ForgottenSlot;
 
 /// Every metric family ferry exports besides the process collector's, with
 /// its help text. `Metrics::new` registers exactly these (a test checks).
@@ -46,6 +47,10 @@ pub const METRICS: &[(&str, &str)] = &[
     ("ferry_pipeline_up", "1 while the pipeline is streaming, 0 otherwise."),
     ("ferry_snapshot_rows_copied", "Rows copied so far by the initial copy of a table."),
     ("ferry_snapshot_rows_estimated", "Rows the initial copy of a table expects (pg_class.reltuples)."),
+    (
+        "ferry_forgotten_slot_retained_wal_bytes",
+        "WAL kept on a source by a slot named like ferry's that no configured subscription uses, until ferry drop.",
+    ),
     (
         "ferry_config_last_reload_successful",
         "0 when the last SIGHUP found a config that did not load (the running one is kept), else 1.",
@@ -165,6 +170,7 @@ struct Families {
     snapshot_copied: prometheus::IntGaugeVec,
     snapshot_estimated: prometheus::IntGaugeVec,
     reload_successful: IntGauge,
+    forgotten_slot_retained: prometheus::IntGaugeVec,
 }
 
 fn help(name: &str) -> &'static str {
@@ -210,6 +216,10 @@ impl Families {
                 &["subscription", "table"],
             )?,
             reload_successful: IntGauge::with_opts(opts("ferry_config_last_reload_successful"))?,
+            forgotten_slot_retained: IntGaugeVec::new(
+                opts("ferry_forgotten_slot_retained_wal_bytes"),
+                &["source", "slot"],
+            )?,
         };
         families.reload_successful.set(1);
         registry.register(Box::new(families.lag_bytes.clone()))?;
@@ -225,6 +235,7 @@ impl Families {
         registry.register(Box::new(families.snapshot_copied.clone()))?;
         registry.register(Box::new(families.snapshot_estimated.clone()))?;
         registry.register(Box::new(families.reload_successful.clone()))?;
+        registry.register(Box::new(families.forgotten_slot_retained.clone()))?;
         Ok(families)
     }
 }
@@ -354,6 +365,16 @@ impl Metrics {
     /// Whether the config is loaded and every pipeline started (`/readyz`).
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Relaxed)
+    }
+
+    /// The forgotten slots (see [`ForgottenSlot`]) now:
+    /// series of slots no longer among them end.
+    pub fn forgotten_slots<'a>(&self, slots: impl Iterator<Item = &'a ForgottenSlot>) {
+        let family = &self.inner.families.forgotten_slot_retained;
+        family.reset();
+        for slot in slots {
+            family.with_label_values(&[&slot.source, &slot.slot]).set(slot.retained_bytes);
+        }
     }
 
     /// Whether the config a SIGHUP read loaded.
@@ -835,6 +856,8 @@ mod tests {
     fn registers_exactly_the_documented_families() {
         let metrics = Metrics::new();
         metrics.pipeline(&subscription("a"));
+        let forgotten = ForgottenSlot { source: "s".into(), slot: "ferry_gone".into(), retained_bytes: 1 };
+        metrics.forgotten_slots([&forgotten].into_iter());
         let families: BTreeSet<String> =
             metrics.inner.registry.gather().iter().map(|f| f.name().to_string()).collect();
         let documented: BTreeSet<String> = METRICS

@@ -3,7 +3,14 @@
 //! drops its slot by itself, so a typo in a config cannot throw away a
 //! slot and the changes it holds.
 
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::{self, Config};
+use crate::metrics::Metrics;
 use crate::pg::PgError;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::names::quote_ident;
@@ -86,53 +93,100 @@ pub async fn drop_subscription(
     Ok(Dropped { source: source_name.to_string(), slot, publication })
 }
 
-/// Slots named like ferry's on the config's sources that no configured
-/// subscription uses, as (source name, slot): left by subscriptions taken
-/// out of the config, they keep WAL until `ferry drop` removes them.
-/// Sources that cannot be asked are left out.
-pub async fn forgotten_slots(config: &Config) -> Vec<(String, String)> {
-    let mut forgotten = Vec::new();
+/// A slot named like ferry's that no configured subscription uses: left
+/// by a subscription taken out of the config, it keeps WAL until `ferry
+/// drop` removes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForgottenSlot {
+    /// The config's name of the source it is on.
+    pub source: String,
+    pub slot: String,
+    /// The WAL it keeps on the source, in bytes.
+    pub retained_bytes: i64,
+}
+
+/// The forgotten slots on the config's sources, by source name; a source
+/// that cannot be asked is left out.
+pub async fn forgotten_slots(config: &Config) -> BTreeMap<String, Vec<ForgottenSlot>> {
+    let mut forgotten = BTreeMap::new();
     for (name, info) in &config.sources {
-        if let Ok(client) = tls::connect_sql(info).await {
-            forgotten.extend(
-                forgotten_slots_on(config, name, &client).await.into_iter().map(|s| (name.clone(), s)),
-            );
+        if let Ok(client) = tls::connect_sql(info).await
+            && let Ok(slots) = forgotten_slots_on(config, name, &client).await
+        {
+            forgotten.insert(name.clone(), slots);
         }
     }
     forgotten
 }
 
-/// The forgotten slots (see [`forgotten_slots`]) on the source `source`,
-/// asked over `client`; none when it cannot be asked.
+/// The forgotten slots (see [`ForgottenSlot`]) on the source `source`,
+/// asked over `client`.
 pub async fn forgotten_slots_on(
     config: &Config,
     source: &str,
     client: &tokio_postgres::Client,
-) -> Vec<String> {
-    let Ok(rows) = client
+) -> Result<Vec<ForgottenSlot>, tokio_postgres::Error> {
+    let rows = client
         .query(
-            "SELECT slot_name::text FROM pg_replication_slots
+            "SELECT slot_name::text,
+                    COALESCE(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                                                  ELSE pg_current_wal_lsn() END, restart_lsn), 0)::bigint
+             FROM pg_replication_slots
              WHERE slot_type = 'logical' AND NOT temporary AND database = current_database()
                AND slot_name LIKE 'ferry\\_%' ORDER BY 1",
             &[],
         )
-        .await
-    else {
-        return Vec::new();
-    };
-    let slots = rows.iter().map(|row| row.get::<_, String>(0));
-    slots.filter(|slot| !config.subscriptions.iter().any(|s| s.source == source && s.slot == *slot)).collect()
+        .await?;
+    let configured = |slot: &str| config.subscriptions.iter().any(|s| s.source == source && s.slot == slot);
+    Ok(rows
+        .iter()
+        .map(|row| ForgottenSlot { source: source.to_string(), slot: row.get(0), retained_bytes: row.get(1) })
+        .filter(|found| !configured(&found.slot))
+        .collect())
 }
 
-/// Says in the log which slots on the sources belong to no subscription.
-pub async fn warn_about_forgotten_slots(config: Config) {
-    for (source, slot) in forgotten_slots(&config).await {
-        tracing::warn!(
-            %source,
-            %slot,
-            "slot {slot} on source {source} belongs to no configured subscription: it keeps WAL until \
-             `ferry drop SUBSCRIPTION --source {source}` removes it"
-        );
+/// How often the sources are asked for forgotten slots.
+pub const FORGOTTEN_SLOT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Asks the sources of the latest config (`config`) for forgotten slots
+/// at start, every [`FORGOTTEN_SLOT_INTERVAL`] and after each reload: the
+/// log names each one once, and `ferry_forgotten_slot_retained_wal_bytes`
+/// shows the WAL it keeps, so that an alert can fire before the source's
+/// disk fills. A source that cannot be asked keeps its last figures.
+pub async fn watch_forgotten_slots(
+    mut config: watch::Receiver<Config>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(FORGOTTEN_SLOT_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = HashSet::new();
+    let mut last: BTreeMap<String, Vec<ForgottenSlot>> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+            changed = config.changed() => if changed.is_err() { return },
+        }
+        let current = config.borrow_and_update().clone();
+        let found = tokio::select! {
+            _ = cancel.cancelled() => return,
+            found = forgotten_slots(&current) => found,
+        };
+        last.retain(|source, _| current.sources.contains_key(source));
+        last.extend(found);
+        for slot in last.values().flatten() {
+            if warned.insert((slot.source.clone(), slot.slot.clone())) {
+                let (source, name) = (&slot.source, &slot.slot);
+                tracing::warn!(
+                    %source,
+                    slot = %name,
+                    "slot {name} on source {source} belongs to no configured subscription: it keeps WAL until \
+                     `ferry drop SUBSCRIPTION --source {source}` removes it"
+                );
+            }
+        }
+        metrics.forgotten_slots(last.values().flatten());
     }
 }
 

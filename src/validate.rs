@@ -168,9 +168,10 @@ pub async fn online(config: &Config) -> Report {
     }
     for (source, client) in &sources {
         let mut findings = Findings::new(format!("source {source}"));
-        for slot in teardown::forgotten_slots_on(config, source, client).await {
+        for forgotten in teardown::forgotten_slots_on(config, source, client).await.unwrap_or_default() {
             findings.warning(format!(
-                "slot {slot} belongs to no configured subscription and keeps WAL; `ferry drop SUBSCRIPTION --source {source}` removes it"
+                "slot {} belongs to no configured subscription and keeps WAL; `ferry drop SUBSCRIPTION --source {source}` removes it",
+                forgotten.slot
             ));
         }
         report.problems.extend(findings.problems);

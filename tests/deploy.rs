@@ -12,6 +12,7 @@ use serde_norway::Value;
 use ferry::config::{Subscription, TableMapping};
 use ferry::metrics::Metrics;
 use ferry::pg::names::QualifiedName;
+use ferry::teardown::ForgottenSlot;
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
@@ -253,6 +254,9 @@ fn exported_names() -> BTreeSet<String> {
         forward_origins: false,
         tables: vec![TableMapping::new(QualifiedName::new("public", "t"), QualifiedName::new("public", "t"))],
     });
+    // Series that exist only while there is something to show.
+    let forgotten = ForgottenSlot { source: "a".into(), slot: "ferry_gone".into(), retained_bytes: 1 };
+    metrics.forgotten_slots([&forgotten].into_iter());
     metrics
         .render()
         .lines()

@@ -188,12 +188,18 @@ async fn a_target_table_with_rows_of_its_own_is_refused_and_kept() {
 async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_dropped() {
     let (source, target, src, dst) = setup().await;
     let both = config(&source, &target, &["steady", "added"]);
-    let daemon = Daemon::start(&both);
+    let port = free_port();
+    let http = Endpoints::on(port);
+    let forgotten_series = |samples: &Samples| {
+        samples.get("ferry_forgotten_slot_retained_wal_bytes", &[("source", "src"), ("slot", "ferry_sub")])
+    };
+    let daemon = Daemon::start(&with_server(port, &both));
     daemon.wait_for_log("streaming", WAIT).await;
     assert_same(&src, &dst).await;
+    assert_eq!(forgotten_series(&http.metrics().await), None, "the slot of a configured subscription");
 
     // Removing a table: its changes no longer arrive, the other's do.
-    daemon.reload(&config(&source, &target, &["steady"]));
+    daemon.reload(&with_server(port, &config(&source, &target, &["steady"])));
     daemon.wait_for_log("table no longer in the subscription", WAIT).await;
     exec(
         &src,
@@ -221,7 +227,7 @@ async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_d
         &[("steady", "steady")],
         "",
     );
-    daemon.reload(&replacement);
+    daemon.reload(&with_server(port, &replacement));
     daemon.wait_for_log("subscription removed", WAIT).await;
     wait_for_same(&src, &other, "steady", "steady", "id, note", "id", WAIT).await;
     let slot_exists = |name: &'static str| {
@@ -237,7 +243,13 @@ async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_d
     assert!(slot_exists("ferry_sub").await, "a removed subscription keeps its slot");
     let running = ferry::config::Config::load(daemon.config_path()).unwrap();
     let forgotten = ferry::teardown::forgotten_slots(&running).await;
-    assert_eq!(forgotten, vec![("src".to_string(), "ferry_sub".to_string())]);
+    let forgotten: Vec<(&str, &str)> =
+        forgotten.values().flatten().map(|f| (f.source.as_str(), f.slot.as_str())).collect();
+    assert_eq!(forgotten, vec![("src", "ferry_sub")]);
+    // Shown until dropped, so that an alert can fire before the source's
+    // disk fills.
+    http.wait_for_metrics("the removed subscription's slot", WAIT, |m| forgotten_series(m).is_some()).await;
+    daemon.wait_for_log("slot ferry_sub on source src belongs to no configured subscription", WAIT).await;
     let validated = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["validate", "--config"])
         .arg(daemon.config_path())
@@ -264,7 +276,7 @@ async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_d
     assert!(dropped.status.success(), "{dropped:?}");
     assert!(String::from_utf8_lossy(&dropped.stdout).contains("dropped slot ferry_sub"), "{dropped:?}");
     assert!(!slot_exists("ferry_sub").await);
-    assert!(ferry::teardown::forgotten_slots(&running).await.is_empty());
+    assert!(ferry::teardown::forgotten_slots(&running).await.values().all(Vec::is_empty));
     assert!(slot_exists("ferry_other").await);
     let publications: i64 = src
         .query_one("SELECT count(*) FROM pg_publication WHERE pubname = 'ferry_sub'", &[])
