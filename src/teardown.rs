@@ -137,7 +137,18 @@ pub async fn forgotten_slots_on(
             &[],
         )
         .await?;
-    let configured = |slot: &str| config.subscriptions.iter().any(|s| s.source == source && s.slot == slot);
+    // Two sources of the config may be the same database (say, as two
+    // roles): a slot of either is configured.
+    let same_database = |other: &str| {
+        other == source
+            || config
+                .sources
+                .get(other)
+                .zip(config.sources.get(source))
+                .is_some_and(|(a, b)| a.same_database(b))
+    };
+    let configured =
+        |slot: &str| config.subscriptions.iter().any(|s| s.slot == slot && same_database(&s.source));
     Ok(rows
         .iter()
         .map(|row| ForgottenSlot { source: source.to_string(), slot: row.get(0), retained_bytes: row.get(1) })

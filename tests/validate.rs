@@ -372,3 +372,28 @@ async fn a_configured_publication_must_hold_every_table() {
     );
     validated.assert_mentions("ALTER PUBLICATION shop_pub ADD TABLE \"public\".\"notes\"");
 }
+
+/// Two sources of the config that are the same database (say, one role per
+/// publication): the slot of a subscription on one is not a forgotten slot
+/// on the other. Before, every start and validate warned about it and
+/// suggested a `ferry drop` that refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_of_a_source_spelled_twice_is_not_forgotten() {
+    let cluster = Cluster::start();
+    let (source, target) = source_and_target(&cluster).await;
+    exec(&source, "CREATE TABLE items (id int PRIMARY KEY)").await;
+    exec(&target, "CREATE TABLE items (id int PRIMARY KEY)").await;
+    exec(&source, "SELECT pg_create_logical_replication_slot('ferry_customers_to_orders', 'pgoutput')").await;
+    exec(&source, "SELECT pg_create_logical_replication_slot('ferry_long_gone', 'pgoutput')").await;
+    let text = format!(
+        "{}\n[sources.customers_again]\nurl = \"{}\"\n",
+        config(&cluster.url("customers"), &cluster.url("orders"), "", &[("items", "items")]),
+        cluster.url("customers")
+    );
+
+    let validated = validate(&text, &[]).await;
+
+    let output = validated.output();
+    assert!(!output.contains("slot ferry_customers_to_orders belongs to no"), "{output}");
+    validated.assert_mentions("slot ferry_long_gone belongs to no configured subscription");
+}

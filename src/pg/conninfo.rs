@@ -379,6 +379,13 @@ impl ConnInfo {
             .collect()
     }
 
+    /// Whether `other` names the same database on the same servers (as
+    /// written: another spelling of a host is another host), whatever the
+    /// role, password or options.
+    pub fn same_database(&self, other: &ConnInfo) -> bool {
+        self.endpoints() == other.endpoints() && self.dbname() == other.dbname()
+    }
+
     /// Whether `sslrootcert` asks for the system's trusted roots.
     pub fn uses_system_roots(&self) -> bool {
         self.sslrootcert.as_deref() == Some(Path::new(SYSTEM_ROOTS))
