@@ -11,6 +11,8 @@ use tempfile::TempDir;
 pub struct Daemon {
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Reads the child's stderr into `logs` until it closes.
+    reader: Option<std::thread::JoinHandle<()>>,
     config_path: std::path::PathBuf,
     _dir: TempDir,
 }
@@ -45,14 +47,14 @@ impl Daemon {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&logs);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("[ferry {}] {line}", std::process::id());
                 sink.lock().unwrap().push(line);
             }
         });
-        Daemon { child, logs, config_path: path, _dir: dir }
+        Daemon { child, logs, reader: Some(reader), config_path: path, _dir: dir }
     }
 
     /// The config file it runs with.
@@ -102,6 +104,7 @@ impl Daemon {
         assert!(status.unwrap().success());
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                self.read_to_the_end();
                 return (status.code(), started.elapsed());
             }
             assert!(started.elapsed() < Duration::from_secs(60), "ferry did not exit after SIG{signal}");
@@ -114,10 +117,19 @@ impl Daemon {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                self.read_to_the_end();
                 return status.code();
             }
             assert!(Instant::now() < deadline, "ferry did not exit; logs:\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Once the process has exited: waits until its last log lines are in
+    /// `logs` (its stderr is read on another thread, which can lag behind).
+    fn read_to_the_end(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the log reader does not panic");
         }
     }
 
