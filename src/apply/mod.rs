@@ -94,6 +94,8 @@ impl ApplyError {
         match self {
             ApplyError::Target { source, .. } => source.code().map(|c| c.code()),
             ApplyError::Batched { source, .. } => source.sqlstate(),
+            // What the target would answer: its key cannot hold a NULL.
+            ApplyError::NullKey { .. } => Some("23502"),
             _ => None,
         }
     }
@@ -1013,18 +1015,28 @@ impl Applier {
             .batch_execute("ROLLBACK TO SAVEPOINT ferry_row; RELEASE SAVEPOINT ferry_row")
             .await
             .map_err(target_error("ROLLBACK TO SAVEPOINT"))?;
-        let (lsn, table, key) = (self.source_lsn.to_string(), row.target.to_string(), row.key());
-        let (sqlstate, message) = match &error {
-            ApplyError::Target { source, .. } => {
-                (error.sqlstate().map(str::to_string), describe_sql_error(source))
-            }
-            other => (None, other.to_string()),
+        self.dead_letter(&row.target.to_string(), row.op.name(), &row.key(), &error).await
+    }
+
+    /// Records a change refused for good (`error`) in ferry.dead_letters.
+    async fn dead_letter(
+        &mut self,
+        table: &str,
+        op: &str,
+        key: &str,
+        error: &ApplyError,
+    ) -> Result<(), ApplyError> {
+        let lsn = self.source_lsn.to_string();
+        let sqlstate = error.sqlstate().map(str::to_string);
+        let message = match error {
+            ApplyError::Target { source, .. } => describe_sql_error(source),
+            other => other.to_string(),
         };
         self.client
             .execute(
                 "INSERT INTO ferry.dead_letters (subscription, source_lsn, table_name, operation, key, sqlstate, error)
                  VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6, $7)",
-                &[&&*self.subscription, &lsn, &table, &row.op.name(), &key, &sqlstate, &message],
+                &[&&*self.subscription, &lsn, &table, &op, &key, &sqlstate, &message],
             )
             .await
             .map_err(target_error("recording a dead letter"))?;
@@ -1037,6 +1049,21 @@ impl Applier {
     /// table's configuration. Its outcome may only be known at the next
     /// commit (statements are pipelined).
     pub async fn apply(&mut self, change: &Change) -> Result<(), ApplyError> {
+        match self.apply_shaped(change).await {
+            // An update or delete of a row with a NULL key never reaches
+            // the target (the row's insert was refused there): set aside
+            // like what the target refuses, before anything of it is sent.
+            Err(ApplyError::NullKey { table, what, column }) if self.careful && self.dead_letters => {
+                let (target, key) =
+                    (table.to_string(), key_text(std::slice::from_ref(&column), [None].into_iter()));
+                let op = if matches!(change, Change::Delete { .. }) { "delete" } else { "update" };
+                self.dead_letter(&target, op, &key, &ApplyError::NullKey { table, what, column }).await
+            }
+            other => other,
+        }
+    }
+
+    async fn apply_shaped(&mut self, change: &Change) -> Result<(), ApplyError> {
         if let Change::Insert { relation, .. }
         | Change::Update { relation, .. }
         | Change::Delete { relation, .. } = change
