@@ -434,8 +434,10 @@ impl Checker<'_> {
         let is_a_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         // A generated password can be letters and digits only: a name is
-        // repeated only when written the usual way, in capitals.
-        let usual_name = !name.chars().any(|c| c.is_ascii_lowercase());
+        // repeated only when written the usual way, in capitals, and with
+        // words apart (`DB_PASSWORD`) or without digits (`PGPASSWORD`).
+        let usual_name = !name.chars().any(|c| c.is_ascii_lowercase())
+            && (name.contains('_') || !name.chars().any(|c| c.is_ascii_digit()));
         let message = match (is_a_name, usual_name) {
             (true, true) => format!("{what}: environment variable {name} {problem}"),
             (true, false) => format!(
@@ -992,7 +994,7 @@ mod mistakes_tests {
     /// `password_env = "s3cr3t-pa55"`) is quoted back in the error.
     #[test]
     fn a_password_written_as_password_env_is_not_echoed() {
-        for password in [SECRET, "Tr0ub4dor3xK9"] {
+        for password in [SECRET, "Tr0ub4dor3xK9", "K9X2Q7ZT"] {
             let text = config(&format!("url = \"postgresql://h/a\"\npassword_env = \"{password}\""), "", "");
             assert!(!shown(&text).contains(password), "the password leaked:\n{}", shown(&text));
         }

@@ -141,7 +141,8 @@ pub async fn mark_copying(
     let names: Vec<String> = routes.iter().map(|r| r.mapping.from.to_string()).collect();
     let leftovers = target
         .query(
-            "SELECT source_table FROM ferry.tables WHERE subscription = $1 AND copying AND source_table = ANY($2)",
+            "SELECT source_table FROM ferry.tables
+             WHERE subscription = $1 AND copying AND NOT removed AND source_table = ANY($2)",
             &[&subscription, &names],
         )
         .await

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -105,18 +106,43 @@ pub struct ForgottenSlot {
     pub retained_bytes: i64,
 }
 
-/// The forgotten slots on the config's sources, by source name; a source
-/// that cannot be asked is left out.
+/// How long one source may take to say which slots it has.
+const FORGOTTEN_SLOT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The forgotten slots on the config's sources, by source name, asked of
+/// all sources at once (a source named twice, once); a source that cannot
+/// be asked within [`FORGOTTEN_SLOT_TIMEOUT`] is left out.
 pub async fn forgotten_slots(config: &Config) -> BTreeMap<String, Vec<ForgottenSlot>> {
-    let mut forgotten = BTreeMap::new();
-    for (name, info) in &config.sources {
-        if let Ok(client) = tls::connect_sql(info).await
-            && let Ok(slots) = forgotten_slots_on(config, name, &client).await
-        {
-            forgotten.insert(name.clone(), slots);
-        }
-    }
-    forgotten
+    let sources: Vec<(&String, &ConnInfo)> = config.sources.iter().collect();
+    let distinct = sources
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, info))| !sources[..*i].iter().any(|(_, earlier)| earlier.same_database(info)))
+        .map(|(_, source)| *source);
+    let asked = distinct.map(|(name, info)| async move {
+        let ask = async {
+            let client = tls::connect_sql(info).await.ok()?;
+            forgotten_slots_on(config, name, &client).await.ok()
+        };
+        let slots = tokio::time::timeout(FORGOTTEN_SLOT_TIMEOUT, ask).await.ok().flatten()?;
+        Some((name.clone(), slots))
+    });
+    join_all(asked).await.into_iter().flatten().collect()
+}
+
+/// Whether a subscription of `config` uses `slot` on `source` (or on
+/// another source of the config that is the same database: say, as two
+/// roles).
+fn is_configured(config: &Config, source: &str, slot: &str) -> bool {
+    let same_database = |other: &str| {
+        other == source
+            || config
+                .sources
+                .get(other)
+                .zip(config.sources.get(source))
+                .is_some_and(|(a, b)| a.same_database(b))
+    };
+    config.subscriptions.iter().any(|s| s.slot == slot && same_database(&s.source))
 }
 
 /// The forgotten slots (see [`ForgottenSlot`]) on the source `source`,
@@ -137,22 +163,10 @@ pub async fn forgotten_slots_on(
             &[],
         )
         .await?;
-    // Two sources of the config may be the same database (say, as two
-    // roles): a slot of either is configured.
-    let same_database = |other: &str| {
-        other == source
-            || config
-                .sources
-                .get(other)
-                .zip(config.sources.get(source))
-                .is_some_and(|(a, b)| a.same_database(b))
-    };
-    let configured =
-        |slot: &str| config.subscriptions.iter().any(|s| s.slot == slot && same_database(&s.source));
     Ok(rows
         .iter()
         .map(|row| ForgottenSlot { source: source.to_string(), slot: row.get(0), retained_bytes: row.get(1) })
-        .filter(|found| !configured(&found.slot))
+        .filter(|found| !is_configured(config, source, &found.slot))
         .collect())
 }
 
@@ -172,7 +186,8 @@ pub async fn watch_forgotten_slots(
     let mut ticker = tokio::time::interval(FORGOTTEN_SLOT_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = HashSet::new();
-    let mut last: BTreeMap<String, Vec<ForgottenSlot>> = BTreeMap::new();
+    // By source name: where it was asked, and what it said.
+    let mut last: BTreeMap<String, (ConnInfo, Vec<ForgottenSlot>)> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -184,9 +199,18 @@ pub async fn watch_forgotten_slots(
             _ = cancel.cancelled() => return,
             found = forgotten_slots(&current) => found,
         };
-        last.retain(|source, _| current.sources.contains_key(source));
-        last.extend(found);
-        for slot in last.values().flatten() {
+        // What a source that did not answer said before holds while the
+        // source is the same and the slot still forgotten.
+        last.retain(|source, (info, _)| current.sources.get(source) == Some(info));
+        for (_, slots) in last.values_mut() {
+            slots.retain(|slot| !is_configured(&current, &slot.source, &slot.slot));
+        }
+        last.extend(found.into_iter().map(|(source, slots)| {
+            let info = current.sources[&source].clone();
+            (source, (info, slots))
+        }));
+        let forgotten = || last.values().flat_map(|(_, slots)| slots);
+        for slot in forgotten() {
             if warned.insert((slot.source.clone(), slot.slot.clone())) {
                 let (source, name) = (&slot.source, &slot.slot);
                 tracing::warn!(
@@ -197,7 +221,7 @@ pub async fn watch_forgotten_slots(
                 );
             }
         }
-        metrics.forgotten_slots(last.values().flatten());
+        metrics.forgotten_slots(forgotten());
     }
 }
 

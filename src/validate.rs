@@ -41,7 +41,7 @@ use crate::source::catalog::{self, CatalogError};
 use crate::teardown;
 
 /// How long a database may take to accept a connection when its url sets no
-/// `connect_timeout`: validation should answer, not hang on a lost host.
+/// `connect_timeout` (or 0): validation should answer, not hang on a lost host.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,7 +205,9 @@ async fn connect_all(
 }
 
 async fn connect(info: &ConnInfo) -> Result<Client, tls::SqlConnectError> {
-    let info = ConnInfo { connect_timeout: info.connect_timeout.or(Some(CONNECT_TIMEOUT)), ..info.clone() };
+    // Not even `connect_timeout=0` waits for ever here.
+    let limit = info.connect_timeout.filter(|t| !t.is_zero()).unwrap_or(CONNECT_TIMEOUT);
+    let info = ConnInfo { connect_timeout: Some(limit), ..info.clone() };
     tls::connect_sql(&info).await
 }
 

@@ -570,3 +570,29 @@ async fn an_older_tables_record_gets_its_removed_column() {
         dst.query_one("SELECT count(*) FROM ferry.tables WHERE NOT removed", &[]).await.unwrap().get(0);
     assert_eq!(flagged, 1);
 }
+
+/// A table taken out while its copy was unfinished, and added back once
+/// the target table holds rows of its own: those rows are not taken for
+/// what the copy left, and the table is refused until emptied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_taken_out_mid_copy_is_not_emptied_when_it_comes_back() {
+    let (source, target, _src, dst) = setup().await;
+    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    daemon.signal_and_wait("TERM");
+    let both = config(&source, &target, &["steady", "added"]);
+    let mut crashed = Daemon::start_with_env(&both, &[("FERRY_FAILPOINT", "during-snapshot-copy")]);
+    assert_eq!(crashed.wait_for_exit(WAIT).await, Some(137));
+
+    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    daemon.wait_for_log("table no longer in the subscription", WAIT).await;
+    daemon.signal_and_wait("TERM");
+    exec(&dst, "TRUNCATE added; INSERT INTO added VALUES (-1, 0, 'the target''s own')").await;
+
+    let mut daemon = Daemon::start(&both);
+    assert_eq!(daemon.wait_for_exit(WAIT).await, Some(1));
+    let logs = daemon.logs();
+    assert!(logs.contains(r#"target table "public"."added" is not empty"#), "{logs}");
+    let rows: i64 = dst.query_one("SELECT count(*) FROM added", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 1, "the target's own row is kept");
+}
