@@ -21,6 +21,7 @@ use crate::config::Subscription;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::names::QualifiedName;
 use crate::pg::{Lsn, timestamp, tls};
+use crate::source::catalog::current_wal_lsn;
 use crate::teardown::ForgottenSlot;
 
 /// Every metric family ferry exports besides the process collector's, with
@@ -676,11 +677,13 @@ pub const SLOT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The slot measurement (`$1` is the slot name); public so that the
 /// least-privilege tests can run it as an unprivileged role.
-pub const SLOT_QUERY: &str = "
-SELECT pg_wal_lsn_diff(w.lsn, s.confirmed_flush_lsn)::bigint, pg_wal_lsn_diff(w.lsn, s.restart_lsn)::bigint
-FROM pg_replication_slots s,
-     (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END AS lsn) w
-WHERE s.slot_name = $1";
+pub const SLOT_QUERY: &str = concat!(
+    "SELECT pg_wal_lsn_diff(w.lsn, s.confirmed_flush_lsn)::bigint, pg_wal_lsn_diff(w.lsn, s.restart_lsn)::bigint
+     FROM pg_replication_slots s, (SELECT ",
+    current_wal_lsn!(),
+    " AS lsn) w
+     WHERE s.slot_name = $1"
+);
 
 /// Measures, every [`SLOT_POLL_INTERVAL`] until `cancel`, how far the slot
 /// is behind the source's WAL, over an ordinary SQL connection kept open

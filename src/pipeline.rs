@@ -103,8 +103,8 @@ pub enum PipelineError {
         "slot {slot} exists on the source, but target {target} holds nothing of subscription {subscription}: \
          the slot may hold changes not yet applied to another target, or to a subscription of another name with \
          the same slot (was the subscription's target or name changed? or was an older ferry stopped during the \
-         subscription's first start?). Change it back; or, if what the slot holds is not needed, drop it on the source (SELECT pg_drop_replication_slot('{slot}')) and ferry starts \
-         afresh"
+         subscription's first start?). Change it back; or, if what the slot holds is not needed, drop it on the \
+         source (SELECT pg_drop_replication_slot('{slot}')) and ferry starts afresh"
     )]
     SlotOfAnother { slot: String, subscription: String, target: String },
 }

@@ -17,6 +17,7 @@ use crate::pg::conninfo::ConnInfo;
 use crate::pg::names::quote_ident;
 use crate::pg::replication::ReplicationClient;
 use crate::pg::tls;
+use crate::source::catalog::current_wal_lsn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DropError {
@@ -154,12 +155,14 @@ pub async fn forgotten_slots_on(
 ) -> Result<Vec<ForgottenSlot>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT slot_name::text,
-                    COALESCE(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
-                                                  ELSE pg_current_wal_lsn() END, restart_lsn), 0)::bigint
-             FROM pg_replication_slots
-             WHERE slot_type = 'logical' AND NOT temporary AND database = current_database()
-               AND slot_name LIKE 'ferry\\_%' ORDER BY 1",
+            concat!(
+                "SELECT slot_name::text, COALESCE(pg_wal_lsn_diff(",
+                current_wal_lsn!(),
+                ", restart_lsn), 0)::bigint
+                 FROM pg_replication_slots
+                 WHERE slot_type = 'logical' AND NOT temporary AND database = current_database()
+                   AND slot_name LIKE 'ferry\\_%' ORDER BY 1"
+            ),
             &[],
         )
         .await?;

@@ -4,6 +4,15 @@
 
 use std::collections::HashMap;
 
+/// The source's current WAL position as SQL (replayed, on a standby), for
+/// `concat!` into the queries that measure against it.
+macro_rules! current_wal_lsn {
+    () => {
+        "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END"
+    };
+}
+pub(crate) use current_wal_lsn;
+
 use tokio_postgres::Client;
 
 use crate::config::Subscription;
@@ -135,11 +144,7 @@ pub async fn has_full_identity(client: &Client, table: &QualifiedName) -> Result
 /// committed so far lies before it.
 pub async fn wal_position(client: &Client) -> Result<Lsn, CatalogError> {
     let row = client
-        .query_one(
-            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END
-                     - '0/0')::bigint",
-            &[],
-        )
+        .query_one(concat!("SELECT (", current_wal_lsn!(), " - '0/0')::bigint"), &[])
         .await
         .map_err(sql_error("reading the WAL position"))?;
     Ok(Lsn(row.get::<_, i64>(0) as u64))
