@@ -65,9 +65,29 @@ async fn assert_same(src: &tokio_postgres::Client, dst: &tokio_postgres::Client)
 }
 
 async fn copied_tables(dst: &tokio_postgres::Client) -> Vec<String> {
-    let rows =
-        dst.query("SELECT source_table FROM ferry.tables WHERE NOT copying ORDER BY 1", &[]).await.unwrap();
+    let rows = dst
+        .query("SELECT source_table FROM ferry.tables WHERE NOT copying AND NOT removed ORDER BY 1", &[])
+        .await
+        .unwrap();
     rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// Runs ferry on `tables` until it streams, then stops it: the
+/// subscription has its slot and its progress, as after any earlier run.
+async fn streamed_once(source: &Cluster, target: &Cluster, tables: &[&str]) {
+    let daemon = Daemon::start(&config(source, target, tables));
+    daemon.wait_for_log("streaming", WAIT).await;
+    daemon.signal_and_wait("TERM");
+}
+
+/// `daemon` stops, refusing to copy into `added` while it holds a row of
+/// the target's own, and that one row is still there.
+async fn assert_refused_and_kept(mut daemon: Daemon, dst: &tokio_postgres::Client) {
+    assert_eq!(daemon.wait_for_exit(WAIT).await, Some(1));
+    let logs = daemon.logs();
+    assert!(logs.contains(r#"target table "public"."added" is not empty"#), "{logs}");
+    let rows: i64 = dst.query_one("SELECT count(*) FROM added", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 1, "the target's own row is kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,9 +138,7 @@ async fn a_table_added_to_a_running_subscription_is_copied_while_the_others_stre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_right_after_a_table_copy_loses_nothing() {
     let (source, target, src, dst) = setup().await;
-    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
-    daemon.wait_for_log("streaming", WAIT).await;
-    daemon.signal_and_wait("TERM");
+    streamed_once(&source, &target, &["steady"]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let writer = write_until_stopped(&source, stop.clone());
     // Killed after the copy committed with its floor, before the stream
@@ -149,9 +167,7 @@ async fn a_crash_right_after_a_table_copy_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_during_a_table_copy_copies_it_again() {
     let (source, target, src, dst) = setup().await;
-    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
-    daemon.wait_for_log("streaming", WAIT).await;
-    daemon.signal_and_wait("TERM");
+    streamed_once(&source, &target, &["steady"]).await;
     let both = config(&source, &target, &["steady", "added"]);
     let mut crashed = Daemon::start_with_env(&both, &[("FERRY_FAILPOINT", "during-snapshot-copy")]);
     assert_eq!(crashed.wait_for_exit(WAIT).await, Some(137));
@@ -175,12 +191,7 @@ async fn a_target_table_with_rows_of_its_own_is_refused_and_kept() {
     let (source, target, _src, dst) = setup().await;
     exec(&dst, "INSERT INTO added VALUES (-1, 0, 'the target''s own')").await;
     for _ in 0..2 {
-        let mut daemon = Daemon::start(&config(&source, &target, &["steady", "added"]));
-        assert_eq!(daemon.wait_for_exit(WAIT).await, Some(1));
-        let logs = daemon.logs();
-        assert!(logs.contains(r#"target table "public"."added" is not empty"#), "{logs}");
-        let rows: i64 = dst.query_one("SELECT count(*) FROM added", &[]).await.unwrap().get(0);
-        assert_eq!(rows, 1, "the target's own row is kept");
+        assert_refused_and_kept(Daemon::start(&config(&source, &target, &["steady", "added"])), &dst).await;
     }
 }
 
@@ -418,9 +429,7 @@ async fn changes_of_a_removed_table_still_in_the_slot_are_left_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_from_before_ferry_recorded_its_tables_keeps_streaming() {
     let (source, target, src, dst) = setup().await;
-    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
-    daemon.wait_for_log("streaming", WAIT).await;
-    daemon.signal_and_wait("TERM");
+    streamed_once(&source, &target, &["steady"]).await;
     // What an earlier ferry left on the target: progress, no table list.
     exec(&dst, "DROP TABLE ferry.tables").await;
     // The same restart adds a table: it is the only one copied.
@@ -541,9 +550,7 @@ async fn a_subscription_renamed_onto_the_same_slot_keeps_what_the_slot_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_replacing_the_only_table_and_copying_its_successor_still_copies_it() {
     let (source, target, src, dst) = setup().await;
-    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
-    daemon.wait_for_log("streaming", WAIT).await;
-    daemon.signal_and_wait("TERM");
+    streamed_once(&source, &target, &["steady"]).await;
 
     let replaced = config(&source, &target, &["added"]);
     let mut crashed = Daemon::start_with_env(&replaced, &[("FERRY_FAILPOINT", "before-table-copy")]);
@@ -558,9 +565,7 @@ async fn a_crash_between_replacing_the_only_table_and_copying_its_successor_stil
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_tables_record_gets_its_removed_column() {
     let (source, target, src, dst) = setup().await;
-    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
-    daemon.wait_for_log("streaming", WAIT).await;
-    daemon.signal_and_wait("TERM");
+    streamed_once(&source, &target, &["steady"]).await;
     exec(&dst, "ALTER TABLE ferry.tables DROP COLUMN removed").await;
 
     let _daemon = Daemon::start(&config(&source, &target, &["steady"]));
@@ -577,9 +582,7 @@ async fn an_older_tables_record_gets_its_removed_column() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_taken_out_mid_copy_is_not_emptied_when_it_comes_back() {
     let (source, target, _src, dst) = setup().await;
-    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
-    daemon.wait_for_log("streaming", WAIT).await;
-    daemon.signal_and_wait("TERM");
+    streamed_once(&source, &target, &["steady"]).await;
     let both = config(&source, &target, &["steady", "added"]);
     let mut crashed = Daemon::start_with_env(&both, &[("FERRY_FAILPOINT", "during-snapshot-copy")]);
     assert_eq!(crashed.wait_for_exit(WAIT).await, Some(137));
@@ -589,10 +592,5 @@ async fn a_table_taken_out_mid_copy_is_not_emptied_when_it_comes_back() {
     daemon.signal_and_wait("TERM");
     exec(&dst, "TRUNCATE added; INSERT INTO added VALUES (-1, 0, 'the target''s own')").await;
 
-    let mut daemon = Daemon::start(&both);
-    assert_eq!(daemon.wait_for_exit(WAIT).await, Some(1));
-    let logs = daemon.logs();
-    assert!(logs.contains(r#"target table "public"."added" is not empty"#), "{logs}");
-    let rows: i64 = dst.query_one("SELECT count(*) FROM added", &[]).await.unwrap().get(0);
-    assert_eq!(rows, 1, "the target's own row is kept");
+    assert_refused_and_kept(Daemon::start(&both), &dst).await;
 }
