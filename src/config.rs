@@ -265,19 +265,30 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::parse(&text, path)
+        Config::parse(&read(path)?, path)
+    }
+
+    /// [`Config::load`] for `ferry drop`, which runs once a subscription is
+    /// taken out of the config, so also after the last one: here a config
+    /// without subscriptions is valid.
+    pub fn load_for_drop(path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with_env(&read(path)?, path, &|name| std::env::var(name), false)
     }
 
     /// Validates config text; `path` only names the file in diagnostics.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        Config::parse_with_env(text, path, &|name| std::env::var(name))
+        Config::parse_with_env(text, path, &|name| std::env::var(name), true)
     }
 
-    /// [`Config::parse`] with `env` in place of the process environment.
-    fn parse_with_env(text: &str, path: &Path, env: &EnvLookup) -> Result<Config, ConfigError> {
-        let mut checker = Checker { text, path, env, diagnostics: Vec::new() };
+    /// [`Config::parse`] with `env` in place of the process environment;
+    /// `needs_subscriptions` refuses a config without any.
+    fn parse_with_env(
+        text: &str,
+        path: &Path,
+        env: &EnvLookup,
+        needs_subscriptions: bool,
+    ) -> Result<Config, ConfigError> {
+        let mut checker = Checker { text, path, env, needs_subscriptions, diagnostics: Vec::new() };
         let raw: RawConfig = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(error) => {
@@ -290,6 +301,10 @@ impl Config {
         let config = checker.check(raw);
         if checker.diagnostics.is_empty() { Ok(config) } else { Err(checker.into_error()) }
     }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })
 }
 
 /// serde says "invalid type: string \"…\", expected a boolean", quoting the
@@ -328,6 +343,7 @@ struct Checker<'a> {
     text: &'a str,
     path: &'a Path,
     env: &'a EnvLookup,
+    needs_subscriptions: bool,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -363,7 +379,7 @@ impl Checker<'_> {
                 subscriptions.push(subscription);
             }
         }
-        if raw.subscriptions.is_empty() {
+        if raw.subscriptions.is_empty() && self.needs_subscriptions {
             self.report(0..0, "no [[subscriptions]]: nothing to replicate".into());
         }
         Config { server: raw.server, sources, targets, subscriptions }
@@ -633,7 +649,7 @@ mod tests {
     }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse_with_env(text, Path::new("ferry.toml"), &env)
+        Config::parse_with_env(text, Path::new("ferry.toml"), &env, true)
     }
 
     /// Each diagnostic as `line:column: message`.
@@ -964,8 +980,12 @@ mod mistakes_tests {
     const SECRET: &str = "hunter2-do-not-print";
 
     fn shown(text: &str) -> String {
-        match Config::parse_with_env(text, Path::new("ferry.toml"), &|_| Err(std::env::VarError::NotPresent))
-        {
+        match Config::parse_with_env(
+            text,
+            Path::new("ferry.toml"),
+            &|_| Err(std::env::VarError::NotPresent),
+            true,
+        ) {
             Ok(config) => format!("{config:?}"),
             Err(error) => format!("{error}\n{error:?}"),
         }

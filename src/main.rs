@@ -256,7 +256,7 @@ fn reload_on_sighup(path: PathBuf, metrics: Metrics) -> tokio::sync::mpsc::Recei
 }
 
 async fn drop_command(subscription: String, config: PathBuf, source: Option<String>) -> anyhow::Result<()> {
-    let config = Config::load(&config)?;
+    let config = Config::load_for_drop(&config)?;
     let dropped = ferry::teardown::drop_subscription(&config, &subscription, source.as_deref()).await?;
     println!("dropped slot {} on source {}", dropped.slot, dropped.source);
     if let Some(publication) = dropped.publication {

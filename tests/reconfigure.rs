@@ -300,6 +300,20 @@ async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_d
 
     exec(&src, "INSERT INTO steady (note) VALUES ('still streaming')").await;
     wait_for_same(&src, &other, "steady", "steady", "id, note", "id", WAIT).await;
+
+    // With the last subscription out of the config, its slot can still be
+    // dropped: a config of the source alone is enough.
+    exec(&src, "SELECT pg_create_logical_replication_slot('ferry_last', 'pgoutput')").await;
+    let only_source = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(only_source.path(), format!("[sources.src]\nurl = \"{}\"\n", source.url("postgres")))
+        .unwrap();
+    let dropped = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["drop", "last", "--config"])
+        .arg(only_source.path())
+        .output()
+        .unwrap();
+    assert!(dropped.status.success(), "{dropped:?}");
+    assert!(!slot_exists("ferry_last").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
