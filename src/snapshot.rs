@@ -214,7 +214,10 @@ pub async fn split_points(
 /// primary key is carried into it. The parts' sessions commit only once
 /// all are done, so two parts inserting the same value into a unique index
 /// would wait for each other for ever, a deadlock PostgreSQL cannot see;
-/// copied whole, the table fails with the duplicate named instead.
+/// copied whole, the table fails with the duplicate named instead. Nor may
+/// a foreign key of the target reference the table or start from it: its
+/// check does not see rows another session has not committed, so a row
+/// whose referenced row another part copies would be refused.
 async fn parts_cannot_collide(target: &Client, route: &TableRoute) -> Result<bool, SnapshotError> {
     if !source_key_in_target_key(route) {
         return Ok(false);
@@ -223,11 +226,13 @@ async fn parts_cannot_collide(target: &Client, route: &TableRoute) -> Result<boo
     let other_unique: bool = target
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::text::regclass AND indisunique AND NOT indisprimary)
-                 OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'x')",
+                 OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'x')
+                 OR EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f'
+                            AND $1::text::regclass IN (conrelid, confrelid))",
             &[&to.to_string()],
         )
         .await
-        .map_err(sql_error(format!("reading the unique indexes of {to}")))?
+        .map_err(sql_error(format!("reading the unique indexes and foreign keys of {to}")))?
         .get(0);
     Ok(!other_unique)
 }

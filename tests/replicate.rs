@@ -510,6 +510,29 @@ async fn a_target_only_unique_index_is_not_split_into_a_deadlock() {
     assert_eq!(rows, 0, "nothing of the failed copy stays");
 }
 
+/// A large table that a foreign key of the target involves is copied in
+/// one part: a part's session does not see the rows another part has not
+/// committed yet, so a row referencing one of those would be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_table_under_a_foreign_key_is_copied_whole() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    let table = "CREATE TABLE tree (id int PRIMARY KEY, parent int REFERENCES tree, pad text)";
+    exec(&src, table).await;
+    exec(&dst, table).await;
+    // Large enough to be split; each row of the first half references one
+    // of the second, the second half's rows their own parent.
+    exec(
+        &src,
+        "INSERT INTO tree SELECT g, NULL, md5(g::text) FROM generate_series(100001, 200000) g;
+         INSERT INTO tree SELECT g, 200001 - g, md5(g::text) FROM generate_series(1, 100000) g",
+    )
+    .await;
+    let daemon = Daemon::start(&config(&source, &target, &[("tree", "tree")], ""));
+    wait_for_same(&src, &dst, "tree", "tree", "id, parent, pad", "id", SETTLE).await;
+    assert!(!daemon.logs().contains("23503"), "{}", daemon.logs());
+}
+
 /// An object reference (`regclass`) names the same object after the copy,
 /// though its oid differs on the target: it travels as a name, not as the
 /// source's oid.
