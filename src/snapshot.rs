@@ -94,10 +94,20 @@ pub struct SnapshotReader {
 }
 
 impl SnapshotReader {
+    /// A session reading as of `snapshot`. A large table's COPY runs for
+    /// minutes, and the session waits between tables: a time limit set
+    /// on the database or the role would cut the copy short (PostgreSQL's
+    /// own table sync is held to none either).
     pub async fn open(source: &ConnInfo, snapshot: &str) -> Result<SnapshotReader, SnapshotError> {
         let mut conn = Connection::connect(
             source,
-            &[("DateStyle", "ISO"), ("IntervalStyle", "postgres"), ("extra_float_digits", "3")],
+            &[
+                ("DateStyle", "ISO"),
+                ("IntervalStyle", "postgres"),
+                ("extra_float_digits", "3"),
+                ("statement_timeout", "0"),
+                ("idle_in_transaction_session_timeout", "0"),
+            ],
         )
         .await?;
         conn.simple_query(&format!(

@@ -533,6 +533,25 @@ async fn a_large_table_under_a_foreign_key_is_copied_whole() {
     assert!(!daemon.logs().contains("23503"), "{}", daemon.logs());
 }
 
+/// Time limits set on both databases for every session do not cut the
+/// copy of a large table short: ferry's copy sessions run without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_time_limits_do_not_cut_a_large_copy_short() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    let table = "CREATE TABLE big (id int PRIMARY KEY, pad text)";
+    exec(&src, table).await;
+    exec(&dst, table).await;
+    exec(&src, "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 300000) g").await;
+    let limits = "ALTER DATABASE postgres SET statement_timeout = '250ms';
+                  ALTER DATABASE postgres SET idle_in_transaction_session_timeout = '250ms'";
+    exec(&src, limits).await;
+    exec(&dst, limits).await;
+    let daemon = Daemon::start(&config(&source, &target, &[("big", "big")], ""));
+    wait_for_same(&src, &dst, "big", "big", "id, pad", "id", SETTLE).await;
+    assert!(!daemon.logs().contains("57014"), "{}", daemon.logs());
+}
+
 /// An object reference (`regclass`) names the same object after the copy,
 /// though its oid differs on the target: it travels as a name, not as the
 /// source's oid.

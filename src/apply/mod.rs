@@ -278,7 +278,10 @@ const DEAD_LETTERS_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.dead_letters (
 /// execution, as it prices an `unnest` of a known array below the generic
 /// plan, which is the same nested loop over the primary key (planning was
 /// a sixth of the target backend's time at 2,000 transactions/s; the
-/// setting came with PostgreSQL 12). Pipelines sharing a target start
+/// setting came with PostgreSQL 12). Nor are its statements held to a time
+/// limit set on the database or the role, as PostgreSQL's own apply worker
+/// is not: a large COPY would be cut short, and a copy session waits in
+/// its transaction while other tables copy. Pipelines sharing a target start
 /// together, and `IF NOT EXISTS` alone races (the loser gets a unique
 /// violation from the catalog), hence the lock. The schema is created only
 /// when missing: `CREATE SCHEMA IF NOT EXISTS` needs `CREATE` on the
@@ -296,6 +299,8 @@ async fn prepare_session(client: &Client, dead_letters: bool) -> Result<(), Appl
         "BEGIN; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(hashtext('ferry schema'));
          {schema} {PROGRESS_DDL} {TABLES_DDL} {dead_letters} COMMIT;
          SET synchronous_commit = off;
+         SET statement_timeout = 0;
+         SET idle_in_transaction_session_timeout = 0;
          SELECT set_config('plan_cache_mode', 'force_generic_plan', false)
          WHERE current_setting('server_version_num')::int >= 120000;"
     );

@@ -347,14 +347,10 @@ impl Connection {
         }
     }
 
-    /// Whether a whole frame is in the read buffer.
+    /// Whether [`Connection::read_frame`] would return a frame without
+    /// reading from the socket.
     pub fn has_buffered_frame(&self) -> bool {
-        self.read_buf.len() >= 5 && {
-            let len =
-                u32::from_be_bytes([self.read_buf[1], self.read_buf[2], self.read_buf[3], self.read_buf[4]])
-                    as usize;
-            self.read_buf.len() > len
-        }
+        holds_frame(&self.read_buf)
     }
 
     fn split_frame(&mut self) -> Result<Option<Frame>, PgError> {
@@ -554,4 +550,48 @@ async fn negotiate_tls(
     let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
     let stream = connector.connect(name, tcp).await.map_err(|e| tls_error(e.to_string()))?;
     Ok(Socket::Tls(Box::new(stream)))
+}
+
+/// Whether `buffer` holds a whole frame other than a notice or a parameter
+/// change, which [`Connection::read_frame`] handles itself: a caller about
+/// to wait for the server must not take one of those for a message to come.
+fn holds_frame(buffer: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(header) = buffer.get(at..at + 5) {
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if buffer.len() <= at + len {
+            return false;
+        }
+        if !matches!(header[0], b'N' | b'S') {
+            return true;
+        }
+        at += len + 1;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_frame;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut frame = vec![tag];
+        frame.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        frame.extend_from_slice(body);
+        frame
+    }
+
+    #[test]
+    fn notices_and_parameter_changes_are_not_frames_to_hand_on() {
+        let data = frame(b'd', b"wal");
+        let notice = frame(b'N', b"Snotice\0\0");
+        let parameter = frame(b'S', b"TimeZone\0UTC\0");
+        assert!(holds_frame(&data));
+        assert!(!holds_frame(&data[..data.len() - 1]), "a partial frame");
+        assert!(!holds_frame(&notice));
+        assert!(!holds_frame(&[notice.clone(), parameter.clone()].concat()));
+        assert!(holds_frame(&[notice.clone(), parameter, data.clone()].concat()));
+        assert!(!holds_frame(&[notice, data[..3].to_vec()].concat()));
+        assert!(!holds_frame(&[]));
+    }
 }
