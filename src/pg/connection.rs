@@ -226,6 +226,10 @@ impl Connection {
 
     async fn authenticate(&mut self, info: &ConnInfo) -> Result<(), PgError> {
         let mut scram: Option<ScramSha256> = None;
+        // A SCRAM exchange ends with the server's proof that it knows the
+        // password; one that says "ok" before has not shown it, and may be
+        // a man in the middle passing the exchange on.
+        let mut server_proven = false;
         loop {
             let frame = self.read_frame().await?;
             if frame.tag == b'E' {
@@ -243,6 +247,12 @@ impl Connection {
             }
             let message = frame.parse().map_err(|e| self.protocol(e.to_string()))?;
             match message {
+                backend::Message::AuthenticationOk if scram.is_some() && !server_proven => {
+                    return Err(self.auth(
+                        "the server ended SCRAM authentication without proving that it knows the password"
+                            .into(),
+                    ));
+                }
                 backend::Message::AuthenticationOk => return Ok(()),
                 backend::Message::AuthenticationCleartextPassword => {
                     let password = self.password(info)?;
@@ -289,6 +299,7 @@ impl Connection {
                     state
                         .finish(body.data())
                         .map_err(|e| self.auth(format!("SCRAM: the server's proof is wrong ({e})")))?;
+                    server_proven = true;
                     continue;
                 }
                 _ => {
@@ -572,7 +583,9 @@ fn holds_frame(buffer: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::holds_frame;
+    use super::{Connection, holds_frame};
+    use crate::pg::PgError;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut frame = vec![tag];
@@ -593,5 +606,32 @@ mod tests {
         assert!(holds_frame(&[notice.clone(), parameter, data.clone()].concat()));
         assert!(!holds_frame(&[notice, data[..3].to_vec()].concat()));
         assert!(!holds_frame(&[]));
+    }
+
+    /// A server that starts SCRAM and then says "ok" without its proof,
+    /// as a man in the middle relaying the exchange would.
+    #[tokio::test]
+    async fn scram_without_the_servers_proof_is_refused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let startup_len = socket.read_u32().await.unwrap() as usize;
+            socket.read_exact(&mut vec![0; startup_len - 4]).await.unwrap();
+            let mechanisms = b"SCRAM-SHA-256\0\0";
+            let mut sasl = frame(b'R', &10u32.to_be_bytes());
+            sasl.extend_from_slice(mechanisms);
+            sasl[1..5].copy_from_slice(&(8 + mechanisms.len() as u32).to_be_bytes());
+            socket.write_all(&sasl).await.unwrap();
+            let _initial_response = socket.read(&mut [0; 512]).await.unwrap();
+            socket.write_all(&frame(b'R', &0u32.to_be_bytes())).await.unwrap();
+            let _ = socket.read(&mut [0; 512]).await;
+        });
+        let info = format!("postgresql://ferry:secret@127.0.0.1:{port}/app?sslmode=disable").parse().unwrap();
+        match Connection::connect(&info, &[]).await {
+            Err(PgError::Auth { message, .. }) => assert!(message.contains("without proving"), "{message}"),
+            Err(other) => panic!("expected an authentication error, got {other}"),
+            Ok(_) => panic!("a server that proved nothing was accepted"),
+        }
     }
 }
