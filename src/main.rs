@@ -85,7 +85,9 @@ enum Command {
     /// Taking a subscription out of the config stops its pipeline but keeps
     /// its slot (a typo must not throw away the changes it holds); the slot
     /// keeps WAL on the source until this command drops it. Refuses while
-    /// the subscription is still configured or its slot is in use.
+    /// the subscription is still configured or its slot is in use. The
+    /// config needs the subscription's source, not the subscription; run
+    /// again after a drop that stopped half way, it drops what is left.
     #[command(after_help = "Example: ferry drop customers-to-orders --config ferry.toml")]
     Drop {
         /// The subscription's name, as it was in the config.
@@ -258,7 +260,9 @@ fn reload_on_sighup(path: PathBuf, metrics: Metrics) -> tokio::sync::mpsc::Recei
 async fn drop_command(subscription: String, config: PathBuf, source: Option<String>) -> anyhow::Result<()> {
     let config = Config::load_for_drop(&config)?;
     let dropped = ferry::teardown::drop_subscription(&config, &subscription, source.as_deref()).await?;
-    println!("dropped slot {} on source {}", dropped.slot, dropped.source);
+    if let Some(slot) = &dropped.slot {
+        println!("dropped slot {slot} on source {}", dropped.source);
+    }
     if let Some(publication) = dropped.publication {
         println!("dropped publication {publication} on source {}", dropped.source);
     }

@@ -29,7 +29,7 @@ pub enum DropError {
     WhichSource(String),
     #[error("the config has no source named {0:?}")]
     UnknownSource(String),
-    #[error("source {on}: there is no slot {slot}")]
+    #[error("source {on}: there is no slot {slot} (nor a publication of that name)")]
     NoSlot { on: String, slot: String },
     #[error(
         "source {on}: slot {slot} is in use by process {pid}; is a ferry still running this subscription?"
@@ -47,7 +47,9 @@ pub enum DropError {
 #[derive(Debug)]
 pub struct Dropped {
     pub source: String,
-    pub slot: String,
+    /// `None` when the slot was gone already (an earlier drop stopped
+    /// before the publication).
+    pub slot: Option<String>,
     pub publication: Option<String>,
 }
 
@@ -70,13 +72,13 @@ pub async fn drop_subscription(
         .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
         .await
         .map_err(sql_error("looking up the slot"))?;
-    let Some(row) = row else {
-        return Err(DropError::NoSlot { on: source_name.to_string(), slot });
-    };
-    if let Some(pid) = row.get::<_, Option<i32>>(0) {
+    let found = row.is_some();
+    if let Some(pid) = row.and_then(|row| row.get::<_, Option<i32>>(0)) {
         return Err(DropError::InUse { on: source_name.to_string(), slot, pid });
     }
-    ReplicationClient::connect(info).await?.drop_slot(&slot, false).await?;
+    if found {
+        ReplicationClient::connect(info).await?.drop_slot(&slot, false).await?;
+    }
     // The publication of the same name is the one ferry managed for it,
     // unless a configured subscription names it as its own.
     let in_use = config.subscriptions.iter().any(|s| s.publication == slot);
@@ -86,13 +88,15 @@ pub async fn drop_subscription(
         .map_err(sql_error("looking up the publication"))?
         .map(|row| row.get::<_, String>(0))
         .filter(|_| !in_use);
-    if let Some(publication) = &publication {
-        client
+    match &publication {
+        Some(publication) => client
             .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(publication)))
             .await
-            .map_err(sql_error("dropping the publication"))?;
+            .map_err(sql_error("dropping the publication"))?,
+        None if !found => return Err(DropError::NoSlot { on: source_name.to_string(), slot }),
+        None => {}
     }
-    Ok(Dropped { source: source_name.to_string(), slot, publication })
+    Ok(Dropped { source: source_name.to_string(), slot: found.then_some(slot), publication })
 }
 
 /// A slot named like ferry's that no configured subscription uses: left

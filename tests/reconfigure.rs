@@ -314,6 +314,25 @@ async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_d
         .unwrap();
     assert!(dropped.status.success(), "{dropped:?}");
     assert!(!slot_exists("ferry_last").await);
+
+    // A drop that stopped after the slot finishes with the publication.
+    exec(&src, "CREATE PUBLICATION ferry_half FOR TABLE steady").await;
+    let dropped = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["drop", "half", "--config"])
+        .arg(only_source.path())
+        .output()
+        .unwrap();
+    assert!(dropped.status.success(), "{dropped:?}");
+    assert!(
+        String::from_utf8_lossy(&dropped.stdout).contains("dropped publication ferry_half"),
+        "{dropped:?}"
+    );
+    let left: i64 = src
+        .query_one("SELECT count(*) FROM pg_publication WHERE pubname = 'ferry_half'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
