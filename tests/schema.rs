@@ -142,39 +142,6 @@ async fn a_column_added_on_both_sides_is_replicated_from_then_on() {
     assert_eq!(lines_with(&daemon, "note added"), 1, "one line per change of the table, not per row");
 }
 
-/// While ferry is stopped, rows change and then a column is renamed on
-/// both sides (items_a) or dropped on both sides (items_b): once ferry is
-/// back, the changes from before the rename land in the renamed column,
-/// and those from before the drop without it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_column_renamed_or_dropped_on_both_sides_while_ferry_was_stopped() {
-    let setup = Setup::new().await;
-    drop(setup.streaming("", "").await);
-
-    for table in ["items_a", "items_b"] {
-        let before = format!(
-            "UPDATE {table} SET qty = qty * 100 WHERE id <= 5; INSERT INTO {table} VALUES (20, 'before', 20)"
-        );
-        exec(&setup.src, &before).await;
-    }
-    let alter = "ALTER TABLE items_a RENAME qty TO amount; ALTER TABLE items_b DROP COLUMN qty";
-    exec(&setup.src, alter).await;
-    exec(&setup.dst, alter).await;
-    exec(
-        &setup.src,
-        "UPDATE items_a SET amount = amount + 1 WHERE id = 1; INSERT INTO items_a VALUES (21, 'after', 21);
-         INSERT INTO items_b VALUES (21, 'after')",
-    )
-    .await;
-
-    let daemon = setup.daemon("", "");
-    setup.same("items_a", "id, name, amount").await;
-    setup.same("items_b", "id, name").await;
-    let renamed = "column \"qty\" of changes from before the start is column \"amount\" now";
-    daemon.wait_for_log(renamed, SETTLE).await;
-    assert_eq!(lines_with(&daemon, "of changes from before the start is column"), 1, "{}", daemon.logs());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_the_target_lacks_or_the_table_leaves_out_is_ignored_and_logged() {
     let setup = Setup::new().await;

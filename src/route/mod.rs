@@ -5,7 +5,6 @@
 
 mod change;
 pub mod filter;
-pub mod renamed;
 mod table;
 mod types;
 
