@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{Applier, ApplyError};
+use crate::apply::{self, Applier, ApplyError};
 use crate::config::Subscription;
 use crate::fault;
 use crate::metrics::{ErrorKind, EventCounts, Op, PipelineMetrics, State};
@@ -561,6 +561,10 @@ async fn initial_sync(
         tablesync::record_copied(applier.client(), &sub.name, &tables, None).await?;
     }
     applier.commit(slot.consistent_point, crate::pg::timestamp::now_micros()).await?;
+    if sub.snapshot {
+        apply::drop_helper_origins(applier.client(), &sub.name, &tablesync::copy_origin_prefix(&sub.slot))
+            .await;
+    }
     metrics.applied(slot.consistent_point, None);
     tracing::info!(subscription = %sub.name, slot = %sub.slot, at = %slot.consistent_point, "slot created");
     Ok(slot.consistent_point)

@@ -210,6 +210,12 @@ pub async fn copy(
     Ok(())
 }
 
+/// What the origins of a copy's extra sessions begin with, for a copy
+/// whose first session has `origin`.
+pub fn copy_origin_prefix(origin: &str) -> String {
+    format!("{origin}.copy")
+}
+
 /// A further target session for a copy, its transaction open and tagged
 /// with a replication origin of its own.
 struct ExtraTarget {
@@ -224,7 +230,8 @@ impl ExtraTarget {
     async fn open(target: &ConnInfo, subscription: &str, origin: &str, count: usize) -> Vec<ExtraTarget> {
         let mut sessions = Vec::new();
         for n in 1..=count {
-            let origin = if n == 1 { format!("{origin}.copy") } else { format!("{origin}.copy{n}") };
+            let prefix = copy_origin_prefix(origin);
+            let origin = if n == 1 { prefix } else { format!("{prefix}{n}") };
             let opened = async {
                 let client = tls::connect_sql(target).await.map_err(PipelineError::ConnectTarget)?;
                 apply::prepare_target_session(&client, subscription, &origin).await?;
@@ -455,6 +462,14 @@ pub async fn copy_new_tables(
     record_copied(&target_sql, &sub.name, &names, Some(slot.consistent_point)).await?;
     target_sql.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))?;
     fault::point(fault::AFTER_TABLE_COPY);
+    // This session holds `origin`: the origins go from another one.
+    drop(target_sql);
+    match tls::connect_sql(&target).await {
+        Ok(client) => apply::drop_helper_origins(&client, &sub.name, &origin).await,
+        Err(error) => {
+            tracing::info!(subscription = %sub.name, "the copy's replication origins stay on the target: {error}")
+        }
+    }
     Ok(Copied { routes, at: slot.consistent_point })
 }
 

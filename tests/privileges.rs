@@ -57,7 +57,7 @@ const TARGET_GRANTS: &str = "
     GRANT USAGE ON SCHEMA replica TO ferry_dst;
     GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON replica.items, replica.notes TO ferry_dst;
     GRANT EXECUTE ON FUNCTION pg_replication_origin_oid(text), pg_replication_origin_create(text),
-        pg_replication_origin_session_setup(text)
+        pg_replication_origin_session_setup(text), pg_replication_origin_drop(text)
         TO ferry_dst;";
 
 /// Two clusters with the databases set up and the ferry roles created with

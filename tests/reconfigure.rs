@@ -475,6 +475,9 @@ async fn a_target_from_before_ferry_recorded_its_tables_keeps_streaming() {
     .await;
     assert_same(&src, &dst).await;
     assert_eq!(daemon.logs().matches("copying it while the others stream").count(), 1, "{}", daemon.logs());
+    // The copy's own replication origins are gone with it: each would keep
+    // one of the target's origin entries for good.
+    assert_eq!(support::origins(&dst).await, ["ferry_sub"]);
 }
 
 /// A subscription whose only table is replaced by another, over a

@@ -550,6 +550,11 @@ async fn database_time_limits_do_not_cut_a_large_copy_short() {
     let daemon = Daemon::start(&config(&source, &target, &[("big", "big")], ""));
     wait_for_same(&src, &dst, "big", "big", "id, pad", "id", SETTLE).await;
     assert!(!daemon.logs().contains("57014"), "{}", daemon.logs());
+    // The table was copied in parts; the origin of the second part's
+    // session went with it: each would keep one of the target's origin
+    // entries for good.
+    daemon.wait_for_log("slot created", SETTLE).await;
+    assert_eq!(support::origins(&dst).await, ["ferry_test"]);
 }
 
 /// An object reference (`regclass`) names the same object after the copy,

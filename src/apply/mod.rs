@@ -335,19 +335,7 @@ async fn tag_with_origin(client: &Client, subscription: &str, origin: &str) -> R
         "SELECT pg_replication_origin_create({name}) WHERE pg_replication_origin_oid({name}) IS NULL;
          SELECT pg_replication_origin_session_setup({name});"
     );
-    let mut result = client.batch_execute(&sql).await;
-    // A session of this pipeline's that just ended (a restart, a reload)
-    // may hold the origin for a moment longer on the server.
-    for _ in 0..ORIGIN_RELEASE_TRIES {
-        match &result {
-            Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) => {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                result = client.batch_execute(&sql).await;
-            }
-            _ => break,
-        }
-    }
-    match result {
+    match while_origin_in_use(client, &sql).await {
         Ok(()) => Ok(()),
         Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
             tracing::warn!(
@@ -361,6 +349,44 @@ async fn tag_with_origin(client: &Client, subscription: &str, origin: &str) -> R
         }
         Err(error) => Err(target_error(format!("setting up replication origin {origin}"))(error)),
     }
+}
+
+/// Drops the replication origins whose names start with `prefix`: those
+/// of a copy's extra sessions, once the copy is committed and they are
+/// closed. The target keeps one of its `max_replication_slots` entries for
+/// every origin it has tracked until the origin is dropped, and a later
+/// copy, or another subscription into the target, would find none free. A
+/// failure is only logged: what was copied stands.
+pub async fn drop_helper_origins(client: &Client, subscription: &str, prefix: &str) {
+    let sql = format!(
+        "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE starts_with(roname, {})",
+        quote_literal(prefix)
+    );
+    if let Err(error) = while_origin_in_use(client, &sql).await {
+        tracing::info!(
+            %subscription,
+            "the copy's replication origins ({prefix}...) stay on the target ({}); grant EXECUTE on \
+             pg_replication_origin_drop(text) to have them dropped",
+            describe_sql_error(&error)
+        );
+    }
+}
+
+/// Runs `sql` again while an origin it uses is held by a session that
+/// just ended (a restart, a reload, a copy's session): the server lets go
+/// of it a moment later.
+async fn while_origin_in_use(client: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let mut result = client.batch_execute(sql).await;
+    for _ in 0..ORIGIN_RELEASE_TRIES {
+        match &result {
+            Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                result = client.batch_execute(sql).await;
+            }
+            _ => break,
+        }
+    }
+    result
 }
 
 /// The row a statement is about, to name it in errors and dead letters.

@@ -61,6 +61,12 @@ pub async fn exec(client: &tokio_postgres::Client, sql: &str) {
     }
 }
 
+/// The replication origins a database tracks, by name.
+pub async fn origins(client: &tokio_postgres::Client) -> Vec<String> {
+    let rows = client.query("SELECT roname::text FROM pg_replication_origin ORDER BY 1", &[]).await.unwrap();
+    rows.iter().map(|row| row.get(0)).collect()
+}
+
 /// How a cluster is set up before it starts.
 #[derive(Default, Clone)]
 pub struct ClusterOptions {
