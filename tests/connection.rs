@@ -97,8 +97,15 @@ async fn connects_over_a_unix_socket() {
 }
 
 async fn tls_cluster() -> (Cluster, tempfile::TempDir) {
+    tls_cluster_with_hba(None).await
+}
+
+/// A TLS cluster with `hba` as its `pg_hba.conf` (trust for all if none),
+/// and the folder holding its CA's certificate as `ca.pem`.
+async fn tls_cluster_with_hba(hba: Option<String>) -> (Cluster, tempfile::TempDir) {
     let certs = support::certs::generate(&["localhost"]);
     let cluster = Cluster::start_with(ClusterOptions {
+        hba,
         conf: vec![
             "ssl = on".into(),
             "ssl_cert_file = 'server.crt'".into(),
@@ -108,7 +115,6 @@ async fn tls_cluster() -> (Cluster, tempfile::TempDir) {
             ("server.crt".into(), certs.server_cert_pem.into_bytes()),
             ("server.key".into(), certs.server_key_pem.into_bytes()),
         ],
-        ..Default::default()
     });
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), certs.ca_pem).unwrap();
@@ -204,6 +210,53 @@ async fn a_host_without_tls_is_passed_over_for_the_next_one() {
     let sql = ferry::pg::tls::connect_sql(&info).await.unwrap();
     let row = sql.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap();
     assert!(row.get::<_, bool>(0));
+}
+
+/// `channel_binding=require` binds SCRAM to the TLS connection on the
+/// replication connection and the SQL ones alike (the server checks the
+/// binding data against its certificate, so a wrong hash fails), and
+/// refuses a server that authenticates any other way.
+#[tokio::test]
+async fn channel_binding_require_binds_scram_to_tls_and_refuses_anything_else() {
+    let hba = "local all all trust\n\
+               hostssl all md5user 127.0.0.1/32 md5\n\
+               hostssl replication md5user 127.0.0.1/32 md5\n\
+               hostssl all all 127.0.0.1/32 scram-sha-256\n\
+               hostssl replication all 127.0.0.1/32 scram-sha-256\n";
+    let (cluster, _dir) = tls_cluster_with_hba(Some(hba.into())).await;
+    let admin = cluster.client("postgres").await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE ferry LOGIN REPLICATION PASSWORD '{PASSWORD}';
+             SET password_encryption = 'md5';
+             CREATE ROLE md5user LOGIN REPLICATION PASSWORD '{PASSWORD}';"
+        ))
+        .await
+        .unwrap();
+    let info = |user: &str, binding: &str| -> ConnInfo {
+        format!(
+            "host=127.0.0.1 port={} user={user} password='{PASSWORD}' dbname=postgres sslmode=require \
+             channel_binding={binding}",
+            cluster.port
+        )
+        .parse()
+        .unwrap()
+    };
+
+    let mut client = ReplicationClient::connect(&info("ferry", "require")).await.unwrap();
+    assert!(client.identify_system().await.unwrap().timeline >= 1);
+    ferry::pg::tls::connect_sql(&info("ferry", "require")).await.unwrap();
+
+    for error in [
+        ReplicationClient::connect(&info("md5user", "require")).await.err().unwrap().to_string(),
+        ferry::pg::tls::connect_sql(&info("md5user", "require")).await.err().unwrap().to_string(),
+    ] {
+        assert!(error.contains("channel binding") || error.contains("channel_binding"), "{error}");
+        assert!(!error.contains(PASSWORD), "no password in errors: {error}");
+    }
+    // Without the requirement, md5 is still accepted.
+    ReplicationClient::connect(&info("md5user", "prefer")).await.unwrap();
+    ferry::pg::tls::connect_sql(&info("md5user", "prefer")).await.unwrap();
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
 //! A frontend/backend protocol connection written directly on
 //! `postgres-protocol`, because tokio-postgres cannot open a replication
 //! connection. It does startup, TLS negotiation, authentication (trust,
-//! password, md5, SCRAM-SHA-256), simple queries and raw framing; the
-//! replication layer builds on top of it.
+//! password, md5, SCRAM-SHA-256 with channel binding), simple queries and
+//! raw framing; the replication layer builds on top of it.
 
 use std::collections::HashMap;
 use std::io;
@@ -12,12 +12,14 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256,
+};
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::conninfo::{ConnInfo, Host, SslMode};
+use super::conninfo::{self, ConnInfo, Host, SslMode};
 use super::error::{PgError, ServerError};
 use super::tls;
 
@@ -25,11 +27,24 @@ use super::tls;
 /// message comes close (PostgreSQL caps a field at 1 GB).
 const MAX_FRAME: usize = 1 << 30;
 
+/// The limit until the server is ready: what comes before (authentication
+/// requests, parameters, errors) is small, and a server not yet proven to
+/// be the right one should not make ferry reserve a gigabyte.
+const STARTUP_MAX_FRAME: usize = 1 << 16;
+
 /// The byte stream under a connection.
 enum Socket {
     Tcp(TcpStream),
     Unix(UnixStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Socket {
+    /// The channel binding data of the server's certificate, over TLS.
+    fn tls_server_end_point(&self) -> Option<Vec<u8>> {
+        let Socket::Tls(stream) = self else { return None };
+        tls::server_end_point(stream.get_ref().1.peer_certificates()?.first()?)
+    }
 }
 
 impl AsyncRead for Socket {
@@ -133,6 +148,9 @@ pub struct Connection {
     /// The redacted connection string, for error messages and logs.
     target: String,
     parameters: HashMap<String, String>,
+    /// The largest frame accepted now: [`STARTUP_MAX_FRAME`] until the
+    /// server is ready, [`MAX_FRAME`] after.
+    max_frame: usize,
 }
 
 impl Connection {
@@ -195,6 +213,7 @@ impl Connection {
             write_buf: BytesMut::with_capacity(8 * 1024),
             target: target.to_string(),
             parameters: HashMap::new(),
+            max_frame: STARTUP_MAX_FRAME,
         };
         conn.startup(info, startup).await?;
         Ok(conn)
@@ -217,7 +236,10 @@ impl Connection {
             let frame = self.read_frame().await?;
             match frame.tag {
                 b'K' => {}
-                b'Z' => return Ok(()),
+                b'Z' => {
+                    self.max_frame = MAX_FRAME;
+                    return Ok(());
+                }
                 b'E' => return Err(self.server_error(&frame)),
                 other => return Err(self.unexpected(other, "during startup")),
             }
@@ -253,13 +275,20 @@ impl Connection {
                             .into(),
                     ));
                 }
-                backend::Message::AuthenticationOk => return Ok(()),
+                backend::Message::AuthenticationOk => {
+                    if scram.is_none() {
+                        self.may_skip_channel_binding(info)?;
+                    }
+                    return Ok(());
+                }
                 backend::Message::AuthenticationCleartextPassword => {
+                    self.may_skip_channel_binding(info)?;
                     let password = self.password(info)?;
                     frontend::password_message(password, &mut self.write_buf)
                         .map_err(|e| self.io_error(e))?;
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
+                    self.may_skip_channel_binding(info)?;
                     let password = self.password(info)?;
                     let hash = postgres_protocol::authentication::md5_hash(
                         info.user().as_bytes(),
@@ -275,13 +304,9 @@ impl Connection {
                         .map(|m| Ok(m.to_string()))
                         .collect()
                         .map_err(|e| self.protocol(e.to_string()))?;
-                    if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
-                        return Err(self.auth(format!(
-                            "server offers SASL mechanisms {mechanisms:?}, ferry speaks {SCRAM_SHA_256}"
-                        )));
-                    }
-                    let state = ScramSha256::new(self.password(info)?, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(SCRAM_SHA_256, state.message(), &mut self.write_buf)
+                    let (mechanism, binding) = self.scram_mechanism(info, &mechanisms)?;
+                    let state = ScramSha256::new(self.password(info)?, binding);
+                    frontend::sasl_initial_response(mechanism, state.message(), &mut self.write_buf)
                         .map_err(|e| self.io_error(e))?;
                     scram = Some(state);
                 }
@@ -310,6 +335,52 @@ impl Connection {
             }
             self.flush().await?;
         }
+    }
+
+    /// The SCRAM mechanism to answer `offered` with, and its channel
+    /// binding, as libpq chooses them: bound to the TLS connection when the
+    /// server offers `-PLUS` and `channel_binding` allows; otherwise plain,
+    /// saying whether ferry could have bound (so that a server which did
+    /// offer binding, and a man in the middle that struck the offer out,
+    /// are told apart by the server).
+    fn scram_mechanism(
+        &self,
+        info: &ConnInfo,
+        offered: &[String],
+    ) -> Result<(&'static str, ChannelBinding), PgError> {
+        let end_point = match info.channel_binding {
+            conninfo::ChannelBinding::Disable => None,
+            _ => self.socket.tls_server_end_point(),
+        };
+        let offers = |mechanism: &str| offered.iter().any(|m| m == mechanism);
+        let chosen = match end_point {
+            Some(data) if offers(SCRAM_SHA_256_PLUS) => {
+                return Ok((SCRAM_SHA_256_PLUS, ChannelBinding::tls_server_end_point(data)));
+            }
+            Some(_) if offers(SCRAM_SHA_256) => (SCRAM_SHA_256, ChannelBinding::unrequested()),
+            None if offers(SCRAM_SHA_256) => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+            _ => {
+                return Err(self.auth(format!(
+                    "server offers SASL mechanisms {offered:?}, ferry speaks {SCRAM_SHA_256} and {SCRAM_SHA_256_PLUS}"
+                )));
+            }
+        };
+        self.may_skip_channel_binding(info)?;
+        Ok(chosen)
+    }
+
+    /// Refuses authentication without channel binding when the connection
+    /// string requires it.
+    fn may_skip_channel_binding(&self, info: &ConnInfo) -> Result<(), PgError> {
+        if info.channel_binding != conninfo::ChannelBinding::Require {
+            return Ok(());
+        }
+        let why = if matches!(self.socket, Socket::Tls(_)) {
+            "the server authenticates without SCRAM-SHA-256-PLUS (or its certificate's signature has no hash to bind to)"
+        } else {
+            "the connection is not encrypted (the server refused TLS, or this is a Unix socket)"
+        };
+        Err(self.auth(format!("channel_binding=require, and {why}")))
     }
 
     fn password<'a>(&self, info: &'a ConnInfo) -> Result<&'a [u8], PgError> {
@@ -371,8 +442,10 @@ impl Connection {
         let tag = self.read_buf[0];
         let len = u32::from_be_bytes([self.read_buf[1], self.read_buf[2], self.read_buf[3], self.read_buf[4]])
             as usize;
-        if !(4..=MAX_FRAME).contains(&len) {
-            return Err(self.protocol(format!("message of invalid length {len}")));
+        if !(4..=self.max_frame).contains(&len) {
+            return Err(
+                self.protocol(format!("message of invalid length {len} (at most {})", self.max_frame))
+            );
         }
         let total = len + 1;
         if self.read_buf.len() < total {
@@ -586,6 +659,25 @@ mod tests {
     use super::{Connection, holds_frame};
     use crate::pg::PgError;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// The port of a server that accepts one connection, reads its
+    /// startup message and leaves the rest to `script`.
+    async fn fake_server<F, Fut>(script: F) -> u16
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let startup_len = socket.read_u32().await.unwrap() as usize;
+            socket.read_exact(&mut vec![0; startup_len - 4]).await.unwrap();
+            script(socket).await;
+        });
+        port
+    }
 
     fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut frame = vec![tag];
@@ -608,16 +700,32 @@ mod tests {
         assert!(!holds_frame(&[]));
     }
 
+    /// A server that announces a huge message before authentication is
+    /// refused at once, not waited for with a gigabyte reserved.
+    #[tokio::test]
+    async fn a_huge_message_before_authentication_is_refused() {
+        let port = fake_server(|mut socket| async move {
+            socket.write_all(&[b'R', 0x10, 0, 0, 0]).await.unwrap();
+            let _ = socket.read(&mut [0; 512]).await;
+        })
+        .await;
+        let info = format!("postgresql://ferry@127.0.0.1:{port}/app?sslmode=disable&connect_timeout=5")
+            .parse()
+            .unwrap();
+        match Connection::connect(&info, &[]).await {
+            Err(error @ PgError::Protocol { .. }) => {
+                assert!(error.to_string().contains("invalid length 268435456"), "{error}")
+            }
+            Err(other) => panic!("expected a protocol error, got {other}"),
+            Ok(_) => panic!("a server that sent nothing valid was accepted"),
+        }
+    }
+
     /// A server that starts SCRAM and then says "ok" without its proof,
     /// as a man in the middle relaying the exchange would.
     #[tokio::test]
     async fn scram_without_the_servers_proof_is_refused() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let startup_len = socket.read_u32().await.unwrap() as usize;
-            socket.read_exact(&mut vec![0; startup_len - 4]).await.unwrap();
+        let port = fake_server(|mut socket| async move {
             let mechanisms = b"SCRAM-SHA-256\0\0";
             let mut sasl = frame(b'R', &10u32.to_be_bytes());
             sasl.extend_from_slice(mechanisms);
@@ -626,7 +734,8 @@ mod tests {
             let _initial_response = socket.read(&mut [0; 512]).await.unwrap();
             socket.write_all(&frame(b'R', &0u32.to_be_bytes())).await.unwrap();
             let _ = socket.read(&mut [0; 512]).await;
-        });
+        })
+        .await;
         let info = format!("postgresql://ferry:secret@127.0.0.1:{port}/app?sslmode=disable").parse().unwrap();
         match Connection::connect(&info, &[]).await {
             Err(PgError::Auth { message, .. }) => assert!(message.contains("without proving"), "{message}"),

@@ -32,7 +32,8 @@ pub const SYSTEM_ROOTS: &str = "system";
 
 /// Parameters accepted in either form; listed in the error for an unknown one.
 const ACCEPTED: &str = "host, port, user, password, dbname, sslmode, sslrootcert, sslcert, \
-                        sslkey, application_name, connect_timeout, options, replication";
+                        sslkey, channel_binding, application_name, connect_timeout, options, \
+                        replication";
 
 /// A password. Its `Debug` and `Display` print `***`, so a `ConnInfo` (or
 /// anything holding one) can be logged or put in an error without leaking it;
@@ -141,7 +142,8 @@ impl fmt::Display for Endpoint {
 pub enum SslMode {
     /// Never use TLS.
     Disable,
-    /// TLS if the server offers it, without verifying the certificate.
+    /// TLS if the server offers it, without verifying the certificate
+    /// (unless `sslrootcert` is set, as for `Require`).
     #[default]
     Prefer,
     /// TLS or fail, without verifying the certificate (unless `sslrootcert` is
@@ -186,6 +188,55 @@ impl FromStr for SslMode {
                 name: "sslmode",
                 value: s.to_string(),
                 expected: "disable, allow, prefer, require, verify-ca or verify-full",
+            }),
+        }
+    }
+}
+
+/// libpq's `channel_binding`: whether SCRAM authentication binds itself to
+/// the TLS connection (`SCRAM-SHA-256-PLUS` with `tls-server-end-point`),
+/// which a man in the middle holding another certificate cannot relay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ChannelBinding {
+    /// Never bind.
+    Disable,
+    /// Bind when the server offers it over TLS.
+    #[default]
+    Prefer,
+    /// Bind, or refuse the connection: no other authentication (password,
+    /// md5, trust, SCRAM without binding) is accepted.
+    Require,
+}
+
+impl ChannelBinding {
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelBinding::Disable => "disable",
+            ChannelBinding::Prefer => "prefer",
+            ChannelBinding::Require => "require",
+        }
+    }
+}
+
+impl fmt::Display for ChannelBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ChannelBinding {
+    type Err = ConnInfoError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "disable" => Ok(ChannelBinding::Disable),
+            "prefer" => Ok(ChannelBinding::Prefer),
+            "require" => Ok(ChannelBinding::Require),
+            _ => Err(ConnInfoError::InvalidValue {
+                name: "channel_binding",
+                value: s.to_string(),
+                expected: "disable, prefer or require",
             }),
         }
     }
@@ -285,6 +336,12 @@ pub enum ConnInfoError {
          certificate a public CA issued would pass (give sslrootcert, or use sslmode=verify-full)"
     )]
     VerifyCaWithoutRoot,
+
+    #[error(
+        "channel_binding=require needs TLS, and sslmode=disable turns it off (channel binding \
+         ties authentication to the TLS connection)"
+    )]
+    ChannelBindingWithoutTls,
 }
 
 /// Where and how to connect to one PostgreSQL database, as written in a
@@ -326,6 +383,7 @@ pub struct ConnInfo {
     pub sslcert: Option<PathBuf>,
     /// PEM private key of `sslcert`.
     pub sslkey: Option<PathBuf>,
+    pub channel_binding: ChannelBinding,
     pub application_name: Option<String>,
     /// As written: `None` when not given, zero for "wait forever"; see
     /// [`ConnInfo::connect_limit`].
@@ -432,6 +490,11 @@ impl ConnInfo {
             .keepalives_retries(KEEPALIVE_RETRIES)
             .tcp_user_timeout(TCP_USER_TIMEOUT);
         let all_unix = endpoints.iter().all(|e| matches!(e.host, Host::Unix(_)));
+        config.channel_binding(match self.channel_binding {
+            ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+            ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+            ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
+        });
         config.ssl_mode(match self.sslmode {
             _ if all_unix => TpSslMode::Disable,
             SslMode::Disable => TpSslMode::Disable,
@@ -475,6 +538,9 @@ impl fmt::Display for ConnInfo {
                 write!(f, "&{name}={}", encode(&path.to_string_lossy()))?;
             }
         }
+        if self.channel_binding != ChannelBinding::default() {
+            write!(f, "&channel_binding={}", self.channel_binding)?;
+        }
         if let Some(name) = &self.application_name {
             write!(f, "&application_name={}", encode(name))?;
         }
@@ -515,6 +581,7 @@ struct Draft {
     sslrootcert: Option<PathBuf>,
     sslcert: Option<PathBuf>,
     sslkey: Option<PathBuf>,
+    channel_binding: Option<ChannelBinding>,
     application_name: Option<String>,
     connect_timeout: Option<Duration>,
     options: Option<String>,
@@ -539,6 +606,7 @@ impl Draft {
             "sslrootcert" => self.sslrootcert = text.map(PathBuf::from),
             "sslcert" => self.sslcert = text.map(PathBuf::from),
             "sslkey" => self.sslkey = text.map(PathBuf::from),
+            "channel_binding" => self.channel_binding = text.map(|v| v.parse()).transpose()?,
             "application_name" => self.application_name = text,
             "options" => self.options = text,
             "connect_timeout" => self.connect_timeout = parse_connect_timeout(&value)?,
@@ -579,6 +647,10 @@ impl Draft {
             None if system_roots => SslMode::VerifyFull,
             None => SslMode::default(),
         };
+        let channel_binding = self.channel_binding.unwrap_or_default();
+        if channel_binding == ChannelBinding::Require && sslmode == SslMode::Disable {
+            return Err(ConnInfoError::ChannelBindingWithoutTls);
+        }
         Ok(ConnInfo {
             hosts,
             ports,
@@ -589,6 +661,7 @@ impl Draft {
             sslrootcert: self.sslrootcert,
             sslcert: self.sslcert,
             sslkey: self.sslkey,
+            channel_binding,
             application_name: self.application_name,
             connect_timeout: self.connect_timeout,
             options: self.options,
@@ -1178,6 +1251,24 @@ mod tests {
     }
 
     #[test]
+    fn channel_binding_is_prefer_unless_set_and_require_needs_tls() {
+        assert_eq!(parse("host=h").channel_binding, ChannelBinding::Prefer);
+        assert_eq!(parse("host=h channel_binding=require").channel_binding, ChannelBinding::Require);
+        assert_eq!(
+            parse("postgresql://h/d?channel_binding=disable").channel_binding,
+            ChannelBinding::Disable
+        );
+        assert_eq!(
+            parse_err("host=h sslmode=disable channel_binding=require"),
+            ConnInfoError::ChannelBindingWithoutTls
+        );
+        assert!(matches!(
+            parse_err("host=h channel_binding=yes"),
+            ConnInfoError::InvalidValue { name: "channel_binding", .. }
+        ));
+    }
+
+    #[test]
     fn malformed_key_value_strings() {
         assert_eq!(parse_err("host=h mydb"), ConnInfoError::MissingEquals { position: 7 });
         assert_eq!(parse_err("host=h =x"), ConnInfoError::EmptyKey { position: 7 });
@@ -1223,6 +1314,7 @@ mod tests {
             "postgresql://ferry:pw@db:6432,[::1]:5/orders?sslmode=require",
             "host=/tmp,h port=1,2 user=u dbname='x/y?z' sslmode=verify-ca sslrootcert=/r.pem \
              sslcert=/c sslkey=/k application_name='a&b' connect_timeout=3 options='-c a=b'",
+            "host=h channel_binding=require",
             "",
         ] {
             let info = parse(text);

@@ -94,8 +94,9 @@ pub enum TlsError {
 ///
 /// * `prefer`, `require`: encryption only; any certificate is accepted, but the
 ///   handshake signatures are still checked (so the peer holds the key of the
-///   certificate it sent). As in libpq, `require` with an `sslrootcert` file
-///   behaves like `verify-ca`.
+///   certificate it sent). As in libpq, either with an `sslrootcert` file
+///   checks the chain like `verify-ca` (a server that offers TLS and fails
+///   the check is refused, not retried without TLS).
 /// * `verify-ca`: chain checked against the `sslrootcert` file (required:
 ///   see [`crate::pg::conninfo::ConnInfoError::VerifyCaWithoutRoot`]), host name not checked.
 /// * `verify-full`: chain and host name checked.
@@ -132,6 +133,32 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(bare.to_string()).map_err(|_| TlsError::InvalidServerName { host: host.to_string() })
 }
 
+/// The `tls-server-end-point` channel binding data of a server certificate
+/// (RFC 5929): the certificate's hash, by the hash function of its
+/// signature, MD5 and SHA-1 raised to SHA-256. `None` for a signature
+/// without a fixed hash (Ed25519, RSA-PSS), as for PostgreSQL's own client
+/// built on some libraries: no channel binding then.
+pub fn server_end_point(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    use sha2::{Digest, Sha256, Sha384, Sha512};
+    use x509_cert::der::Decode;
+    use x509_cert::der::oid::db::rfc5912::{
+        ECDSA_WITH_SHA_256, ECDSA_WITH_SHA_384, ECDSA_WITH_SHA_512, MD_5_WITH_RSA_ENCRYPTION,
+        SHA_1_WITH_RSA_ENCRYPTION, SHA_256_WITH_RSA_ENCRYPTION, SHA_384_WITH_RSA_ENCRYPTION,
+        SHA_512_WITH_RSA_ENCRYPTION,
+    };
+
+    let parsed = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    match parsed.signature_algorithm.oid {
+        MD_5_WITH_RSA_ENCRYPTION
+        | SHA_1_WITH_RSA_ENCRYPTION
+        | SHA_256_WITH_RSA_ENCRYPTION
+        | ECDSA_WITH_SHA_256 => Some(Sha256::digest(cert).to_vec()),
+        SHA_384_WITH_RSA_ENCRYPTION | ECDSA_WITH_SHA_384 => Some(Sha384::digest(cert).to_vec()),
+        SHA_512_WITH_RSA_ENCRYPTION | ECDSA_WITH_SHA_512 => Some(Sha512::digest(cert).to_vec()),
+        _ => None,
+    }
+}
+
 /// The certificate verifier for `info.sslmode` (not `disable`).
 fn verifier(
     info: &ConnInfo,
@@ -144,9 +171,9 @@ fn verifier(
             .map_err(TlsError::Verifier)
     };
     Ok(match info.sslmode {
-        SslMode::Disable | SslMode::Prefer => Arc::new(EncryptionOnly::new(provider)),
-        SslMode::Require if !has_root_file => Arc::new(EncryptionOnly::new(provider)),
-        SslMode::Require | SslMode::VerifyCa => Arc::new(ChainOnly { inner: webpki()? }),
+        SslMode::Disable => Arc::new(EncryptionOnly::new(provider)),
+        SslMode::Prefer | SslMode::Require if !has_root_file => Arc::new(EncryptionOnly::new(provider)),
+        SslMode::Prefer | SslMode::Require | SslMode::VerifyCa => Arc::new(ChainOnly { inner: webpki()? }),
         SslMode::VerifyFull => webpki()?,
     })
 }
@@ -602,13 +629,15 @@ mod tests {
     }
 
     #[test]
-    fn require_with_a_root_file_checks_the_chain_like_libpq() {
+    fn prefer_and_require_with_a_root_file_check_the_chain_like_libpq() {
         let ours = pki("ours");
         let theirs = pki("theirs");
         let roots = pem_file(&ours.ca_pem);
-        let verifier = verifier(&info(SslMode::Require, Some(roots.path())), &ring()).unwrap();
-        check(&verifier, &ours.server_cert, "db.example.com").unwrap();
-        assert!(check(&verifier, &theirs.server_cert, "localhost").is_err());
+        for mode in [SslMode::Prefer, SslMode::Require] {
+            let verifier = verifier(&info(mode, Some(roots.path())), &ring()).unwrap();
+            check(&verifier, &ours.server_cert, "db.example.com").unwrap();
+            assert!(check(&verifier, &theirs.server_cert, "localhost").is_err(), "{mode:?}");
+        }
     }
 
     #[test]
