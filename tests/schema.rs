@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ferry::metrics::{State, StatusReport};
 use ferry::status::http_get;
 use support::daemon::{Daemon, wait_for_same};
-use support::{Cluster, free_port};
+use support::{Cluster, ClusterOptions, free_port};
 
 const SETTLE: Duration = Duration::from_secs(120);
 const TABLE: &str = "(id int PRIMARY KEY, name text, qty int)";
@@ -33,7 +33,11 @@ struct Setup {
 impl Setup {
     /// Both tables on both sides, with rows on the source for the initial copy.
     async fn new() -> Setup {
-        let (source, target) = (Cluster::start(), Cluster::start());
+        Setup::with_source(Cluster::start()).await
+    }
+
+    async fn with_source(source: Cluster) -> Setup {
+        let target = Cluster::start();
         let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
         let tables = format!("CREATE TABLE items_a {TABLE}; CREATE TABLE items_b {TABLE};");
         exec(&src, &tables).await;
@@ -140,6 +144,33 @@ async fn a_column_added_on_both_sides_is_replicated_from_then_on() {
     setup.same("items_a", "id, name, qty, note").await;
     daemon.wait_for_log("note added: replicated into note", SETTLE).await;
     assert_eq!(lines_with(&daemon, "note added"), 1, "one line per change of the table, not per row");
+}
+
+/// While ferry is stopped, rows change and then a column is added on both
+/// sides. The source writes its WAL lazily (its commits are asynchronous,
+/// and its WAL writer wakes every 10 s), so when ferry starts, those
+/// commits lie past where the source has written WAL. The changes from
+/// before the addition, described without the column, are still told from
+/// a column dropped while ferry runs (which stops the pipeline): what was
+/// committed before the catalogs were read lies before where the source
+/// had inserted WAL then, whether written or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_while_ferry_was_stopped_on_a_source_writing_wal_lazily() {
+    let conf = vec!["wal_writer_delay = '10s'".into()];
+    let setup = Setup::with_source(Cluster::start_with(ClusterOptions { conf, ..Default::default() })).await;
+    drop(setup.streaming("", "").await);
+
+    // A fresh WAL segment: what follows fills no page, so nothing but the
+    // WAL writer writes it.
+    exec(&setup.src, "SELECT pg_switch_wal()").await;
+    exec(&setup.src, "UPDATE items_a SET qty = qty * 100 WHERE id <= 5").await;
+    exec(&setup.dst, "ALTER TABLE items_a ADD COLUMN note text").await;
+    exec(&setup.src, "ALTER TABLE items_a ADD COLUMN note text").await;
+    exec(&setup.src, "INSERT INTO items_a VALUES (20, 'after', 20, 'noted')").await;
+
+    let daemon = setup.daemon("", "");
+    setup.same("items_a", "id, name, qty, note").await;
+    assert_eq!(lines_with(&daemon, "pipeline stopped"), 0, "{}", daemon.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,11 +140,17 @@ pub async fn has_full_identity(client: &Client, table: &QualifiedName) -> Result
     Ok(row.is_some_and(|r| r.get(0)))
 }
 
-/// The source's current WAL position (replayed, on a standby): everything
-/// committed so far lies before it.
+/// A WAL position before which every transaction committed so far lies:
+/// where WAL is being inserted, or replayed on a standby. Not where it is
+/// written: an asynchronous commit (`synchronous_commit = off`) can lie
+/// past that for a while.
 pub async fn wal_position(client: &Client) -> Result<Lsn, CatalogError> {
     let row = client
-        .query_one(concat!("SELECT (", current_wal_lsn!(), " - '0/0')::bigint"), &[])
+        .query_one(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+             ELSE pg_current_wal_insert_lsn() END - '0/0')::bigint",
+            &[],
+        )
         .await
         .map_err(sql_error("reading the WAL position"))?;
     Ok(Lsn(row.get::<_, i64>(0) as u64))
