@@ -36,6 +36,20 @@ impl Setup {
         Setup::with_source(Cluster::start()).await
     }
 
+    /// A source whose WAL writer wakes every 10 s: with its commits
+    /// asynchronous (as in every test cluster), they lie past where it has
+    /// written WAL for up to that long (see [`Setup::fresh_wal_segment`]).
+    async fn lazy_wal() -> Setup {
+        let conf = vec!["wal_writer_delay = '10s'".into()];
+        Setup::with_source(Cluster::start_with(ClusterOptions { conf, ..Default::default() })).await
+    }
+
+    /// Starts a new WAL segment on the source: what follows, until it fills
+    /// a page, is written by nothing but the WAL writer.
+    async fn fresh_wal_segment(&self) {
+        exec(&self.src, "SELECT pg_switch_wal()").await;
+    }
+
     async fn with_source(source: Cluster) -> Setup {
         let target = Cluster::start();
         let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
@@ -147,22 +161,18 @@ async fn a_column_added_on_both_sides_is_replicated_from_then_on() {
 }
 
 /// While ferry is stopped, rows change and then a column is added on both
-/// sides. The source writes its WAL lazily (its commits are asynchronous,
-/// and its WAL writer wakes every 10 s), so when ferry starts, those
-/// commits lie past where the source has written WAL. The changes from
+/// sides. The source writes its WAL lazily (see [`Setup::lazy_wal`]), so
+/// when ferry starts, those commits lie past where it has written WAL. The changes from
 /// before the addition, described without the column, are still told from
 /// a column dropped while ferry runs (which stops the pipeline): what was
 /// committed before the catalogs were read lies before where the source
 /// had inserted WAL then, whether written or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_added_while_ferry_was_stopped_on_a_source_writing_wal_lazily() {
-    let conf = vec!["wal_writer_delay = '10s'".into()];
-    let setup = Setup::with_source(Cluster::start_with(ClusterOptions { conf, ..Default::default() })).await;
+    let setup = Setup::lazy_wal().await;
     drop(setup.streaming("", "").await);
 
-    // A fresh WAL segment: what follows fills no page, so nothing but the
-    // WAL writer writes it.
-    exec(&setup.src, "SELECT pg_switch_wal()").await;
+    setup.fresh_wal_segment().await;
     exec(&setup.src, "UPDATE items_a SET qty = qty * 100 WHERE id <= 5").await;
     exec(&setup.dst, "ALTER TABLE items_a ADD COLUMN note text").await;
     exec(&setup.src, "ALTER TABLE items_a ADD COLUMN note text").await;
@@ -171,6 +181,42 @@ async fn a_column_added_while_ferry_was_stopped_on_a_source_writing_wal_lazily()
     let daemon = setup.daemon("", "");
     setup.same("items_a", "id, name, qty, note").await;
     assert_eq!(lines_with(&daemon, "pipeline stopped"), 0, "{}", daemon.logs());
+}
+
+/// While ferry is stopped, rows change and then a column is renamed on
+/// both sides (items_a) or dropped on both sides (items_b): once ferry is
+/// back, the changes from before the rename land in the renamed column,
+/// and those from before the drop without it. The source writes its WAL
+/// lazily, as in the test above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_renamed_or_dropped_on_both_sides_while_ferry_was_stopped() {
+    let setup = Setup::lazy_wal().await;
+    drop(setup.streaming("", "").await);
+
+    setup.fresh_wal_segment().await;
+
+    for table in ["items_a", "items_b"] {
+        let before = format!(
+            "UPDATE {table} SET qty = qty * 100 WHERE id <= 5; INSERT INTO {table} VALUES (20, 'before', 20)"
+        );
+        exec(&setup.src, &before).await;
+    }
+    let alter = "ALTER TABLE items_a RENAME qty TO amount; ALTER TABLE items_b DROP COLUMN qty";
+    exec(&setup.src, alter).await;
+    exec(&setup.dst, alter).await;
+    exec(
+        &setup.src,
+        "UPDATE items_a SET amount = amount + 1 WHERE id = 1; INSERT INTO items_a VALUES (21, 'after', 21);
+         INSERT INTO items_b VALUES (21, 'after')",
+    )
+    .await;
+
+    let daemon = setup.daemon("", "");
+    setup.same("items_a", "id, name, amount").await;
+    setup.same("items_b", "id, name").await;
+    let renamed = "column \"qty\" of changes from before the start is column \"amount\" now";
+    daemon.wait_for_log(renamed, SETTLE).await;
+    assert_eq!(lines_with(&daemon, "of changes from before the start is column"), 1, "{}", daemon.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ use crate::pg::error::describe_sql_error;
 use crate::pg::names::{QualifiedName, quote_ident, quote_literal};
 use crate::pg::pgoutput::{OldTuple, Relation, ReplicaIdentity, Tuple, Value};
 use crate::route::filter::{Cell, EvalError};
-use crate::route::{RouteError, TableRoute, change_note};
+use crate::route::{RouteError, TableRoute, change_note, renamed};
 use crate::source::Change;
 use crate::source::catalog::{self as source_catalog, CatalogError};
 use crate::tablesync::TABLES_DDL;
@@ -1171,13 +1171,56 @@ impl Applier {
             .is_some_and(|p| Arc::ptr_eq(&p.relation, relation) || *p.relation == **relation);
         if !current {
             self.settle().await?;
-            let route = self.route_for(relation).await?;
-            let plan = RelationPlan::build(&self.client, relation, &route).await?;
+            let described = self.under_current_names(relation).await?;
+            let route = self.route_for(&described).await?;
+            let mut plan = RelationPlan::build(&self.client, &described, &route).await?;
+            // The changes that follow carry the server's own description.
+            plan.relation = Arc::clone(relation);
             if let Some(replaced) = self.plans.insert(relation.oid, plan) {
                 self.deallocate_inline(&replaced).await?;
             }
         }
         Ok(&self.plans[&relation.oid])
+    }
+
+    /// Whether `relation` comes from WAL written before the catalogs were
+    /// read at start (a resumed pipeline reads older WAL first).
+    fn described_before_start(&self, relation: &Relation) -> bool {
+        !self.plans.contains_key(&relation.oid) && self.source_lsn < self.routes_read_at
+    }
+
+    /// `relation` under its columns' current names. A description from
+    /// before the start may name columns that the source table no longer
+    /// has, renamed while ferry was stopped: where the table's attributes
+    /// show which columns those are now (see [`renamed`]), their values go
+    /// where the columns' current names do. Where they leave it open, the
+    /// log says so, and the columns are left out as ones the target lacks.
+    async fn under_current_names(&self, relation: &Arc<Relation>) -> Result<Arc<Relation>, ApplyError> {
+        let table = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
+        let unknown = |route: &TableRoute| {
+            relation.columns.iter().any(|r| !route.source_columns.iter().any(|c| c.name == r.name))
+        };
+        let suspect =
+            self.described_before_start(relation) && self.routes.get(&table).is_some_and(|r| unknown(r));
+        if !suspect {
+            return Ok(Arc::clone(relation));
+        }
+        let attributes = source_catalog::attributes(&self.source, relation.oid).await?;
+        let attributes: Vec<Option<&str>> = attributes.iter().map(Option::as_deref).collect();
+        let described: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
+        let subscription = &*self.subscription;
+        let Some(now) = renamed::current_names(&described, &attributes) else {
+            tracing::warn!(%subscription, %table, "changes from before the start name columns the source table no longer has, and its dropped columns leave open whether they were renamed or dropped; where they were renamed while ferry was stopped, their values in those changes are not replicated");
+            return Ok(Arc::clone(relation));
+        };
+        let mut under_current = (**relation).clone();
+        for (column, now) in under_current.columns.iter_mut().zip(now) {
+            if let Some(now) = now.filter(|now| *now != column.name) {
+                tracing::info!(%subscription, %table, "column {:?} of changes from before the start is column {now:?} now (renamed while ferry was stopped)", column.name);
+                column.name = now;
+            }
+        }
+        Ok(Arc::new(under_current))
     }
 
     /// The route for a relation as the server now describes it. When its
@@ -1201,7 +1244,7 @@ impl Applier {
         // resumed pipeline reads older WAL) may lack what was added since:
         // it is checked as at start, not compared. Any later one describes
         // a change made while the route was in use.
-        let while_running = self.plans.contains_key(&relation.oid) || self.source_lsn >= self.routes_read_at;
+        let while_running = !self.described_before_start(relation);
         let followed = if while_running {
             route.follow(source_columns, target.columns, full_identity)
         } else {

@@ -5,6 +5,7 @@
 
 mod change;
 pub mod filter;
+pub mod renamed;
 mod table;
 mod types;
 

@@ -118,13 +118,34 @@ pub async fn describe_types(
     if types.is_empty() {
         return Ok(HashMap::new());
     }
-    let client = tls::connect_sql(info).await.map_err(|e| CatalogError::Connect(Box::new(e)))?;
+    let client = connect(info).await?;
     let described =
         catalog::describe_types(&client, types).await.map_err(sql_error("looking up column types"))?;
     match types.iter().find(|t| !described.contains_key(t)) {
         Some(&(oid, _)) => Err(CatalogError::TypeGone(oid)),
         None => Ok(described),
     }
+}
+
+/// A source table's attributes in table order, as pgoutput describes
+/// columns (generated ones left out), `None` for a dropped one, which keeps
+/// its place (see [`crate::route::renamed`]). It connects for this, as
+/// [`describe_types`] does.
+pub async fn attributes(info: &ConnInfo, table_oid: u32) -> Result<Vec<Option<String>>, CatalogError> {
+    let client = connect(info).await?;
+    let rows = client
+        .query(
+            "SELECT CASE WHEN attisdropped THEN NULL ELSE attname::text END FROM pg_attribute
+             WHERE attrelid = $1 AND attnum > 0 AND attgenerated = '' ORDER BY attnum",
+            &[&table_oid],
+        )
+        .await
+        .map_err(sql_error("reading the columns of a table by number"))?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+async fn connect(info: &ConnInfo) -> Result<Client, CatalogError> {
+    tls::connect_sql(info).await.map_err(|e| CatalogError::Connect(Box::new(e)))
 }
 
 /// Whether the source logs whole old rows for the table (REPLICA IDENTITY FULL).
