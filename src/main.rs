@@ -80,15 +80,22 @@ enum Command {
         config: PathBuf,
     },
     /// Remove what a subscription left on its source after it was taken out
-    /// of the config: its slot, and the publication ferry made for it.
+    /// of the config: its slot, and the publication ferry made for it; with
+    /// --target, also its bookkeeping on the target.
     ///
     /// Taking a subscription out of the config stops its pipeline but keeps
     /// its slot (a typo must not throw away the changes it holds); the slot
     /// keeps WAL on the source until this command drops it. Refuses while
     /// the subscription is still configured or its slot is in use. The
-    /// config needs the subscription's source, not the subscription; run
-    /// again after a drop that stopped half way, it drops what is left.
-    #[command(after_help = "Example: ferry drop customers-to-orders --config ferry.toml")]
+    /// config needs the subscription's source (and target, with --target), not the
+    /// subscription; run again after a drop that stopped half way, it drops
+    /// what is left.
+    ///
+    /// On the target, --target removes the subscription's rows in
+    /// ferry.progress and ferry.tables and its replication origins, so that
+    /// a subscription of that name can start afresh there (its tables'
+    /// rows and its dead letters stay).
+    #[command(after_help = "Example: ferry drop customers-to-orders --config ferry.toml --target orders")]
     Drop {
         /// The subscription's name, as it was in the config.
         subscription: String,
@@ -98,6 +105,10 @@ enum Command {
         /// has several).
         #[arg(long)]
         source: Option<String>,
+        /// The config's target the subscription wrote to, to remove its
+        /// bookkeeping there too (left alone without it).
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Check a config file and, unless --offline, every source and target it
     /// names: tables, keys, replica identity, publications, column types.
@@ -257,14 +268,40 @@ fn reload_on_sighup(path: PathBuf, metrics: Metrics) -> tokio::sync::mpsc::Recei
     rx
 }
 
-async fn drop_command(subscription: String, config: PathBuf, source: Option<String>) -> anyhow::Result<()> {
+async fn drop_command(
+    subscription: String,
+    config: PathBuf,
+    source: Option<String>,
+    target: Option<String>,
+) -> anyhow::Result<()> {
     let config = Config::load_for_drop(&config)?;
-    let dropped = ferry::teardown::drop_subscription(&config, &subscription, source.as_deref()).await?;
+    let dropped =
+        ferry::teardown::drop_subscription(&config, &subscription, source.as_deref(), target.as_deref())
+            .await?;
     if let Some(slot) = &dropped.slot {
         println!("dropped slot {slot} on source {}", dropped.source);
     }
     if let Some(publication) = dropped.publication {
         println!("dropped publication {publication} on source {}", dropped.source);
+    }
+    if dropped.slot.is_none() {
+        let slot = ferry::config::slot_name(&subscription);
+        println!("no slot {slot} on source {} (dropped before?)", dropped.source);
+    }
+    if let Some(cleared) = dropped.target {
+        let on = &cleared.target;
+        if cleared.is_empty() {
+            println!("target {on} holds nothing of {subscription} (is it the one it wrote to?)");
+        }
+        if cleared.progress {
+            println!("deleted the progress of {subscription} on target {on}");
+        }
+        if cleared.tables > 0 {
+            println!("deleted {} table state(s) of {subscription} on target {on}", cleared.tables);
+        }
+        for origin in cleared.origins {
+            println!("dropped replication origin {origin} on target {on}");
+        }
     }
     Ok(())
 }
@@ -325,7 +362,9 @@ async fn main() -> ExitCode {
         Command::Demo { seconds } => demo_command(seconds).await,
         Command::Validate { config, offline } => return validate_command(config, offline).await,
         Command::Status { url, json } => status_command(url, json).await,
-        Command::Drop { subscription, config, source } => drop_command(subscription, config, source).await,
+        Command::Drop { subscription, config, source, target } => {
+            drop_command(subscription, config, source, target).await
+        }
         Command::Tail { source, tables, publication, slot, password } => {
             tail_command(source, tables, publication, slot, password).await
         }

@@ -1,7 +1,7 @@
-//! `ferry drop`: removes what a subscription left on its source once it is
-//! gone from the config. Removing a subscription from the config never
-//! drops its slot by itself, so a typo in a config cannot throw away a
-//! slot and the changes it holds.
+//! `ferry drop`: removes what a subscription left on its source (and, when
+//! asked, its target) once it is gone from the config. Removing a
+//! subscription from the config never drops its slot by itself, so a typo
+//! in a config cannot throw away a slot and the changes it holds.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -29,8 +29,10 @@ pub enum DropError {
     WhichSource(String),
     #[error("the config has no source named {0:?}")]
     UnknownSource(String),
-    #[error("source {on}: there is no slot {slot} (nor a publication of that name)")]
-    NoSlot { on: String, slot: String },
+    #[error("the config has no target named {0:?}")]
+    UnknownTarget(String),
+    #[error("source {on}: there is no slot {slot} (nor a publication of that name){on_target}")]
+    NoSlot { on: String, slot: String, on_target: String },
     #[error(
         "source {on}: slot {slot} is in use by process {pid}; is a ferry still running this subscription?"
     )]
@@ -39,6 +41,10 @@ pub enum DropError {
     Connect(Box<tls::SqlConnectError>),
     #[error("source: {context}: {source}")]
     Sql { context: &'static str, source: tokio_postgres::Error },
+    #[error("target: {0}")]
+    ConnectTarget(Box<tls::SqlConnectError>),
+    #[error("target: {context}: {source}")]
+    TargetSql { context: &'static str, source: tokio_postgres::Error },
     #[error(transparent)]
     Pg(#[from] PgError),
 }
@@ -51,20 +57,53 @@ pub struct Dropped {
     /// before the publication).
     pub slot: Option<String>,
     pub publication: Option<String>,
+    /// What was removed on the target, when one was named.
+    pub target: Option<ClearedTarget>,
+}
+
+/// What `ferry drop --target` removed of a subscription's bookkeeping on
+/// its target. Its tables' rows and its dead letters stay.
+#[derive(Debug)]
+pub struct ClearedTarget {
+    /// The config's name of the target.
+    pub target: String,
+    /// Whether its row in `ferry.progress` was there: with it, the
+    /// subscription added again would stop (its slot is gone, so changes
+    /// since its last transaction would be lost).
+    pub progress: bool,
+    /// Its rows in `ferry.tables` (tables being copied or left behind).
+    pub tables: u64,
+    /// Its replication origins: each holds one of the target's
+    /// `max_replication_slots` origin entries until dropped.
+    pub origins: Vec<String>,
+}
+
+impl ClearedTarget {
+    /// Whether the target held nothing of the subscription.
+    pub fn is_empty(&self) -> bool {
+        !self.progress && self.tables == 0 && self.origins.is_empty()
+    }
 }
 
 /// Drops the slot of the removed subscription `name` on its source (named
 /// by `source`, or the config's only one), and the publication ferry made
-/// for it when there is one.
+/// for it when there is one; with `target` named, first removes its
+/// bookkeeping there (see [`ClearedTarget`]).
 pub async fn drop_subscription(
     config: &Config,
     name: &str,
     source: Option<&str>,
+    target: Option<&str>,
 ) -> Result<Dropped, DropError> {
     if config.subscriptions.iter().any(|s| s.name == name || s.slot == config::slot_name(name)) {
         return Err(DropError::StillConfigured(name.to_string()));
     }
     let (source_name, info) = pick_source(config, source)?;
+    let target = target
+        .map(|wanted| {
+            config.targets.get_key_value(wanted).ok_or_else(|| DropError::UnknownTarget(wanted.to_string()))
+        })
+        .transpose()?;
     let slot = config::slot_name(name);
     let client = tls::connect_sql(info).await.map_err(|e| DropError::Connect(Box::new(e)))?;
     let sql_error = |context| move |source| DropError::Sql { context, source };
@@ -76,6 +115,12 @@ pub async fn drop_subscription(
     if let Some(pid) = row.and_then(|row| row.get::<_, Option<i32>>(0)) {
         return Err(DropError::InUse { on: source_name.to_string(), slot, pid });
     }
+    // The target goes first: a drop that stops half way is run again,
+    // and finds the slot still there to tell that the name is right.
+    let cleared = match target {
+        Some((target, info)) => Some(clear_target(target, info, name, &slot).await?),
+        None => None,
+    };
     if found {
         ReplicationClient::connect(info).await?.drop_slot(&slot, false).await?;
     }
@@ -93,10 +138,81 @@ pub async fn drop_subscription(
             .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(publication)))
             .await
             .map_err(sql_error("dropping the publication"))?,
-        None if !found => return Err(DropError::NoSlot { on: source_name.to_string(), slot }),
+        None if !found && cleared.as_ref().is_none_or(ClearedTarget::is_empty) => {
+            let on_target = match &cleared {
+                Some(cleared) => format!(", and target {} holds nothing of {name}", cleared.target),
+                None => String::new(),
+            };
+            return Err(DropError::NoSlot { on: source_name.to_string(), slot, on_target });
+        }
         None => {}
     }
-    Ok(Dropped { source: source_name.to_string(), slot: found.then_some(slot), publication })
+    Ok(Dropped { source: source_name.to_string(), slot: found.then_some(slot), publication, target: cleared })
+}
+
+/// Removes subscription `name`'s rows from ferry's tables on `target`, and
+/// its replication origins: `slot`, and those of its copies' sessions
+/// (named after it, with a dot). All in one transaction: an origin still
+/// in use (a ferry elsewhere running the subscription) leaves everything.
+async fn clear_target(
+    target: &str,
+    info: &ConnInfo,
+    name: &str,
+    slot: &str,
+) -> Result<ClearedTarget, DropError> {
+    let mut client = tls::connect_sql(info).await.map_err(|e| DropError::ConnectTarget(Box::new(e)))?;
+    let transaction = client.transaction().await.map_err(target_error("starting a transaction"))?;
+    let origins: Vec<String> = transaction
+        .query(
+            "SELECT roname::text FROM pg_replication_origin WHERE roname = $1 OR starts_with(roname, $1 || '.')
+             ORDER BY roname",
+            &[&slot],
+        )
+        .await
+        .map_err(target_error("looking up replication origins"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for origin in &origins {
+        if let Err(error) = transaction.execute("SELECT pg_replication_origin_drop($1)", &[origin]).await {
+            let context = if error.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                "dropping a replication origin (grant EXECUTE on pg_replication_origin_drop(text))"
+            } else {
+                "dropping a replication origin"
+            };
+            return Err(target_error(context)(error));
+        }
+    }
+    let progress = delete_rows_of(&transaction, "ferry.progress", name).await? > 0;
+    let tables = delete_rows_of(&transaction, "ferry.tables", name).await?;
+    transaction.commit().await.map_err(target_error("committing"))?;
+    Ok(ClearedTarget { target: target.to_string(), progress, tables, origins })
+}
+
+/// Deletes subscription `name`'s rows from `table`, one of ferry's own on
+/// the target, if the target has it (a pipeline that never started made
+/// none).
+async fn delete_rows_of(
+    transaction: &tokio_postgres::Transaction<'_>,
+    table: &'static str,
+    name: &str,
+) -> Result<u64, DropError> {
+    let exists: bool = transaction
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map_err(target_error("looking up ferry's tables"))?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    transaction
+        .execute(&format!("DELETE FROM {table} WHERE subscription = $1"), &[&name])
+        .await
+        .map_err(target_error("deleting the subscription's rows"))
+}
+
+fn target_error(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DropError {
+    move |source| DropError::TargetSql { context, source }
 }
 
 /// A slot named like ferry's that no configured subscription uses: left

@@ -298,6 +298,57 @@ async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_d
     let again = drop("sub");
     assert!(String::from_utf8_lossy(&again.stderr).contains("there is no slot ferry_sub"), "{again:?}");
 
+    // Its bookkeeping on the target it wrote to (which the running config
+    // no longer names) goes with --target, and then a subscription of
+    // that name could start there afresh.
+    let with_old_target = tempfile::NamedTempFile::new().unwrap();
+    let urls = (source.url("postgres"), target.url("postgres"));
+    std::fs::write(
+        with_old_target.path(),
+        format!("[sources.src]\nurl = \"{}\"\n\n[targets.old]\nurl = \"{}\"\n", urls.0, urls.1),
+    )
+    .unwrap();
+    let drop_on_target = |target: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["drop", "sub", "--target", target, "--config"])
+            .arg(with_old_target.path())
+            .output()
+            .unwrap()
+    };
+    let count = |sql: &'static str| {
+        let dst = &dst;
+        async move { dst.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let progress = "SELECT count(*) FROM ferry.progress WHERE subscription = 'sub'";
+    let origins = "SELECT count(*) FROM pg_replication_origin WHERE roname = 'ferry_sub' OR roname LIKE 'ferry\\_sub.%'";
+    assert_eq!(count(progress).await, 1);
+    assert!(count(origins).await >= 1);
+    let unknown = drop_on_target("nowhere");
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no target named \"nowhere\""), "{unknown:?}");
+    assert_eq!(count(progress).await, 1, "nothing is removed when the target is unknown");
+    // An origin in use (as by a ferry elsewhere still running it) leaves
+    // everything in place.
+    let holder = target.client("postgres").await;
+    exec(&holder, "SELECT pg_replication_origin_session_setup('ferry_sub')").await;
+    let in_use = drop_on_target("old");
+    assert!(String::from_utf8_lossy(&in_use.stderr).contains("dropping a replication origin"), "{in_use:?}");
+    assert_eq!(count(progress).await, 1, "nothing is removed while an origin is in use");
+    exec(&holder, "SELECT pg_replication_origin_session_reset()").await;
+    let cleared = drop_on_target("old");
+    assert!(cleared.status.success(), "{cleared:?}");
+    let said = String::from_utf8_lossy(&cleared.stdout);
+    assert!(said.contains("no slot ferry_sub on source src"), "{said}");
+    assert!(said.contains("deleted the progress of sub on target old"), "{said}");
+    assert!(said.contains("dropped replication origin ferry_sub on target old"), "{said}");
+    assert_eq!((count(progress).await, count(origins).await), (0, 0));
+    let tables = count("SELECT count(*) FROM ferry.tables WHERE subscription = 'sub'").await;
+    assert_eq!(tables, 0);
+    let again = drop_on_target("old");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("and target old holds nothing of sub"),
+        "{again:?}"
+    );
+
     exec(&src, "INSERT INTO steady (note) VALUES ('still streaming')").await;
     wait_for_same(&src, &other, "steady", "steady", "id, note", "id", WAIT).await;
 

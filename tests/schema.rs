@@ -186,8 +186,9 @@ async fn a_column_added_while_ferry_was_stopped_on_a_source_writing_wal_lazily()
 /// While ferry is stopped, rows change and then a column is renamed on
 /// both sides (items_a) or dropped on both sides (items_b): once ferry is
 /// back, the changes from before the rename land in the renamed column,
-/// and those from before the drop without it. The source writes its WAL
-/// lazily, as in the test above.
+/// and those from before the drop without it. items_a also gains a column
+/// between, so two descriptions of it name the old column. The source
+/// writes its WAL lazily, as in the test above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_renamed_or_dropped_on_both_sides_while_ferry_was_stopped() {
     let setup = Setup::lazy_wal().await;
@@ -201,6 +202,10 @@ async fn a_column_renamed_or_dropped_on_both_sides_while_ferry_was_stopped() {
         );
         exec(&setup.src, &before).await;
     }
+    let added = "ALTER TABLE items_a ADD COLUMN note text";
+    exec(&setup.src, added).await;
+    exec(&setup.dst, added).await;
+    exec(&setup.src, "INSERT INTO items_a VALUES (22, 'between', 22, 'noted')").await;
     let alter = "ALTER TABLE items_a RENAME qty TO amount; ALTER TABLE items_b DROP COLUMN qty";
     exec(&setup.src, alter).await;
     exec(&setup.dst, alter).await;
@@ -212,11 +217,12 @@ async fn a_column_renamed_or_dropped_on_both_sides_while_ferry_was_stopped() {
     .await;
 
     let daemon = setup.daemon("", "");
-    setup.same("items_a", "id, name, amount").await;
+    setup.same("items_a", "id, name, amount, note").await;
     setup.same("items_b", "id, name").await;
     let renamed = "column \"qty\" of changes from before the start is column \"amount\" now";
     daemon.wait_for_log(renamed, SETTLE).await;
-    assert_eq!(lines_with(&daemon, "of changes from before the start is column"), 1, "{}", daemon.logs());
+    let per_description = lines_with(&daemon, "of changes from before the start is column");
+    assert_eq!(per_description, 2, "{}", daemon.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

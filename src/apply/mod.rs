@@ -1184,9 +1184,16 @@ impl Applier {
     }
 
     /// Whether `relation` comes from WAL written before the catalogs were
-    /// read at start (a resumed pipeline reads older WAL first).
+    /// read at start (a resumed pipeline reads older WAL first), which may
+    /// hold several descriptions of a table changed more than once while
+    /// ferry was stopped. A transaction applied while it streams has no
+    /// commit LSN yet: its description counts as one from before the start
+    /// only while the table has no plan.
     fn described_before_start(&self, relation: &Relation) -> bool {
-        !self.plans.contains_key(&relation.oid) && self.source_lsn < self.routes_read_at
+        if self.source_lsn == Lsn::ZERO {
+            return !self.plans.contains_key(&relation.oid);
+        }
+        self.source_lsn < self.routes_read_at
     }
 
     /// `relation` under its columns' current names. A description from

@@ -95,8 +95,9 @@ pub enum TlsError {
 /// * `prefer`, `require`: encryption only; any certificate is accepted, but the
 ///   handshake signatures are still checked (so the peer holds the key of the
 ///   certificate it sent). As in libpq, either with an `sslrootcert` file
-///   checks the chain like `verify-ca` (a server that offers TLS and fails
-///   the check is refused, not retried without TLS).
+///   checks the chain like `verify-ca`. Unlike libpq's `prefer`, a server
+///   that offers TLS and fails the check is refused, not retried without
+///   TLS: the failure is what a man in the middle would cause.
 /// * `verify-ca`: chain checked against the `sslrootcert` file (required:
 ///   see [`crate::pg::conninfo::ConnInfoError::VerifyCaWithoutRoot`]), host name not checked.
 /// * `verify-full`: chain and host name checked.
