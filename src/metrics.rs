@@ -584,7 +584,7 @@ impl PipelineMetrics {
     fn lag_seconds_at(&self, now: i64) -> f64 {
         match self.inner.pending_since.load(Ordering::Relaxed) {
             NONE => 0.0,
-            since => (now - since).max(0) as f64 / 1e6,
+            since => now.saturating_sub(since).max(0) as f64 / 1e6,
         }
     }
 
@@ -946,6 +946,10 @@ mod tests {
         let status = p.status_at(now);
         assert_eq!(status.last_applied_lsn.as_deref(), Some("0/16B3748"));
         assert!(status.last_commit_time.is_some());
+        // A commit time no server should send ('-infinity' and just
+        // after): a huge lag, not an overflow.
+        p.pending(NONE + 1);
+        assert!(p.lag_seconds_at(now) > 1e12);
     }
 
     #[test]

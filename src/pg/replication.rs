@@ -67,7 +67,8 @@ pub fn parse_server_version(text: &str) -> Option<u32> {
     let mut parts = numeric.split('.').filter(|p| !p.is_empty()).map(|p| p.parse::<u32>());
     let major = parts.next()?.ok()?;
     let minor = parts.next().and_then(Result::ok).unwrap_or(0);
-    Some(major * 10000 + minor)
+    // A server is not trusted to send a sane version: no overflow.
+    major.checked_mul(10000)?.checked_add(minor)
 }
 
 /// A connection opened with `replication=database`.
@@ -331,6 +332,9 @@ mod tests {
         assert_eq!(parse_server_version("16beta1"), Some(160000));
         assert_eq!(parse_server_version("14.0"), Some(140000));
         assert_eq!(parse_server_version("devel"), None);
+        assert_eq!(parse_server_version("4294967.0"), None);
+        assert_eq!(parse_server_version("429496.7295"), Some(u32::MAX));
+        assert_eq!(parse_server_version("429496.7296"), None);
     }
 
     #[test]

@@ -14,7 +14,8 @@ pub fn now_micros() -> i64 {
 /// Formats a protocol timestamp as RFC 3339 in UTC with microseconds,
 /// e.g. `2026-11-27T12:13:58.123456Z`.
 pub fn to_rfc3339(micros: i64) -> String {
-    let unix_micros = micros + PG_EPOCH_OFFSET_SECS * 1_000_000;
+    // Saturating: the value comes from the server, which may send anything.
+    let unix_micros = micros.saturating_add(PG_EPOCH_OFFSET_SECS * 1_000_000);
     let secs = unix_micros.div_euclid(1_000_000);
     let frac = unix_micros.rem_euclid(1_000_000);
     let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -53,6 +54,9 @@ mod tests {
         // 2024-02-29T12:34:56.5Z, a leap day.
         let micros = (1_709_210_096 - PG_EPOCH_OFFSET_SECS) * 1_000_000 + 500_000;
         assert_eq!(to_rfc3339(micros), "2024-02-29T12:34:56.500000Z");
+        // PostgreSQL's 'infinity' and '-infinity': formatted, no overflow.
+        assert!(to_rfc3339(i64::MAX).ends_with("Z"));
+        assert!(to_rfc3339(i64::MIN).ends_with("Z"));
     }
 
     #[test]
