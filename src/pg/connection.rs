@@ -29,8 +29,9 @@ const MAX_FRAME: usize = 1 << 30;
 
 /// The limit until the server is ready: what comes before (authentication
 /// requests, parameters, errors) is small, and a server not yet proven to
-/// be the right one should not make ferry reserve a gigabyte.
-const STARTUP_MAX_FRAME: usize = 1 << 16;
+/// be the right one should not make ferry reserve a gigabyte. A megabyte
+/// leaves room for a long notice (from a login event trigger, say).
+const STARTUP_MAX_FRAME: usize = 1 << 20;
 
 /// The byte stream under a connection.
 enum Socket {
