@@ -101,16 +101,15 @@ pub async fn drop_subscription(
     let (source_name, info) = pick_source(config, source)?;
     let target = target
         .map(|wanted| {
-            config.targets.get_key_value(wanted).ok_or_else(|| DropError::UnknownTarget(wanted.to_string()))
+            named(&config.targets, wanted).ok_or_else(|| DropError::UnknownTarget(wanted.to_string()))
         })
         .transpose()?;
     let slot = config::slot_name(name);
     let client = tls::connect_sql(info).await.map_err(|e| DropError::Connect(Box::new(e)))?;
-    let sql_error = |context| move |source| DropError::Sql { context, source };
     let row = client
         .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
         .await
-        .map_err(sql_error("looking up the slot"))?;
+        .map_err(source_error("looking up the slot"))?;
     let found = row.is_some();
     if let Some(pid) = row.and_then(|row| row.get::<_, Option<i32>>(0)) {
         return Err(DropError::InUse { on: source_name.to_string(), slot, pid });
@@ -130,14 +129,14 @@ pub async fn drop_subscription(
     let publication = client
         .query_opt("SELECT pubname::text FROM pg_publication WHERE pubname = $1", &[&slot])
         .await
-        .map_err(sql_error("looking up the publication"))?
+        .map_err(source_error("looking up the publication"))?
         .map(|row| row.get::<_, String>(0))
         .filter(|_| !in_use);
     match &publication {
         Some(publication) => client
             .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(publication)))
             .await
-            .map_err(sql_error("dropping the publication"))?,
+            .map_err(source_error("dropping the publication"))?,
         None if !found && cleared.as_ref().is_none_or(ClearedTarget::is_empty) => {
             let on_target = match &cleared {
                 Some(cleared) => format!(", and target {} holds nothing of {name}", cleared.target),
@@ -209,6 +208,10 @@ async fn delete_rows_of(
         .execute(&format!("DELETE FROM {table} WHERE subscription = $1"), &[&name])
         .await
         .map_err(target_error("deleting the subscription's rows"))
+}
+
+fn source_error(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DropError {
+    move |source| DropError::Sql { context, source }
 }
 
 fn target_error(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DropError {
@@ -348,13 +351,14 @@ pub async fn watch_forgotten_slots(
     }
 }
 
+/// The config's source or target called `name`, with its name.
+fn named<'a>(entries: &'a BTreeMap<String, ConnInfo>, name: &str) -> Option<(&'a str, &'a ConnInfo)> {
+    entries.get_key_value(name).map(|(name, info)| (name.as_str(), info))
+}
+
 fn pick_source<'a>(config: &'a Config, wanted: Option<&str>) -> Result<(&'a str, &'a ConnInfo), DropError> {
     match wanted {
-        Some(name) => config
-            .sources
-            .get_key_value(name)
-            .map(|(k, v)| (k.as_str(), v))
-            .ok_or_else(|| DropError::UnknownSource(name.to_string())),
+        Some(name) => named(&config.sources, name).ok_or_else(|| DropError::UnknownSource(name.to_string())),
         None if config.sources.len() == 1 => {
             let (name, info) = config.sources.iter().next().expect("one source");
             Ok((name.as_str(), info))
