@@ -20,7 +20,8 @@ use crate::pg::error::describe_sql_error;
 use crate::pg::names::{QualifiedName, quote_ident, quote_literal};
 use crate::pg::pgoutput::{OldTuple, Relation, ReplicaIdentity, Tuple, Value};
 use crate::route::filter::{Cell, EvalError};
-use crate::route::{RouteError, TableRoute, change_note, renamed};
+use crate::route::renamed::{self, Fate};
+use crate::route::{RouteError, TableRoute, change_note};
 use crate::source::Change;
 use crate::source::catalog::{self as source_catalog, CatalogError};
 use crate::tablesync::TABLES_DDL;
@@ -1198,33 +1199,41 @@ impl Applier {
 
     /// `relation` under its columns' current names. A description from
     /// before the start may name columns that the source table no longer
-    /// has, renamed while ferry was stopped: where the table's attributes
-    /// show which columns those are now (see [`renamed`]), their values go
-    /// where the columns' current names do. Where they leave it open, the
-    /// log says so, and the columns are left out as ones the target lacks.
+    /// has, renamed while ferry was stopped, or name them out of the
+    /// table's order, swapped or dropped and added again: where the table's
+    /// attributes show which columns those are now (see [`renamed`]), their
+    /// values go where the columns' current names do. Where they leave it
+    /// open, the log says so, and the columns are left out as ones the
+    /// target lacks.
     async fn under_current_names(&self, relation: &Arc<Relation>) -> Result<Arc<Relation>, ApplyError> {
         let table = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
-        let unknown = |route: &TableRoute| {
-            relation.columns.iter().any(|r| !route.source_columns.iter().any(|c| c.name == r.name))
-        };
-        let suspect =
-            self.described_before_start(relation) && self.routes.get(&table).is_some_and(|r| unknown(r));
+        let suspect = self.described_before_start(relation)
+            && self.routes.get(&table).is_some_and(|route| !names_in_order(relation, route));
         if !suspect {
             return Ok(Arc::clone(relation));
         }
         let attributes = source_catalog::attributes(&self.source, relation.oid).await?;
         let attributes: Vec<Option<&str>> = attributes.iter().map(Option::as_deref).collect();
         let described: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
+        let fates = renamed::current_names(&described, &attributes);
         let subscription = &*self.subscription;
-        let Some(now) = renamed::current_names(&described, &attributes) else {
-            tracing::warn!(%subscription, %table, "changes from before the start name columns the source table no longer has, and its dropped columns leave open whether they were renamed or dropped; where they were renamed while ferry was stopped, their values in those changes are not replicated");
-            return Ok(Arc::clone(relation));
-        };
         let mut under_current = (**relation).clone();
-        for (column, now) in under_current.columns.iter_mut().zip(now) {
-            if let Some(now) = now.filter(|now| *now != column.name) {
-                tracing::info!(%subscription, %table, "column {:?} of changes from before the start is column {now:?} now (renamed while ferry was stopped)", column.name);
-                column.name = now;
+        for (column, fate) in under_current.columns.iter_mut().zip(fates) {
+            match fate {
+                Fate::Now(now) if now != column.name => {
+                    tracing::info!(%subscription, %table, "column {:?} of changes from before the start is column {now:?} now (renamed while ferry was stopped)", column.name);
+                    column.name = now;
+                }
+                Fate::Now(_) => {}
+                Fate::Dropped | Fate::Open => {
+                    if fate == Fate::Open {
+                        tracing::warn!(%subscription, %table, "column {:?} of changes from before the start may be another column now, or none: columns were renamed, or dropped and added again, while ferry was stopped, and the table's dropped columns leave open which; its values in those changes are not replicated", column.name);
+                    }
+                    // Its name may be another column's now.
+                    if attributes.contains(&Some(column.name.as_str())) {
+                        column.name = renamed::left_out(&column.name);
+                    }
+                }
             }
         }
         Ok(Arc::new(under_current))
@@ -1646,4 +1655,12 @@ fn key_values(
             })
         })
         .collect()
+}
+
+/// Whether every column `relation` names is one the route knows, in the
+/// route's order: then the description names the columns as they are now.
+fn names_in_order(relation: &Relation, route: &TableRoute) -> bool {
+    let places: Option<Vec<usize>> =
+        relation.columns.iter().map(|r| route.source_columns.iter().position(|c| c.name == r.name)).collect();
+    places.is_some_and(|places| places.is_sorted())
 }

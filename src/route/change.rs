@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 
 use super::RouteError;
+use super::renamed;
 use super::table::{ColumnPair, TableRoute, missing_target_column};
 use super::types::{TypeFit, may_fail_warning, type_fit};
 use crate::config::ColumnSelection;
@@ -189,6 +190,7 @@ pub fn change_note(old: &TableRoute, new: &TableRoute) -> Option<ChangeNote> {
 fn carried_note(route: &TableRoute, column: &Column, carried: Option<&str>) -> (String, bool) {
     match carried {
         Some(target) => (format!("replicated into {}", quote_ident_if_needed(target)), false),
+        None if renamed::is_left_out(&column.name) => ("not replicated".into(), false),
         None if !route.mapping.columns.includes(&column.name) => {
             ("not replicated (the table's columns leave it out)".into(), false)
         }

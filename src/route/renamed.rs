@@ -6,19 +6,52 @@
 //! the two up tells a renamed column from a dropped one wherever only one
 //! reading fits.
 
+/// What became of a column of an old description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// The column is alive under this name now.
+    Now(String),
+    /// The column was dropped since.
+    Dropped,
+    /// More than one history fits: it may be another column now, or none.
+    Open,
+}
+
 /// What became of each column of an old description (`described`: the
 /// names a Relation message gave, in table order), given the table's
-/// attributes now, in table order, `None` for a dropped one: its name now,
-/// or `None` when it was dropped since. `None` overall when more than one
-/// history fits (a column dropped before the description could stand where
-/// another was renamed, or one added since where one was dropped).
+/// attributes now, in table order, `None` for a dropped one.
 ///
-/// A described name the table still has is taken for the same column.
-/// Between two such columns, every attribute alive now was alive then (it
-/// is older than the column after it) and so is described, under its old
-/// name; after the last one, attributes may also have been added since.
-pub fn current_names(described: &[&str], attributes: &[Option<&str>]) -> Option<Vec<Option<String>>> {
-    let mut names = Vec::with_capacity(described.len());
+/// Where the described names the table still has come in its order, each
+/// is taken for the same column, and the others are placed between them
+/// (see [`by_name`]). Where they do not, names were swapped, or a column
+/// was dropped and added again under its name, and names say nothing: only
+/// places do (see [`by_place`]).
+pub fn current_names(described: &[&str], attributes: &[Option<&str>]) -> Vec<Fate> {
+    let known: Vec<usize> =
+        described.iter().filter_map(|name| attributes.iter().position(|a| *a == Some(*name))).collect();
+    if !known.is_sorted() {
+        return by_place(described.len(), attributes);
+    }
+    by_name(described, attributes).unwrap_or_else(|| {
+        let alive = |name: &&str| attributes.contains(&Some(*name));
+        described
+            .iter()
+            .map(|name| if alive(name) { Fate::Now(name.to_string()) } else { Fate::Open })
+            .collect()
+    })
+}
+
+/// Renamed columns placed between the ones still known by name: `None`
+/// when more than one history fits (a column dropped before the
+/// description could stand where another was renamed, or one added since
+/// where one was dropped).
+///
+/// Between two columns known by name, every attribute alive now was alive
+/// then (it is older than the column after it) and so is described, under
+/// its old name; after the last one, attributes may also have been added
+/// since.
+fn by_name(described: &[&str], attributes: &[Option<&str>]) -> Option<Vec<Fate>> {
+    let mut fates = Vec::with_capacity(described.len());
     let mut next = 0;
     let mut unmatched = 0;
     for name in described {
@@ -26,60 +59,114 @@ pub fn current_names(described: &[&str], attributes: &[Option<&str>]) -> Option<
             unmatched += 1;
             continue;
         };
-        if at < next {
-            return None;
-        }
-        names.extend(gap(unmatched, &attributes[next..at], false)?);
+        fates.extend(gap(unmatched, &attributes[next..at], false)?);
         unmatched = 0;
-        names.push(Some(name.to_string()));
+        fates.push(Fate::Now(name.to_string()));
         next = at + 1;
     }
-    names.extend(gap(unmatched, &attributes[next..], true)?);
-    Some(names)
+    fates.extend(gap(unmatched, &attributes[next..], true)?);
+    Some(fates)
 }
 
-/// The current names of `count` described columns that lie in `gap`, the
+/// The fates of `count` described columns that lie in `gap`, the
 /// attributes between two columns known by name (`last`: after the last
 /// one, where columns may have been added since). Only the readings that
 /// leave no choice are taken.
-fn gap(count: usize, gap: &[Option<&str>], last: bool) -> Option<Vec<Option<String>>> {
-    let owned = |names: &[Option<&str>]| names.iter().map(|n| n.map(str::to_string)).collect();
+fn gap(count: usize, gap: &[Option<&str>], last: bool) -> Option<Vec<Fate>> {
+    let fates = |names: &[Option<&str>]| names.iter().map(|n| fate(*n)).collect();
     let alive: Vec<Option<&str>> = gap.iter().copied().filter(Option::is_some).collect();
     if count == gap.len() {
         // Each described column has its own attribute, in order.
-        Some(owned(gap))
+        Some(fates(gap))
     } else if alive.is_empty() {
         // Only dropped attributes: the columns were dropped since (the
         // others before).
-        Some(vec![None; count])
+        Some(vec![Fate::Dropped; count])
     } else if !last && alive.len() == count {
         // Every attribute alive here was described: the dropped ones went
         // before the description.
-        Some(owned(&alive))
+        Some(fates(&alive))
     } else if last && gap.len() > count && gap[..count].iter().all(Option::is_some) {
         // An attribute alive before the last described one was described
         // too: the first ones, and the rest were added since.
-        Some(owned(&gap[..count]))
+        Some(fates(&gap[..count]))
     } else {
         None
     }
 }
 
+/// The fate of the column at an attribute (`None`: dropped).
+fn fate(attribute: Option<&str>) -> Fate {
+    attribute.map_or(Fate::Dropped, |name| Fate::Now(name.to_string()))
+}
+
+/// The fates of `count` described columns from their places alone. The
+/// described columns are the attributes alive then, in table order: every
+/// attribute alive now up to the last of them (one alive now and older
+/// than a described column was alive then), and any of the dropped ones
+/// among them (dropped since, or before). So the `i`th described column
+/// can be the attribute at `p` when `i` counts the alive attributes before
+/// `p` and at most all the dropped ones, and the rest fit after `p`. A
+/// column whose every possible attribute is the same one, or only dropped
+/// ones, has a fate; any other is open.
+fn by_place(count: usize, attributes: &[Option<&str>]) -> Vec<Fate> {
+    let (mut alive_before, mut dropped_before) = (Vec::new(), Vec::new());
+    let (mut alive, mut dropped) = (0, 0);
+    for attribute in attributes {
+        alive_before.push(alive);
+        dropped_before.push(dropped);
+        if attribute.is_some() { alive += 1 } else { dropped += 1 }
+    }
+    (0..count)
+        .map(|i| {
+            let possible = (0..attributes.len()).filter(|&p| {
+                (alive_before[p]..=alive_before[p] + dropped_before[p]).contains(&i)
+                    && count - i <= attributes.len() - p
+            });
+            let mut fates = possible.map(|p| fate(attributes[p]));
+            let first = fates.next().unwrap_or(Fate::Open);
+            if fates.all(|f| f == first) { first } else { Fate::Open }
+        })
+        .collect()
+}
+
+/// What [`left_out`] adds to a column's name.
+const LEFT_OUT: &str =
+    " (left out of changes from before the start: renamed or dropped while ferry was stopped)";
+
+/// The name under which a column of an old description is left out: no
+/// PostgreSQL column has it (it is longer than the 63 bytes a name can
+/// have), so the route takes it for one the target lacks, while the log
+/// still says which column it was.
+pub fn left_out(name: &str) -> String {
+    format!("{name}{LEFT_OUT}")
+}
+
+/// Whether `name` is one [`left_out`] made.
+pub fn is_left_out(name: &str) -> bool {
+    name.ends_with(LEFT_OUT)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::current_names;
+    use super::{Fate, current_names, is_left_out, left_out};
 
-    fn names(list: &[Option<&str>]) -> Option<Vec<Option<String>>> {
-        Some(list.iter().map(|n| n.map(str::to_string)).collect())
+    /// Each attribute's fate: alive under its name, or dropped.
+    fn fates(list: &[Option<&str>]) -> Vec<Fate> {
+        list.iter().map(|n| n.map_or(Fate::Dropped, |n| Fate::Now(n.to_string()))).collect()
+    }
+
+    fn now(name: &str) -> Fate {
+        Fate::Now(name.to_string())
     }
 
     #[test]
     fn a_renamed_column_keeps_its_place() {
         let now = [Some("id"), Some("amount"), Some("note")];
-        assert_eq!(current_names(&["id", "qty", "note"], &now), names(&now));
+        assert_eq!(current_names(&["id", "qty", "note"], &now), fates(&now));
         assert_eq!(
             current_names(&["id", "qty"], &[Some("id"), Some("amount")]),
-            names(&[Some("id"), Some("amount")])
+            fates(&[Some("id"), Some("amount")])
         );
     }
 
@@ -88,15 +175,15 @@ mod tests {
         let now = [Some("id"), Some("a"), None, Some("b"), None, Some("z")];
         assert_eq!(
             current_names(&["id", "x", "qty", "z"], &now),
-            names(&[Some("id"), Some("a"), Some("b"), Some("z")])
+            fates(&[Some("id"), Some("a"), Some("b"), Some("z")])
         );
     }
 
     #[test]
     fn a_dropped_column_leaves_its_place_empty() {
         let now = [Some("id"), None, Some("note")];
-        assert_eq!(current_names(&["id", "qty", "note"], &now), names(&now));
-        assert_eq!(current_names(&["id", "qty"], &[Some("id"), None]), names(&[Some("id"), None]));
+        assert_eq!(current_names(&["id", "qty", "note"], &now), fates(&now));
+        assert_eq!(current_names(&["id", "qty"], &[Some("id"), None]), fates(&[Some("id"), None]));
     }
 
     #[test]
@@ -104,35 +191,74 @@ mod tests {
         let now = [None, Some("id"), None, Some("amount"), Some("note"), Some("added")];
         assert_eq!(
             current_names(&["id", "qty", "note"], &now),
-            names(&[Some("id"), Some("amount"), Some("note")])
+            fates(&[Some("id"), Some("amount"), Some("note")])
         );
         // Nothing renamed: every name is still there.
         assert_eq!(
             current_names(&["id", "note"], &[Some("id"), None, Some("note"), Some("added")]),
-            names(&[Some("id"), Some("note")])
+            fates(&[Some("id"), Some("note")])
         );
         // The first alive attributes after the last known column; the
         // rest were added since.
         assert_eq!(
             current_names(&["id", "qty"], &[Some("id"), Some("amount"), None, Some("added")]),
-            names(&[Some("id"), Some("amount")])
+            fates(&[Some("id"), Some("amount")])
         );
         // Dropped since, with others dropped before.
-        assert_eq!(current_names(&["id", "qty"], &[Some("id"), None, None]), names(&[Some("id"), None]));
+        assert_eq!(current_names(&["id", "qty"], &[Some("id"), None, None]), fates(&[Some("id"), None]));
     }
 
     #[test]
-    fn an_open_history_is_no_answer() {
+    fn an_open_history_leaves_only_the_unknown_names_open() {
         // Renamed to `amount`, an older column dropped before; or `qty`
         // dropped and `amount` added since.
-        assert_eq!(current_names(&["id", "qty"], &[Some("id"), None, Some("amount")]), None);
+        assert_eq!(
+            current_names(&["id", "qty"], &[Some("id"), None, Some("amount")]),
+            vec![now("id"), Fate::Open]
+        );
         // `x` renamed to `a` and `qty` dropped since, or `x` dropped since
         // and `qty` renamed to `a`.
         assert_eq!(
             current_names(&["id", "x", "qty", "z"], &[Some("id"), None, Some("a"), None, Some("z")]),
-            None
+            vec![now("id"), Fate::Open, Fate::Open, now("z")]
         );
-        // Columns in another order than described.
-        assert_eq!(current_names(&["b", "a"], &[Some("a"), Some("b")]), None);
+    }
+
+    #[test]
+    fn names_out_of_table_order_go_by_place() {
+        // Swapped, nothing ever dropped: only one reading.
+        assert_eq!(current_names(&["b", "a"], &[Some("a"), Some("b")]), vec![now("a"), now("b")]);
+        assert_eq!(
+            current_names(
+                &["id", "name", "qty", "label"],
+                &[Some("id"), Some("label"), Some("qty"), Some("name")]
+            ),
+            vec![now("id"), now("label"), now("qty"), now("name")]
+        );
+        // `name` dropped and added again: it is dropped since, or `qty`
+        // was renamed to it with `name` renamed to `qty` and a column
+        // dropped before. Only `id` is certain.
+        assert_eq!(
+            current_names(&["id", "name", "qty"], &[Some("id"), None, Some("qty"), Some("name")]),
+            vec![now("id"), Fate::Open, Fate::Open]
+        );
+        // Dropped columns before and after the swapped ones: each
+        // described column has only one place.
+        assert_eq!(
+            current_names(&["id", "a", "b"], &[Some("id"), Some("b"), Some("a"), None]),
+            vec![now("id"), now("b"), now("a")]
+        );
+        // Every possible place is a dropped attribute.
+        assert_eq!(
+            current_names(&["b", "a", "c"], &[Some("a"), Some("b"), None, None, Some("c")]),
+            vec![now("a"), now("b"), Fate::Open]
+        );
+    }
+
+    #[test]
+    fn a_left_out_name_is_no_column_name() {
+        assert!(left_out("a").len() > 63, "PostgreSQL names have at most 63 bytes");
+        assert!(is_left_out(&left_out("qty")));
+        assert!(!is_left_out("qty"));
     }
 }
