@@ -21,77 +21,124 @@ pub enum Fate {
 /// names a Relation message gave, in table order), given the table's
 /// attributes now, in table order, `None` for a dropped one.
 ///
-/// Where the described names the table still has come in its order, each
-/// is taken for the same column, and the others are placed between them
-/// (see [`by_name`]). Where they do not, names were swapped, or a column
-/// was dropped and added again under its name, and names say nothing: only
-/// places do (see [`by_place`]).
+/// A described name the table still has is taken for the same column,
+/// unless the names out of the table's order put it in doubt (two columns
+/// swapped their names, or one was dropped and added again under its name
+/// before others; see [`trusted`]). The other columns are placed between
+/// the trusted ones (see [`by_name`]); where the trusted names leave them
+/// no place, names say nothing, and only places do (see [`by_place`]).
+///
+/// A description with more columns than the table has attributes comes
+/// from a transaction whose own schema change the catalogs do not show yet
+/// (one streamed while in progress): its names stand as they are.
 pub fn current_names(described: &[&str], attributes: &[Option<&str>]) -> Vec<Fate> {
-    let known: Vec<usize> =
-        described.iter().filter_map(|name| attributes.iter().position(|a| *a == Some(*name))).collect();
-    if !known.is_sorted() {
-        return by_place(described.len(), attributes);
+    if described.len() > attributes.len() {
+        return described.iter().map(|name| Fate::Now(name.to_string())).collect();
     }
-    by_name(described, attributes).unwrap_or_else(|| {
-        let alive = |name: &&str| attributes.contains(&Some(*name));
-        described
-            .iter()
-            .map(|name| if alive(name) { Fate::Now(name.to_string()) } else { Fate::Open })
-            .collect()
-    })
+    let places: Vec<Option<usize>> =
+        described.iter().map(|name| attributes.iter().position(|a| *a == Some(*name))).collect();
+    let places = trusted(&places);
+    match by_name(&places, attributes) {
+        Ok(fates) => fates,
+        Err(Unsettled::Open) => {
+            places.iter().map(|place| place.map_or(Fate::Open, |at| fate(attributes[at]))).collect()
+        }
+        Err(Unsettled::Impossible) => by_place(described.len(), attributes),
+    }
 }
 
-/// Renamed columns placed between the ones still known by name: `None`
-/// when more than one history fits (a column dropped before the
-/// description could stand where another was renamed, or one added since
-/// where one was dropped).
-///
-/// Between two columns known by name, every attribute alive now was alive
-/// then (it is older than the column after it) and so is described, under
-/// its old name; after the last one, attributes may also have been added
-/// since.
-fn by_name(described: &[&str], attributes: &[Option<&str>]) -> Option<Vec<Fate>> {
-    let mut fates = Vec::with_capacity(described.len());
-    let mut next = 0;
-    let mut unmatched = 0;
-    for name in described {
-        let Some(at) = attributes.iter().position(|a| *a == Some(*name)) else {
+/// Why [`by_name`] gives no fates.
+/// Ordered by strength: an impossible reading outweighs an open one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Unsettled {
+    /// More than one history fits the trusted names.
+    Open,
+    /// None does: the trusted names cannot all be the same columns.
+    Impossible,
+}
+
+/// The places (attributes now) of the described names to trust: those of
+/// every longest run of names in the table's order. A name out of that
+/// order, or in only some of the longest runs, may be another column's now.
+fn trusted(places: &[Option<usize>]) -> Vec<Option<usize>> {
+    let n = places.len();
+    let earlier = |j: usize, at: usize| places[j].is_some_and(|p| p < at);
+    let later = |j: usize, at: usize| places[j].is_some_and(|p| p > at);
+    // The longest run in order that ends at each name, and that starts at it.
+    let mut ending = vec![0; n];
+    for i in 0..n {
+        if let Some(at) = places[i] {
+            ending[i] = 1 + (0..i).filter(|&j| earlier(j, at)).map(|j| ending[j]).max().unwrap_or(0);
+        }
+    }
+    let mut starting = vec![0; n];
+    for i in (0..n).rev() {
+        if let Some(at) = places[i] {
+            starting[i] = 1 + (i + 1..n).filter(|&j| later(j, at)).map(|j| starting[j]).max().unwrap_or(0);
+        }
+    }
+    let longest = ending.iter().copied().max().unwrap_or(0);
+    let on_a_longest = |i: usize| places[i].is_some() && ending[i] + starting[i] == longest + 1;
+    // On every longest run: no other name on one stands at the same step.
+    let on_every_longest =
+        |i: usize| on_a_longest(i) && (0..n).all(|j| j == i || !on_a_longest(j) || ending[j] != ending[i]);
+    (0..n).map(|i| places[i].filter(|_| on_every_longest(i))).collect()
+}
+
+/// The described columns placed between the trusted ones (`places`: their
+/// attributes now, `None` for the others). Between two trusted columns,
+/// every attribute alive now was alive then (it is older than the column
+/// after it) and so is described, under its old name; after the last one,
+/// attributes may also have been added since.
+fn by_name(places: &[Option<usize>], attributes: &[Option<&str>]) -> Result<Vec<Fate>, Unsettled> {
+    let mut fates = Vec::with_capacity(places.len());
+    let mut unsettled = None;
+    let mut settle = |gap: Result<Vec<Fate>, Unsettled>, fates: &mut Vec<Fate>| match gap {
+        Ok(gap) => fates.extend(gap),
+        Err(why) => unsettled = unsettled.max(Some(why)),
+    };
+    let (mut next, mut unmatched) = (0, 0);
+    for place in places {
+        let Some(at) = *place else {
             unmatched += 1;
             continue;
         };
-        fates.extend(gap(unmatched, &attributes[next..at], false)?);
+        settle(gap(unmatched, &attributes[next..at], false), &mut fates);
         unmatched = 0;
-        fates.push(Fate::Now(name.to_string()));
+        fates.push(fate(attributes[at]));
         next = at + 1;
     }
-    fates.extend(gap(unmatched, &attributes[next..], true)?);
-    Some(fates)
+    settle(gap(unmatched, &attributes[next..], true), &mut fates);
+    unsettled.map_or(Ok(fates), Err)
 }
 
 /// The fates of `count` described columns that lie in `gap`, the
-/// attributes between two columns known by name (`last`: after the last
-/// one, where columns may have been added since). Only the readings that
-/// leave no choice are taken.
-fn gap(count: usize, gap: &[Option<&str>], last: bool) -> Option<Vec<Fate>> {
+/// attributes between two trusted columns (`last`: after the last one,
+/// where columns may have been added since). Only the readings that leave
+/// no choice are taken.
+fn gap(count: usize, gap: &[Option<&str>], last: bool) -> Result<Vec<Fate>, Unsettled> {
     let fates = |names: &[Option<&str>]| names.iter().map(|n| fate(*n)).collect();
     let alive: Vec<Option<&str>> = gap.iter().copied().filter(Option::is_some).collect();
-    if count == gap.len() {
+    if count > gap.len() || (!last && alive.len() > count) {
+        // Too few places, or an attribute alive then left undescribed.
+        Err(Unsettled::Impossible)
+    } else if count == gap.len() {
         // Each described column has its own attribute, in order.
-        Some(fates(gap))
+        Ok(fates(gap))
     } else if alive.is_empty() {
         // Only dropped attributes: the columns were dropped since (the
         // others before).
-        Some(vec![Fate::Dropped; count])
+        Ok(vec![Fate::Dropped; count])
     } else if !last && alive.len() == count {
         // Every attribute alive here was described: the dropped ones went
         // before the description.
-        Some(fates(&alive))
-    } else if last && gap.len() > count && gap[..count].iter().all(Option::is_some) {
+        Ok(fates(&alive))
+    } else if last && gap[..count].iter().all(Option::is_some) {
         // An attribute alive before the last described one was described
         // too: the first ones, and the rest were added since.
-        Some(fates(&gap[..count]))
+        Ok(fates(&gap[..count]))
     } else {
-        None
+        Err(Unsettled::Open)
     }
 }
 
@@ -248,11 +295,40 @@ mod tests {
             current_names(&["id", "a", "b"], &[Some("id"), Some("b"), Some("a"), None]),
             vec![now("id"), now("b"), now("a")]
         );
-        // Every possible place is a dropped attribute.
+        // `c` is in order with either of the swapped ones: trusted.
         assert_eq!(
             current_names(&["b", "a", "c"], &[Some("a"), Some("b"), None, None, Some("c")]),
-            vec![now("a"), now("b"), Fate::Open]
+            vec![now("a"), now("b"), now("c")]
         );
+        // `id` is in order with either of the others, behind an old
+        // dropped column: trusted, while `a` (dropped and added again) and
+        // `b` are open.
+        assert_eq!(
+            current_names(&["id", "a", "b"], &[None, Some("id"), None, Some("b"), Some("a")]),
+            vec![now("id"), Fate::Open, Fate::Open]
+        );
+    }
+
+    #[test]
+    fn trusted_names_that_leave_another_column_no_place_go_by_place() {
+        // `name` dropped and added again, `qty` dropped: nothing is left
+        // for `qty` after `name`.
+        assert_eq!(
+            current_names(&["id", "name", "qty"], &[Some("id"), None, None, Some("name")]),
+            vec![now("id"), Fate::Dropped, Fate::Open]
+        );
+        // `name` dropped and added again, `qty` renamed to `amount`:
+        // `amount`, older than `name` now, would be undescribed.
+        assert_eq!(
+            current_names(&["id", "name", "qty"], &[Some("id"), None, Some("amount"), Some("name")]),
+            vec![now("id"), Fate::Open, Fate::Open]
+        );
+    }
+
+    #[test]
+    fn a_description_the_catalogs_do_not_show_yet_keeps_its_names() {
+        // A column added by a transaction still in progress.
+        assert_eq!(current_names(&["id", "c"], &[Some("id")]), vec![now("id"), now("c")]);
     }
 
     #[test]
