@@ -1207,7 +1207,12 @@ impl Applier {
     /// target lacks.
     async fn under_current_names(&self, relation: &Arc<Relation>) -> Result<Arc<Relation>, ApplyError> {
         let table = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
-        let suspect = self.described_before_start(relation)
+        // A transaction streamed while in progress (no commit LSN yet) may
+        // have changed the table itself, which the catalogs do not show
+        // until it commits: its description is taken as it is.
+        let streaming = self.source_lsn == Lsn::ZERO;
+        let suspect = !streaming
+            && self.described_before_start(relation)
             && self.routes.get(&table).is_some_and(|route| !names_in_order(relation, route));
         if !suspect {
             return Ok(Arc::clone(relation));

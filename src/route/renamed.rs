@@ -27,14 +27,7 @@ pub enum Fate {
 /// before others; see [`trusted`]). The other columns are placed between
 /// the trusted ones (see [`by_name`]); where the trusted names leave them
 /// no place, names say nothing, and only places do (see [`by_place`]).
-///
-/// A description with more columns than the table has attributes comes
-/// from a transaction whose own schema change the catalogs do not show yet
-/// (one streamed while in progress): its names stand as they are.
 pub fn current_names(described: &[&str], attributes: &[Option<&str>]) -> Vec<Fate> {
-    if described.len() > attributes.len() {
-        return described.iter().map(|name| Fate::Now(name.to_string())).collect();
-    }
     let places: Vec<Option<usize>> =
         described.iter().map(|name| attributes.iter().position(|a| *a == Some(*name))).collect();
     let places = trusted(&places);
@@ -323,12 +316,6 @@ mod tests {
             current_names(&["id", "name", "qty"], &[Some("id"), None, Some("amount"), Some("name")]),
             vec![now("id"), Fate::Open, Fate::Open]
         );
-    }
-
-    #[test]
-    fn a_description_the_catalogs_do_not_show_yet_keeps_its_names() {
-        // A column added by a transaction still in progress.
-        assert_eq!(current_names(&["id", "c"], &[Some("id")]), vec![now("id"), now("c")]);
     }
 
     #[test]
