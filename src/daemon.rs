@@ -223,6 +223,9 @@ async fn run_on_own_thread(
     std::thread::Builder::new()
         .name(format!("ferry {}", spec.subscription.name))
         .spawn(move || {
+            if let Err(error) = no_wakeup_preemption() {
+                tracing::debug!(subscription = %spec.subscription.name, "the pipeline's thread keeps the default scheduling: {error}");
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -234,6 +237,30 @@ async fn run_on_own_thread(
     result.await.expect("the pipeline's thread did not panic")
 }
 
+/// Has the calling thread run as `SCHED_BATCH`: it no longer preempts the
+/// task running on its CPU when woken, and waits for that task to block or
+/// its slice to end. The source's walsender writes each message of a
+/// transaction to the socket on its own (Begin, each change, Commit), and a
+/// pipeline woken by each of them took the walsender's CPU every time: on a
+/// busy machine the walsender then queued for a CPU at each message, fell
+/// behind the WAL by up to 200 KB, and the changes reached ferry tens of
+/// milliseconds late. Unwoken early, the pipeline reads the whole
+/// transaction when the walsender waits for more WAL. Any user may choose
+/// this policy for its own threads; the priority (nice value) is kept.
+#[cfg(target_os = "linux")]
+fn no_wakeup_preemption() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call, and
+    // pid 0 names the calling thread; nothing else is read or written.
+    let status = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if status == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn no_wakeup_preemption() -> std::io::Result<()> {
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "SCHED_BATCH is Linux's"))
+}
+
 /// Measures a pipeline's slot until `stop` fires. Never fails: it only
 /// reports, and shares the pipelines' task set for that reason.
 async fn watch_slot(
@@ -243,4 +270,24 @@ async fn watch_slot(
 ) -> Result<(), PipelineError> {
     metrics::watch_slot(spec.source, spec.subscription.slot, metrics, stop).await;
     Ok(())
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    fn policy() -> i32 {
+        // SAFETY: pid 0 names the calling thread; the call only reads.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+
+    #[test]
+    fn a_pipeline_thread_asks_not_to_preempt_on_wakeup_and_only_it() {
+        let own = std::thread::spawn(|| {
+            super::no_wakeup_preemption().expect("any user may choose SCHED_BATCH");
+            policy()
+        })
+        .join()
+        .expect("the thread did not panic");
+        assert_eq!(own, libc::SCHED_BATCH);
+        assert_eq!(policy(), libc::SCHED_OTHER, "the calling thread only");
+    }
 }
