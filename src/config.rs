@@ -100,6 +100,12 @@ impl TableMapping {
     pub fn target_column<'a>(&'a self, source: &'a str) -> &'a str {
         self.rename.get(source).map_or(source, String::as_str)
     }
+
+    /// Whether the table's settings name a source column as one to carry:
+    /// its `columns` list or its `rename`.
+    pub fn names(&self, column: &str) -> bool {
+        self.columns.lists(column) || self.rename.contains_key(column)
+    }
 }
 
 /// Which source columns a table carries. Names are exact column names as in
@@ -120,6 +126,11 @@ impl ColumnSelection {
             ColumnSelection::Only(list) => list.iter().any(|c| c == column),
             ColumnSelection::Except(list) => !list.iter().any(|c| c == column),
         }
+    }
+
+    /// Whether the selection lists `column` as one to carry (`Only`).
+    pub fn lists(&self, column: &str) -> bool {
+        matches!(self, ColumnSelection::Only(list) if list.iter().any(|c| c == column))
     }
 
     /// The columns the selection names, to check them against the source.

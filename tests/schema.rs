@@ -277,6 +277,33 @@ async fn columns_swapped_or_dropped_and_added_again_while_ferry_was_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_left_open_while_ferry_was_stopped_that_the_settings_name_stops_its_pipeline_with_the_way_past()
+ {
+    let setup = Setup::lazy_wal().await;
+    let listed = "columns = [\"id\", \"name\", \"qty\"]";
+    drop(setup.streaming(listed, "").await);
+
+    setup.fresh_wal_segment().await;
+    exec(&setup.src, "UPDATE items_a SET name = 'old ' || id WHERE id <= 5").await;
+    let alter = "ALTER TABLE items_a DROP COLUMN name; ALTER TABLE items_a ADD COLUMN name text";
+    exec(&setup.src, alter).await;
+    exec(&setup.dst, alter).await;
+
+    let mut daemon = setup.daemon(listed, "");
+    setup
+        .only_a_stops_saying(
+            &mut daemon,
+            &[
+                "column \"name\" of changes from before the start is left out of them",
+                "the table's settings name it",
+                "remove the table from the subscription and restart ferry",
+                "empty the target table and add the table back",
+            ],
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_the_target_lacks_or_the_table_leaves_out_is_ignored_and_logged() {
     let setup = Setup::new().await;
     // items_b's target has the column, but the table lists its columns.

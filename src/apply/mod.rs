@@ -218,7 +218,8 @@ pub struct Applier {
     /// Apply one statement at a time, each in a savepoint, so a refused one
     /// can be set aside (used when replaying a batch that failed).
     careful: bool,
-    /// The commit LSN of the source transaction being applied.
+    /// The commit LSN of the source transaction being applied; zero while
+    /// it streams in progress (see [`Applier::streaming_in_progress`]).
     source_lsn: Lsn,
     /// Dead letters written in the open target transaction.
     dead_letters_written: u64,
@@ -1184,14 +1185,20 @@ impl Applier {
         Ok(&self.plans[&relation.oid])
     }
 
+    /// Whether the source transaction being applied is streamed while in
+    /// progress: it has no commit LSN yet.
+    fn streaming_in_progress(&self) -> bool {
+        self.source_lsn == Lsn::ZERO
+    }
+
     /// Whether `relation` comes from WAL written before the catalogs were
     /// read at start (a resumed pipeline reads older WAL first), which may
     /// hold several descriptions of a table changed more than once while
-    /// ferry was stopped. A transaction applied while it streams has no
-    /// commit LSN yet: its description counts as one from before the start
-    /// only while the table has no plan.
+    /// ferry was stopped. A description in a transaction streamed while in
+    /// progress counts as one from before the start only while the table
+    /// has no plan.
     fn described_before_start(&self, relation: &Relation) -> bool {
-        if self.source_lsn == Lsn::ZERO {
+        if self.streaming_in_progress() {
             return !self.plans.contains_key(&relation.oid);
         }
         self.source_lsn < self.routes_read_at
@@ -1207,11 +1214,10 @@ impl Applier {
     /// target lacks.
     async fn under_current_names(&self, relation: &Arc<Relation>) -> Result<Arc<Relation>, ApplyError> {
         let table = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
-        // A transaction streamed while in progress (no commit LSN yet) may
-        // have changed the table itself, which the catalogs do not show
-        // until it commits: its description is taken as it is.
-        let streaming = self.source_lsn == Lsn::ZERO;
-        let suspect = !streaming
+        // A transaction streamed while in progress may have changed the
+        // table itself, which the catalogs do not show until it commits:
+        // its description is taken as it is.
+        let suspect = !self.streaming_in_progress()
             && self.described_before_start(relation)
             && self.routes.get(&table).is_some_and(|route| !names_in_order(relation, route));
         if !suspect {

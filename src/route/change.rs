@@ -17,7 +17,6 @@ use super::RouteError;
 use super::renamed;
 use super::table::{ColumnPair, TableRoute, missing_target_column};
 use super::types::{TypeFit, may_fail_warning, type_fit};
-use crate::config::ColumnSelection;
 use crate::pg::catalog::{Column, TypeDescription};
 use crate::pg::names::quote_ident_if_needed;
 use crate::pg::pgoutput::{Relation, RelationColumn, ReplicaIdentity};
@@ -132,8 +131,7 @@ impl TableRoute {
     /// the config names must leave the config (it would not load any more);
     /// otherwise the target column must stop expecting values by name.
     fn drop_remedy(&self, column: &str, target_column: &str) -> String {
-        let listed =
-            matches!(&self.mapping.columns, ColumnSelection::Only(list) if list.iter().any(|c| c == column));
+        let listed = self.mapping.columns.lists(column);
         let renamed = self.mapping.rename.contains_key(column);
         let settings = match (listed, renamed) {
             (true, true) => "`columns` and `rename`",
@@ -190,7 +188,7 @@ pub fn change_note(old: &TableRoute, new: &TableRoute) -> Option<ChangeNote> {
 fn carried_note(route: &TableRoute, column: &Column, carried: Option<&str>) -> (String, bool) {
     match carried {
         Some(target) => (format!("replicated into {}", quote_ident_if_needed(target)), false),
-        None if renamed::is_left_out(&column.name) => ("not replicated".into(), false),
+        None if renamed::was_left_out(&column.name).is_some() => ("not replicated".into(), false),
         None if !route.mapping.columns.includes(&column.name) => {
             ("not replicated (the table's columns leave it out)".into(), false)
         }
@@ -208,7 +206,7 @@ fn carried_note(route: &TableRoute, column: &Column, carried: Option<&str>) -> (
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TableMapping;
+    use crate::config::{ColumnSelection, TableMapping};
     use crate::pg::names::QualifiedName;
 
     fn column(name: &str, type_name: &str, type_oid: u32, category: char) -> Column {
@@ -335,5 +333,52 @@ mod tests {
         let old = route(listed, vec![id(), qty()], vec![id(), qty()]);
         let dropped = old.follow(vec![id()], vec![id(), qty()], false).unwrap_err().to_string();
         assert!(dropped.contains("remove \"qty\" from the table's `columns`"), "{dropped}");
+    }
+
+    #[test]
+    fn a_column_left_out_of_old_changes_stops_the_route_only_where_it_is_needed() {
+        let name = column("name", "text", 25, 'S');
+        let left = |c: &Column| Column { name: renamed::left_out(&c.name), ..c.clone() };
+        let mut mapping =
+            TableMapping::new(QualifiedName::new("public", "items"), QualifiedName::new("replica", "items"));
+        let target = vec![id(), name.clone(), qty()];
+        let refused = |mapping: &TableMapping, source: Vec<Column>| {
+            TableRoute::checked(mapping, source, target.clone(), false).err().map(|e| e.to_string())
+        };
+        let name_left_out = || vec![id(), left(&name), qty()];
+
+        // Not needed: left out, and the rest goes on (an except list may name it).
+        let route = TableRoute::checked(&mapping, name_left_out(), target.clone(), false).unwrap();
+        assert_eq!(route.carried_as(&renamed::left_out("name")), None);
+        assert_eq!(route.carried_as("qty"), Some("qty"));
+        mapping.columns = ColumnSelection::Except(vec!["name".into()]);
+        assert_eq!(refused(&mapping, name_left_out()), None);
+
+        // Needed: the error names the column, why, and the way past it.
+        let says = |error: Option<String>, why: &str| {
+            let error = error.expect("refused");
+            assert!(error.contains("column \"name\" of changes from before the start"), "{error}");
+            assert!(error.contains(why) && error.contains("empty the target table"), "{error}");
+        };
+        mapping.columns = ColumnSelection::Only(vec!["id".into(), "name".into()]);
+        says(refused(&mapping, name_left_out()), "the table's settings name it");
+        mapping.columns = ColumnSelection::All;
+        mapping.rename.insert("name".into(), "label".into());
+        says(refused(&mapping, name_left_out()), "the table's settings name it");
+        mapping.rename.clear();
+        mapping.filter = Some("name <> 'x'".into());
+        says(refused(&mapping, name_left_out()), "the table's filter reads it");
+        mapping.filter = None;
+        let key = refused(&mapping, vec![left(&id()), name.clone(), qty()]).expect("refused");
+        assert!(key.contains("column \"id\"") && key.contains("a key column"), "{key}");
+
+        // Dropped while another column took its name: the settings and the
+        // filter mean the column that has the name now.
+        let taken = || vec![id(), left(&name), name.clone(), qty()];
+        mapping.columns = ColumnSelection::Only(vec!["id".into(), "name".into()]);
+        mapping.filter = Some("name <> 'x'".into());
+        let route = TableRoute::checked(&mapping, taken(), target.clone(), false).unwrap();
+        assert_eq!(route.carried_as("name"), Some("name"));
+        assert_eq!(route.filter.as_ref().map(|f| f.columns_used().to_vec()), Some(vec![2]));
     }
 }

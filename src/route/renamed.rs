@@ -182,14 +182,14 @@ pub fn left_out(name: &str) -> String {
     format!("{name}{LEFT_OUT}")
 }
 
-/// Whether `name` is one [`left_out`] made.
-pub fn is_left_out(name: &str) -> bool {
-    name.ends_with(LEFT_OUT)
+/// The column's own name, if `name` is one [`left_out`] made.
+pub fn was_left_out(name: &str) -> Option<&str> {
+    name.strip_suffix(LEFT_OUT)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Fate, current_names, is_left_out, left_out};
+    use super::{Fate, current_names, left_out, was_left_out};
 
     /// Each attribute's fate: alive under its name, or dropped.
     fn fates(list: &[Option<&str>]) -> Vec<Fate> {
@@ -321,7 +321,7 @@ mod tests {
     #[test]
     fn a_left_out_name_is_no_column_name() {
         assert!(left_out("a").len() > 63, "PostgreSQL names have at most 63 bytes");
-        assert!(is_left_out(&left_out("qty")));
-        assert!(!is_left_out("qty"));
+        assert_eq!(was_left_out(&left_out("qty")), Some("qty"));
+        assert_eq!(was_left_out("qty"), None);
     }
 }

@@ -9,6 +9,7 @@ use crate::config::{ColumnSelection, TableMapping};
 use crate::pg::catalog::Column;
 use crate::pg::names::{QualifiedName, quote_ident_if_needed};
 use crate::route::filter::{ColumnType, Filter};
+use crate::route::renamed;
 use crate::route::types::{TypeFit, type_fit};
 use crate::source::catalog::{self as source_catalog, CatalogError};
 
@@ -61,6 +62,14 @@ pub enum RouteError {
         .sources.0, .sources.1
     )]
     SameTargetColumn { table: QualifiedName, target_column: String, sources: Box<(String, String)> },
+    #[error(
+        "table {table}: column {column:?} of changes from before the start is left out of them, as no column \
+         of the table now is surely it (columns were renamed, dropped or added again while ferry was \
+         stopped), and {why}. To go past those changes: remove the table from the subscription and restart \
+         ferry, which skips them; then empty the target table and add the table back, so that it is copied \
+         anew"
+    )]
+    LeftOutNeeded { table: QualifiedName, column: String, why: &'static str },
     #[error("table {table}: where: {error}")]
     Filter { table: QualifiedName, error: String },
     #[error(
@@ -158,7 +167,26 @@ impl TableRoute {
         full_identity: bool,
     ) -> Result<TableRoute, RouteError> {
         let table = &mapping.from;
-        let has_source = |name: &str| source_columns.iter().any(|c| c.name == name);
+        let filter = match &mapping.filter {
+            None => None,
+            Some(text) => {
+                // A left-out column keeps its own name here, so that a
+                // filter reading it is told apart from one naming no column.
+                let types: Vec<ColumnType> = source_columns
+                    .iter()
+                    .map(|c| ColumnType {
+                        name: settings_name(c, &source_columns).to_string(),
+                        type_name: c.type_name.clone(),
+                    })
+                    .collect();
+                let filter = Filter::compile(text, &types)
+                    .map_err(|e| RouteError::Filter { table: table.clone(), error: e.to_string() })?;
+                Some(filter)
+            }
+        };
+        check_left_out(mapping, &source_columns, filter.as_ref())?;
+        let has_source =
+            |name: &str| source_columns.iter().any(|c| settings_name(c, &source_columns) == name);
         for name in mapping.columns.named().iter().chain(mapping.rename.keys()) {
             if !has_source(name) {
                 return Err(RouteError::UnknownColumn { table: table.clone(), column: name.clone() });
@@ -170,11 +198,9 @@ impl TableRoute {
             }
         }
         // Columns the user chose explicitly, or renamed, must land somewhere.
-        let explicit = |name: &str| matches!(&mapping.columns, ColumnSelection::Only(list) if list.iter().any(|c| c == name));
         for column in source_columns.iter().filter(|c| mapping.columns.includes(&c.name)) {
             let target_column = mapping.target_column(&column.name);
-            let must_exist =
-                explicit(&column.name) || mapping.rename.contains_key(&column.name) || column.is_key;
+            let must_exist = mapping.names(&column.name) || column.is_key;
             if must_exist && !target_columns.iter().any(|c| c.name == target_column) {
                 return Err(missing_target_column(mapping, column));
             }
@@ -189,18 +215,6 @@ impl TableRoute {
                 });
             }
         }
-        let filter = match &mapping.filter {
-            None => None,
-            Some(text) => {
-                let types: Vec<ColumnType> = source_columns
-                    .iter()
-                    .map(|c| ColumnType { name: c.name.clone(), type_name: c.type_name.clone() })
-                    .collect();
-                let filter = Filter::compile(text, &types)
-                    .map_err(|e| RouteError::Filter { table: table.clone(), error: e.to_string() })?;
-                Some(filter)
-            }
-        };
         let route =
             TableRoute { mapping: mapping.clone(), target_columns, source_columns, filter, full_identity };
         route.check_filter_columns()?;
@@ -298,6 +312,43 @@ impl TableRoute {
             .filter(|c| self.mapping.columns.includes(&c.name) && self.carried_as(&c.name).is_none())
             .map(|c| c.name.as_str())
     }
+}
+
+/// The name the table's settings and filter know a column of the
+/// description by. A column left out of changes from before the start (see
+/// [`renamed::left_out`]) goes by its own, unless another column of the
+/// description has that name now (dropped, and another renamed to it): the
+/// settings mean that one.
+fn settings_name<'c>(column: &'c Column, source_columns: &[Column]) -> &'c str {
+    match renamed::was_left_out(&column.name) {
+        Some(own) if !source_columns.iter().any(|c| c.name == own) => own,
+        _ => &column.name,
+    }
+}
+
+/// Refuses a column left out of changes from before the start (see
+/// [`renamed::left_out`]) that the route cannot do without: the key, a
+/// column the table's settings name, or one its filter reads.
+fn check_left_out(
+    mapping: &TableMapping,
+    source_columns: &[Column],
+    filter: Option<&Filter>,
+) -> Result<(), RouteError> {
+    for (index, column) in source_columns.iter().enumerate() {
+        let Some(own) = renamed::was_left_out(&column.name) else { continue };
+        let name = settings_name(column, source_columns);
+        let why = if column.is_key {
+            "it identifies rows on the target (a key column)"
+        } else if mapping.names(name) {
+            "the table's settings name it"
+        } else if filter.is_some_and(|f| f.columns_used().contains(&index)) {
+            "the table's filter reads it"
+        } else {
+            continue;
+        };
+        return Err(RouteError::LeftOutNeeded { table: mapping.from.clone(), column: own.to_string(), why });
+    }
+    Ok(())
 }
 
 /// The error for a carried source column whose target column is missing.
