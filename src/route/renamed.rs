@@ -189,11 +189,11 @@ pub fn was_left_out(name: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Fate, current_names, left_out, was_left_out};
+    use super::{Fate, current_names, fate, left_out, was_left_out};
 
     /// Each attribute's fate: alive under its name, or dropped.
     fn fates(list: &[Option<&str>]) -> Vec<Fate> {
-        list.iter().map(|n| n.map_or(Fate::Dropped, |n| Fate::Now(n.to_string()))).collect()
+        list.iter().map(|n| fate(*n)).collect()
     }
 
     fn now(name: &str) -> Fate {
