@@ -348,6 +348,42 @@ fn shared_slot_message(other: &str, subscription: &Subscription) -> String {
     }
 }
 
+/// Why `later` may not run beside `earlier`, if it may not: one takes the
+/// other's managed publication for its own, or both write one table of
+/// the same target database. A managed publication is set to its own
+/// subscription's tables at every start, taking away the other's. A table
+/// has one writer: a copy starts only into an empty table and empties it
+/// again after a crash, and either source's TRUNCATE would empty it.
+fn shared_writes(earlier: &Subscription, later: &Subscription, config: &Config) -> Option<String> {
+    if same_database(&config.sources, &earlier.source, &later.source) {
+        for (first, second) in [(earlier, later), (later, earlier)] {
+            // Both managed, they would share a slot too, which is said already.
+            let shared = !second.publication_managed && second.publication == first.publication;
+            if first.publication_managed && shared {
+                return Some(format!(
+                    "subscription {:?} reads publication {}, which subscription {:?} manages (it sets the \
+                     publication to its own tables at every start); give {:?} a publication of its own",
+                    second.name, first.publication, first.name, second.name
+                ));
+            }
+        }
+    }
+    if !same_database(&config.targets, &earlier.target, &later.target) {
+        return None;
+    }
+    let to = later.tables.iter().map(|t| &t.to).find(|to| earlier.tables.iter().any(|t| &t.to == *to))?;
+    Some(format!(
+        "subscriptions {:?} and {:?} both write {to} on the same target database; a table takes one \
+         subscription's rows (a copy empties it after a crash, a TRUNCATE on either source empties it)",
+        earlier.name, later.name
+    ))
+}
+
+/// Whether the databases named `a` and `b` in `databases` are one.
+fn same_database(databases: &BTreeMap<String, ConnInfo>, a: &str, b: &str) -> bool {
+    a == b || matches!((databases.get(a), databases.get(b)), (Some(a), Some(b)) if a.same_database(b))
+}
+
 type EnvLookup = dyn Fn(&str) -> Result<String, std::env::VarError>;
 
 struct Checker<'a> {
@@ -377,23 +413,29 @@ impl Checker<'_> {
     fn check(&mut self, raw: RawConfig) -> Config {
         let sources = self.databases(&raw.sources, "source");
         let targets = self.databases(&raw.targets, "target");
-        let mut subscriptions = Vec::new();
+        let mut config = Config { server: raw.server, sources, targets, subscriptions: Vec::new() };
         let mut slots = BTreeMap::new();
         for sub in &raw.subscriptions {
             // References are checked against every defined name, so a
             // database with a bad url is reported once, not again as unknown
             // by each subscription that uses it.
             if let Some(subscription) = self.subscription(sub, &raw.sources, &raw.targets) {
+                let span = sub.get_ref().name.span();
                 if let Some(other) = slots.insert(subscription.slot.clone(), subscription.name.clone()) {
-                    self.report(sub.get_ref().name.span(), shared_slot_message(&other, &subscription));
+                    self.report(span.clone(), shared_slot_message(&other, &subscription));
                 }
-                subscriptions.push(subscription);
+                for earlier in &config.subscriptions {
+                    if let Some(message) = shared_writes(earlier, &subscription, &config) {
+                        self.report(span.clone(), message);
+                    }
+                }
+                config.subscriptions.push(subscription);
             }
         }
         if raw.subscriptions.is_empty() && self.needs_subscriptions {
             self.report(0..0, "no [[subscriptions]]: nothing to replicate".into());
         }
-        Config { server: raw.server, sources, targets, subscriptions }
+        config
     }
 
     fn databases(
@@ -443,8 +485,17 @@ impl Checker<'_> {
         match std::fs::read_to_string(file.get_ref()) {
             Ok(text) => Some(Secret::new(text.trim_end_matches(['\n', '\r']))),
             Err(error) => {
-                let path = file.get_ref().display();
-                self.report(file.span(), format!("{what}: cannot read password_file {path}: {error}"));
+                // A path without a folder may be the password itself.
+                let path = file.get_ref();
+                let message = if path.components().count() > 1 {
+                    format!("{what}: cannot read password_file {}: {error}", path.display())
+                } else {
+                    format!(
+                        "{what}: cannot read password_file (not repeated here, in case it is the password \
+                         itself): {error}"
+                    )
+                };
+                self.report(file.span(), message);
                 None
             }
         }
@@ -579,7 +630,16 @@ impl Checker<'_> {
         let found = known.contains_key(name.get_ref());
         if !found {
             let list: Vec<&String> = known.keys().collect();
-            self.report(name.span(), format!("unknown {kind} {:?} (defined: {list:?})", name.get_ref()));
+            // A url written here instead of a name may hold a password.
+            let message = if name.get_ref().contains([':', '@', '=', '/']) {
+                format!(
+                    "{kind} must name one of the [{kind}s] (defined: {list:?}), not hold a connection string \
+                     (not repeated here: it may hold a password)"
+                )
+            } else {
+                format!("unknown {kind} {:?} (defined: {list:?})", name.get_ref())
+            };
+            self.report(name.span(), message);
         }
         found
     }
@@ -818,18 +878,94 @@ tables = [{ from = "Audit" }]
 
     #[test]
     fn two_subscriptions_cannot_share_a_slot() {
-        let sub = |name: &str| {
+        let sub = |name: &str, table: &str| {
             format!(
-                "[[subscriptions]]\nname = \"{name}\"\nsource = \"a\"\ntarget = \"b\"\ntables = [{{ from = \"t\" }}]\n\n"
+                "[[subscriptions]]\nname = \"{name}\"\nsource = \"a\"\ntarget = \"b\"\ntables = [{{ from = \"{table}\" }}]\n\n"
             )
         };
-        let text = with_databases(&(sub("a-b") + &sub("a_b")));
+        let text = with_databases(&(sub("a-b", "t") + &sub("a_b", "u")));
         assert_eq!(
             diagnostics(&text),
             [r#"14:8: subscriptions "a-b" and "a_b" would share the slot ferry_a_b; rename one"#]
         );
-        let text = with_databases(&(sub("same") + &sub("same")));
+        let text = with_databases(&(sub("same", "t") + &sub("same", "u")));
         assert_eq!(diagnostics(&text), [r#"14:8: subscription name "same" is used twice"#]);
+    }
+
+    /// Sources `a` and `a2` and targets `b` and `b2`, each pair one
+    /// database under two names, and `c`, another target database.
+    fn with_aliased_databases(rest: &str) -> String {
+        format!(
+            "[sources.a]\nurl = \"postgresql://h/a\"\n[sources.a2]\nurl = \"postgresql://other@h/a\"\n\
+             [targets.b]\nurl = \"postgresql://h/b\"\n[targets.b2]\nurl = \"host=h dbname=b\"\n\
+             [targets.c]\nurl = \"postgresql://h/c\"\n\n{rest}"
+        )
+    }
+
+    fn subscription(name: &str, source: &str, target: &str, extra: &str) -> String {
+        format!(
+            "[[subscriptions]]\nname = \"{name}\"\nsource = \"{source}\"\ntarget = \"{target}\"\n{extra}\n\n"
+        )
+    }
+
+    #[test]
+    fn two_subscriptions_cannot_write_one_target_table() {
+        let first = subscription("eu", "a", "b", r#"tables = [{ from = "orders" }]"#);
+        let both_write = r#"19:8: subscriptions "eu" and "us" both write "public"."orders" on the same target database; a table takes one subscription's rows (a copy empties it after a crash, a TRUNCATE on either source empties it)"#;
+        for (target, to) in [("b", "orders"), ("b2", "public.orders")] {
+            let second = subscription(
+                "us",
+                "a2",
+                target,
+                &format!(r#"tables = [{{ from = "us_orders", to = "{to}" }}]"#),
+            );
+            assert_eq!(
+                diagnostics(&with_aliased_databases(&(first.clone() + &second))),
+                [both_write],
+                "{target}"
+            );
+        }
+        // Another target database, or another table of the same one.
+        for (target, from) in [("c", "orders"), ("b", "customers")] {
+            let second = subscription("us", "a2", target, &format!(r#"tables = [{{ from = "{from}" }}]"#));
+            parse(&with_aliased_databases(&(first.clone() + &second))).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_managed_publication_is_not_read_by_another_subscription_of_its_source() {
+        let managed = subscription("x", "a", "b", r#"tables = [{ from = "t" }]"#);
+        let reads = |source: &str| {
+            subscription("y", source, "c", "publication = \"ferry_x\"\ntables = [{ from = \"u\" }]")
+        };
+        let refused = r#"subscription "y" reads publication ferry_x, which subscription "x" manages (it sets the publication to its own tables at every start); give "y" a publication of its own"#;
+        for (text, line) in [(managed.clone() + &reads("a2"), 19), (reads("a") + &managed, 20)] {
+            assert_eq!(diagnostics(&with_aliased_databases(&text)), [format!("{line}:8: {refused}")]);
+        }
+        // On another source database the name is another publication.
+        let text = format!(
+            "[sources.a]\nurl = \"postgresql://h/a\"\n[sources.d]\nurl = \"postgresql://h/d\"\n\
+             [targets.b]\nurl = \"postgresql://h/b\"\n[targets.c]\nurl = \"postgresql://h/c\"\n\n{}{}",
+            managed,
+            reads("d")
+        );
+        parse(&text).unwrap();
+    }
+
+    #[test]
+    fn a_connection_string_where_a_name_belongs_is_not_repeated() {
+        let text = with_databases(&subscription(
+            "s",
+            &format!("postgresql://u:{SECRET}@h/a"),
+            "b",
+            r#"tables = [{ from = "t" }]"#,
+        ));
+        let found = diagnostics(&text);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].contains(r#"source must name one of the [sources] (defined: ["a"])"#), "{found:?}");
+        assert!(!found[0].contains(SECRET), "{found:?}");
+        let text = with_databases(&subscription("s", "a", "bb", r#"tables = [{ from = "t" }]"#));
+        assert_eq!(diagnostics(&text), [r#"10:10: unknown target "bb" (defined: ["b"])"#]);
     }
 
     #[test]
@@ -893,6 +1029,19 @@ tables = [{ from = "Audit" }]
             found[0].starts_with(r#"3:17: source "a": cannot read password_file /nonexistent/ferry-pw: "#),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn a_password_file_without_a_folder_is_not_repeated() {
+        let text =
+            one_database(&format!("[sources.a]\nurl = \"postgresql://h/a\"\npassword_file = '{SECRET}'\n"));
+        let found = diagnostics(&text);
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].starts_with(r#"3:17: source "a": cannot read password_file (not repeated here, in case it is the password itself): "#),
+            "{found:?}"
+        );
+        assert!(!found[0].contains(SECRET), "{found:?}");
     }
 
     #[test]

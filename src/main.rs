@@ -143,7 +143,7 @@ enum Command {
     Tail {
         /// Source connection string, URL or key=value form as psql accepts
         /// (e.g. postgresql://user@host:5432/db?sslmode=verify-full).
-        #[arg(long, env = "FERRY_TAIL_SOURCE")]
+        #[arg(long, env = "FERRY_TAIL_SOURCE", hide_env_values = true)]
         source: String,
         /// A table to follow, SCHEMA.TABLE in SQL syntax (public."Order Lines"); repeatable.
         #[arg(long = "table", value_name = "SCHEMA.TABLE", required_unless_present = "publication")]

@@ -353,3 +353,20 @@ async fn a_slot_name_too_long_for_its_publication_is_refused() {
         .get(0);
     assert_eq!(made, 0, "a publication or slot was left on the source");
 }
+
+/// The source url may come from `FERRY_TAIL_SOURCE`, password and all:
+/// `--help` says the variable exists, not what it holds.
+#[test]
+fn help_does_not_show_the_source_from_the_environment() {
+    let secret = "hunter2-do-not-print";
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["tail", "--help"])
+        .env("FERRY_TAIL_SOURCE", format!("postgresql://u:{secret}@h/db"))
+        .env("PGPASSWORD", secret)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("FERRY_TAIL_SOURCE"), "{help}");
+    assert!(!help.contains(secret), "the password leaked:\n{help}");
+}
