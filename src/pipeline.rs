@@ -560,6 +560,11 @@ async fn initial_sync(
         tablesync::copy(sub, ends, &sub.slot, &routes_of(applier, &tables)?, snapshot_name, metrics).await?;
         tablesync::record_copied(applier.client(), &sub.name, &tables, None).await?;
     }
+    // Flushed before it returns: the stream starts from here and may tell
+    // the source of positions past it before any other commit, and a
+    // target that lost this one in a crash would make the next start
+    // replace the slot, losing what the source wrote in between.
+    applier.with_next_commit("SET LOCAL synchronous_commit = on;".into());
     applier.commit(slot.consistent_point, crate::pg::timestamp::now_micros()).await?;
     if sub.snapshot {
         apply::drop_helper_origins(applier.client(), &sub.name, &tablesync::copy_origin_prefix(&sub.slot))

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use support::Cluster;
 use support::daemon::{Daemon, config, wait_for_same};
+use support::{Cluster, ClusterOptions};
 
 const SCHEMA: &str = "
     CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, owner text);
@@ -214,4 +214,39 @@ async fn crash_while_applying_a_streamed_transaction_from_its_spool_applies_it_o
     let n: i64 =
         target.client("postgres").await.query_one("SELECT n FROM counter", &[]).await.unwrap().get(0);
     assert_eq!(n, 2, "both transactions applied once");
+}
+
+/// The target crashes just after a first start and loses its latest
+/// commits (asynchronous, with a WAL writer asleep for 10 s). The first
+/// start's commit records where the new slot begins; had it been lost, the
+/// next start would take the slot for a leftover and make a new one,
+/// losing what the source wrote in between (here, while the target was
+/// down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_crash_just_after_the_first_start_loses_nothing() {
+    let source = Cluster::start();
+    let target = Cluster::start_with(ClusterOptions {
+        conf: vec!["wal_writer_delay = '10s'".into()],
+        ..Default::default()
+    });
+    let src = source.client("postgres").await;
+    src.batch_execute(SCHEMA).await.unwrap();
+    target.client("postgres").await.batch_execute(SCHEMA).await.unwrap();
+    let config =
+        config(&source.url("postgres"), &target.url("postgres"), "crash", TABLES, "snapshot = false");
+    let daemon = Daemon::start(&config);
+    daemon.wait_for_log("streaming", Duration::from_secs(60)).await;
+    tokio::task::block_in_place(|| target.crash());
+    src.batch_execute(SEED_DATA).await.unwrap();
+    tokio::task::block_in_place(|| target.start_again());
+    let progress: i64 = target
+        .client("postgres")
+        .await
+        .query_one("SELECT count(*) FROM ferry.progress WHERE subscription = 'crash'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(progress, 1, "the first start's progress row was lost in the crash");
+    assert_identical(&source, &target).await;
+    drop(daemon);
 }
