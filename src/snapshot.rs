@@ -97,7 +97,10 @@ impl SnapshotReader {
     /// A session reading as of `snapshot`. A large table's COPY runs for
     /// minutes, and the session waits between tables: a time limit set
     /// on the database or the role would cut the copy short (PostgreSQL's
-    /// own table sync is held to none either).
+    /// own table sync is held to none either). Row-level security is off,
+    /// as pg_dump has it: a policy hiding rows from ferry's role makes the
+    /// COPY fail instead of copying part of the table, while the stream,
+    /// which no policy filters, would go on with every row's changes.
     pub async fn open(source: &ConnInfo, snapshot: &str) -> Result<SnapshotReader, SnapshotError> {
         let mut conn = Connection::connect(
             source,
@@ -107,6 +110,7 @@ impl SnapshotReader {
                 ("extra_float_digits", "3"),
                 ("statement_timeout", "0"),
                 ("idle_in_transaction_session_timeout", "0"),
+                ("row_security", "off"),
             ],
         )
         .await?;

@@ -248,3 +248,36 @@ async fn without_replication_the_pipeline_stops_saying_so() {
     );
     assert!(!logs.contains("src-secret"), "{logs}");
 }
+
+/// A policy lets ferry's role see only some rows of a table: the copy
+/// stops saying so instead of copying those rows alone (the stream, which
+/// no policy filters, would then update and delete rows the target never
+/// got). With BYPASSRLS, as README.md says, it copies them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_whose_rows_a_policy_hides_is_not_copied_in_part() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = setup(&source, &target, "LOGIN REPLICATION").await;
+    exec(
+        &src,
+        "CREATE PUBLICATION ferry_shop FOR TABLE shop.items, shop.notes;
+         ALTER TABLE shop.items ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY first_hundred ON shop.items FOR SELECT USING (id <= 100);",
+    )
+    .await;
+    exec(&dst, "CREATE SCHEMA ferry AUTHORIZATION ferry_dst;").await;
+    let config = config(&source, &target, "publication = \"ferry_shop\"");
+
+    let mut daemon = Daemon::start(&config);
+    assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(1));
+    let logs = daemon.logs();
+    assert!(logs.contains("pipeline stopped") && logs.contains("row-level security"), "{logs}");
+    let copied: i64 = dst.query_one("SELECT count(*) FROM replica.items", &[]).await.unwrap().get(0);
+    assert_eq!(copied, 0, "part of the table was copied");
+
+    exec(&source.client("postgres").await, "ALTER ROLE ferry_src BYPASSRLS").await;
+    let daemon = Daemon::start(&config);
+    daemon.wait_for_log("streaming", SETTLE).await;
+    changes(&src, 1).await;
+    wait_for_both(&src, &dst).await;
+    assert_eq!(daemon.signal_and_wait("TERM").0, Some(0));
+}
