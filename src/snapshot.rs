@@ -17,6 +17,7 @@ use crate::config::Subscription;
 use crate::fault;
 use crate::metrics::PipelineMetrics;
 use crate::pg::PgError;
+use crate::pg::catalog::Column;
 use crate::pg::connection::Connection;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::error::describe_sql_error;
@@ -225,10 +226,12 @@ pub async fn split_points(
 
 /// Whether the parts of a split copy can never wait for each other's rows:
 /// the target's only unique index is its primary key, and the source's
-/// primary key is carried into it. The parts' sessions commit only once
-/// all are done, so two parts inserting the same value into a unique index
-/// would wait for each other for ever, a deadlock PostgreSQL cannot see;
-/// copied whole, the table fails with the duplicate named instead. Nor may
+/// primary key is carried into it, each column into one of the same type
+/// with a deterministic collation, if any (`citext`, `char(n)` or a
+/// case-insensitive collation can make two source keys one). The parts'
+/// sessions commit only once all are done, so two parts inserting the same
+/// value into a unique index would wait for each other for ever, a
+/// deadlock PostgreSQL cannot see; copied whole, the table fails with the duplicate named instead. Nor may
 /// a foreign key of the target reference the table or start from it: its
 /// check does not see rows another session has not committed, so a row
 /// whose referenced row another part copies would be refused.
@@ -242,7 +245,13 @@ async fn parts_cannot_collide(target: &Client, route: &TableRoute) -> Result<boo
             "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::text::regclass AND indisunique AND NOT indisprimary)
                  OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'x')
                  OR EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f'
-                            AND $1::text::regclass IN (conrelid, confrelid))",
+                            AND $1::text::regclass IN (conrelid, confrelid))
+                 -- collisdeterministic came with PostgreSQL 12; before, every collation was.
+                 OR EXISTS (SELECT 1 FROM pg_index i
+                            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                            JOIN pg_collation c ON c.oid = a.attcollation
+                            WHERE i.indrelid = $1::text::regclass AND i.indisprimary
+                              AND to_jsonb(c) ->> 'collisdeterministic' = 'false')",
             &[&to.to_string()],
         )
         .await
@@ -252,11 +261,14 @@ async fn parts_cannot_collide(target: &Client, route: &TableRoute) -> Result<boo
 }
 
 /// The source table has a primary key, and each of its columns is carried
-/// into a column of the target's primary key.
+/// into a column of the target's primary key of the same type.
 fn source_key_in_target_key(route: &TableRoute) -> bool {
     let mut source_key = route.source_columns.iter().filter(|c| c.is_key).peekable();
-    let target_key = |name: &str| route.target_columns.iter().any(|c| c.name == name && c.is_key);
-    source_key.peek().is_some() && source_key.all(|c| route.carried_as(&c.name).is_some_and(target_key))
+    let same_key = |source: &Column, name: &str| {
+        route.target_columns.iter().any(|c| c.name == name && c.is_key && c.type_name == source.type_name)
+    };
+    source_key.peek().is_some()
+        && source_key.all(|c| route.carried_as(&c.name).is_some_and(|name| same_key(c, name)))
 }
 
 /// Copies each route's table from `source` (as of the exported snapshot

@@ -510,6 +510,45 @@ async fn a_target_only_unique_index_is_not_split_into_a_deadlock() {
     assert_eq!(rows, 0, "nothing of the failed copy stays");
 }
 
+/// A large table whose target key tells apart less than the source's (a
+/// case-insensitive collation, or `citext` for `text`) is copied in one
+/// part: two source keys that are one on the target, copied by two parts,
+/// would wait for each other for ever. Copied whole, the duplicate is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_key_that_makes_two_source_keys_one_is_not_split_into_a_deadlock() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(
+        &src,
+        "CREATE TABLE big (id text PRIMARY KEY, pad text); CREATE TABLE big2 (id text PRIMARY KEY, pad text)",
+    )
+    .await;
+    exec(
+        &dst,
+        "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+         CREATE TABLE big (id text COLLATE ci PRIMARY KEY, pad text);
+         CREATE EXTENSION citext;
+         CREATE TABLE big2 (id citext PRIMARY KEY, pad text);",
+    )
+    .await;
+    // Large enough to be split; the first row and the last differ in case only.
+    for table in ["big", "big2"] {
+        exec(
+            &src,
+            &format!(
+                "INSERT INTO {table} SELECT 'k' || g, md5(g::text) FROM generate_series(1, 200000) g;
+                 INSERT INTO {table} VALUES ('K1', 'last');"
+            ),
+        )
+        .await;
+        let daemon = Daemon::start(&config(&source, &target, &[(table, table)], ""));
+        daemon.wait_for_log("23505", SETTLE).await;
+        let rows: i64 = dst.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
+        assert_eq!(rows, 0, "nothing of the failed copy stays");
+        drop(daemon);
+    }
+}
+
 /// A large table that a foreign key of the target involves is copied in
 /// one part: a part's session does not see the rows another part has not
 /// committed yet, so a row referencing one of those would be refused.
