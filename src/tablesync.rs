@@ -46,11 +46,15 @@ pub const TABLES_DDL: &str = "CREATE TABLE IF NOT EXISTS ferry.tables (
     floor pg_lsn,
     copying boolean NOT NULL DEFAULT false,
     removed boolean NOT NULL DEFAULT false,
+    target_table text,
     PRIMARY KEY (subscription, source_table)
 );
 DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'ferry.tables'::regclass AND attname = 'removed') THEN
         ALTER TABLE ferry.tables ADD COLUMN removed boolean NOT NULL DEFAULT false;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'ferry.tables'::regclass AND attname = 'target_table') THEN
+        ALTER TABLE ferry.tables ADD COLUMN target_table text;
     END IF;
 END $$;";
 
@@ -128,46 +132,61 @@ impl TableStates {
 }
 
 /// Says on the target, in a transaction of its own, that ferry is about to
-/// copy `routes`' tables: a copy is split over several target transactions
-/// (see [`snapshot::copy_tables`]), so a crash can leave part of one behind,
-/// and the next attempt must know that what it finds is its own. Such
-/// leftovers are deleted here. Any other table must be empty before it is
-/// marked: rows ferry did not write are never taken for leftovers.
+/// copy `routes`' tables, and into which target tables: a copy is split
+/// over several target transactions (see [`snapshot::copy_tables`]), so a
+/// crash can leave part of one behind, and the next attempt must know that
+/// what it finds is its own. Such leftovers are deleted here. Any other
+/// table must be empty before it is marked: rows ferry did not write are
+/// never taken for leftovers, nor is a table the copy did not go into (the
+/// table's `to` changed since; marks from before ferry recorded the target
+/// table are taken as the current one's).
 pub async fn mark_copying(
     target: &Client,
     subscription: &str,
     routes: &[&TableRoute],
 ) -> Result<(), PipelineError> {
     let names: Vec<String> = routes.iter().map(|r| r.mapping.from.to_string()).collect();
-    let leftovers = target
+    let unfinished = target
         .query(
-            "SELECT source_table FROM ferry.tables
+            "SELECT source_table, target_table FROM ferry.tables
              WHERE subscription = $1 AND copying AND NOT removed AND source_table = ANY($2)",
             &[&subscription, &names],
         )
         .await
         .map_err(target_error("looking for unfinished copies"))?;
-    let leftovers: Vec<String> = leftovers.iter().map(|row| row.get(0)).collect();
+    let unfinished: HashMap<String, Option<String>> =
+        unfinished.iter().map(|row| (row.get(0), row.get(1))).collect();
     // Durable at once: the slot made next is dropped at a restart only
     // when this says it is this target's (see `pipeline::set_up`).
     let mut sql = String::from("BEGIN; SET LOCAL synchronous_commit = on;");
     for route in routes {
-        let to = &route.mapping.to;
-        if leftovers.contains(&route.mapping.from.to_string()) {
+        let (from, to) = (&route.mapping.from, &route.mapping.to);
+        let copied_into =
+            unfinished.get(&from.to_string()).map(|into| into.clone().unwrap_or(to.to_string()));
+        if copied_into == Some(to.to_string()) {
             tracing::info!(%subscription, table = %to, "removing what an unfinished copy left");
             sql.push_str(&format!("DELETE FROM {to};"));
-        } else if !snapshot::is_empty(target, to).await? {
+            continue;
+        }
+        if let Some(earlier) = copied_into {
+            tracing::warn!(%subscription, table = %from, "an unfinished copy went into {earlier}, which the table no longer maps to; what it left there stays");
+        }
+        if !snapshot::is_empty(target, to).await? {
             return Err(SnapshotError::TargetNotEmpty(to.clone()).into());
         }
     }
+    let targets: Vec<String> = routes.iter().map(|r| r.mapping.to.to_string()).collect();
+    let array = |values: &[String]| values.iter().map(|v| quote_literal(v)).collect::<Vec<_>>().join(", ");
     target
         .batch_execute(&format!(
-            "{sql} INSERT INTO ferry.tables (subscription, source_table, copying)
-             SELECT {subscription}, t, true FROM unnest(ARRAY[{tables}]::text[]) AS t
-             ON CONFLICT (subscription, source_table) DO UPDATE SET copying = true, floor = NULL, removed = false;
+            "{sql} INSERT INTO ferry.tables (subscription, source_table, copying, target_table)
+             SELECT {subscription}, s, true, t FROM unnest(ARRAY[{sources}]::text[], ARRAY[{targets}]::text[]) AS u (s, t)
+             ON CONFLICT (subscription, source_table)
+             DO UPDATE SET copying = true, floor = NULL, removed = false, target_table = EXCLUDED.target_table;
              COMMIT;",
             subscription = quote_literal(subscription),
-            tables = names.iter().map(|n| quote_literal(n)).collect::<Vec<_>>().join(", "),
+            sources = array(&names),
+            targets = array(&targets),
         ))
         .await
         .map_err(target_error("marking the tables as being copied"))?;
