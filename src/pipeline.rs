@@ -84,6 +84,8 @@ pub enum PipelineError {
     ReplayInOrder { until: Lsn },
     #[error("the copy of tables added to the subscription failed: {0}")]
     CopyFailed(String),
+    #[error("the reader of the source's change stream failed: {0}")]
+    ReaderFailed(String),
     /// Not a failure: see [`CopyBehindStream`].
     #[error(transparent)]
     CopyBehindStream(#[from] CopyBehindStream),
@@ -135,6 +137,7 @@ impl PipelineError {
             PipelineError::Pg(_)
             | PipelineError::ConnectSource(_)
             | PipelineError::Source(_)
+            | PipelineError::ReaderFailed(_)
             | PipelineError::Catalog(CatalogError::Sql { .. } | CatalogError::Connect(_))
             | PipelineError::Route(LoadError::Source(CatalogError::Sql { .. } | CatalogError::Connect(_)))
             | PipelineError::Apply(ApplyError::Source(CatalogError::Sql { .. } | CatalogError::Connect(_))) => {
@@ -370,9 +373,9 @@ async fn run_once(
     // Nothing more will become durable: a reader waiting for its last
     // position stops waiting now.
     drop(durable_tx);
-    let read = reader.await.unwrap_or(Err(SourceError::ConsumerGone));
+    let read = reader.await.map_err(|failed| PipelineError::ReaderFailed(failed.to_string()));
     applied?;
-    read?;
+    read??;
     Ok(())
 }
 
