@@ -145,7 +145,9 @@ impl Cursor<'_> {
     /// from 1 BC (astronomical year 0).
     fn date(&mut self, bc: bool) -> Result<i64, &'static str> {
         const SHAPE: &str = "expected a date as YYYY-MM-DD";
-        let year = self.number(1, 7).ok_or(SHAPE)?;
+        // PostgreSQL reads a year of one or two digits as a month or a
+        // day (`'1-2-3'` is 2003-01-02), or refuses it; it writes four.
+        let year = self.number(4, 7).ok_or(SHAPE)?;
         let month = self.eat(b'-').then(|| self.number(1, 2)).flatten().ok_or(SHAPE)?;
         let day = self.eat(b'-').then(|| self.number(1, 2)).flatten().ok_or(SHAPE)?;
         if year == 0 || !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month, bc) {
@@ -328,6 +330,9 @@ mod tests {
             "2024-01-02 03:00",
             "01/02/2024",
             "4714-11-23 BC",
+            "24-06-01",
+            "1-2-3",
+            "124-06-01",
         ] {
             assert!(parse_date(bad.as_bytes()).is_err(), "{bad}");
         }
