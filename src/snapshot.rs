@@ -246,12 +246,11 @@ async fn parts_cannot_collide(target: &Client, route: &TableRoute) -> Result<boo
                  OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'x')
                  OR EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f'
                             AND $1::text::regclass IN (conrelid, confrelid))
-                 -- collisdeterministic came with PostgreSQL 12; before, every collation was.
                  OR EXISTS (SELECT 1 FROM pg_index i
                             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
                             JOIN pg_collation c ON c.oid = a.attcollation
                             WHERE i.indrelid = $1::text::regclass AND i.indisprimary
-                              AND to_jsonb(c) ->> 'collisdeterministic' = 'false')",
+                              AND NOT c.collisdeterministic)",
             &[&to.to_string()],
         )
         .await

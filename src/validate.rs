@@ -302,6 +302,9 @@ fn compare(
             return ColumnPlan::default();
         }
     };
+    if let Err(error) = route.check_upsert_key(&target.unique_keys) {
+        findings.error(error);
+    }
     for key in target.key_columns() {
         if !route.carried().any(|(_, t)| t == key.name) {
             findings.error(ApplyError::KeyNotSent {
@@ -495,6 +498,14 @@ mod tests {
         );
     }
 
+    /// The target table `replica.customers` with `columns`, its primary
+    /// key its one unique index.
+    fn target_table(columns: Vec<Column>) -> TargetTable {
+        let mut key: Vec<String> = columns.iter().filter(|c| c.is_key).map(|c| c.name.clone()).collect();
+        key.sort();
+        TargetTable { name: mapping().to, columns, unique_keys: vec![key] }
+    }
+
     #[test]
     fn compare_lists_what_is_replicated_and_what_is_not() {
         let source = [
@@ -503,14 +514,11 @@ mod tests {
             column("email", "text", false),
             column("ssn", "text", false),
         ];
-        let target = TargetTable {
-            name: mapping().to,
-            columns: vec![
-                column("id", "integer", true),
-                column("name", "text", false),
-                column("email", "text", false),
-            ],
-        };
+        let target = target_table(vec![
+            column("id", "integer", true),
+            column("name", "text", false),
+            column("email", "text", false),
+        ]);
         let mut findings = Findings::new("subscription s, table public.customers".into());
         let plan = compare(&mapping(), source.to_vec(), &target, false, &mut findings);
         assert!(findings.problems.is_empty());
@@ -520,14 +528,11 @@ mod tests {
     #[test]
     fn compare_reports_missing_key_columns_and_type_differences() {
         let source = [column("id", "integer", true), column("Total", "text", false)];
-        let target = TargetTable {
-            name: mapping().to,
-            columns: vec![
-                column("region", "text", true),
-                column("id", "bigint", true),
-                column("Total", "numeric(12,2)", false),
-            ],
-        };
+        let target = target_table(vec![
+            column("region", "text", true),
+            column("id", "bigint", true),
+            column("Total", "numeric(12,2)", false),
+        ]);
         let mut findings = Findings::new("subscription s, table public.customers".into());
         let plan = compare(&mapping(), source.to_vec(), &target, false, &mut findings);
         assert_eq!(
@@ -547,10 +552,7 @@ mod tests {
     #[test]
     fn a_type_no_value_fits_is_an_error() {
         let source = [column("id", "integer", true), column("active", "boolean", false)];
-        let target = TargetTable {
-            name: mapping().to,
-            columns: vec![column("id", "integer", true), column("active", "integer", false)],
-        };
+        let target = target_table(vec![column("id", "integer", true), column("active", "integer", false)]);
         let mut findings = Findings::new("subscription s, table public.customers".into());
         compare(&mapping(), source.to_vec(), &target, false, &mut findings);
         let found = messages(&findings);
@@ -570,14 +572,11 @@ mod tests {
             column("ssn", "text", false),
             column("country", "text", false),
         ];
-        let target = TargetTable {
-            name: mapping().to,
-            columns: vec![
-                column("id", "integer", true),
-                column("contact_email", "text", false),
-                column("country", "text", false),
-            ],
-        };
+        let target = target_table(vec![
+            column("id", "integer", true),
+            column("contact_email", "text", false),
+            column("country", "text", false),
+        ]);
         let mut shaped = mapping();
         shaped.columns = crate::config::ColumnSelection::Except(vec!["ssn".into()]);
         shaped.rename.insert("email".into(), "contact_email".into());
@@ -592,10 +591,42 @@ mod tests {
         );
     }
 
+    /// `ferry run` upserts a row coming into the filter `ON CONFLICT` over
+    /// the source key's target columns, which a target keyed otherwise
+    /// cannot take: an error here too, not at the first change.
+    #[test]
+    fn a_filter_needs_a_unique_index_on_the_source_key_in_the_target() {
+        let source = [column("id", "integer", true), column("region", "text", false)];
+        let mut shaped = mapping();
+        shaped.filter = Some("region = 'eu'".into());
+        let wider_key = target_table(vec![column("id", "integer", true), column("region", "text", true)]);
+        let mut findings = Findings::new("subscription s, table public.customers".into());
+        compare(&shaped, source.to_vec(), &wider_key, false, &mut findings);
+        let found = messages(&findings);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("has no unique index on exactly those; create one (CREATE UNIQUE INDEX ON \"replica\".\"customers\" (\"id\"))"),
+            "{found:?}"
+        );
+        // A unique index on the source's key will do; so does a source
+        // sending whole rows (the upsert then goes by the target's key).
+        let mut indexed = wider_key.clone();
+        indexed.unique_keys.push(vec!["id".into()]);
+        for (target, full_identity) in [(&indexed, false), (&wider_key, true)] {
+            let mut findings = Findings::new("subscription s, table public.customers".into());
+            compare(&shaped, source.to_vec(), target, full_identity, &mut findings);
+            assert!(findings.problems.is_empty(), "{:?}", messages(&findings));
+        }
+        // Without a filter nothing is upserted.
+        let mut findings = Findings::new("subscription s, table public.customers".into());
+        compare(&mapping(), source.to_vec(), &wider_key, false, &mut findings);
+        assert!(findings.problems.is_empty(), "{:?}", messages(&findings));
+    }
+
     #[test]
     fn a_filter_on_an_unknown_column_is_an_error_with_its_position() {
         let source = [column("id", "integer", true), column("country", "text", false)];
-        let target = TargetTable { name: mapping().to, columns: source.to_vec() };
+        let target = target_table(source.to_vec());
         let mut shaped = mapping();
         shaped.filter = Some("contry = 'DE'".into());
         let mut findings = Findings::new("subscription s, table public.customers".into());

@@ -54,6 +54,29 @@ async fn an_excluded_key_column_is_refused_at_start() {
     assert!(daemon.logs().contains("key column \"id\" must be carried"), "{}", daemon.logs());
 }
 
+/// A row coming into a filter is upserted by the source key, which the
+/// target must hold a unique index on: refused at start, not at the first
+/// change; with the index, the pipeline runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_into_a_target_without_a_unique_index_on_the_source_key_is_refused_at_start() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(&src, "CREATE TABLE t (id int PRIMARY KEY, region text)").await;
+    exec(&dst, "CREATE TABLE t (id int, region text, PRIMARY KEY (id, region))").await;
+    let tables = "[[subscriptions.tables]]\nfrom = \"t\"\nwhere = \"region = 'eu'\"\n";
+    let config = config(&source, &target, "", tables);
+    let mut daemon = Daemon::start(&config);
+    assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(1));
+    assert!(daemon.logs().contains("has no unique index on exactly those"), "{}", daemon.logs());
+    exec(&dst, "CREATE UNIQUE INDEX ON t (id) INCLUDE (region)").await;
+    let daemon = Daemon::start(&config);
+    daemon.wait_for_log("streaming", SETTLE).await;
+    exec(&src, "INSERT INTO t VALUES (1, 'us'), (2, 'eu'); UPDATE t SET region = 'eu' WHERE id = 1").await;
+    let filtered = "(SELECT * FROM t WHERE region = 'eu') f";
+    wait_for_same(&src, &dst, filtered, "t", "id, region", "id", SETTLE).await;
+    drop(daemon);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_move_in_and_out_of_a_filter_under_replica_identity_default() {
     let (source, target) = (Cluster::start(), Cluster::start());

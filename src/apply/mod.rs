@@ -154,6 +154,8 @@ pub(crate) fn target_error(context: impl Into<String>) -> impl FnOnce(tokio_post
 pub struct TargetTable {
     pub name: QualifiedName,
     pub columns: Vec<Column>,
+    /// The column sets of its unique indexes (see [`catalog::unique_keys`]).
+    pub unique_keys: Vec<Vec<String>>,
 }
 
 impl TargetTable {
@@ -168,7 +170,10 @@ impl TargetTable {
         if !columns.iter().any(|c| c.is_key) {
             return Err(ApplyError::NoPrimaryKey { table: name.clone() });
         }
-        Ok(TargetTable { name: name.clone(), columns })
+        let unique_keys = catalog::unique_keys(client, name)
+            .await
+            .map_err(target_error(format!("reading the unique indexes of {name}")))?;
+        Ok(TargetTable { name: name.clone(), columns, unique_keys })
     }
 
     pub fn column(&self, name: &str) -> Option<&Column> {
@@ -1277,6 +1282,7 @@ impl Applier {
         } else {
             TableRoute::checked(&route.mapping, source_columns, target.columns, full_identity)
         }
+        .and_then(|followed| followed.check_upsert_key(&target.unique_keys).map(|()| followed))
         .map_err(|error| self.schema_error(error))?;
         if let Some(note) = change_note(&route, &followed) {
             let what =

@@ -64,6 +64,29 @@ pub async fn table_columns(
         .collect())
 }
 
+/// The column sets of a table's unique indexes that `INSERT ... ON
+/// CONFLICT (columns)` can name: valid, without a predicate or an
+/// expression; key columns only (not `INCLUDE`d ones), each set sorted.
+pub async fn unique_keys(
+    client: &Client,
+    table: &QualifiedName,
+) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT array_agg(a.attname::text ORDER BY a.attname::text)
+             FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_index i ON i.indrelid = c.oid
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
+             WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indisvalid
+               AND i.indpred IS NULL AND i.indexprs IS NULL
+             GROUP BY i.indexrelid",
+            &[&table.schema, &table.name],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
 /// A `typcategory` read as text (`"char"` has no Rust counterpart).
 fn category(text: &str) -> char {
     text.chars().next().unwrap_or('X')

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 use crate::apply::{ApplyError, TargetTable};
 use crate::config::{ColumnSelection, TableMapping};
 use crate::pg::catalog::Column;
-use crate::pg::names::{QualifiedName, quote_ident_if_needed};
+use crate::pg::names::{QualifiedName, quote_ident, quote_ident_if_needed};
 use crate::route::filter::{ColumnType, Filter};
 use crate::route::renamed;
 use crate::route::types::{TypeFit, type_fit};
@@ -73,6 +73,13 @@ pub enum RouteError {
     #[error("table {table}: where: {error}")]
     Filter { table: QualifiedName, error: String },
     #[error(
+        "table {table}: a row that comes into the `where` filter is inserted or updated by the columns \
+         that identify it on the source ({}), and target table {target} has no unique index on exactly \
+         those; create one (CREATE UNIQUE INDEX ON {target} ({})) or make them its primary key",
+        .columns.join(", "), .columns.join(", ")
+    )]
+    NoUpsertKey { table: QualifiedName, target: Box<QualifiedName>, columns: Vec<String> },
+    #[error(
         "table {table}: the filter reads column {column:?}, which is not carried and can be TOASTed: an update \
          that leaves it alone would not send it. Carry the column, or set REPLICA IDENTITY FULL on the source table"
     )]
@@ -137,7 +144,9 @@ impl TableRoute {
         let source_columns = source_catalog::source_columns(source, &mapping.from).await?;
         let full_identity = source_catalog::has_full_identity(source, &mapping.from).await?;
         let target_table = TargetTable::load(target, &mapping.to).await?;
-        Ok(TableRoute::checked(mapping, source_columns, target_table.columns, full_identity)?)
+        let route = TableRoute::checked(mapping, source_columns, target_table.columns, full_identity)?;
+        route.check_upsert_key(&target_table.unique_keys)?;
+        Ok(route)
     }
 
     /// [`TableRoute::resolve`], and every carried column's type fits its
@@ -219,6 +228,32 @@ impl TableRoute {
             TableRoute { mapping: mapping.clone(), target_columns, source_columns, filter, full_identity };
         route.check_filter_columns()?;
         Ok(route)
+    }
+
+    /// A table with a filter inserts or updates a row that comes into it
+    /// with `ON CONFLICT` over the target columns of the source's key
+    /// (the target's primary key itself when the source sends whole
+    /// rows), which needs a unique index on exactly those columns
+    /// (`unique_keys`: the target's, each sorted).
+    pub fn check_upsert_key(&self, unique_keys: &[Vec<String>]) -> Result<(), RouteError> {
+        if self.filter.is_none() || self.full_identity {
+            return Ok(());
+        }
+        let mut key: Vec<String> = self
+            .source_columns
+            .iter()
+            .filter(|c| c.is_key)
+            .filter_map(|c| self.carried_as(&c.name).map(str::to_string))
+            .collect();
+        key.sort();
+        if unique_keys.contains(&key) {
+            return Ok(());
+        }
+        Err(RouteError::NoUpsertKey {
+            table: self.mapping.from.clone(),
+            target: Box::new(self.mapping.to.clone()),
+            columns: key.iter().map(|c| quote_ident(c)).collect(),
+        })
     }
 
     /// A filter column that is not carried cannot be looked up on the
