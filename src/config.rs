@@ -350,10 +350,12 @@ fn shared_slot_message(other: &str, subscription: &Subscription) -> String {
 
 /// Why `later` may not run beside `earlier`, if it may not: one takes the
 /// other's managed publication for its own, or both write one table of
-/// the same target database. A managed publication is set to its own
-/// subscription's tables at every start, taking away the other's. A table
-/// has one writer: a copy starts only into an empty table and empties it
-/// again after a crash, and either source's TRUNCATE would empty it.
+/// the same target database in a way that empties it of the other's rows.
+/// A managed publication is set to its own subscription's tables at every
+/// start, taking away the other's. A copy starts only into an empty table
+/// and empties it again after a crash, and a TRUNCATE from either source
+/// empties it; without either, a table may take several subscriptions'
+/// rows.
 fn shared_writes(earlier: &Subscription, later: &Subscription, config: &Config) -> Option<String> {
     if same_database(&config.sources, &earlier.source, &later.source) {
         for (first, second) in [(earlier, later), (later, earlier)] {
@@ -371,10 +373,15 @@ fn shared_writes(earlier: &Subscription, later: &Subscription, config: &Config) 
     if !same_database(&config.targets, &earlier.target, &later.target) {
         return None;
     }
-    let to = later.tables.iter().map(|t| &t.to).find(|to| earlier.tables.iter().any(|t| &t.to == *to))?;
+    let copied = earlier.snapshot || later.snapshot;
+    let to = later.tables.iter().find_map(|mine| {
+        let theirs = earlier.tables.iter().find(|t| t.to == mine.to)?;
+        (copied || mine.operations.truncate || theirs.operations.truncate).then_some(&mine.to)
+    })?;
     Some(format!(
-        "subscriptions {:?} and {:?} both write {to} on the same target database; a table takes one \
-         subscription's rows (a copy empties it after a crash, a TRUNCATE on either source empties it)",
+        "subscriptions {:?} and {:?} both write {to} on the same target database, which empties it of the \
+         other's rows: a copy empties it after a crash, a TRUNCATE on either source empties it. To share \
+         the table, set snapshot = false on both and leave \"truncate\" out of its `operations` in both",
         earlier.name, later.name
     ))
 }
@@ -911,7 +918,7 @@ tables = [{ from = "Audit" }]
     #[test]
     fn two_subscriptions_cannot_write_one_target_table() {
         let first = subscription("eu", "a", "b", r#"tables = [{ from = "orders" }]"#);
-        let both_write = r#"19:8: subscriptions "eu" and "us" both write "public"."orders" on the same target database; a table takes one subscription's rows (a copy empties it after a crash, a TRUNCATE on either source empties it)"#;
+        let both_write = r#"19:8: subscriptions "eu" and "us" both write "public"."orders" on the same target database, which empties it of the other's rows: a copy empties it after a crash, a TRUNCATE on either source empties it. To share the table, set snapshot = false on both and leave "truncate" out of its `operations` in both"#;
         for (target, to) in [("b", "orders"), ("b2", "public.orders")] {
             let second = subscription(
                 "us",
@@ -929,6 +936,19 @@ tables = [{ from = "Audit" }]
         for (target, from) in [("c", "orders"), ("b", "customers")] {
             let second = subscription("us", "a2", target, &format!(r#"tables = [{{ from = "{from}" }}]"#));
             parse(&with_aliased_databases(&(first.clone() + &second))).unwrap();
+        }
+        // Neither copying nor truncating it, both may write it; either
+        // one doing so is refused.
+        let sharing = |name: &str, snapshot: bool, operations: &str| {
+            let tables = format!(r#"tables = [{{ from = "orders", operations = [{operations}] }}]"#);
+            subscription(name, "a", "b", &format!("snapshot = {snapshot}\n{tables}"))
+        };
+        let no_truncate = r#""insert", "update", "delete""#;
+        let text = sharing("eu", false, no_truncate) + &sharing("us", false, no_truncate);
+        parse(&with_aliased_databases(&text)).unwrap();
+        for (snapshot, operations) in [(true, no_truncate), (false, r#""insert", "truncate""#)] {
+            let text = sharing("eu", false, no_truncate) + &sharing("us", snapshot, operations);
+            assert_eq!(diagnostics(&with_aliased_databases(&text)).len(), 1, "{snapshot} {operations}");
         }
     }
 
