@@ -303,6 +303,42 @@ async fn a_column_left_open_while_ferry_was_stopped_that_the_settings_name_stops
         .await;
 }
 
+/// While ferry is stopped, rows change, then a column is added on both
+/// sides, and the config then names it: items_b lists it in `columns`
+/// (the changes from before simply lack it) and replicates; items_a's
+/// filter reads it, which cannot be evaluated on those changes, so its
+/// pipeline stops with the way past.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_while_ferry_was_stopped_that_the_settings_name_is_absent_from_older_changes() {
+    let setup = Setup::lazy_wal().await;
+    drop(setup.streaming("", "").await);
+
+    setup.fresh_wal_segment().await;
+    exec(
+        &setup.src,
+        "UPDATE items_a SET qty = qty * 100 WHERE id <= 5; UPDATE items_b SET qty = qty * 100 WHERE id <= 5",
+    )
+    .await;
+    let added = "ALTER TABLE items_a ADD COLUMN region text; ALTER TABLE items_b ADD COLUMN region text";
+    exec(&setup.src, added).await;
+    exec(&setup.dst, added).await;
+    exec(&setup.src, "UPDATE items_b SET region = 'eu' WHERE id = 1").await;
+
+    let listed = "columns = [\"id\", \"name\", \"qty\", \"region\"]";
+    let mut daemon = setup.daemon("where = \"region = 'eu'\"", listed);
+    setup
+        .only_a_stops_saying(
+            &mut daemon,
+            &[
+                "the filter reads column \"region\", which changes from before the start lack",
+                "remove the table from the subscription and restart ferry",
+                "empty the target table and add the table back",
+            ],
+        )
+        .await;
+    setup.same("items_b", "id, name, qty, region").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_the_target_lacks_or_the_table_leaves_out_is_ignored_and_logged() {
     let setup = Setup::new().await;

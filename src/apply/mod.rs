@@ -1280,7 +1280,7 @@ impl Applier {
         let followed = if while_running {
             route.follow(source_columns, target.columns, full_identity)
         } else {
-            TableRoute::checked(&route.mapping, source_columns, target.columns, full_identity)
+            route.for_older(source_columns, target.columns, full_identity)
         }
         .and_then(|followed| followed.check_upsert_key(&target.unique_keys).map(|()| followed))
         .map_err(|error| self.schema_error(error))?;

@@ -15,8 +15,9 @@ use std::collections::HashMap;
 
 use super::RouteError;
 use super::renamed;
-use super::table::{ColumnPair, TableRoute, missing_target_column};
+use super::table::{ColumnPair, TableRoute, missing_target_column, settings_name};
 use super::types::{TypeFit, may_fail_warning, type_fit};
+use crate::config::ColumnSelection;
 use crate::pg::catalog::{Column, TypeDescription};
 use crate::pg::names::quote_ident_if_needed;
 use crate::pg::pgoutput::{Relation, RelationColumn, ReplicaIdentity};
@@ -105,6 +106,37 @@ impl TableRoute {
         self.check_source(&source_columns)?;
         self.check_target(&target_columns)?;
         TableRoute::checked(&self.mapping, source_columns, target_columns, full_identity)
+    }
+
+    /// The route for a description from before the catalogs were read at
+    /// start (a resumed pipeline reads older WAL), checked as at start but
+    /// for the columns added since: the table's `columns` and `rename` may
+    /// name those (the older changes just lack them), but its filter cannot
+    /// read them, and stops with the way past. The route keeps this one's
+    /// settings, for the descriptions after the addition.
+    pub fn for_older(
+        &self,
+        source_columns: Vec<Column>,
+        target_columns: Vec<Column>,
+        full_identity: bool,
+    ) -> Result<TableRoute, RouteError> {
+        let lacks = |name: &str| !source_columns.iter().any(|c| settings_name(c, &source_columns) == name);
+        let read_by_filter =
+            self.filter.iter().flat_map(|f| f.columns_used()).map(|&i| &self.source_columns[i].name);
+        if let Some(column) = read_by_filter.into_iter().find(|name| lacks(name)) {
+            return Err(RouteError::AddedSinceNeeded {
+                table: self.mapping.from.clone(),
+                column: column.clone(),
+            });
+        }
+        let mut mapping = self.mapping.clone();
+        if let ColumnSelection::Only(list) = &mut mapping.columns {
+            list.retain(|name| !lacks(name));
+        }
+        mapping.rename.retain(|name, _| !lacks(name));
+        let mut route = TableRoute::checked(&mapping, source_columns, target_columns, full_identity)?;
+        route.mapping = self.mapping.clone();
+        Ok(route)
     }
 
     /// Every carried column is still in the source table.

@@ -70,7 +70,14 @@ pub enum RouteError {
          anew"
     )]
     LeftOutNeeded { table: QualifiedName, column: String, why: &'static str },
-    #[error("table {table}: where: {error}")]
+    #[error(
+        "table {table}: the filter reads column {column:?}, which changes from before the start lack: it was \
+         added to the table since (while ferry was stopped or behind), and the filter cannot say which of \
+         them to keep. To go past those changes: remove the table from the subscription and restart ferry, \
+         which skips them; then empty the target table and add the table back, so that it is copied anew"
+    )]
+    AddedSinceNeeded { table: QualifiedName, column: String },
+    #[error("table {table}: {error}")]
     Filter { table: QualifiedName, error: String },
     #[error(
         "table {table}: a row that comes into the `where` filter is inserted or updated by the columns \
@@ -354,7 +361,7 @@ impl TableRoute {
 /// [`renamed::left_out`]) goes by its own, unless another column of the
 /// description has that name now (dropped, and another renamed to it): the
 /// settings mean that one.
-fn settings_name<'c>(column: &'c Column, source_columns: &[Column]) -> &'c str {
+pub(super) fn settings_name<'c>(column: &'c Column, source_columns: &[Column]) -> &'c str {
     match renamed::was_left_out(&column.name) {
         Some(own) if !source_columns.iter().any(|c| c.name == own) => own,
         _ => &column.name,
