@@ -521,7 +521,7 @@ async fn join_new_tables(
         return Ok(());
     }
     if !sub.snapshot {
-        tablesync::record_copied(applier.client(), &sub.name, &new, None).await?;
+        tablesync::record_streamed(applier.client(), &sub.name, &new).await?;
         return Ok(());
     }
     let mut routes = Vec::new();

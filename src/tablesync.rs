@@ -146,16 +146,7 @@ pub async fn mark_copying(
     routes: &[&TableRoute],
 ) -> Result<(), PipelineError> {
     let names: Vec<String> = routes.iter().map(|r| r.mapping.from.to_string()).collect();
-    let unfinished = target
-        .query(
-            "SELECT source_table, target_table FROM ferry.tables
-             WHERE subscription = $1 AND copying AND NOT removed AND source_table = ANY($2)",
-            &[&subscription, &names],
-        )
-        .await
-        .map_err(target_error("looking for unfinished copies"))?;
-    let unfinished: HashMap<String, Option<String>> =
-        unfinished.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let unfinished = unfinished_copies(target, subscription, &names).await?;
     // Durable at once: the slot made next is dropped at a restart only
     // when this says it is this target's (see `pipeline::set_up`).
     let mut sql = String::from("BEGIN; SET LOCAL synchronous_commit = on;");
@@ -277,14 +268,41 @@ impl ExtraTarget {
     }
 }
 
-/// Records `tables` as in step with the subscription's progress, durably,
-/// in a transaction of its own: before the subscription's slot is made,
-/// which a restart then knows for this target's own (see `pipeline::set_up`).
+/// The tables among `names` (source tables) whose copy was begun and
+/// never finished, with the target table it went into (`None`: marked
+/// before ferry recorded it).
+async fn unfinished_copies(
+    target: &Client,
+    subscription: &str,
+    names: &[String],
+) -> Result<HashMap<String, Option<String>>, ApplyError> {
+    let rows = target
+        .query(
+            "SELECT source_table, target_table FROM ferry.tables
+             WHERE subscription = $1 AND copying AND NOT removed AND source_table = ANY($2)",
+            &[&subscription, &names],
+        )
+        .await
+        .map_err(target_error("looking for unfinished copies"))?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// Records `tables` as in step with the subscription's progress without
+/// a copy (`snapshot = false`), durably, in a transaction of its own:
+/// before the subscription's slot is made, which a restart then knows for
+/// this target's own (see `pipeline::set_up`). What an unfinished copy of
+/// one of them left stays, and the log says so: the rows may have been
+/// loaded some other way since.
 pub async fn record_streamed(
     target: &Client,
     subscription: &str,
     tables: &[&QualifiedName],
 ) -> Result<(), ApplyError> {
+    let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+    for (table, into) in unfinished_copies(target, subscription, &names).await? {
+        let into = into.unwrap_or_else(|| "its target table".into());
+        tracing::warn!(%subscription, %table, "a copy of the table was begun and never finished; with snapshot = false it is not copied again, and what it left in {into} stays (to copy it anew: remove the table from the subscription and restart ferry, empty that table, then add the table back with snapshot = true)");
+    }
     target.batch_execute("BEGIN; SET LOCAL synchronous_commit = on").await.map_err(target_error("BEGIN"))?;
     record_copied(target, subscription, tables, None).await?;
     target.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))

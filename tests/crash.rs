@@ -280,3 +280,24 @@ async fn an_unfinished_copy_is_not_cleaned_up_in_a_table_it_did_not_go_into() {
     assert_eq!(count("other_events").await, 1, "the table's own row was deleted");
     assert!(count("events").await > 0, "what the copy left where it went stays");
 }
+
+/// A split copy crashes after one part committed, and the subscription is
+/// then set to `snapshot = false`: the table is not copied again, and what
+/// the copy left stays (it may have been loaded some other way since), with
+/// a warning that says so and how to copy it anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_copy_left_by_snapshot_false_is_kept_with_a_warning() {
+    let (source, target, _) = crash_during_the_initial_copy("after-copy-part-commit").await;
+    let dst = target.client("postgres").await;
+    let count =
+        || async { dst.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get::<_, i64>(0) };
+    let left = count().await;
+    let config =
+        config(&source.url("postgres"), &target.url("postgres"), "crash", TABLES, "snapshot = false");
+    let daemon = Daemon::start(&config);
+    let warning =
+        daemon.wait_for_log(r#"what it left in "public"."events" stays"#, Duration::from_secs(120)).await;
+    assert!(warning.contains("a copy of the table was begun and never finished"), "{warning}");
+    daemon.wait_for_log("streaming", Duration::from_secs(120)).await;
+    assert_eq!(count().await, left, "what the copy left is kept");
+}
