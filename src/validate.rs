@@ -37,7 +37,7 @@ use crate::pg::conninfo::ConnInfo;
 use crate::pg::names::{QualifiedName, quote_ident_if_needed};
 use crate::pg::tls;
 use crate::route::{TableRoute, TypeFit, may_fail_warning};
-use crate::source::catalog::{self, CatalogError};
+use crate::source::catalog::{self, CatalogError, Identity};
 use crate::teardown;
 
 /// How long a database may take to accept a connection when its url sets no
@@ -263,11 +263,11 @@ async fn check_table(
         Some(client) => TargetTable::load(client, &table.to).await.map_err(|e| findings.error(e)).ok(),
         None => None,
     };
-    let full_identity = match source {
-        Some(client) => catalog::has_full_identity(client, &table.from).await.unwrap_or(false),
-        None => false,
+    let identity = match source {
+        Some(client) => catalog::identity(client, &table.from).await.unwrap_or(Identity::Columns(Vec::new())),
+        None => Identity::Columns(Vec::new()),
     };
-    Some(compare(table, source_columns?, &target_table?, full_identity, findings))
+    Some(compare(table, source_columns?, &target_table?, &identity, findings))
 }
 
 /// The source table's columns, when it exists. An unusable replica identity
@@ -292,17 +292,17 @@ fn compare(
     table: &TableMapping,
     source: Vec<Column>,
     target: &TargetTable,
-    full_identity: bool,
+    identity: &Identity,
     findings: &mut Findings,
 ) -> ColumnPlan {
-    let route = match TableRoute::resolve(table, source, target.columns.clone(), full_identity) {
+    let route = match TableRoute::resolve(table, source, target.columns.clone(), identity.is_full()) {
         Ok(route) => route,
         Err(error) => {
             findings.error(error);
             return ColumnPlan::default();
         }
     };
-    if let Err(error) = route.check_upsert_key(&target.unique_keys) {
+    if let Err(error) = route.check_upsert_key(identity.columns(), &target.unique_keys) {
         findings.error(error);
     }
     for key in target.key_columns() {
@@ -498,6 +498,11 @@ mod tests {
         );
     }
 
+    /// The source identifies rows by `id`.
+    fn by_id() -> Identity {
+        Identity::Columns(vec!["id".into()])
+    }
+
     /// The target table `replica.customers` with `columns`, its primary
     /// key its one unique index.
     fn target_table(columns: Vec<Column>) -> TargetTable {
@@ -520,7 +525,7 @@ mod tests {
             column("email", "text", false),
         ]);
         let mut findings = Findings::new("subscription s, table public.customers".into());
-        let plan = compare(&mapping(), source.to_vec(), &target, false, &mut findings);
+        let plan = compare(&mapping(), source.to_vec(), &target, &by_id(), &mut findings);
         assert!(findings.problems.is_empty());
         assert_eq!(plan.to_string(), "columns: id, name, email (3 of 4; not in target: ssn)");
     }
@@ -534,7 +539,7 @@ mod tests {
             column("Total", "numeric(12,2)", false),
         ]);
         let mut findings = Findings::new("subscription s, table public.customers".into());
-        let plan = compare(&mapping(), source.to_vec(), &target, false, &mut findings);
+        let plan = compare(&mapping(), source.to_vec(), &target, &by_id(), &mut findings);
         assert_eq!(
             messages(&findings),
             [
@@ -554,7 +559,7 @@ mod tests {
         let source = [column("id", "integer", true), column("active", "boolean", false)];
         let target = target_table(vec![column("id", "integer", true), column("active", "integer", false)]);
         let mut findings = Findings::new("subscription s, table public.customers".into());
-        compare(&mapping(), source.to_vec(), &target, false, &mut findings);
+        compare(&mapping(), source.to_vec(), &target, &by_id(), &mut findings);
         let found = messages(&findings);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].starts_with("error: subscription s, table public.customers: table"), "{found:?}");
@@ -583,7 +588,7 @@ mod tests {
         shaped.filter = Some("country = 'DE'".into());
         shaped.operations.delete = false;
         let mut findings = Findings::new("subscription s, table public.customers".into());
-        let plan = compare(&shaped, source.to_vec(), &target, false, &mut findings);
+        let plan = compare(&shaped, source.to_vec(), &target, &by_id(), &mut findings);
         assert!(findings.problems.is_empty(), "{:?}", messages(&findings));
         assert_eq!(
             plan.to_string(),
@@ -601,7 +606,7 @@ mod tests {
         shaped.filter = Some("region = 'eu'".into());
         let wider_key = target_table(vec![column("id", "integer", true), column("region", "text", true)]);
         let mut findings = Findings::new("subscription s, table public.customers".into());
-        compare(&shaped, source.to_vec(), &wider_key, false, &mut findings);
+        compare(&shaped, source.to_vec(), &wider_key, &by_id(), &mut findings);
         let found = messages(&findings);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
@@ -612,14 +617,24 @@ mod tests {
         // sending whole rows (the upsert then goes by the target's key).
         let mut indexed = wider_key.clone();
         indexed.unique_keys.push(vec!["id".into()]);
-        for (target, full_identity) in [(&indexed, false), (&wider_key, true)] {
+        for (target, identity) in [(&indexed, by_id()), (&wider_key, Identity::Full)] {
             let mut findings = Findings::new("subscription s, table public.customers".into());
-            compare(&shaped, source.to_vec(), target, full_identity, &mut findings);
+            compare(&shaped, source.to_vec(), target, &identity, &mut findings);
             assert!(findings.problems.is_empty(), "{:?}", messages(&findings));
         }
+        // The source's key is its replica identity, which an index may
+        // name instead of the primary key.
+        let by_region = Identity::Columns(vec!["region".into()]);
+        let region_key = target_table(vec![column("id", "integer", false), column("region", "text", true)]);
+        let mut findings = Findings::new("subscription s, table public.customers".into());
+        compare(&shaped, source.to_vec(), &region_key, &by_region, &mut findings);
+        assert!(findings.problems.is_empty(), "{:?}", messages(&findings));
+        let mut findings = Findings::new("subscription s, table public.customers".into());
+        compare(&shaped, source.to_vec(), &wider_key, &by_region, &mut findings);
+        assert_eq!(messages(&findings).len(), 1, "{:?}", messages(&findings));
         // Without a filter nothing is upserted.
         let mut findings = Findings::new("subscription s, table public.customers".into());
-        compare(&mapping(), source.to_vec(), &wider_key, false, &mut findings);
+        compare(&mapping(), source.to_vec(), &wider_key, &by_id(), &mut findings);
         assert!(findings.problems.is_empty(), "{:?}", messages(&findings));
     }
 
@@ -630,7 +645,7 @@ mod tests {
         let mut shaped = mapping();
         shaped.filter = Some("contry = 'DE'".into());
         let mut findings = Findings::new("subscription s, table public.customers".into());
-        compare(&shaped, source.to_vec(), &target, false, &mut findings);
+        compare(&shaped, source.to_vec(), &target, &by_id(), &mut findings);
         let found = messages(&findings);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("contry") && found[0].contains("1:1"), "{found:?}");

@@ -54,16 +54,30 @@ async fn an_excluded_key_column_is_refused_at_start() {
     assert!(daemon.logs().contains("key column \"id\" must be carried"), "{}", daemon.logs());
 }
 
-/// A row coming into a filter is upserted by the source key, which the
-/// target must hold a unique index on: refused at start, not at the first
-/// change; with the index, the pipeline runs.
+/// A row coming into a filter is upserted by the source key (its replica
+/// identity), which the target must hold a unique index on: refused at
+/// start, not at the first change; with the index, the pipeline runs.
+/// `by_code`'s identity is an index, which the target's key matches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_into_a_target_without_a_unique_index_on_the_source_key_is_refused_at_start() {
     let (source, target) = (Cluster::start(), Cluster::start());
     let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
-    exec(&src, "CREATE TABLE t (id int PRIMARY KEY, region text)").await;
-    exec(&dst, "CREATE TABLE t (id int, region text, PRIMARY KEY (id, region))").await;
-    let tables = "[[subscriptions.tables]]\nfrom = \"t\"\nwhere = \"region = 'eu'\"\n";
+    exec(
+        &src,
+        "CREATE TABLE t (id int PRIMARY KEY, region text);
+         CREATE TABLE by_code (id int PRIMARY KEY, code text NOT NULL, region text);
+         CREATE UNIQUE INDEX by_code_code ON by_code (code);
+         ALTER TABLE by_code REPLICA IDENTITY USING INDEX by_code_code;",
+    )
+    .await;
+    exec(
+        &dst,
+        "CREATE TABLE t (id int, region text, PRIMARY KEY (id, region));
+         CREATE TABLE by_code (id int, code text PRIMARY KEY, region text);",
+    )
+    .await;
+    let tables = "[[subscriptions.tables]]\nfrom = \"t\"\nwhere = \"region = 'eu'\"\n\
+                  [[subscriptions.tables]]\nfrom = \"by_code\"\nwhere = \"region = 'eu'\"\n";
     let config = config(&source, &target, "", tables);
     let mut daemon = Daemon::start(&config);
     assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(1));
@@ -72,8 +86,11 @@ async fn a_filter_into_a_target_without_a_unique_index_on_the_source_key_is_refu
     let daemon = Daemon::start(&config);
     daemon.wait_for_log("streaming", SETTLE).await;
     exec(&src, "INSERT INTO t VALUES (1, 'us'), (2, 'eu'); UPDATE t SET region = 'eu' WHERE id = 1").await;
+    exec(&src, "INSERT INTO by_code VALUES (1, 'a', 'us'), (2, 'b', 'eu'); UPDATE by_code SET region = 'eu' WHERE id = 1").await;
     let filtered = "(SELECT * FROM t WHERE region = 'eu') f";
     wait_for_same(&src, &dst, filtered, "t", "id, region", "id", SETTLE).await;
+    let filtered = "(SELECT * FROM by_code WHERE region = 'eu') f";
+    wait_for_same(&src, &dst, filtered, "by_code", "id, code, region", "code", SETTLE).await;
     drop(daemon);
 }
 

@@ -1276,13 +1276,19 @@ impl Applier {
         // resumed pipeline reads older WAL) may lack what was added since:
         // it is checked as at start, not compared. Any later one describes
         // a change made while the route was in use.
+        // One in a transaction streamed while in progress may be either,
+        // and is checked as at start, without leaving out what it lacks.
         let while_running = !self.described_before_start(relation);
+        let identity: Vec<String> =
+            relation.columns.iter().filter(|c| c.is_key).map(|c| c.name.clone()).collect();
         let followed = if while_running {
             route.follow(source_columns, target.columns, full_identity)
+        } else if self.streaming_in_progress() {
+            TableRoute::checked(&route.mapping, source_columns, target.columns, full_identity)
         } else {
             route.for_older(source_columns, target.columns, full_identity)
         }
-        .and_then(|followed| followed.check_upsert_key(&target.unique_keys).map(|()| followed))
+        .and_then(|followed| followed.check_upsert_key(&identity, &target.unique_keys).map(|()| followed))
         .map_err(|error| self.schema_error(error))?;
         if let Some(note) = change_note(&route, &followed) {
             let what =

@@ -65,8 +65,9 @@ pub async fn table_columns(
 }
 
 /// The column sets of a table's unique indexes that `INSERT ... ON
-/// CONFLICT (columns)` can name: valid, without a predicate or an
-/// expression; key columns only (not `INCLUDE`d ones), each set sorted.
+/// CONFLICT (columns)` can name: valid, not deferrable, without a
+/// predicate or an expression; key columns only (not `INCLUDE`d ones),
+/// each set sorted.
 pub async fn unique_keys(
     client: &Client,
     table: &QualifiedName,
@@ -78,7 +79,7 @@ pub async fn unique_keys(
              JOIN pg_namespace n ON n.oid = c.relnamespace
              JOIN pg_index i ON i.indrelid = c.oid
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
-             WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indisvalid
+             WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indisvalid AND i.indimmediate
                AND i.indpred IS NULL AND i.indexprs IS NULL
              GROUP BY i.indexrelid",
             &[&table.schema, &table.name],

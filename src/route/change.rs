@@ -110,8 +110,8 @@ impl TableRoute {
 
     /// The route for a description from before the catalogs were read at
     /// start (a resumed pipeline reads older WAL), checked as at start but
-    /// for the columns added since: the table's `columns` and `rename` may
-    /// name those (the older changes just lack them), but its filter cannot
+    /// for the columns added since: the table's `columns`, `exclude` and
+    /// `rename` may name those (the older changes just lack them), but its filter cannot
     /// read them, and stops with the way past. The route keeps this one's
     /// settings, for the descriptions after the addition.
     pub fn for_older(
@@ -130,7 +130,7 @@ impl TableRoute {
             });
         }
         let mut mapping = self.mapping.clone();
-        if let ColumnSelection::Only(list) = &mut mapping.columns {
+        if let ColumnSelection::Only(list) | ColumnSelection::Except(list) = &mut mapping.columns {
             list.retain(|name| !lacks(name));
         }
         mapping.rename.retain(|name, _| !lacks(name));
@@ -412,5 +412,37 @@ mod tests {
         let route = TableRoute::checked(&mapping, taken(), target.clone(), false).unwrap();
         assert_eq!(route.carried_as("name"), Some("name"));
         assert_eq!(route.filter.as_ref().map(|f| f.columns_used().to_vec()), Some(vec![2]));
+    }
+
+    #[test]
+    fn changes_from_before_a_column_was_added_lack_it_unless_the_filter_reads_it() {
+        let name = column("name", "text", 25, 'S');
+        let all = vec![id(), name.clone(), qty()];
+        let mut mapping =
+            TableMapping::new(QualifiedName::new("public", "items"), QualifiedName::new("replica", "items"));
+        let older = |mapping: &TableMapping| {
+            let now = TableRoute::checked(mapping, all.clone(), all.clone(), false).unwrap();
+            now.for_older(vec![id(), qty()], all.clone(), false).map(|route| (now, route))
+        };
+        let mut settings = vec![
+            ColumnSelection::Only(vec!["id".into(), "name".into(), "qty".into()]),
+            ColumnSelection::Except(vec!["name".into()]),
+        ];
+        for columns in settings.drain(..) {
+            mapping.columns = columns;
+            let (now, route) = older(&mapping).unwrap();
+            assert_eq!(route.carried().collect::<Vec<_>>(), [("id", "id"), ("qty", "qty")]);
+            assert_eq!(route.mapping.columns, now.mapping.columns, "the settings stay for later changes");
+        }
+        mapping.columns = ColumnSelection::All;
+        mapping.rename.insert("name".into(), "name".into());
+        older(&mapping).unwrap();
+        mapping.filter = Some("name <> 'x'".into());
+        let error = older(&mapping).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            error.contains("the filter reads column \"name\", which changes from before the start lack"),
+            "{error}"
+        );
+        assert!(error.contains("empty the target table and add the table back"), "{error}");
     }
 }

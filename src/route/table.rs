@@ -149,10 +149,10 @@ impl TableRoute {
         target: &Client,
     ) -> Result<TableRoute, LoadError> {
         let source_columns = source_catalog::source_columns(source, &mapping.from).await?;
-        let full_identity = source_catalog::has_full_identity(source, &mapping.from).await?;
+        let identity = source_catalog::identity(source, &mapping.from).await?;
         let target_table = TargetTable::load(target, &mapping.to).await?;
-        let route = TableRoute::checked(mapping, source_columns, target_table.columns, full_identity)?;
-        route.check_upsert_key(&target_table.unique_keys)?;
+        let route = TableRoute::checked(mapping, source_columns, target_table.columns, identity.is_full())?;
+        route.check_upsert_key(identity.columns(), &target_table.unique_keys)?;
         Ok(route)
     }
 
@@ -238,20 +238,21 @@ impl TableRoute {
     }
 
     /// A table with a filter inserts or updates a row that comes into it
-    /// with `ON CONFLICT` over the target columns of the source's key
-    /// (the target's primary key itself when the source sends whole
-    /// rows), which needs a unique index on exactly those columns
-    /// (`unique_keys`: the target's, each sorted).
-    pub fn check_upsert_key(&self, unique_keys: &[Vec<String>]) -> Result<(), RouteError> {
+    /// with `ON CONFLICT` over the target columns of the source columns
+    /// that identify it (`identity`, its replica identity; under FULL the
+    /// target's primary key itself), which needs a unique index on
+    /// exactly those columns, checked at once (`unique_keys`: the
+    /// target's, each sorted).
+    pub fn check_upsert_key(
+        &self,
+        identity: &[String],
+        unique_keys: &[Vec<String>],
+    ) -> Result<(), RouteError> {
         if self.filter.is_none() || self.full_identity {
             return Ok(());
         }
-        let mut key: Vec<String> = self
-            .source_columns
-            .iter()
-            .filter(|c| c.is_key)
-            .filter_map(|c| self.carried_as(&c.name).map(str::to_string))
-            .collect();
+        let mut key: Vec<String> =
+            identity.iter().filter_map(|c| self.carried_as(c).map(str::to_string)).collect();
         key.sort();
         if unique_keys.contains(&key) {
             return Ok(());

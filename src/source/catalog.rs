@@ -148,17 +148,54 @@ async fn connect(info: &ConnInfo) -> Result<Client, CatalogError> {
     tls::connect_sql(info).await.map_err(|e| CatalogError::Connect(Box::new(e)))
 }
 
-/// Whether the source logs whole old rows for the table (REPLICA IDENTITY FULL).
-pub async fn has_full_identity(client: &Client, table: &QualifiedName) -> Result<bool, CatalogError> {
+/// What the source identifies a table's rows by in its changes: its
+/// replica identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// Whole old rows (REPLICA IDENTITY FULL).
+    Full,
+    /// These columns: the primary key's, or the index's it names.
+    Columns(Vec<String>),
+}
+
+impl Identity {
+    pub fn is_full(&self) -> bool {
+        *self == Identity::Full
+    }
+
+    /// The identifying columns (none under FULL, where every column is).
+    pub fn columns(&self) -> &[String] {
+        match self {
+            Identity::Full => &[],
+            Identity::Columns(columns) => columns,
+        }
+    }
+}
+
+/// The table's replica identity (no columns for a missing table or one
+/// without a usable identity, which [`check_table`] refuses).
+pub async fn identity(client: &Client, table: &QualifiedName) -> Result<Identity, CatalogError> {
     let row = client
         .query_opt(
-            "SELECT c.relreplident = 'f' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            "SELECT c.relreplident = 'f',
+                    coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum)
+                              FROM pg_index i
+                              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                              WHERE i.indrelid = c.oid
+                                AND CASE c.relreplident WHEN 'd' THEN i.indisprimary
+                                                        WHEN 'i' THEN i.indisreplident ELSE false END),
+                             '{}')
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2",
             &[&table.schema, &table.name],
         )
         .await
         .map_err(sql_error(format!("reading the replica identity of {table}")))?;
-    Ok(row.is_some_and(|r| r.get(0)))
+    Ok(match row {
+        Some(row) if row.get::<_, bool>(0) => Identity::Full,
+        Some(row) => Identity::Columns(row.get(1)),
+        None => Identity::Columns(Vec::new()),
+    })
 }
 
 /// A WAL position before which every transaction committed so far lies:
