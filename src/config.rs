@@ -386,8 +386,9 @@ fn shared_writes(earlier: &Subscription, later: &Subscription, config: &Config) 
     ))
 }
 
-/// Whether the databases named `a` and `b` in `databases` are one.
-fn same_database(databases: &BTreeMap<String, ConnInfo>, a: &str, b: &str) -> bool {
+/// Whether the databases named `a` and `b` in `databases` (a config's
+/// sources or targets) are one.
+pub(crate) fn same_database(databases: &BTreeMap<String, ConnInfo>, a: &str, b: &str) -> bool {
     a == b || matches!((databases.get(a), databases.get(b)), (Some(a), Some(b)) if a.same_database(b))
 }
 

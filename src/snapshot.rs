@@ -231,8 +231,9 @@ pub async fn split_points(
 /// case-insensitive collation can make two source keys one). The parts'
 /// sessions commit only once all are done, so two parts inserting the same
 /// value into a unique index would wait for each other for ever, a
-/// deadlock PostgreSQL cannot see; copied whole, the table fails with the duplicate named instead. Nor may
-/// a foreign key of the target reference the table or start from it: its
+/// deadlock PostgreSQL cannot see; copied whole, the table fails with the
+/// duplicate named instead. Nor may a foreign key of the target reference
+/// the table or start from it: its
 /// check does not see rows another session has not committed, so a row
 /// whose referenced row another part copies would be refused.
 async fn parts_cannot_collide(target: &Client, route: &TableRoute) -> Result<bool, SnapshotError> {

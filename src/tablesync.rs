@@ -152,9 +152,9 @@ pub async fn mark_copying(
     let mut sql = String::from("BEGIN; SET LOCAL synchronous_commit = on;");
     for route in routes {
         let (from, to) = (&route.mapping.from, &route.mapping.to);
-        let copied_into =
-            unfinished.get(&from.to_string()).map(|into| into.clone().unwrap_or(to.to_string()));
-        if copied_into == Some(to.to_string()) {
+        let to_name = to.to_string();
+        let copied_into = unfinished.get(&from.to_string()).map(|into| into.as_deref().unwrap_or(&to_name));
+        if copied_into == Some(to_name.as_str()) {
             tracing::info!(%subscription, table = %to, "removing what an unfinished copy left");
             sql.push_str(&format!("DELETE FROM {to};"));
             continue;

@@ -258,15 +258,10 @@ pub async fn forgotten_slots(config: &Config) -> BTreeMap<String, Vec<ForgottenS
 /// another source of the config that is the same database: say, as two
 /// roles).
 fn is_configured(config: &Config, source: &str, slot: &str) -> bool {
-    let same_database = |other: &str| {
-        other == source
-            || config
-                .sources
-                .get(other)
-                .zip(config.sources.get(source))
-                .is_some_and(|(a, b)| a.same_database(b))
-    };
-    config.subscriptions.iter().any(|s| s.slot == slot && same_database(&s.source))
+    config
+        .subscriptions
+        .iter()
+        .any(|s| s.slot == slot && config::same_database(&config.sources, &s.source, source))
 }
 
 /// The forgotten slots (see [`ForgottenSlot`]) on the source `source`,

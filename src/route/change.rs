@@ -111,9 +111,9 @@ impl TableRoute {
     /// The route for a description from before the catalogs were read at
     /// start (a resumed pipeline reads older WAL), checked as at start but
     /// for the columns added since: the table's `columns`, `exclude` and
-    /// `rename` may name those (the older changes just lack them), but its filter cannot
-    /// read them, and stops with the way past. The route keeps this one's
-    /// settings, for the descriptions after the addition.
+    /// `rename` may name those (the older changes just lack them), but its
+    /// filter cannot read them, and stops with the way past. The route
+    /// keeps this one's settings, for the descriptions after the addition.
     pub fn for_older(
         &self,
         source_columns: Vec<Column>,
@@ -424,11 +424,10 @@ mod tests {
             let now = TableRoute::checked(mapping, all.clone(), all.clone(), false).unwrap();
             now.for_older(vec![id(), qty()], all.clone(), false).map(|route| (now, route))
         };
-        let mut settings = vec![
+        for columns in [
             ColumnSelection::Only(vec!["id".into(), "name".into(), "qty".into()]),
             ColumnSelection::Except(vec!["name".into()]),
-        ];
-        for columns in settings.drain(..) {
+        ] {
             mapping.columns = columns;
             let (now, route) = older(&mapping).unwrap();
             assert_eq!(route.carried().collect::<Vec<_>>(), [("id", "id"), ("qty", "qty")]);
