@@ -254,3 +254,28 @@ async fn a_failed_subscription_removed_from_the_config_no_longer_fails_the_exit(
     let (code, _) = daemon.signal_and_wait("TERM");
     assert_eq!(code, Some(0), "the removed subscription's old error still counted");
 }
+
+/// A source stopped cleanly (a fast shutdown, as for a restart or a minor
+/// upgrade) ends each walsender's stream with CommandComplete once its
+/// client has confirmed everything sent, not with CopyDone. That is the
+/// stream ending, retried like any other end, not a protocol error that
+/// stops the pipeline for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_restart_is_retried() {
+    let (source, target) = setup_one(ClusterOptions::default()).await;
+    let daemon = Daemon::start(&one_pipeline(&source, &target));
+    daemon.wait_for_log("streaming", SETTLE).await;
+    let src = source.client("postgres").await;
+    exec(&src, "INSERT INTO items SELECT g, g FROM generate_series(1, 100) g").await;
+    let dst = target.client("postgres").await;
+    wait_for_same(&src, &dst, "items", "items", "id, qty", "id", SETTLE).await;
+    // Let an idle keepalive confirm all that was sent, as on a quiet source.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| source.restart());
+
+    let src = source.client("postgres").await;
+    exec(&src, "INSERT INTO items SELECT g, g FROM generate_series(101, 200) g").await;
+    wait_for_same(&src, &dst, "items", "items", "id, qty", "id", SETTLE).await;
+    let logs = daemon.logs();
+    assert!(!logs.contains("pipeline stopped"), "{logs}");
+}

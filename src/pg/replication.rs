@@ -243,7 +243,10 @@ impl ReplicationStream {
         let frame = self.conn.read_frame().await?;
         match frame.tag {
             b'd' => self.parse_copy_data(frame.body()).map(Some),
-            b'c' => Ok(None),
+            // A walsender whose server shuts down cleanly ends the stream
+            // with CommandComplete, without CopyDone, once its client has
+            // confirmed all it sent (`WalSndDone`).
+            b'c' | b'C' => Ok(None),
             b'E' => Err(self.conn.server_error(&frame)),
             other => Err(self.conn.unexpected(other, "in the replication stream")),
         }
