@@ -34,6 +34,10 @@ pub enum DropError {
     #[error("source {on}: there is no slot {slot} (nor a publication of that name){on_target}")]
     NoSlot { on: String, slot: String, on_target: String },
     #[error(
+        "source {on}: there is no slot {slot}, but source {holder} has it: run again with --source {holder}"
+    )]
+    SlotElsewhere { on: String, slot: String, holder: String },
+    #[error(
         "source {on}: slot {slot} is in use by process {pid}; is a ferry still running this subscription?"
     )]
     InUse { on: String, slot: String, pid: i32 },
@@ -114,10 +118,15 @@ pub async fn drop_subscription(
     if let Some(pid) = row.and_then(|row| row.get::<_, Option<i32>>(0)) {
         return Err(DropError::InUse { on: source_name.to_string(), slot, pid });
     }
+    // A source named wrongly would clear the target of a subscription
+    // whose slot, on its real source, then kept WAL for ever.
+    if !found && let Some(holder) = holder_elsewhere(config, source_name, &slot).await {
+        return Err(DropError::SlotElsewhere { on: source_name.to_string(), slot, holder });
+    }
     // The target goes first: a drop that stops half way is run again,
     // and finds the slot still there to tell that the name is right.
     let cleared = match target {
-        Some((target, info)) => Some(clear_target(target, info, name, &slot).await?),
+        Some((target, info)) => Some(clear_target(target, info, &slot).await?),
         None => None,
     };
     if found {
@@ -149,16 +158,23 @@ pub async fn drop_subscription(
     Ok(Dropped { source: source_name.to_string(), slot: found.then_some(slot), publication, target: cleared })
 }
 
-/// Removes subscription `name`'s rows from ferry's tables on `target`, and
-/// its replication origins: `slot`, and those of its copies' sessions
-/// (named after it, with a dot). All in one transaction: an origin still
-/// in use (a ferry elsewhere running the subscription) leaves everything.
-async fn clear_target(
-    target: &str,
-    info: &ConnInfo,
-    name: &str,
-    slot: &str,
-) -> Result<ClearedTarget, DropError> {
+/// The other source of the config, if any, that holds `slot` among its
+/// forgotten slots (one that cannot be asked counts as not holding it).
+async fn holder_elsewhere(config: &Config, named: &str, slot: &str) -> Option<String> {
+    forgotten_slots(config)
+        .await
+        .into_values()
+        .flatten()
+        .find(|forgotten| forgotten.slot == slot && forgotten.source != named)
+        .map(|forgotten| forgotten.source)
+}
+
+/// Removes the rows of the subscription that used `slot` from ferry's
+/// tables on `target`, and its replication origins: `slot`, and those of
+/// its copies' sessions (named after it, with a dot). All in one
+/// transaction: an origin still in use (a ferry elsewhere running the
+/// subscription) leaves everything.
+async fn clear_target(target: &str, info: &ConnInfo, slot: &str) -> Result<ClearedTarget, DropError> {
     let mut client = tls::connect_sql(info).await.map_err(|e| DropError::ConnectTarget(Box::new(e)))?;
     let transaction = client.transaction().await.map_err(target_error("starting a transaction"))?;
     let origins: Vec<String> = transaction
@@ -182,19 +198,21 @@ async fn clear_target(
             return Err(target_error(context)(error));
         }
     }
-    let progress = delete_rows_of(&transaction, "ferry.progress", name).await? > 0;
-    let tables = delete_rows_of(&transaction, "ferry.tables", name).await?;
+    let progress = delete_rows_of(&transaction, "ferry.progress", slot).await? > 0;
+    let tables = delete_rows_of(&transaction, "ferry.tables", slot).await?;
     transaction.commit().await.map_err(target_error("committing"))?;
     Ok(ClearedTarget { target: target.to_string(), progress, tables, origins })
 }
 
-/// Deletes subscription `name`'s rows from `table`, one of ferry's own on
-/// the target, if the target has it (a pipeline that never started made
-/// none).
+/// Deletes the rows of the subscription that used `slot` from `table`,
+/// one of ferry's own on the target, if the target has it (a pipeline
+/// that never started made none). Rows are matched by slot, not by name:
+/// `a-b` and `a_b` share the slot `ferry_a_b`, and neither can be dropped
+/// while the other is configured.
 async fn delete_rows_of(
     transaction: &tokio_postgres::Transaction<'_>,
     table: &'static str,
-    name: &str,
+    slot: &str,
 ) -> Result<u64, DropError> {
     let exists: bool = transaction
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
@@ -204,8 +222,16 @@ async fn delete_rows_of(
     if !exists {
         return Ok(0);
     }
+    let names: Vec<String> = transaction
+        .query(&format!("SELECT DISTINCT subscription FROM {table}"), &[])
+        .await
+        .map_err(target_error("reading the subscriptions' rows"))?
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .filter(|name| config::slot_name(name) == slot)
+        .collect();
     transaction
-        .execute(&format!("DELETE FROM {table} WHERE subscription = $1"), &[&name])
+        .execute(&format!("DELETE FROM {table} WHERE subscription = ANY($1)"), &[&names])
         .await
         .map_err(target_error("deleting the subscription's rows"))
 }

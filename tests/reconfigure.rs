@@ -681,3 +681,70 @@ async fn a_table_taken_out_mid_copy_is_not_emptied_when_it_comes_back() {
 
     assert_refused_and_kept(Daemon::start(&both), &dst).await;
 }
+
+/// `ferry drop` with the wrong `--source` clears nothing on the target and
+/// names the source that holds the slot: cleared, the target would let a
+/// subscription start afresh while the slot kept WAL on its real source.
+/// And the target's rows go by slot: `a-b` is dropped as `a_b` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_names_the_source_that_holds_the_slot_and_clears_the_target_by_slot() {
+    let (source, target, elsewhere) = (Cluster::start(), Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(&src, SCHEMA).await;
+    exec(&dst, SCHEMA).await;
+    let text = support::daemon::config(
+        &source.url("postgres"),
+        &target.url("postgres"),
+        "a-b",
+        &[("steady", "steady")],
+        "",
+    );
+    let daemon = Daemon::start(&text);
+    daemon.wait_for_log("streaming", WAIT).await;
+    daemon.signal_and_wait("TERM");
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!(
+            "[sources.elsewhere]\nurl = \"{}\"\n\n[sources.src]\nurl = \"{}\"\n\n[targets.dst]\nurl = \"{}\"\n",
+            elsewhere.url("postgres"),
+            source.url("postgres"),
+            target.url("postgres")
+        ),
+    )
+    .unwrap();
+    let drop = |name: &str, source: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["drop", name, "--source", source, "--target", "dst", "--config"])
+            .arg(config.path())
+            .output()
+            .unwrap()
+    };
+    let progress = || async {
+        let sql = "SELECT count(*) FROM ferry.progress WHERE subscription = 'a-b'";
+        dst.query_one(sql, &[]).await.unwrap().get::<_, i64>(0)
+    };
+    let slots = || async {
+        let sql = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry_a_b'";
+        src.query_one(sql, &[]).await.unwrap().get::<_, i64>(0)
+    };
+    assert_eq!((progress().await, slots().await), (1, 1));
+
+    let wrong = drop("a-b", "elsewhere");
+    assert!(!wrong.status.success(), "{wrong:?}");
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        said.contains(
+            "source elsewhere: there is no slot ferry_a_b, but source src has it: run again with --source src"
+        ),
+        "{said}"
+    );
+    assert_eq!((progress().await, slots().await), (1, 1), "nothing is removed");
+
+    let dropped = drop("a_b", "src");
+    assert!(dropped.status.success(), "{dropped:?}");
+    let said = String::from_utf8_lossy(&dropped.stdout);
+    assert!(said.contains("dropped slot ferry_a_b on source src"), "{said}");
+    assert!(said.contains("deleted the progress of a_b on target dst"), "{said}");
+    assert_eq!((progress().await, slots().await), (0, 0));
+}
