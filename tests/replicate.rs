@@ -744,3 +744,67 @@ async fn identity_always_keys_are_replicated() {
 
     wait_for_same(&src, &dst, "ga", "ga", "id, v", "id", SETTLE).await;
 }
+
+/// A source TRUNCATE empties a partitioned target table, partitions and
+/// all: PostgreSQL refuses `TRUNCATE ONLY` for one. A plain table
+/// truncated with it in one statement still goes as ONLY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_empties_a_partitioned_target_table() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(&src, "CREATE TABLE parted (id int PRIMARY KEY, qty int); CREATE TABLE plain (id int PRIMARY KEY)")
+        .await;
+    exec(
+        &dst,
+        "CREATE TABLE parted (id int PRIMARY KEY, qty int) PARTITION BY RANGE (id);
+         CREATE TABLE parted_low PARTITION OF parted FOR VALUES FROM (MINVALUE) TO (100);
+         CREATE TABLE parted_high PARTITION OF parted FOR VALUES FROM (100) TO (MAXVALUE);
+         CREATE TABLE plain (id int PRIMARY KEY)",
+    )
+    .await;
+    let tables = [("parted", "parted"), ("plain", "plain")];
+    let daemon = Daemon::start(&config(&source, &target, &tables, ""));
+    daemon.wait_for_log("streaming", SETTLE).await;
+    exec(&src, "INSERT INTO parted SELECT g, g FROM generate_series(1, 200) g; INSERT INTO plain VALUES (1)")
+        .await;
+    wait_for_same(&src, &dst, "parted", "parted", "id, qty", "id", SETTLE).await;
+
+    exec(&src, "TRUNCATE parted, plain").await;
+    exec(&src, "INSERT INTO parted VALUES (150, 1); INSERT INTO plain VALUES (2)").await;
+    wait_for_same(&src, &dst, "parted", "parted", "id, qty", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "plain", "plain", "id", "id", SETTLE).await;
+    let logs = daemon.logs();
+    assert!(!logs.contains("pipeline stopped"), "{logs}");
+}
+
+/// A target trigger that skips updates (PostgreSQL's own
+/// `suppress_redundant_updates_trigger`, made for replicas) changes no row
+/// for an update that changes nothing: that row is there, and replication
+/// goes on. A row that is really missing still stops the pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_a_target_trigger_skips_is_not_a_missing_row() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(&src, ITEMS).await;
+    exec(
+        &dst,
+        &format!(
+            "{ITEMS}; CREATE TRIGGER unchanged BEFORE UPDATE ON items
+             FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()"
+        ),
+    )
+    .await;
+    exec(&src, "INSERT INTO items (id, name, qty) SELECT g, 'item ' || g, g FROM generate_series(1, 10) g")
+        .await;
+    let mut daemon = Daemon::start(&config(&source, &target, &[("items", "items")], ""));
+    daemon.wait_for_log("streaming", SETTLE).await;
+
+    exec(&src, "UPDATE items SET qty = qty WHERE id = 1").await;
+    exec(&src, "UPDATE items SET qty = 50 WHERE id = 5").await;
+    wait_for_same(&src, &dst, "items", "items", "id, name, qty", "id", SETTLE).await;
+
+    exec(&dst, "DELETE FROM items WHERE id = 7").await;
+    exec(&src, "UPDATE items SET qty = 70 WHERE id = 7").await;
+    daemon.wait_for_log("found no row", SETTLE).await;
+    assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(1));
+}

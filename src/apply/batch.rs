@@ -59,6 +59,12 @@ pub struct TableTraits {
     reorderable: bool,
     /// No unique constraint but the key (update batches are allowed).
     sole_unique: bool,
+    /// A row trigger before UPDATE may skip an update (as PostgreSQL's
+    /// `suppress_redundant_updates_trigger` does one that changes
+    /// nothing): an update that changes no row then does not show that the
+    /// row is missing. (Not with a rule: an UPDATE inside WITH, which
+    /// tells, is refused for most.)
+    pub skips_updates: bool,
 }
 
 /// Reads `target`'s [`TableTraits`].
@@ -71,7 +77,10 @@ pub async fn traits(client: &Client, target: &QualifiedName) -> Result<TableTrai
                     AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contype = 'f'
                                     AND (k.conrelid = c.oid OR k.confrelid = c.oid)),
                     NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND NOT i.indisprimary)
-                    AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'x')
+                    AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'x'),
+                    -- tgtype bits: 1 row, 2 before, 16 update
+                    NOT c.relhasrules AND EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
+                            AND t.tgenabled <> 'D' AND t.tgtype & 19 = 19)
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2",
             &[&target.schema, &target.name],
@@ -79,7 +88,12 @@ pub async fn traits(client: &Client, target: &QualifiedName) -> Result<TableTrai
         .await
         .map_err(target_error(format!("reading the rules, triggers and constraints of {target}")))?;
     let (copyable, untriggered): (bool, bool) = (row.get(0), row.get(1));
-    Ok(TableTraits { copyable, reorderable: copyable && untriggered, sole_unique: row.get(2) })
+    Ok(TableTraits {
+        copyable,
+        reorderable: copyable && untriggered,
+        sole_unique: row.get(2),
+        skips_updates: row.get(3),
+    })
 }
 
 /// Reads whether and how `target`'s rows can be batched. `columns` are the

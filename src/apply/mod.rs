@@ -1056,7 +1056,11 @@ impl Applier {
         self.dead_letter(&row.target.to_string(), row.op.name(), &row.key(), &error).await
     }
 
-    /// Records a change refused for good (`error`) in ferry.dead_letters.
+    /// Records a change refused for good (`error`) in ferry.dead_letters,
+    /// inside the target transaction: it may be the first thing of it to
+    /// reach the target (a NULL key is refused before anything is sent),
+    /// and committed on its own it would stay, then come again, were the
+    /// transaction rolled back and replayed.
     async fn dead_letter(
         &mut self,
         table: &str,
@@ -1064,6 +1068,7 @@ impl Applier {
         key: &str,
         error: &ApplyError,
     ) -> Result<(), ApplyError> {
+        self.send_begin()?;
         let lsn = self.source_lsn.to_string();
         let sqlstate = error.sqlstate().map(str::to_string);
         let message = match error {
@@ -1585,9 +1590,21 @@ impl Applier {
         }
         self.settle().await?;
         // Only the tables the source names: cascading on the target could
-        // empty tables ferry does not own.
+        // empty tables ferry does not own, and so could an inheritance
+        // child's. A partitioned table's partitions are its rows, and
+        // PostgreSQL refuses ONLY for it.
+        let mut named = Vec::with_capacity(targets.len());
+        for target in &targets {
+            let partitioned: bool = self
+                .client
+                .query_one("SELECT relkind = 'p' FROM pg_class WHERE oid = $1::text::regclass", &[target])
+                .await
+                .map_err(target_error(format!("looking up {target} before a truncate")))?
+                .get(0);
+            named.push(if partitioned { target.clone() } else { format!("ONLY {target}") });
+        }
         let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
-        let sql = format!("TRUNCATE ONLY {}{restart}", targets.join(", "));
+        let sql = format!("TRUNCATE {}{restart}", named.join(", "));
         self.client
             .batch_execute(&sql)
             .await

@@ -37,6 +37,8 @@ pub struct RelationPlan {
     pub batch: Option<BatchPlan>,
     /// Whether runs of inserts may go as COPY (see [`batch::TableTraits`]).
     pub copyable: bool,
+    /// Whether a trigger may skip an update (see [`batch::TableTraits`]).
+    pub skips_updates: bool,
     /// The SQL prepared statements for one row of each kind of batch, by
     /// name, once prepared (see `inline`); `None` when the target refused
     /// to prepare one, and that kind of row always goes as a parameter.
@@ -107,6 +109,7 @@ impl RelationPlan {
         Ok(RelationPlan {
             batch,
             copyable: traits.copyable,
+            skips_updates: traits.skips_updates,
             insert: statements.insert(false).await?,
             upsert: match route.filter {
                 Some(_) => Some(statements.insert(true).await?),
@@ -143,12 +146,13 @@ impl RelationPlan {
             .enumerate()
             .map(|(n, ((_, name), _))| format!("{} = ${}", quote_ident(name), n + 1))
             .collect();
-        let sql = format!(
-            "UPDATE {} SET {} WHERE {}",
-            self.target,
-            assignments.join(", "),
-            key_condition(&self.key_names, assignments.len() + 1)
-        );
+        let key = key_condition(&self.key_names, assignments.len() + 1);
+        let mut sql = format!("UPDATE {} SET {} WHERE {key}", self.target, assignments.join(", "));
+        if self.skips_updates {
+            // Counts the row as found by the statement's snapshot, taken
+            // before the update, whether a trigger skipped it or not.
+            sql = format!("WITH updated AS ({sql}) SELECT FROM {} WHERE {key}", self.target);
+        }
         let statement = client
             .prepare(&sql)
             .await
