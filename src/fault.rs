@@ -25,6 +25,9 @@ pub const BEFORE_TABLE_COPY: &str = "before-table-copy";
 pub const AFTER_TABLE_COPY: &str = "after-table-copy";
 /// While applying a streamed transaction: as it arrives, or from its spool.
 pub const IN_STREAMED_TRANSACTION: &str = "in-streamed-transaction";
+/// After a change was recorded as a dead letter, before its target
+/// transaction commits.
+pub const AFTER_DEAD_LETTER: &str = "after-dead-letter";
 
 struct Armed {
     name: String,

@@ -785,23 +785,36 @@ async fn a_truncate_empties_a_partitioned_target_table() {
 async fn an_update_a_target_trigger_skips_is_not_a_missing_row() {
     let (source, target) = (Cluster::start(), Cluster::start());
     let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
-    exec(&src, ITEMS).await;
+    let parted = "CREATE TABLE parted (id int PRIMARY KEY, qty int)";
+    exec(&src, &format!("{ITEMS}; {parted}")).await;
+    // On `parted`, a partitioned table, the trigger is on a partition only.
     exec(
         &dst,
         &format!(
             "{ITEMS}; CREATE TRIGGER unchanged BEFORE UPDATE ON items
+             FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger();
+             {parted} PARTITION BY RANGE (id);
+             CREATE TABLE parted_all PARTITION OF parted FOR VALUES FROM (MINVALUE) TO (MAXVALUE);
+             CREATE TRIGGER unchanged BEFORE UPDATE ON parted_all
              FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()"
         ),
     )
     .await;
-    exec(&src, "INSERT INTO items (id, name, qty) SELECT g, 'item ' || g, g FROM generate_series(1, 10) g")
-        .await;
-    let mut daemon = Daemon::start(&config(&source, &target, &[("items", "items")], ""));
+    exec(
+        &src,
+        "INSERT INTO items (id, name, qty) SELECT g, 'item ' || g, g FROM generate_series(1, 10) g;
+         INSERT INTO parted SELECT g, g FROM generate_series(1, 10) g",
+    )
+    .await;
+    let tables = [("items", "items"), ("parted", "parted")];
+    let mut daemon = Daemon::start(&config(&source, &target, &tables, ""));
     daemon.wait_for_log("streaming", SETTLE).await;
 
-    exec(&src, "UPDATE items SET qty = qty WHERE id = 1").await;
+    exec(&src, "UPDATE items SET qty = qty WHERE id = 1; UPDATE parted SET qty = qty WHERE id = 1").await;
+    exec(&src, "UPDATE items SET id = 11 WHERE id = 2; UPDATE parted SET qty = 50 WHERE id = 5").await;
     exec(&src, "UPDATE items SET qty = 50 WHERE id = 5").await;
     wait_for_same(&src, &dst, "items", "items", "id, name, qty", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "parted", "parted", "id, qty", "id", SETTLE).await;
 
     exec(&dst, "DELETE FROM items WHERE id = 7").await;
     exec(&src, "UPDATE items SET qty = 70 WHERE id = 7").await;

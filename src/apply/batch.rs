@@ -55,15 +55,18 @@ pub struct TableTraits {
     /// reached) and is refused under row-level security, where INSERT is not.
     pub copyable: bool,
     /// Its changes may be applied out of source order: no trigger, rule,
-    /// policy or foreign key could see the order.
+    /// policy or foreign key could see the order (internal triggers count:
+    /// see `skips_updates`).
     reorderable: bool,
     /// No unique constraint but the key (update batches are allowed).
     sole_unique: bool,
-    /// A row trigger before UPDATE may skip an update (as PostgreSQL's
+    /// A row trigger before UPDATE, on the table or on a partition or
+    /// child of it, may skip an update (as PostgreSQL's
     /// `suppress_redundant_updates_trigger` does one that changes
     /// nothing): an update that changes no row then does not show that the
     /// row is missing. (Not with a rule: an UPDATE inside WITH, which
-    /// tells, is refused for most.)
+    /// tells, is refused for most.) Internal triggers count too: before
+    /// PostgreSQL 15 a partition's copy of its parent's trigger is one.
     pub skips_updates: bool,
 }
 
@@ -73,14 +76,18 @@ pub async fn traits(client: &Client, target: &QualifiedName) -> Result<TableTrai
         .query_one(
             "SELECT NOT c.relhasrules AND NOT c.relrowsecurity,
                     c.relkind = 'r'
-                    AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+                    AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid)
                     AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contype = 'f'
                                     AND (k.conrelid = c.oid OR k.confrelid = c.oid)),
                     NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND NOT i.indisprimary)
                     AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'x'),
-                    -- tgtype bits: 1 row, 2 before, 16 update
-                    NOT c.relhasrules AND EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
-                            AND t.tgenabled <> 'D' AND t.tgtype & 19 = 19)
+                    NOT c.relhasrules AND EXISTS (
+                        WITH RECURSIVE tree (oid) AS (
+                            SELECT c.oid
+                            UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+                        -- tgtype bits: 1 row, 2 before, 16 update
+                        SELECT 1 FROM pg_trigger t JOIN tree ON t.tgrelid = tree.oid
+                        WHERE t.tgenabled <> 'D' AND t.tgtype & 19 = 19)
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2",
             &[&target.schema, &target.name],

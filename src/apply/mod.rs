@@ -13,6 +13,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, SimpleQueryMessage, Statement};
 
 use crate::config::{OnError, Subscription};
+use crate::fault;
 use crate::pg::Lsn;
 use crate::pg::catalog::{self, Column};
 use crate::pg::conninfo::ConnInfo;
@@ -1084,6 +1085,7 @@ impl Applier {
             .await
             .map_err(target_error("recording a dead letter"))?;
         self.dead_letters_written += 1;
+        fault::point(fault::AFTER_DEAD_LETTER);
         tracing::warn!(subscription = %self.subscription, %table, %key, source_lsn = %lsn, sqlstate, "change refused by the target, kept in ferry.dead_letters: {message}");
         Ok(())
     }
