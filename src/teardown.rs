@@ -14,6 +14,7 @@ use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::pg::PgError;
 use crate::pg::conninfo::ConnInfo;
+use crate::pg::error::describe_sql_error;
 use crate::pg::names::quote_ident;
 use crate::pg::replication::ReplicationClient;
 use crate::pg::tls;
@@ -37,6 +38,11 @@ pub enum DropError {
         "source {on}: there is no slot {slot}, but source {holder} has it: run again with --source {holder}"
     )]
     SlotElsewhere { on: String, slot: String, holder: String },
+    #[error(
+        "source {on}: there is no slot {slot}, and source {unasked} could not be asked whether it has it ({reason}); \
+         nothing was removed: try again, or leave {unasked} out of the config given to ferry drop if it never held the subscription"
+    )]
+    SlotUnknown { on: String, slot: String, unasked: String, reason: String },
     #[error(
         "source {on}: slot {slot} is in use by process {pid}; is a ferry still running this subscription?"
     )]
@@ -111,7 +117,10 @@ pub async fn drop_subscription(
     let slot = config::slot_name(name);
     let client = tls::connect_sql(info).await.map_err(|e| DropError::Connect(Box::new(e)))?;
     let row = client
-        .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .query_opt(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
+            &[&slot],
+        )
         .await
         .map_err(source_error("looking up the slot"))?;
     let found = row.is_some();
@@ -120,7 +129,7 @@ pub async fn drop_subscription(
     }
     // A source named wrongly would clear the target of a subscription
     // whose slot, on its real source, then kept WAL for ever.
-    if !found && let Some(holder) = holder_elsewhere(config, source_name, &slot).await {
+    if !found && let Some(holder) = holder_elsewhere(config, source_name, &slot, target.is_some()).await? {
         return Err(DropError::SlotElsewhere { on: source_name.to_string(), slot, holder });
     }
     // The target goes first: a drop that stops half way is run again,
@@ -158,15 +167,46 @@ pub async fn drop_subscription(
     Ok(Dropped { source: source_name.to_string(), slot: found.then_some(slot), publication, target: cleared })
 }
 
-/// The other source of the config, if any, that holds `slot` among its
-/// forgotten slots (one that cannot be asked counts as not holding it).
-async fn holder_elsewhere(config: &Config, named: &str, slot: &str) -> Option<String> {
-    forgotten_slots(config)
+/// The other source of the config, if any, that has `slot` (sources that
+/// are `named`'s database are not asked again). With `strict`, a source
+/// that cannot be asked is an error rather than one without it.
+async fn holder_elsewhere(
+    config: &Config,
+    named: &str,
+    slot: &str,
+    strict: bool,
+) -> Result<Option<String>, DropError> {
+    let here = &config.sources[named];
+    let others = config.sources.iter().filter(|(name, info)| *name != named && !info.same_database(here));
+    for (name, info) in others {
+        match tokio::time::timeout(FORGOTTEN_SLOT_TIMEOUT, has_slot(info, slot)).await {
+            Ok(Ok(true)) => return Ok(Some(name.clone())),
+            Ok(Ok(false)) => {}
+            unanswered if strict => {
+                let reason = match unanswered {
+                    Ok(Err(error)) => error,
+                    _ => format!("no answer within {}s", FORGOTTEN_SLOT_TIMEOUT.as_secs()),
+                };
+                let (on, unasked) = (named.to_string(), name.clone());
+                return Err(DropError::SlotUnknown { on, slot: slot.to_string(), unasked, reason });
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the source `info` has the slot `slot` in its database.
+async fn has_slot(info: &ConnInfo, slot: &str) -> Result<bool, String> {
+    let client = tls::connect_sql(info).await.map_err(|error| error.to_string())?;
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database())",
+            &[&slot],
+        )
         .await
-        .into_values()
-        .flatten()
-        .find(|forgotten| forgotten.slot == slot && forgotten.source != named)
-        .map(|forgotten| forgotten.source)
+        .map_err(|error| describe_sql_error(&error))?;
+    Ok(row.get(0))
 }
 
 /// Removes the rows of the subscription that used `slot` from ferry's

@@ -741,6 +741,29 @@ async fn drop_names_the_source_that_holds_the_slot_and_clears_the_target_by_slot
     );
     assert_eq!((progress().await, slots().await), (1, 1), "nothing is removed");
 
+    // A source that cannot be asked might be the one with the slot.
+    let unreachable = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        unreachable.path(),
+        format!(
+            "[sources.elsewhere]\nurl = \"{}\"\n\n[sources.down]\nurl = \"postgresql://postgres:hunter2@127.0.0.1:{}/postgres\"\n\n[targets.dst]\nurl = \"{}\"\n",
+            elsewhere.url("postgres"),
+            free_port(),
+            target.url("postgres")
+        ),
+    )
+    .unwrap();
+    let unknown = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["drop", "a-b", "--source", "elsewhere", "--target", "dst", "--config"])
+        .arg(unreachable.path())
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success(), "{unknown:?}");
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(said.contains("source down could not be asked whether it has it"), "{said}");
+    assert!(!said.contains("hunter2"), "{said}");
+    assert_eq!((progress().await, slots().await), (1, 1), "nothing is removed");
+
     let dropped = drop("a_b", "src");
     assert!(dropped.status.success(), "{dropped:?}");
     let said = String::from_utf8_lossy(&dropped.stdout);
