@@ -1,7 +1,9 @@
 //! The daemon's HTTP endpoints on `[server] listen`: `/metrics`,
 //! `/healthz`, `/readyz` and `/status`.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -40,16 +42,32 @@ pub fn router(metrics: Metrics) -> Router {
         .with_state(metrics)
 }
 
-/// Serves the endpoints on `listener` until `stop` fires.
+/// How long requests under way may take to finish once the server stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves the endpoints on `listener` until `stop` fires, then lets the
+/// requests under way finish for up to [`SHUTDOWN_GRACE`]: a client that
+/// stalls in the middle of one would otherwise hold the exit for ever.
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     stop: CancellationToken,
 ) -> Result<(), ServerError> {
-    axum::serve(listener, router(metrics))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-        .map_err(ServerError::Serve)
+    let stopping = stop.clone();
+    let server = axum::serve(listener, router(metrics))
+        .with_graceful_shutdown(async move { stopping.cancelled().await })
+        .into_future();
+    let grace_over = async {
+        stop.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(ServerError::Serve),
+        () = grace_over => {
+            tracing::info!("HTTP requests still open {}s after stopping are cut off", SHUTDOWN_GRACE.as_secs());
+            Ok(())
+        }
+    }
 }
 
 async fn metrics_text(State(metrics): State<Metrics>) -> impl IntoResponse {

@@ -238,3 +238,22 @@ fn start_items_pipeline(source: &Cluster, target: &Cluster) -> (Daemon, Endpoint
     );
     (Daemon::start(&with_server(port, &config)), Endpoints::on(port))
 }
+
+/// A client that stops half way through a request (a stuck scraper, a port
+/// scan) does not hold up the exit: after SIGTERM, open connections get a
+/// few seconds, then ferry exits as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http_client_does_not_hold_up_the_exit() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    exec(&source.client("postgres").await, ITEMS).await;
+    exec(&target.client("postgres").await, ITEMS).await;
+    let (daemon, http) = start_items_pipeline(&source, &target);
+    daemon.wait_for_log("streaming", SETTLE).await;
+    let address = http.base.trim_start_matches("http://");
+    let mut stalled = std::net::TcpStream::connect(address).unwrap();
+    std::io::Write::write_all(&mut stalled, b"GET /metrics HTTP/1.1\r\n").unwrap();
+
+    let (code, _) = tokio::task::block_in_place(|| daemon.signal_and_wait("TERM"));
+    assert_eq!(code, Some(0));
+    drop(stalled);
+}
