@@ -89,7 +89,8 @@ impl TableStates {
         }
         let rows = target
             .query(
-                "SELECT source_table, floor::text, copying OR removed FROM ferry.tables WHERE subscription = $1",
+                "SELECT source_table, floor::text, copying OR removed, target_table FROM ferry.tables
+                 WHERE subscription = $1",
                 &[&sub.name],
             )
             .await
@@ -97,7 +98,7 @@ impl TableStates {
         let mut states = TableStates { recorded: !rows.is_empty(), ..TableStates::default() };
         for row in rows {
             let (table, not_copied): (String, bool) = (row.get(0), row.get(2));
-            if not_copied {
+            if not_copied || remapped(sub, &table, row.get(3)) {
                 continue;
             }
             if let Some(floor) = row.get::<_, Option<String>>(1).and_then(|f| f.parse().ok()) {
@@ -129,6 +130,21 @@ impl TableStates {
         }
         floors
     }
+}
+
+/// Whether `table` was copied into another target table than the one it
+/// maps to now (`into`; `None` when not recorded, as before ferry recorded
+/// it, or for a table streamed without a copy): its new target table then
+/// gets a copy, as if the table were added to the subscription.
+fn remapped(sub: &Subscription, table: &str, into: Option<String>) -> bool {
+    let Some(into) = into else { return false };
+    let Some(mapping) = sub.tables.iter().find(|t| t.from.to_string() == table) else { return false };
+    let to = mapping.to.to_string();
+    if to == into {
+        return false;
+    }
+    tracing::info!(subscription = %sub.name, %table, "the table now maps to {to}, not {into}: it is copied there as a table added to the subscription");
+    true
 }
 
 /// Says on the target, in a transaction of its own, that ferry is about to
@@ -305,6 +321,15 @@ pub async fn record_streamed(
     }
     target.batch_execute("BEGIN; SET LOCAL synchronous_commit = on").await.map_err(target_error("BEGIN"))?;
     record_copied(target, subscription, tables, None).await?;
+    // Streamed into the table it maps to now, whatever an earlier copy
+    // went into (see `remapped`).
+    target
+        .execute(
+            "UPDATE ferry.tables SET target_table = NULL WHERE subscription = $1 AND source_table = ANY($2)",
+            &[&subscription, &names],
+        )
+        .await
+        .map_err(target_error("recording the subscription's tables"))?;
     target.batch_execute("COMMIT").await.map_err(target_error("COMMIT"))
 }
 

@@ -771,3 +771,28 @@ async fn drop_names_the_source_that_holds_the_slot_and_clears_the_target_by_slot
     assert!(said.contains("deleted the progress of a_b on target dst"), "{said}");
     assert_eq!((progress().await, slots().await), (0, 0));
 }
+
+/// A table whose `to` changes is copied into its new target table, as a
+/// table added to the subscription would be, then streams there. Before,
+/// it streamed into the new table from where it was, and the rows from
+/// before never got there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_mapped_to_another_target_table_is_copied_there() {
+    let (source, target, src, dst) = setup().await;
+    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
+    exec(&dst, "CREATE TABLE steady_v2 (id bigint PRIMARY KEY, note text)").await;
+
+    let moved = support::daemon::config(
+        &source.url("postgres"),
+        &target.url("postgres"),
+        "sub",
+        &[("steady", "steady_v2")],
+        "",
+    );
+    daemon.reload(&moved);
+    exec(&src, "INSERT INTO steady (note) VALUES ('after the move')").await;
+    wait_for_same(&src, &dst, "steady", "steady_v2", "id, note", "id", WAIT).await;
+    assert!(daemon.logs().contains("now maps to \"public\".\"steady_v2\""), "{}", daemon.logs());
+}
