@@ -498,6 +498,24 @@ pub async fn copy_new_tables(
     routes: Vec<TableRoute>,
     metrics: PipelineMetrics,
 ) -> Result<Copied, PipelineError> {
+    copy_and_record(sub, source, target, routes, metrics).await.map_err(|error| match error {
+        // A statement of the copy the target refused is the copy's failure,
+        // not a change of the stream to set aside or replay: replaying the
+        // stream would only copy again, and fail again, for ever.
+        PipelineError::Apply(ApplyError::Target { context, source }) => {
+            SnapshotError::Sql { context, source }.into()
+        }
+        other => other,
+    })
+}
+
+async fn copy_and_record(
+    sub: Subscription,
+    source: ConnInfo,
+    target: ConnInfo,
+    routes: Vec<TableRoute>,
+    metrics: PipelineMetrics,
+) -> Result<Copied, PipelineError> {
     let target_sql = tls::connect_sql(&target).await.map_err(PipelineError::ConnectTarget)?;
     // Origins of their own: an origin serves one session at a time, and the
     // stream's session holds the subscription's. The dot keeps them apart

@@ -796,3 +796,34 @@ async fn a_table_mapped_to_another_target_table_is_copied_there() {
     wait_for_same(&src, &dst, "steady", "steady_v2", "id, note", "id", WAIT).await;
     assert!(daemon.logs().contains("now maps to \"public\".\"steady_v2\""), "{}", daemon.logs());
 }
+
+/// A copy of an added table that the target refuses at its commit (a
+/// deferred foreign key) stops the pipeline and says why, dead letters or
+/// not: the refused rows are the copy's, not changes of the stream to set
+/// aside. Before, with dead letters on, the stream was replayed carefully
+/// and the table copied again, for ever, with no error shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_the_target_refuses_stops_the_pipeline_even_with_dead_letters() {
+    let (source, target, src, dst) = setup().await;
+    let names = |tables: &[(&'static str, &'static str)]| {
+        let extra = "on_error = \"dead_letter\"";
+        support::daemon::config(&source.url("postgres"), &target.url("postgres"), "sub", tables, extra)
+    };
+    let mut daemon = Daemon::start(&names(&[("steady", "steady")]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    exec(
+        &dst,
+        "CREATE TABLE owners (id int PRIMARY KEY);
+         ALTER TABLE added ADD FOREIGN KEY (counter) REFERENCES owners DEFERRABLE INITIALLY DEFERRED",
+    )
+    .await;
+
+    daemon.reload(&names(&[("steady", "steady"), ("added", "added")]));
+    daemon.wait_for_log("pipeline stopped", WAIT).await;
+    assert_eq!(daemon.wait_for_exit(WAIT).await, Some(1));
+    let logs = daemon.logs();
+    assert!(logs.contains("23503"), "{logs}");
+    assert_eq!(logs.matches("copying tables added to the subscription").count(), 1, "{logs}");
+    let rows: i64 = dst.query_one("SELECT count(*) FROM added", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 0);
+}
