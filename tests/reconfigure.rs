@@ -804,7 +804,7 @@ async fn a_table_mapped_to_another_target_table_is_copied_there() {
 /// and the table copied again, for ever, with no error shown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_the_target_refuses_stops_the_pipeline_even_with_dead_letters() {
-    let (source, target, src, dst) = setup().await;
+    let (source, target, _, dst) = setup().await;
     let names = |tables: &[(&'static str, &'static str)]| {
         let extra = "on_error = \"dead_letter\"";
         support::daemon::config(&source.url("postgres"), &target.url("postgres"), "sub", tables, extra)
