@@ -521,7 +521,7 @@ async fn join_new_tables(
         return Ok(());
     }
     if !sub.snapshot {
-        tablesync::record_streamed(applier.client(), &sub.name, &new).await?;
+        tablesync::record_streamed(applier.client(), sub, &new).await?;
         return Ok(());
     }
     let mut routes = Vec::new();
@@ -552,7 +552,7 @@ async fn initial_sync(
     if sub.snapshot {
         tablesync::mark_copying(applier.client(), &sub.name, &routes_of(applier, &tables)?).await?;
     } else {
-        tablesync::record_streamed(applier.client(), &sub.name, &tables).await?;
+        tablesync::record_streamed(applier.client(), sub, &tables).await?;
     }
     let slot = replication.create_slot(&sub.slot, SlotKind::Permanent, sub.snapshot).await?;
     applier.begin_now()?;

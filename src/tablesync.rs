@@ -74,23 +74,44 @@ impl TableStates {
     /// again). A table whose copy never finished is not copied: its copy
     /// starts over.
     pub async fn load(target: &Client, sub: &Subscription) -> Result<TableStates, ApplyError> {
-        let configured: Vec<String> = sub.tables.iter().map(|t| t.from.to_string()).collect();
-        let removed = target
+        let (configured, targets): (Vec<String>, Vec<String>) =
+            sub.tables.iter().map(|t| (t.from.to_string(), t.to.to_string())).unzip();
+        // A table copied into another target table than the one it maps to
+        // now is flagged too, before anything streams: its new target table
+        // gets a copy, as if the table were added, and a change back later
+        // copies again rather than trusting a state the stream moved past.
+        // (A table streamed without a copy, or recorded before ferry kept
+        // the target table, has none to compare.)
+        let flagged = target
             .query(
-                "UPDATE ferry.tables SET removed = true
-                 WHERE subscription = $1 AND NOT removed AND NOT source_table = ANY($2) RETURNING source_table",
-                &[&sub.name, &configured],
+                "UPDATE ferry.tables f SET removed = true
+                 WHERE subscription = $1 AND NOT removed
+                   AND (NOT source_table = ANY($2)
+                        OR target_table <> (SELECT u.t FROM unnest($2::text[], $3::text[]) AS u (s, t)
+                                            WHERE u.s = f.source_table))
+                 RETURNING source_table, target_table",
+                &[&sub.name, &configured, &targets],
             )
             .await
             .map_err(target_error("flagging tables removed from the subscription"))?;
-        for row in &removed {
-            let table: String = row.get(0);
-            tracing::info!(subscription = %sub.name, %table, "table no longer in the subscription: not replicated any more");
+        for row in &flagged {
+            let (table, into): (String, Option<String>) = (row.get(0), row.get(1));
+            match configured.iter().position(|c| *c == table) {
+                Some(n) => tracing::info!(
+                    subscription = %sub.name,
+                    %table,
+                    "the table now maps to {}, not {}: it is copied there as a table added to the subscription",
+                    targets[n],
+                    into.unwrap_or_default()
+                ),
+                None => {
+                    tracing::info!(subscription = %sub.name, %table, "table no longer in the subscription: not replicated any more")
+                }
+            }
         }
         let rows = target
             .query(
-                "SELECT source_table, floor::text, copying OR removed, target_table FROM ferry.tables
-                 WHERE subscription = $1",
+                "SELECT source_table, floor::text, copying OR removed FROM ferry.tables WHERE subscription = $1",
                 &[&sub.name],
             )
             .await
@@ -98,7 +119,7 @@ impl TableStates {
         let mut states = TableStates { recorded: !rows.is_empty(), ..TableStates::default() };
         for row in rows {
             let (table, not_copied): (String, bool) = (row.get(0), row.get(2));
-            if not_copied || remapped(sub, &table, row.get(3)) {
+            if not_copied {
                 continue;
             }
             if let Some(floor) = row.get::<_, Option<String>>(1).and_then(|f| f.parse().ok()) {
@@ -130,21 +151,6 @@ impl TableStates {
         }
         floors
     }
-}
-
-/// Whether `table` was copied into another target table than the one it
-/// maps to now (`into`; `None` when not recorded, as before ferry recorded
-/// it, or for a table streamed without a copy): its new target table then
-/// gets a copy, as if the table were added to the subscription.
-fn remapped(sub: &Subscription, table: &str, into: Option<String>) -> bool {
-    let Some(into) = into else { return false };
-    let Some(mapping) = sub.tables.iter().find(|t| t.from.to_string() == table) else { return false };
-    let to = mapping.to.to_string();
-    if to == into {
-        return false;
-    }
-    tracing::info!(subscription = %sub.name, %table, "the table now maps to {to}, not {into}: it is copied there as a table added to the subscription");
-    true
 }
 
 /// Says on the target, in a transaction of its own, that ferry is about to
@@ -311,9 +317,10 @@ async fn unfinished_copies(
 /// loaded some other way since.
 pub async fn record_streamed(
     target: &Client,
-    subscription: &str,
+    sub: &Subscription,
     tables: &[&QualifiedName],
 ) -> Result<(), ApplyError> {
+    let subscription = sub.name.as_str();
     let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
     for (table, into) in unfinished_copies(target, subscription, &names).await? {
         let into = into.unwrap_or_else(|| "its target table".into());
@@ -321,12 +328,18 @@ pub async fn record_streamed(
     }
     target.batch_execute("BEGIN; SET LOCAL synchronous_commit = on").await.map_err(target_error("BEGIN"))?;
     record_copied(target, subscription, tables, None).await?;
-    // Streamed into the table it maps to now, whatever an earlier copy
-    // went into (see `remapped`).
+    // Streamed into the table each maps to now (see `TableStates::load`).
+    let (sources, targets): (Vec<String>, Vec<String>) = sub
+        .tables
+        .iter()
+        .filter(|t| tables.contains(&&t.from))
+        .map(|t| (t.from.to_string(), t.to.to_string()))
+        .unzip();
     target
         .execute(
-            "UPDATE ferry.tables SET target_table = NULL WHERE subscription = $1 AND source_table = ANY($2)",
-            &[&subscription, &names],
+            "UPDATE ferry.tables f SET target_table = u.t FROM unnest($2::text[], $3::text[]) AS u (s, t)
+             WHERE f.subscription = $1 AND f.source_table = u.s",
+            &[&subscription, &sources, &targets],
         )
         .await
         .map_err(target_error("recording the subscription's tables"))?;
@@ -499,12 +512,14 @@ pub async fn copy_new_tables(
     metrics: PipelineMetrics,
 ) -> Result<Copied, PipelineError> {
     copy_and_record(sub, source, target, routes, metrics).await.map_err(|error| match error {
-        // A statement of the copy the target refused is the copy's failure,
-        // not a change of the stream to set aside or replay: replaying the
-        // stream would only copy again, and fail again, for ever.
-        PipelineError::Apply(ApplyError::Target { context, source }) => {
-            SnapshotError::Sql { context, source }.into()
-        }
+        // A statement of the copy the target refused for good is the
+        // copy's failure, not a change of the stream to set aside or
+        // replay: replaying the stream would only copy again, and fail
+        // again, for ever. (What may pass later is retried as it was.)
+        PipelineError::Apply(error) if !error.is_retryable() => match error {
+            ApplyError::Target { context, source } => SnapshotError::Sql { context, source }.into(),
+            other => PipelineError::Apply(other),
+        },
         other => other,
     })
 }

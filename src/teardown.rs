@@ -39,6 +39,11 @@ pub enum DropError {
     )]
     SlotElsewhere { on: String, slot: String, holder: String },
     #[error(
+        "source {on}: slot {slot} belongs to database {database:?} of that server, not to the source's: \
+         run again with --source naming that database's source"
+    )]
+    SlotInOtherDatabase { on: String, slot: String, database: String },
+    #[error(
         "source {on}: there is no slot {slot}, and source {unasked} could not be asked whether it has it ({reason}); \
          nothing was removed: try again, or leave {unasked} out of the config given to ferry drop if it never held the subscription"
     )]
@@ -118,11 +123,17 @@ pub async fn drop_subscription(
     let client = tls::connect_sql(info).await.map_err(|e| DropError::Connect(Box::new(e)))?;
     let row = client
         .query_opt(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
+            "SELECT active_pid, COALESCE(database::text, ''), COALESCE(database = current_database(), false)
+             FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
         .map_err(source_error("looking up the slot"))?;
+    // Slot names are the server's, not the database's.
+    if let Some(row) = row.as_ref().filter(|row| !row.get::<_, bool>(2)) {
+        let (on, database) = (source_name.to_string(), row.get(1));
+        return Err(DropError::SlotInOtherDatabase { on, slot, database });
+    }
     let found = row.is_some();
     if let Some(pid) = row.and_then(|row| row.get::<_, Option<i32>>(0)) {
         return Err(DropError::InUse { on: source_name.to_string(), slot, pid });

@@ -702,13 +702,16 @@ async fn drop_names_the_source_that_holds_the_slot_and_clears_the_target_by_slot
     let daemon = Daemon::start(&text);
     daemon.wait_for_log("streaming", WAIT).await;
     daemon.signal_and_wait("TERM");
+    exec(&src, "CREATE DATABASE sibling").await;
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         config.path(),
         format!(
-            "[sources.elsewhere]\nurl = \"{}\"\n\n[sources.src]\nurl = \"{}\"\n\n[targets.dst]\nurl = \"{}\"\n",
+            "[sources.elsewhere]\nurl = \"{}\"\n\n[sources.src]\nurl = \"{}\"\n\n\
+             [sources.sibling]\nurl = \"{}\"\n\n[targets.dst]\nurl = \"{}\"\n",
             elsewhere.url("postgres"),
             source.url("postgres"),
+            source.url("sibling"),
             target.url("postgres")
         ),
     )
@@ -739,6 +742,12 @@ async fn drop_names_the_source_that_holds_the_slot_and_clears_the_target_by_slot
         ),
         "{said}"
     );
+    assert_eq!((progress().await, slots().await), (1, 1), "nothing is removed");
+    // Slot names are the server's: another database of it does not have
+    // the slot for its own.
+    let sibling = drop("a-b", "sibling");
+    let said = String::from_utf8_lossy(&sibling.stderr);
+    assert!(said.contains("slot ferry_a_b belongs to database \"postgres\" of that server"), "{said}");
     assert_eq!((progress().await, slots().await), (1, 1), "nothing is removed");
 
     // A source that cannot be asked might be the one with the slot.
@@ -826,4 +835,44 @@ async fn a_copy_the_target_refuses_stops_the_pipeline_even_with_dead_letters() {
     assert_eq!(logs.matches("copying tables added to the subscription").count(), 1, "{logs}");
     let rows: i64 = dst.query_one("SELECT count(*) FROM added", &[]).await.unwrap().get(0);
     assert_eq!(rows, 0);
+}
+
+/// A table mapped to another target table is flagged before anything
+/// streams: while its copy waits (here on a lock), the stream moves on
+/// without its changes, and when the copy then fails and the mapping is
+/// changed back, the table is copied again (refused here: its old target
+/// table has rows) rather than taken as in step with a progress that went
+/// past its changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_mapped_back_after_a_failed_move_is_not_taken_as_in_step() {
+    let (source, target, src, dst) = setup().await;
+    let tables = |steady_to: &'static str| {
+        let tables = [("steady", steady_to), ("added", "added")];
+        support::daemon::config(&source.url("postgres"), &target.url("postgres"), "sub", &tables, "")
+    };
+    let mut daemon = Daemon::start(&tables("steady"));
+    daemon.wait_for_log("streaming", WAIT).await;
+    assert_same(&src, &dst).await;
+    exec(&dst, "CREATE TABLE steady_v2 (id bigint PRIMARY KEY, note text)").await;
+    let mut holder = target.client("postgres").await;
+    let lock = holder.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE steady_v2 IN ACCESS EXCLUSIVE MODE").await.unwrap();
+
+    daemon.reload(&tables("steady_v2"));
+    daemon.wait_for_log("now maps to", WAIT).await;
+    // The stream goes past a change of `steady` while its copy waits.
+    exec(
+        &src,
+        "INSERT INTO steady (note) VALUES ('while moving'); UPDATE added SET counter = 9 WHERE id = 1",
+    )
+    .await;
+    wait_for_same(&src, &dst, "added", "added", "id, counter, note", "id", WAIT).await;
+    lock.batch_execute("INSERT INTO steady_v2 VALUES (1, 'the target''s own')").await.unwrap();
+    lock.commit().await.unwrap();
+    daemon.wait_for_log(r#"target table "public"."steady_v2" is not empty"#, WAIT).await;
+    assert_eq!(daemon.wait_for_exit(WAIT).await, Some(1), "{}", daemon.logs());
+
+    let mut daemon = Daemon::start(&tables("steady"));
+    daemon.wait_for_log(r#"target table "public"."steady" is not empty"#, WAIT).await;
+    assert_eq!(daemon.wait_for_exit(WAIT).await, Some(1), "{}", daemon.logs());
 }
