@@ -52,6 +52,12 @@ const TARGET_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 const FLUSH_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// How long a stopping applier waits for its last commits to be flushed.
 const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(10);
+/// How long a stopping pipeline may take to finish the transaction in
+/// hand. A target that does not answer (a statement waiting on a lock)
+/// would otherwise hold up the exit, and a reload of every other
+/// subscription; past it, the connection is dropped and the target rolls
+/// the transaction back, to be applied again at the next start.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -366,7 +372,17 @@ async fn run_once(
     let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone(), true));
     let target = spec.target.to_string();
     let state = ApplyState::new(progress, floors, metrics, replay, sub.forward_origins);
-    let applied = apply_events(&mut applier, events_rx, &durable_tx, state, copying, &target).await;
+    let grace_over = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    let applied = tokio::select! {
+        applied = apply_events(&mut applier, events_rx, &durable_tx, state, copying, &target) => applied,
+        () = grace_over => {
+            tracing::warn!(subscription = %sub.name, "stopping: the target did not finish the transaction in hand within {}s; it is rolled back and applied again at the next start", STOP_GRACE.as_secs());
+            Ok(())
+        }
+    };
     if applied.is_err() {
         stop_reader.cancel();
     }
