@@ -103,7 +103,13 @@ async fn tls_cluster() -> (Cluster, tempfile::TempDir) {
 /// A TLS cluster with `hba` as its `pg_hba.conf` (trust for all if none),
 /// and the folder holding its CA's certificate as `ca.pem`.
 async fn tls_cluster_with_hba(hba: Option<String>) -> (Cluster, tempfile::TempDir) {
-    let certs = support::certs::generate(&["localhost"]);
+    tls_cluster_serving(support::certs::generate(&["localhost"]), hba).await
+}
+
+async fn tls_cluster_serving(
+    certs: support::certs::TestCerts,
+    hba: Option<String>,
+) -> (Cluster, tempfile::TempDir) {
     let cluster = Cluster::start_with(ClusterOptions {
         hba,
         conf: vec![
@@ -174,6 +180,44 @@ async fn tls_verify_ca_rejects_a_certificate_from_another_authority() {
     .unwrap();
     let error = ReplicationClient::connect(&info).await.err().unwrap();
     assert!(matches!(error, PgError::Tls { .. }), "{error}");
+}
+
+/// The self-signed certificate of PostgreSQL's documentation (a CA
+/// naming its host only as its common name) is trusted when it is the
+/// `sslrootcert` itself, as libpq trusts it, and its common name counts
+/// for verify-full; any other certificate as the root still fails.
+#[tokio::test]
+async fn a_self_signed_certificate_naming_the_host_as_its_common_name_verifies_as_in_libpq() {
+    let (cluster, dir) =
+        tls_cluster_serving(support::certs::self_signed_by_common_name("localhost"), None).await;
+    let root = dir.path().join("ca.pem");
+    let info = |host: &str, mode: &str, root: &std::path::Path| -> ConnInfo {
+        format!(
+            "host={host} port={} user=postgres dbname=postgres sslmode={mode} sslrootcert={}",
+            cluster.port,
+            root.display()
+        )
+        .parse()
+        .unwrap()
+    };
+
+    for (host, mode) in [("localhost", "verify-full"), ("127.0.0.1", "verify-ca"), ("127.0.0.1", "require")] {
+        let mut client = ReplicationClient::connect(&info(host, mode, &root))
+            .await
+            .unwrap_or_else(|error| panic!("{mode} to {host}: {error}"));
+        assert_eq!(ssl_in_use(&mut client).await, "true");
+    }
+    let sql = ferry::pg::tls::connect_sql(&info("localhost", "verify-full", &root)).await.unwrap();
+    assert!(sql.query_one("SELECT 1", &[]).await.is_ok());
+
+    let error = ReplicationClient::connect(&info("127.0.0.1", "verify-full", &root)).await.err().unwrap();
+    assert!(error.to_string().to_lowercase().contains("not valid for"), "{error}");
+    let other = dir.path().join("other.pem");
+    std::fs::write(&other, support::certs::self_signed_by_common_name("localhost").ca_pem).unwrap();
+    for mode in ["verify-ca", "verify-full"] {
+        let error = ReplicationClient::connect(&info("localhost", mode, &other)).await.err().unwrap();
+        assert!(matches!(error, PgError::Tls { .. }), "{mode}: {error}");
+    }
 }
 
 #[tokio::test]

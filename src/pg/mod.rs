@@ -3,6 +3,7 @@
 //! this module touches PostgreSQL's bytes.
 
 pub mod catalog;
+mod cert_names;
 pub mod connection;
 pub mod conninfo;
 pub mod error;

@@ -27,6 +27,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Connection, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::cert_names::CertNames;
 use super::conninfo::{ConnInfo, Endpoint, Host, SslMode};
 
 /// The ALPN protocol PostgreSQL 17+ expects; older servers ignore it.
@@ -102,6 +103,11 @@ pub enum TlsError {
 ///   see [`crate::pg::conninfo::ConnInfoError::VerifyCaWithoutRoot`]), host name not checked.
 /// * `verify-full`: chain and host name checked.
 ///
+/// The checks follow libpq where it differs from the web's rules (see
+/// [`LibpqVerifier`]): a self-signed certificate in the `sslrootcert` file
+/// is trusted as it stands, and a host name may be the certificate's
+/// common name.
+///
 /// Roots come from `sslrootcert` (a PEM file), or the system store when it is
 /// unset or `system`. A client certificate is presented when `sslcert` and
 /// `sslkey` are set.
@@ -166,24 +172,30 @@ fn verifier(
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
     let has_root_file = info.sslrootcert.is_some() && !info.uses_system_roots();
-    let webpki = || {
-        WebPkiServerVerifier::builder_with_provider(load_roots(info)?, provider.clone())
-            .build()
-            .map_err(TlsError::Verifier)
+    let check_name = match info.sslmode {
+        SslMode::Disable => return Ok(Arc::new(EncryptionOnly::new(provider))),
+        SslMode::Prefer | SslMode::Require if !has_root_file => {
+            return Ok(Arc::new(EncryptionOnly::new(provider)));
+        }
+        SslMode::Prefer | SslMode::Require | SslMode::VerifyCa => false,
+        SslMode::VerifyFull => true,
     };
-    Ok(match info.sslmode {
-        SslMode::Disable => Arc::new(EncryptionOnly::new(provider)),
-        SslMode::Prefer | SslMode::Require if !has_root_file => Arc::new(EncryptionOnly::new(provider)),
-        SslMode::Prefer | SslMode::Require | SslMode::VerifyCa => Arc::new(ChainOnly { inner: webpki()? }),
-        SslMode::VerifyFull => webpki()?,
-    })
+    let (roots, pinned) = load_roots(info)?;
+    let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(TlsError::Verifier)?;
+    Ok(Arc::new(LibpqVerifier { inner, pinned, check_name }))
 }
 
-fn load_roots(info: &ConnInfo) -> Result<Arc<RootCertStore>, TlsError> {
+/// The trusted roots, and the certificates of the `sslrootcert` file
+/// (none for the system's roots).
+fn load_roots(info: &ConnInfo) -> Result<(Arc<RootCertStore>, Vec<CertificateDer<'static>>), TlsError> {
     let mut roots = RootCertStore::empty();
+    let mut pinned = Vec::new();
     match &info.sslrootcert {
         Some(path) if !info.uses_system_roots() => {
             let certs = read_certs("sslrootcert", path)?;
+            pinned.clone_from(&certs);
             let (added, ignored) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(TlsError::UnusableRoots { path: path.clone(), ignored });
@@ -201,7 +213,7 @@ fn load_roots(info: &ConnInfo) -> Result<Arc<RootCertStore>, TlsError> {
             }
         }
     }
-    Ok(Arc::new(roots))
+    Ok((Arc::new(roots), pinned))
 }
 
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -285,15 +297,29 @@ impl ServerCertVerifier for EncryptionOnly {
     }
 }
 
-/// `verify-ca`: the standard verifier with only the name mismatch forgiven.
+/// `verify-ca` and `verify-full` (and `prefer`/`require` with a root
+/// file), with libpq's rules where they differ from the web's, which
+/// `WebPkiServerVerifier` follows:
+///
+/// * A certificate that is itself in the `sslrootcert` file is trusted as
+///   it stands, though it says it is a CA: the self-signed server
+///   certificate of PostgreSQL's documentation (`openssl req -x509`) is.
+///   Its validity dates are still checked.
+/// * Without a DNS or IP name among its subject alternative names, a
+///   certificate is checked against its subject's common name.
+///
 /// `WebPkiServerVerifier` checks the name after the chain, so a name error
-/// means the chain (issuer, validity, key usage) already passed.
+/// from it means the chain (issuer, validity, key usage) already passed.
 #[derive(Debug)]
-struct ChainOnly {
+struct LibpqVerifier {
     inner: Arc<WebPkiServerVerifier>,
+    /// The certificates of the `sslrootcert` file (empty with the system's).
+    pinned: Vec<CertificateDer<'static>>,
+    /// `verify-full`: the host name is checked too.
+    check_name: bool,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for LibpqVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -303,11 +329,24 @@ impl ServerCertVerifier for ChainOnly {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Ok(verified) => return Ok(verified),
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
+            )) => {}
+            Err(_) if self.pinned.iter().any(|root| root.as_ref() == end_entity.as_ref()) => {
+                within_validity(end_entity, now)?;
+            }
+            Err(error) => return Err(error),
         }
+        let names = CertNames::read(end_entity);
+        if !self.check_name || names.include(server_name) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        Err(CertificateError::NotValidForNameContext {
+            expected: server_name.to_owned(),
+            presented: names.listed(),
+        }
+        .into())
     }
 
     fn verify_tls12_signature(
@@ -331,6 +370,22 @@ impl ServerCertVerifier for ChainOnly {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// Checks that `now` lies within a trusted certificate's validity dates.
+fn within_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+    use x509_cert::der::Decode;
+    let parsed =
+        x509_cert::Certificate::from_der(cert.as_ref()).map_err(|_| CertificateError::BadEncoding)?;
+    let validity = &parsed.tbs_certificate.validity;
+    let now = now.as_secs();
+    if now < validity.not_before.to_unix_duration().as_secs() {
+        return Err(CertificateError::NotValidYet.into());
+    }
+    if now > validity.not_after.to_unix_duration().as_secs() {
+        return Err(CertificateError::Expired.into());
+    }
+    Ok(())
 }
 
 /// Why an ordinary SQL connection could not be opened. `target` is the
