@@ -64,11 +64,8 @@ mod oid {
 /// silently change in every value, if anything.
 fn loss(source: &Column, target: &Column) -> Option<&'static str> {
     use oid::*;
-    let narrower = || {
-        target.type_modifier >= 0 && (source.type_modifier < 0 || target.type_modifier < source.type_modifier)
-    };
     match (source.type_oid, target.type_oid) {
-        (TIMESTAMPTZ, TIMESTAMP | TIME) => Some("the target ignores the time zone offset"),
+        (TIMESTAMPTZ, TIMESTAMP | TIME) | (TIMETZ, TIME) => Some("the target ignores the time zone offset"),
         (TIMESTAMPTZ | TIMESTAMP, DATE) => Some("the target keeps the date only"),
         (TIMESTAMPTZ | TIMESTAMP, TIMETZ) | (TIMESTAMP, TIME) => {
             Some("the target keeps the time of day only")
@@ -76,22 +73,62 @@ fn loss(source: &Column, target: &Column) -> Option<&'static str> {
         (INT4 | INT8 | NUMERIC | FLOAT8, FLOAT4) | (INT8 | NUMERIC, FLOAT8) => {
             Some("the target rounds to fewer significant digits")
         }
-        (NUMERIC, NUMERIC) if numeric_scale(target) < numeric_scale(source) => {
+        (NUMERIC | FLOAT4 | FLOAT8, NUMERIC) if numeric_scale(target) < numeric_scale(source) => {
             Some("the target rounds to fewer decimal places")
         }
-        (TIME | TIMETZ | TIMESTAMP | TIMESTAMPTZ | INTERVAL, _)
-            if source.type_oid == target.type_oid && narrower() =>
+        (INTERVAL, INTERVAL)
+            if interval_fields(target) != INTERVAL_FULL_RANGE
+                && interval_fields(target) != interval_fields(source) =>
         {
+            Some("the target keeps fewer of the interval's fields")
+        }
+        _ if fractional_digits(target) < fractional_digits(source) => {
             Some("the target rounds to fewer fractional digits of a second")
         }
         _ => None,
     }
 }
 
-/// A numeric column's scale, or `u32::MAX` for an unconstrained one (any
-/// scale kept).
-fn numeric_scale(column: &Column) -> u32 {
-    if column.type_modifier < 4 { u32::MAX } else { ((column.type_modifier - 4) & 0xffff) as u32 }
+/// A numeric column's scale (negative from PostgreSQL 15: rounded to tens,
+/// hundreds, …), or `i32::MAX` for an unconstrained one (any scale kept).
+/// A float's text keeps every decimal place it has, as an unconstrained
+/// numeric does.
+fn numeric_scale(column: &Column) -> i32 {
+    if column.type_oid != oid::NUMERIC || column.type_modifier < 4 {
+        return i32::MAX;
+    }
+    // The low 11 bits of the modifier, sign-extended.
+    (((column.type_modifier - 4) & 0x7ff) ^ 1024) - 1024
+}
+
+/// The fields an interval column keeps, as the mask of its modifier
+/// (`interval year`, `interval day to second`, …).
+fn interval_fields(column: &Column) -> i32 {
+    if column.type_modifier < 0 {
+        INTERVAL_FULL_RANGE
+    } else {
+        (column.type_modifier >> 16) & INTERVAL_FULL_RANGE
+    }
+}
+
+/// An interval modifier's mask of every field: a plain `interval`.
+const INTERVAL_FULL_RANGE: i32 = 0x7fff;
+
+/// The fractional digits of a second a time, timestamp or interval column
+/// keeps (6 without a modifier), or `None` for any other type.
+fn fractional_digits(column: &Column) -> Option<i32> {
+    use oid::*;
+    const ALL: i32 = 6;
+    let modifier = column.type_modifier;
+    match column.type_oid {
+        TIME | TIMETZ | TIMESTAMP | TIMESTAMPTZ => Some(if modifier < 0 { ALL } else { modifier }),
+        INTERVAL => Some(match modifier & 0xffff {
+            _ if modifier < 0 => ALL,
+            0xffff => ALL,
+            precision => precision,
+        }),
+        _ => None,
+    }
 }
 
 /// The warning for a pair that [`TypeFit::MayFail`].
@@ -159,6 +196,60 @@ mod tests {
         ));
         assert!(lossy(&tz, &typed("timestamp(0) with time zone", 'D', oid::TIMESTAMPTZ, 0)));
         assert!(!lossy(&typed("timestamp(0) with time zone", 'D', oid::TIMESTAMPTZ, 0), &tz));
+        assert!(lossy(
+            &typed("time with time zone", 'D', oid::TIMETZ, -1),
+            &typed("time", 'D', oid::TIME, -1)
+        ));
+    }
+
+    #[test]
+    fn fractional_digits_count_whatever_the_time_type() {
+        let lossy = |a: &Column, b: &Column| matches!(type_fit(a, b), TypeFit::Lossy(_));
+        let tz = |modifier| {
+            typed(&format!("timestamp({modifier}) with time zone"), 'D', oid::TIMESTAMPTZ, modifier)
+        };
+        let ts = |modifier| typed(&format!("timestamp({modifier})"), 'D', oid::TIMESTAMP, modifier);
+        // Without a modifier, microseconds: the (6) an ORM writes loses nothing.
+        assert!(!lossy(&tz(-1), &tz(6)));
+        assert!(!lossy(&ts(-1), &ts(6)));
+        assert!(!lossy(&typed("time", 'D', oid::TIME, -1), &typed("time(6)", 'D', oid::TIME, 6)));
+        assert!(lossy(&tz(-1), &tz(5)));
+        assert!(lossy(&ts(6), &tz(0)), "another time type rounds as well");
+        assert!(!lossy(&ts(3), &tz(3)));
+    }
+
+    #[test]
+    fn intervals_lose_fields_or_fractional_digits() {
+        let lossy = |a: &Column, b: &Column| matches!(type_fit(a, b), TypeFit::Lossy(_));
+        let interval =
+            |name, range: i32, precision: i32| typed(name, 'T', oid::INTERVAL, (range << 16) | precision);
+        let plain = typed("interval", 'T', oid::INTERVAL, -1);
+        const MONTH: i32 = 1 << 1;
+        const YEAR: i32 = 1 << 2;
+        const SECOND: i32 = 1 << 12;
+        assert!(!lossy(&plain, &interval("interval(6)", INTERVAL_FULL_RANGE, 6)));
+        assert!(lossy(&plain, &interval("interval(0)", INTERVAL_FULL_RANGE, 0)));
+        assert!(lossy(
+            &interval("interval second(3)", SECOND, 3),
+            &interval("interval(0)", INTERVAL_FULL_RANGE, 0)
+        ));
+        assert!(lossy(&interval("interval month", MONTH, 0xffff), &interval("interval year", YEAR, 0xffff)));
+        assert!(lossy(&plain, &interval("interval year", YEAR, 0xffff)));
+        assert!(!lossy(&interval("interval year", YEAR, 0xffff), &plain));
+    }
+
+    #[test]
+    fn decimal_places_count_for_floats_and_negative_scales() {
+        let lossy = |a: &Column, b: &Column| matches!(type_fit(a, b), TypeFit::Lossy(_));
+        let numeric = |name, precision: i32, scale: i32| {
+            typed(name, 'N', oid::NUMERIC, ((precision << 16) | (scale & 0x7ff)) + 4)
+        };
+        let float8 = typed("double precision", 'N', oid::FLOAT8, -1);
+        assert!(lossy(&float8, &numeric("numeric(10,2)", 10, 2)));
+        assert!(!lossy(&float8, &typed("numeric", 'N', oid::NUMERIC, -1)));
+        assert!(!lossy(&typed("integer", 'N', oid::INT4, -1), &numeric("numeric(10,2)", 10, 2)));
+        assert!(lossy(&numeric("numeric(10,2)", 10, 2), &numeric("numeric(5,-2)", 5, -2)));
+        assert!(!lossy(&numeric("numeric(5,-2)", 5, -2), &numeric("numeric(10,2)", 10, 2)));
         assert_eq!(
             type_fit(&typed("integer", 'N', oid::INT4, -1), &typed("bigint", 'N', oid::INT8, -1)),
             TypeFit::MayFail
