@@ -256,6 +256,49 @@ async fn a_host_without_tls_is_passed_over_for_the_next_one() {
     assert!(row.get::<_, bool>(0));
 }
 
+/// `target_session_attrs=read-write` passes over a host that takes no
+/// writes (as a former primary does after a failover) for the next one,
+/// on the replication connection and the SQL ones alike; `any` takes the
+/// first host that answers, and a list of read-only hosts says why none did.
+#[tokio::test]
+async fn target_session_attrs_read_write_passes_over_a_read_only_host() {
+    let read_only = Cluster::start_with(ClusterOptions {
+        conf: vec!["default_transaction_read_only = on".into()],
+        ..Default::default()
+    });
+    let writable = Cluster::start();
+    let info = |ports: [u16; 2], attrs: &str| -> ConnInfo {
+        format!(
+            "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=postgres target_session_attrs={attrs}",
+            ports[0], ports[1]
+        )
+        .parse()
+        .unwrap()
+    };
+    let port_of_sql = |client: tokio_postgres::Client| async move {
+        let row = client.query_one("SELECT inet_server_port()", &[]).await.unwrap();
+        row.get::<_, i32>(0) as u16
+    };
+    let both = [read_only.port, writable.port];
+
+    let sql = ferry::pg::tls::connect_sql(&info(both, "read-write")).await.unwrap();
+    assert_eq!(port_of_sql(sql).await, writable.port);
+    let mut replication = ReplicationClient::connect(&info(both, "read-write")).await.unwrap();
+    let port = replication.simple_query("SELECT inet_server_port()::text AS port").await.unwrap();
+    assert_eq!(port.first("port"), Some(writable.port.to_string().as_str()));
+
+    let sql = ferry::pg::tls::connect_sql(&info(both, "any")).await.unwrap();
+    assert_eq!(port_of_sql(sql).await, read_only.port);
+    let sql = ferry::pg::tls::connect_sql(&info(both, "primary")).await.unwrap();
+    assert_eq!(port_of_sql(sql).await, read_only.port, "read-only, but no standby");
+
+    let none = [read_only.port, read_only.port];
+    let error = ferry::pg::tls::connect_sql(&info(none, "read-write")).await.err().unwrap().to_string();
+    assert!(error.contains("tried 2 hosts") && error.contains("read-only"), "{error}");
+    let error = ReplicationClient::connect(&info(none, "read-write")).await.err().unwrap().to_string();
+    assert!(error.contains("read-only"), "{error}");
+}
+
 /// `channel_binding=require` binds SCRAM to the TLS connection on the
 /// replication connection and the SQL ones alike (the server checks the
 /// binding data against its certificate, so a wrong hash fails), and

@@ -19,7 +19,7 @@ use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::conninfo::{self, ConnInfo, Host, SslMode};
+use super::conninfo::{self, ConnInfo, Host, SslMode, TargetSessionAttrs};
 use super::error::{PgError, ServerError};
 use super::tls;
 
@@ -163,6 +163,7 @@ impl Connection {
         let mut last_error = None;
         for endpoint in info.endpoints() {
             let attempt = Self::connect_one(info, &endpoint.host, endpoint.port, startup, &target);
+            let attempt = async { Self::with_session_attrs(info, attempt.await?, &target).await };
             let result = match info.connect_limit() {
                 Some(limit) => tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| {
                     Err(PgError::Connect {
@@ -186,6 +187,22 @@ impl Connection {
             target,
             source: io::Error::new(io::ErrorKind::InvalidInput, "no host to connect to"),
         }))
+    }
+
+    /// `conn` when its server is of the kind `target_session_attrs` asks
+    /// for; else an error that moves the search on to the next host.
+    async fn with_session_attrs(info: &ConnInfo, mut conn: Self, target: &str) -> Result<Self, PgError> {
+        if info.target_session_attrs == TargetSessionAttrs::Any {
+            return Ok(conn);
+        }
+        let answer = conn.simple_query(TargetSessionAttrs::QUESTION).await?;
+        match info.target_session_attrs.refusal(answer.first("in_recovery"), answer.first("read_only")) {
+            None => Ok(conn),
+            Some(refusal) => {
+                conn.terminate().await;
+                Err(PgError::Connect { target: target.to_string(), source: io::Error::other(refusal) })
+            }
+        }
     }
 
     async fn connect_one(

@@ -32,8 +32,8 @@ pub const SYSTEM_ROOTS: &str = "system";
 
 /// Parameters accepted in either form; listed in the error for an unknown one.
 const ACCEPTED: &str = "host, port, user, password, dbname, sslmode, sslrootcert, sslcert, \
-                        sslkey, channel_binding, application_name, connect_timeout, options, \
-                        replication";
+                        sslkey, channel_binding, target_session_attrs, application_name, \
+                        connect_timeout, options, replication";
 
 /// A password. Its `Debug` and `Display` print `***`, so a `ConnInfo` (or
 /// anything holding one) can be logged or put in an error without leaking it;
@@ -242,6 +242,74 @@ impl FromStr for ChannelBinding {
     }
 }
 
+/// libpq's `target_session_attrs`: which of several hosts will do, for a
+/// list that survives a failover. ferry takes the kinds a replicator needs:
+/// a source's slot lives on the primary, and a target must take writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TargetSessionAttrs {
+    /// The first host that answers.
+    #[default]
+    Any,
+    /// A host that takes writes: not a standby, not read-only by default.
+    ReadWrite,
+    /// A host that is not a standby.
+    Primary,
+}
+
+impl TargetSessionAttrs {
+    /// What a new session is asked, unless any host will do; it answers
+    /// `in_recovery` and `read_only`.
+    pub const QUESTION: &str = "SELECT pg_catalog.pg_is_in_recovery()::text AS in_recovery, \
+                                pg_catalog.current_setting('transaction_read_only') AS read_only";
+
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::Primary => "primary",
+        }
+    }
+
+    /// Why a server that answered [`TargetSessionAttrs::QUESTION`] so
+    /// does not do, if it does not.
+    pub fn refusal(self, in_recovery: Option<&str>, read_only: Option<&str>) -> Option<String> {
+        let standby = in_recovery != Some("false");
+        let refused = match self {
+            TargetSessionAttrs::Any => false,
+            TargetSessionAttrs::ReadWrite => standby || read_only != Some("off"),
+            TargetSessionAttrs::Primary => standby,
+        };
+        refused.then(|| {
+            let what = if standby { "a standby" } else { "read-only" };
+            format!("the server is {what}, and target_session_attrs={self} asks for another")
+        })
+    }
+}
+
+impl fmt::Display for TargetSessionAttrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TargetSessionAttrs {
+    type Err = ConnInfoError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "any" => Ok(TargetSessionAttrs::Any),
+            "read-write" => Ok(TargetSessionAttrs::ReadWrite),
+            "primary" => Ok(TargetSessionAttrs::Primary),
+            _ => Err(ConnInfoError::InvalidValue {
+                name: "target_session_attrs",
+                value: s.to_string(),
+                expected: "any, read-write or primary (a replicator reads a primary and writes to a writable host)",
+            }),
+        }
+    }
+}
+
 /// Why a connection string was rejected. No variant holds a password or text
 /// that could be part of one, so the derived `Debug` is as safe as `Display`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -384,6 +452,7 @@ pub struct ConnInfo {
     /// PEM private key of `sslcert`.
     pub sslkey: Option<PathBuf>,
     pub channel_binding: ChannelBinding,
+    pub target_session_attrs: TargetSessionAttrs,
     pub application_name: Option<String>,
     /// As written: `None` when not given, zero for "wait forever"; see
     /// [`ConnInfo::connect_limit`].
@@ -541,6 +610,9 @@ impl fmt::Display for ConnInfo {
         if self.channel_binding != ChannelBinding::default() {
             write!(f, "&channel_binding={}", self.channel_binding)?;
         }
+        if self.target_session_attrs != TargetSessionAttrs::default() {
+            write!(f, "&target_session_attrs={}", self.target_session_attrs)?;
+        }
         if let Some(name) = &self.application_name {
             write!(f, "&application_name={}", encode(name))?;
         }
@@ -582,6 +654,7 @@ struct Draft {
     sslcert: Option<PathBuf>,
     sslkey: Option<PathBuf>,
     channel_binding: Option<ChannelBinding>,
+    target_session_attrs: Option<TargetSessionAttrs>,
     application_name: Option<String>,
     connect_timeout: Option<Duration>,
     options: Option<String>,
@@ -607,6 +680,7 @@ impl Draft {
             "sslcert" => self.sslcert = text.map(PathBuf::from),
             "sslkey" => self.sslkey = text.map(PathBuf::from),
             "channel_binding" => self.channel_binding = text.map(|v| v.parse()).transpose()?,
+            "target_session_attrs" => self.target_session_attrs = text.map(|v| v.parse()).transpose()?,
             "application_name" => self.application_name = text,
             "options" => self.options = text,
             "connect_timeout" => self.connect_timeout = parse_connect_timeout(&value)?,
@@ -662,6 +736,7 @@ impl Draft {
             sslcert: self.sslcert,
             sslkey: self.sslkey,
             channel_binding,
+            target_session_attrs: self.target_session_attrs.unwrap_or_default(),
             application_name: self.application_name,
             connect_timeout: self.connect_timeout,
             options: self.options,
@@ -1266,6 +1341,38 @@ mod tests {
             parse_err("host=h channel_binding=yes"),
             ConnInfoError::InvalidValue { name: "channel_binding", .. }
         ));
+    }
+
+    #[test]
+    fn target_session_attrs_takes_the_kinds_a_replicator_needs() {
+        assert_eq!(parse("host=h").target_session_attrs, TargetSessionAttrs::Any);
+        let info = parse("postgresql://h1,h2/d?target_session_attrs=read-write");
+        assert_eq!(info.target_session_attrs, TargetSessionAttrs::ReadWrite);
+        assert_eq!(
+            parse(&info.to_string()).target_session_attrs,
+            TargetSessionAttrs::ReadWrite,
+            "shown: {info}"
+        );
+        assert_eq!(
+            parse("host=h target_session_attrs=primary").target_session_attrs,
+            TargetSessionAttrs::Primary
+        );
+        assert!(matches!(
+            parse_err("host=h target_session_attrs=standby"),
+            ConnInfoError::InvalidValue { name: "target_session_attrs", .. }
+        ));
+
+        let refusal = |attrs: TargetSessionAttrs, in_recovery, read_only| {
+            attrs.refusal(Some(in_recovery), Some(read_only))
+        };
+        assert_eq!(refusal(TargetSessionAttrs::Any, "true", "on"), None);
+        assert_eq!(refusal(TargetSessionAttrs::ReadWrite, "false", "off"), None);
+        let read_only = refusal(TargetSessionAttrs::ReadWrite, "false", "on").unwrap();
+        assert!(read_only.contains("read-only") && read_only.contains("read-write"), "{read_only}");
+        assert!(refusal(TargetSessionAttrs::ReadWrite, "true", "on").unwrap().contains("standby"));
+        assert_eq!(refusal(TargetSessionAttrs::Primary, "false", "on"), None);
+        assert!(refusal(TargetSessionAttrs::Primary, "true", "on").is_some());
+        assert!(TargetSessionAttrs::Primary.refusal(None, None).is_some(), "no answer: not taken");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio_postgres::{Client, Connection, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::cert_names::CertNames;
-use super::conninfo::{ConnInfo, Endpoint, Host, SslMode};
+use super::conninfo::{ConnInfo, Endpoint, Host, SslMode, TargetSessionAttrs};
 
 /// The ALPN protocol PostgreSQL 17+ expects; older servers ignore it.
 const ALPN_POSTGRESQL: &[u8] = b"postgresql";
@@ -431,6 +431,8 @@ pub enum AttemptFailure {
     Connect(tokio_postgres::Error),
     /// `connect_timeout` passed before the connection was ready.
     Timeout(Duration),
+    /// The server is not of the kind `target_session_attrs` asks for.
+    SessionAttrs(String),
 }
 
 impl fmt::Display for AttemptFailure {
@@ -457,6 +459,7 @@ impl fmt::Display for AttemptFailure {
             AttemptFailure::Timeout(after) => {
                 write!(f, "no connection after {}s (connect_timeout)", after.as_secs())
             }
+            AttemptFailure::SessionAttrs(refusal) => f.write_str(refusal),
         }
     }
 }
@@ -538,25 +541,51 @@ async fn connect_endpoint(
                 "SET datestyle = 'ISO'; SET intervalstyle = 'postgres'; SET extra_float_digits = 3",
             )
             .await?;
-        Ok::<_, tokio_postgres::Error>(connected)
+        match session_attrs_refusal(info, &connected).await? {
+            None => Ok(connected),
+            Some(refusal) => Err(AttemptFailure::SessionAttrs(refusal)),
+        }
     };
-    let result = match info.connect_limit() {
+    match info.connect_limit() {
         // tokio-postgres' own timeout covers only the TCP connect; libpq's
         // covers the whole startup, TLS and authentication included.
         Some(after) => {
-            tokio::time::timeout(after, connecting).await.map_err(|_| AttemptFailure::Timeout(after))?
+            tokio::time::timeout(after, connecting).await.unwrap_or(Err(AttemptFailure::Timeout(after)))
         }
         None => connecting.await,
-    };
-    result.map_err(|error| match error.as_db_error() {
-        Some(db) => AttemptFailure::Server {
-            code: db.code().clone(),
-            message: db.message().to_string(),
-            detail: db.detail().map(str::to_string),
-            hint: db.hint().map(str::to_string),
-        },
-        None => AttemptFailure::Connect(error),
-    })
+    }
+}
+
+/// Why the server of `client` is not of the kind `target_session_attrs`
+/// asks for, if it is not.
+async fn session_attrs_refusal(
+    info: &ConnInfo,
+    client: &Client,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    if info.target_session_attrs == TargetSessionAttrs::Any {
+        return Ok(None);
+    }
+    let answer = client.simple_query(TargetSessionAttrs::QUESTION).await?;
+    let row = answer.iter().find_map(|message| match message {
+        tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    });
+    let column = |name| row.and_then(|row| row.get(name));
+    Ok(info.target_session_attrs.refusal(column("in_recovery"), column("read_only")))
+}
+
+impl From<tokio_postgres::Error> for AttemptFailure {
+    fn from(error: tokio_postgres::Error) -> Self {
+        match error.as_db_error() {
+            Some(db) => AttemptFailure::Server {
+                code: db.code().clone(),
+                message: db.message().to_string(),
+                detail: db.detail().map(str::to_string),
+                hint: db.hint().map(str::to_string),
+            },
+            None => AttemptFailure::Connect(error),
+        }
+    }
 }
 
 fn spawn_connection<S, T>(connection: Connection<S, T>, target: &str, endpoint: &Endpoint)
