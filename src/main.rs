@@ -142,7 +142,9 @@ enum Command {
     /// one stopped.
     Tail {
         /// Source connection string, URL or key=value form as psql accepts
-        /// (e.g. postgresql://user@host:5432/db?sslmode=verify-full).
+        /// (e.g. postgresql://user@host:5432/db?sslmode=verify-full). A
+        /// password not in it is read from PGPASSWORD (a flag would show it
+        /// to every user of the machine in the process list).
         #[arg(long, env = "FERRY_TAIL_SOURCE", hide_env_values = true)]
         source: String,
         /// A table to follow, SCHEMA.TABLE in SQL syntax (public."Order Lines"); repeatable.
@@ -155,9 +157,6 @@ enum Command {
         /// (at most 52 bytes with --table: its publication is ferry_tail_SLOT).
         #[arg(long)]
         slot: Option<String>,
-        /// Password, when not in the connection string.
-        #[arg(long, env = "PGPASSWORD", hide_env_values = true)]
-        password: Option<String>,
     },
 }
 
@@ -196,11 +195,10 @@ async fn tail_command(
     tables: Vec<String>,
     publication: Option<String>,
     slot: Option<String>,
-    password: Option<String>,
 ) -> anyhow::Result<()> {
     let mut source: ConnInfo = source.parse().context("bad --source")?;
     if source.password.is_none()
-        && let Some(password) = password
+        && let Some(password) = std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty())
     {
         source = source.with_password(password.into());
     }
@@ -365,8 +363,8 @@ async fn main() -> ExitCode {
         Command::Drop { subscription, config, source, target } => {
             drop_command(subscription, config, source, target).await
         }
-        Command::Tail { source, tables, publication, slot, password } => {
-            tail_command(source, tables, publication, slot, password).await
+        Command::Tail { source, tables, publication, slot } => {
+            tail_command(source, tables, publication, slot).await
         }
     };
     match result {

@@ -370,3 +370,32 @@ fn help_does_not_show_the_source_from_the_environment() {
     assert!(help.contains("FERRY_TAIL_SOURCE"), "{help}");
     assert!(!help.contains(secret), "the password leaked:\n{help}");
 }
+
+/// A password not in `--source` comes from `PGPASSWORD`, as for psql (no
+/// flag: it would show in the process list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_comes_from_pgpassword() {
+    let cluster = Cluster::start_with(support::ClusterOptions {
+        hba: Some("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n".into()),
+        ..Default::default()
+    });
+    setup(&cluster, "CREATE ROLE tailer SUPERUSER LOGIN PASSWORD 'right-one'").await;
+    let url = format!("postgresql://tailer@127.0.0.1:{}/postgres?sslmode=disable", cluster.port);
+    let run = |password: &'static str| {
+        let url = url.clone();
+        async move {
+            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .args(["tail", "--source", &url, "--table", "public.missing"])
+                .env("PGPASSWORD", password)
+                .output()
+                .await
+                .unwrap();
+            assert!(!output.status.success());
+            String::from_utf8_lossy(&output.stderr).into_owned()
+        }
+    };
+    let wrong = run("wrong-one").await;
+    assert!(wrong.contains("28P01") && !wrong.contains("wrong-one"), "{wrong}");
+    let right = run("right-one").await;
+    assert!(!right.contains("28P01") && right.contains("missing"), "got past authentication: {right}");
+}
