@@ -138,10 +138,27 @@ fn runs_for_the_given_seconds_then_checks_both_copies_and_cleans_up() {
     assert!(status_lines >= 2, "expected a status line every 2 seconds:\n{stdout}");
 }
 
+/// The clusters trust whoever connects: only their owner may reach them,
+/// through the socket in the demo's folder, never over TCP.
+fn assert_reachable_by_socket_only(service: &str) {
+    let field = |name: &str| {
+        let start = service.find(&format!("{name}=")).unwrap_or_else(|| panic!("no {name} in {service}"))
+            + name.len()
+            + 1;
+        service[start..].split_whitespace().next().unwrap().trim_matches('\'').to_string()
+    };
+    let (folder, port) = (field("host"), field("port"));
+    assert!(Path::new(&folder).join(format!(".s.PGSQL.{port}")).exists(), "no socket: {service}");
+    let port: u16 = port.parse().unwrap();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "listening on TCP: {service}");
+}
+
 #[test]
 fn ctrl_c_stops_the_workload_then_checks_both_copies_and_cleans_up() {
     let mut demo = Demo::start(&[]);
+    let service = demo.wait_for_line("customers service");
     demo.wait_for_line("t=2s");
+    assert_reachable_by_socket_only(&service);
     demo.interrupt();
     let (status, stdout, stderr) = demo.finish();
     assert!(stdout.contains("Interrupted: stopping the workload."), "{stdout}");

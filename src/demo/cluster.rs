@@ -1,6 +1,9 @@
 //! Throwaway PostgreSQL clusters: `initdb` into a temporary folder,
-//! `wal_level = logical`, a free port on 127.0.0.1 and the Unix socket in
-//! the same folder, started with `pg_ctl`. A [`Sandbox`] owns the folder and
+//! `wal_level = logical`, reached only through a Unix socket in the same
+//! folder (a free port number names it), started with `pg_ctl`. The
+//! clusters trust whoever connects, so they listen on no TCP address: the
+//! folder is the owner's alone, and another user of the machine cannot
+//! reach the socket (over 127.0.0.1 anyone could log in as superuser). A [`Sandbox`] owns the folder and
 //! every cluster in it; closing or dropping it stops the servers
 //! (`pg_ctl stop -m fast`) and removes the folder, also on errors and panics.
 //!
@@ -129,9 +132,11 @@ pub struct ClusterAddr {
 }
 
 impl ClusterAddr {
-    /// A URL for the superuser over TCP, as a ferry config takes it.
+    /// A connection string for the superuser over the Unix socket, as a
+    /// ferry config and psql take it.
     pub fn url(&self, dbname: &str) -> String {
-        format!("postgresql://{SERVER_USER}@127.0.0.1:{}/{dbname}?sslmode=disable", self.port)
+        let folder = self.socket_dir.to_string_lossy().replace('\\', "\\\\").replace('\'', "\\'");
+        format!("host='{folder}' port={} user={SERVER_USER} dbname={dbname}", self.port)
     }
 
     /// An ordinary SQL connection as the superuser over the Unix socket.
@@ -248,7 +253,7 @@ impl Sandbox {
         initdb.args(["-U", SERVER_USER, "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"]);
         run(initdb, "initdb")?;
         let settings = format!(
-            "\n# ferry throwaway cluster\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+            "\n# ferry throwaway cluster\nlisten_addresses = ''\nunix_socket_directories = '{}'\n\
              wal_level = logical\nmax_replication_slots = 10\nmax_wal_senders = 10\n\
              fsync = off\nfull_page_writes = off\nshared_buffers = 32MB\nmax_connections = 30\n",
             socket_dir.display()

@@ -162,9 +162,10 @@ pub fn config_toml(customers: &ClusterAddr, orders: &ClusterAddr) -> String {
     };
     let mut text = String::new();
     for service in Service::ALL {
-        let url = addr(service).url(service.name());
+        // Quoted for TOML: the socket folder's name is the system's.
+        let url = toml::Value::String(addr(service).url(service.name())).to_string();
         let name = service.name();
-        let _ = write!(text, "[sources.{name}]\nurl = \"{url}\"\n\n[targets.{name}]\nurl = \"{url}\"\n\n");
+        let _ = write!(text, "[sources.{name}]\nurl = {url}\n\n[targets.{name}]\nurl = {url}\n\n");
     }
     for flow in FLOWS {
         text.push_str(&subscription_toml(&flow));
