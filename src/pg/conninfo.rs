@@ -357,14 +357,15 @@ pub enum ConnInfoError {
     NotUtf8 { part: &'static str },
 
     #[error(
-        "connection URL: more than one \"@\" before the host; if the user name or password \
-         contains \"@\", percent-encode it as %40"
+        "connection URL: more than one \"@\" before the host; if the user name, password or \
+         database name contains \"@\", percent-encode it as %40"
     )]
     UnencodedAt,
 
     #[error(
         "connection URL: \"@\" appears after the first \"/\"; if the user name or password \
-         contains \"/\", percent-encode it as %2F (and \"@\" as %40, \"?\" as %3F)"
+         contains \"/\", percent-encode it as %2F (and \"@\" as %40, \"?\" as %3F); a database \
+         name with \"@\" is written with %40 too"
     )]
     SlashInUserInfo,
 
