@@ -224,6 +224,30 @@ async fn operations_not_listed_are_left_out_and_logged() {
     drop(daemon);
 }
 
+/// The rows of `items` with a key: the target's copy holds only those.
+const KEYED: &str = "(SELECT * FROM items WHERE id IS NOT NULL) i";
+
+/// A source table without a key (replica identity FULL) into a target
+/// table keyed on `id`, dead letters on, and a row with a NULL `id`
+/// inserted beside one with an `id`: the first is a dead letter, the
+/// second has landed. Returns the clusters (kept running), clients to the
+/// source and the target, the config and the running daemon.
+async fn a_null_key_row_dead_lettered()
+-> ((Cluster, Cluster), tokio_postgres::Client, tokio_postgres::Client, String, Daemon) {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    let dst = target.client("postgres").await;
+    exec(&src, "CREATE TABLE items (id int, qty int); ALTER TABLE items REPLICA IDENTITY FULL").await;
+    exec(&dst, "CREATE TABLE items (id int PRIMARY KEY, qty int)").await;
+    let tables = "[[subscriptions.tables]]\nfrom = \"items\"\n";
+    let config = config(&source, &target, "on_error = \"dead_letter\"", tables);
+    let daemon = Daemon::start(&config);
+    daemon.wait_for_log("streaming", SETTLE).await;
+    exec(&src, "INSERT INTO items VALUES (NULL, 1), (2, 1)").await;
+    wait_for_same(&src, &dst, KEYED, "items", "id, qty", "id", SETTLE).await;
+    ((source, target), src, dst, config, daemon)
+}
+
 /// A source table without a key, replica identity FULL, and a NULL where
 /// the target's key is: the insert is a dead letter, and so is a later
 /// update of the row, which says what is wrong rather than asking for a
@@ -231,17 +255,7 @@ async fn operations_not_listed_are_left_out_and_logged() {
 /// update stopped the pipeline, dead letters or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_of_a_row_with_a_null_key_names_the_column() {
-    let (source, target) = (Cluster::start(), Cluster::start());
-    let src = source.client("postgres").await;
-    let dst = target.client("postgres").await;
-    exec(&src, "CREATE TABLE items (id int, qty int); ALTER TABLE items REPLICA IDENTITY FULL").await;
-    exec(&dst, "CREATE TABLE items (id int PRIMARY KEY, qty int)").await;
-    let tables = "[[subscriptions.tables]]\nfrom = \"items\"\n";
-    let daemon = Daemon::start(&config(&source, &target, "on_error = \"dead_letter\"", tables));
-    daemon.wait_for_log("streaming", SETTLE).await;
-    exec(&src, "INSERT INTO items VALUES (NULL, 1), (2, 1)").await;
-    let keyed = "(SELECT * FROM items WHERE id IS NOT NULL) i";
-    wait_for_same(&src, &dst, keyed, "items", "id, qty", "id", SETTLE).await;
+    let (_clusters, src, dst, _config, daemon) = a_null_key_row_dead_lettered().await;
     let letters: Vec<String> = dst
         .query("SELECT sqlstate FROM ferry.dead_letters", &[])
         .await
@@ -252,7 +266,7 @@ async fn an_update_of_a_row_with_a_null_key_names_the_column() {
     assert_eq!(letters, ["23502"]);
 
     exec(&src, "UPDATE items SET qty = 2").await;
-    wait_for_same(&src, &dst, keyed, "items", "id, qty", "id", SETTLE).await;
+    wait_for_same(&src, &dst, KEYED, "items", "id, qty", "id", SETTLE).await;
     let letters: Vec<(String, String, String)> = dst
         .query("SELECT operation, key, error FROM ferry.dead_letters ORDER BY id", &[])
         .await
@@ -389,18 +403,7 @@ async fn a_row_moving_into_a_filter_without_its_toasted_value_names_the_remedy()
 /// can time; this one covers the crash seam.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_a_dead_letter_does_not_record_it_twice() {
-    let (source, target) = (Cluster::start(), Cluster::start());
-    let src = source.client("postgres").await;
-    let dst = target.client("postgres").await;
-    exec(&src, "CREATE TABLE items (id int, qty int); ALTER TABLE items REPLICA IDENTITY FULL").await;
-    exec(&dst, "CREATE TABLE items (id int PRIMARY KEY, qty int)").await;
-    let tables = "[[subscriptions.tables]]\nfrom = \"items\"\n";
-    let config = config(&source, &target, "on_error = \"dead_letter\"", tables);
-    let daemon = Daemon::start(&config);
-    daemon.wait_for_log("streaming", SETTLE).await;
-    exec(&src, "INSERT INTO items VALUES (NULL, 1), (2, 1)").await;
-    let keyed = "(SELECT * FROM items WHERE id IS NOT NULL) i";
-    wait_for_same(&src, &dst, keyed, "items", "id, qty", "id", SETTLE).await;
+    let (_clusters, src, dst, config, daemon) = a_null_key_row_dead_lettered().await;
     daemon.signal_and_wait("TERM");
     let deletes = || async {
         let sql = "SELECT count(*) FROM ferry.dead_letters WHERE operation = 'delete'";
@@ -413,6 +416,6 @@ async fn a_crash_after_a_dead_letter_does_not_record_it_twice() {
     assert_eq!(deletes().await, 0, "the dead letter went with its uncommitted transaction");
     let daemon = Daemon::start(&config);
     exec(&src, "INSERT INTO items VALUES (3, 1)").await;
-    wait_for_same(&src, &dst, keyed, "items", "id, qty", "id", SETTLE).await;
+    wait_for_same(&src, &dst, KEYED, "items", "id, qty", "id", SETTLE).await;
     assert_eq!(deletes().await, 1, "{}", daemon.logs());
 }
