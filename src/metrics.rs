@@ -46,6 +46,7 @@ pub const METRICS: &[(&str, &str)] = &[
         "Changes the target refused for good, kept in ferry.dead_letters (on_error = dead_letter).",
     ),
     ("ferry_pipeline_up", "1 while the pipeline is streaming, 0 otherwise."),
+    ("ferry_pipeline_copying", "1 while the pipeline makes its initial copy, 0 otherwise."),
     ("ferry_snapshot_rows_copied", "Rows copied so far by the initial copy of a table."),
     ("ferry_snapshot_rows_estimated", "Rows the initial copy of a table expects (pg_class.reltuples)."),
     (
@@ -168,6 +169,7 @@ struct Families {
     errors: prometheus::IntCounterVec,
     dead_letters: prometheus::IntCounterVec,
     up: prometheus::IntGaugeVec,
+    copying: prometheus::IntGaugeVec,
     snapshot_copied: prometheus::IntGaugeVec,
     snapshot_estimated: prometheus::IntGaugeVec,
     reload_successful: IntGauge,
@@ -208,6 +210,7 @@ impl Families {
             errors: IntCounterVec::new(opts("ferry_errors_total"), &["subscription", "kind"])?,
             dead_letters: IntCounterVec::new(opts("ferry_dead_letters_total"), sub)?,
             up: IntGaugeVec::new(opts("ferry_pipeline_up"), sub)?,
+            copying: IntGaugeVec::new(opts("ferry_pipeline_copying"), sub)?,
             snapshot_copied: IntGaugeVec::new(
                 opts("ferry_snapshot_rows_copied"),
                 &["subscription", "table"],
@@ -233,6 +236,7 @@ impl Families {
         registry.register(Box::new(families.errors.clone()))?;
         registry.register(Box::new(families.dead_letters.clone()))?;
         registry.register(Box::new(families.up.clone()))?;
+        registry.register(Box::new(families.copying.clone()))?;
         registry.register(Box::new(families.snapshot_copied.clone()))?;
         registry.register(Box::new(families.snapshot_estimated.clone()))?;
         registry.register(Box::new(families.reload_successful.clone()))?;
@@ -291,6 +295,7 @@ impl Metrics {
                 source: subscription.source.clone(),
                 target: subscription.target.clone(),
                 up: f.up.with_label_values(&[name]),
+                copying: f.copying.with_label_values(&[name]),
                 lag_bytes: f.lag_bytes.with_label_values(&[name]),
                 lag_seconds: f.lag_seconds.with_label_values(&[name]),
                 retained_wal_bytes: f.retained_wal_bytes.with_label_values(&[name]),
@@ -313,6 +318,9 @@ impl Metrics {
         // A pipeline restarted with a new configuration replaces its old
         // self; the series of tables it no longer has end.
         for old in pipelines.iter().filter(|p| p.subscription() == name) {
+            if old.inner.source == pipeline.inner.source && old.inner.target == pipeline.inner.target {
+                pipeline.inner.resume_from(&old.inner);
+            }
             for table in
                 old.inner.tables.iter().filter(|t| !subscription.tables.iter().any(|m| m.from == t.name))
             {
@@ -340,7 +348,7 @@ impl Metrics {
         let f = &self.inner.families;
         let name = subscription.name.as_str();
         self.inner.pipelines.lock().expect("not poisoned").retain(|p| p.subscription() != name);
-        for family in [&f.lag_bytes, &f.retained_wal_bytes, &f.up] {
+        for family in [&f.lag_bytes, &f.retained_wal_bytes, &f.up, &f.copying] {
             let _ = family.remove_label_values(&[name]);
         }
         let _ = f.lag_seconds.remove_label_values(&[name]);
@@ -426,6 +434,7 @@ struct PipelineInner {
     source: String,
     target: String,
     up: IntGauge,
+    copying: IntGauge,
     lag_bytes: IntGauge,
     lag_seconds: Gauge,
     retained_wal_bytes: IntGauge,
@@ -444,6 +453,25 @@ struct PipelineInner {
     slot_lag_bytes: AtomicI64,
     slot_retained_bytes: AtomicI64,
     error: Mutex<Option<String>>,
+}
+
+impl PipelineInner {
+    /// Takes over where the same pipeline stood before a restart (a
+    /// reload): its progress, the slot's last measure, and the commit time
+    /// of the oldest change it had read and not applied, which it reads
+    /// again, so that the lag goes on growing rather than dropping to 0
+    /// while the target is still away.
+    fn resume_from(&self, old: &PipelineInner) {
+        self.last_end_lsn.store(old.last_end_lsn.load(Ordering::Relaxed), Ordering::Relaxed);
+        for (new, old) in [
+            (&self.last_commit_time, &old.last_commit_time),
+            (&self.pending_since, &old.pending_since),
+            (&self.slot_lag_bytes, &old.slot_lag_bytes),
+            (&self.slot_retained_bytes, &old.slot_retained_bytes),
+        ] {
+            new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
 }
 
 struct TableMetrics {
@@ -488,11 +516,14 @@ impl PipelineMetrics {
         State::ALL.into_iter().find(|s| *s as u8 == raw).unwrap_or(State::Stopped)
     }
 
-    /// Moves to `state`; `ferry_pipeline_up` is 1 only while streaming, and
-    /// reaching streaming clears the last error.
+    /// Moves to `state`; `ferry_pipeline_up` is 1 only while streaming,
+    /// `ferry_pipeline_copying` only during the initial copy (which the
+    /// alert on a pipeline not streaming leaves alone), and reaching
+    /// streaming clears the last error.
     pub fn set_state(&self, state: State) {
         self.inner.state.store(state as u8, Ordering::Relaxed);
         self.inner.up.set(i64::from(state == State::Streaming));
+        self.inner.copying.set(i64::from(state == State::Snapshot));
         if state == State::Streaming {
             *self.inner.error.lock().expect("not poisoned") = None;
         }
@@ -892,6 +923,26 @@ mod tests {
     }
 
     #[test]
+    fn copying_shows_only_during_the_initial_copy() {
+        let metrics = Metrics::new();
+        let p = metrics.pipeline(&subscription("a"));
+        let values = || {
+            let text = metrics.render();
+            let value = |name: &str| sample(&text, &format!(r#"{name}{{subscription="a"}}"#));
+            (value("ferry_pipeline_up"), value("ferry_pipeline_copying"))
+        };
+        assert_eq!(values(), (Some(0.0), Some(0.0)));
+        p.set_state(State::Snapshot);
+        assert_eq!(values(), (Some(0.0), Some(1.0)));
+        p.set_state(State::Streaming);
+        assert_eq!(values(), (Some(1.0), Some(0.0)));
+        p.set_state(State::Retrying);
+        assert_eq!(values(), (Some(0.0), Some(0.0)));
+        metrics.forget(&subscription("a"));
+        assert_eq!(values(), (None, None), "a removed subscription's series end");
+    }
+
+    #[test]
     fn a_table_taken_out_of_a_subscription_loses_its_series() {
         let metrics = Metrics::new();
         metrics.pipeline(&subscription("a"));
@@ -950,6 +1001,27 @@ mod tests {
         // after): a huge lag, not an overflow.
         p.pending(NONE + 1);
         assert!(p.lag_seconds_at(now) > 1e12);
+    }
+
+    #[test]
+    fn a_pipeline_restarted_by_a_reload_keeps_its_lag_and_progress() {
+        let metrics = Metrics::new();
+        let now = timestamp::now_micros();
+        let before = metrics.pipeline(&subscription("a"));
+        before.applied(Lsn(0x100), Some(now - 9_000_000));
+        before.pending(now - 5_000_000);
+        before.slot_positions(10, 20);
+        let after = metrics.pipeline(&subscription("a"));
+        assert_eq!(after.lag_seconds_at(now), 5.0, "the change read before is still not applied");
+        let status = after.status_at(now);
+        assert_eq!(status.last_applied_lsn.as_deref(), Some("0/100"));
+        assert_eq!((status.lag_bytes, status.retained_wal_bytes), (Some(10), Some(20)));
+
+        let mut elsewhere = subscription("a");
+        elsewhere.target = "another".into();
+        let moved = metrics.pipeline(&elsewhere);
+        assert_eq!(moved.lag_seconds_at(now), 0.0, "another target starts afresh");
+        assert_eq!(moved.status_at(now).last_applied_lsn, None);
     }
 
     #[test]

@@ -149,9 +149,11 @@ impl PipelineError {
             | PipelineError::Apply(ApplyError::Source(CatalogError::Sql { .. } | CatalogError::Connect(_))) => {
                 ErrorKind::Source
             }
+            PipelineError::Apply(e) | PipelineError::Route(LoadError::Target(e)) if e.is_target_failure() => {
+                ErrorKind::Target
+            }
             PipelineError::ConnectTarget(_)
             | PipelineError::TargetClosed { .. }
-            | PipelineError::Apply(ApplyError::Target { .. } | ApplyError::MissingRow { .. })
             | PipelineError::ReplayCarefully { .. }
             | PipelineError::ReplayInOrder { .. }
             | PipelineError::CopyBehindStream(_) => ErrorKind::Target,
@@ -1208,6 +1210,22 @@ mod tests {
 
     fn lsn(n: u64) -> Lsn {
         Lsn(n)
+    }
+
+    #[test]
+    fn a_target_failure_counts_as_the_targets_even_inside_a_batch() {
+        let flush = || ApplyError::FlushTimeout { lsn: lsn(10) };
+        let missing =
+            || ApplyError::MissingRow { table: "public.t".parse().unwrap(), key: "(id)=(1)".into() };
+        let batched =
+            |source| PipelineError::Apply(ApplyError::Batched { rows: 2, source: Box::new(source) });
+        assert_eq!(PipelineError::Apply(flush()).kind(), ErrorKind::Target);
+        assert_eq!(batched(flush()).kind(), ErrorKind::Target);
+        assert_eq!(batched(missing()).kind(), ErrorKind::Target);
+        assert_eq!(PipelineError::Route(LoadError::Target(flush())).kind(), ErrorKind::Target);
+        let missing_table = || ApplyError::MissingTable { table: "public.t".parse().unwrap() };
+        assert_eq!(PipelineError::Apply(missing_table()).kind(), ErrorKind::Config);
+        assert_eq!(PipelineError::Route(LoadError::Target(missing_table())).kind(), ErrorKind::Config);
     }
 
     #[test]

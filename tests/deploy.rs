@@ -59,13 +59,21 @@ fn manifest(kind: &str) -> Value {
     found.remove(0)
 }
 
+/// The example of the Secret the Deployment mounts, kept out of the base.
+fn example_secret() -> Value {
+    let [secret] = documents(&kubernetes_dir().join("examples/secret.yaml")).try_into().unwrap();
+    assert_eq!(secret["kind"].as_str(), Some("Secret"));
+    secret
+}
+
 fn str_at<'a>(value: &'a Value, what: &str) -> &'a str {
     value.as_str().unwrap_or_else(|| panic!("{what} is not a string: {value:?}"))
 }
 
 #[test]
 fn every_kubernetes_file_parses_as_yaml_with_a_kind() {
-    let files = yaml_files(&kubernetes_dir());
+    let mut files = yaml_files(&kubernetes_dir());
+    files.extend(yaml_files(&kubernetes_dir().join("examples")));
     assert!(files.len() >= 7, "{files:?}");
     for file in files {
         for document in documents(&file) {
@@ -96,6 +104,8 @@ fn the_kustomization_lists_every_manifest_and_only_existing_files() {
         .filter(|name| name != "kustomization.yaml")
         .collect();
     assert_eq!(resources, on_disk, "every manifest of the base is listed, and nothing else");
+    // Applied with the base, placeholder passwords would replace the real ones.
+    assert!(manifests().iter().all(|m| m["kind"].as_str() != Some("Secret")), "the base carries no Secret");
 }
 
 /// `kubectl kustomize` builds the base into one stream holding every
@@ -157,7 +167,7 @@ fn the_deployment_runs_one_non_root_read_only_replica_with_probes() {
         volumes.iter().find(|v| v["name"] == mount["name"]).cloned().expect("the mount's volume")
     };
     assert_eq!(volume("/etc/ferry")["configMap"]["name"], manifest("ConfigMap")["metadata"]["name"]);
-    assert_eq!(volume("/run/secrets/ferry")["secret"]["secretName"], manifest("Secret")["metadata"]["name"]);
+    assert_eq!(volume("/run/secrets/ferry")["secret"]["secretName"], example_secret()["metadata"]["name"]);
     assert!(volume("/tmp")["emptyDir"].is_mapping(), "/tmp is an emptyDir");
 }
 
@@ -204,7 +214,7 @@ fn configmap_toml() -> toml::Table {
 fn the_configmap_config_passes_ferry_validate_offline_with_the_secret_files() {
     // The Secret's keys become files under /run/secrets/ferry; put them in
     // a folder of our own and point the config there.
-    let secret = manifest("Secret");
+    let secret = example_secret();
     let dir = tempfile::tempdir().unwrap();
     let keys = secret["stringData"].as_mapping().expect("the Secret has stringData");
     for (key, value) in keys {

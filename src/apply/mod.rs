@@ -126,6 +126,18 @@ impl ApplyError {
         }
     }
 
+    /// Whether the target failed or refused a change (or did not flush),
+    /// as opposed to the config and the databases disagreeing.
+    pub fn is_target_failure(&self) -> bool {
+        match self {
+            ApplyError::Target { .. } | ApplyError::MissingRow { .. } | ApplyError::FlushTimeout { .. } => {
+                true
+            }
+            ApplyError::Batched { source, .. } => source.is_target_failure(),
+            _ => false,
+        }
+    }
+
     /// Whether it came from a statement carrying many rows (see
     /// [`ApplyError::Batched`]).
     pub fn is_batched(&self) -> bool {
