@@ -477,9 +477,11 @@ async fn set_up(spec: &PipelineSpec, metrics: &PipelineMetrics) -> Result<Ready,
             // Nothing was ever committed on the target, and the tables were
             // recorded before the slot was made: a slot left over (say, by
             // a crash during the copy) is this target's and holds nothing
-            // of value.
+            // of value. One still in use (a walsender the source has not let
+            // go of yet, or another ferry on it) is refused with 55006 and
+            // retried with backoff, not waited on for as long as it is held.
             if state != SlotState::Missing {
-                replication.drop_slot(&sub.slot, true).await?;
+                replication.drop_slot(&sub.slot, false).await?;
             }
             metrics.set_state(State::Snapshot);
             let start = initial_sync(spec, &mut replication, &source_sql, &mut applier, metrics).await?;

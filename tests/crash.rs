@@ -172,6 +172,41 @@ async fn crash_in_the_middle_of_the_initial_copy_starts_the_copy_over() {
     assert_identical(&source, &target).await;
 }
 
+/// The slot a crashed first copy left behind is in use when ferry starts
+/// again (a walsender the source has not yet let go of, or a second ferry
+/// on the same subscription): the start is refused and retried, saying
+/// so, rather than waiting on the slot without a word for as long as it
+/// is held; once it is free, the copy starts over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_slot_in_use_is_retried_not_waited_on() {
+    use ferry::pg::replication::{ReplicationClient, StartOptions};
+    let (source, target, config) = crash_during_the_initial_copy("during-snapshot-copy:20").await;
+    let src = source.client("postgres").await;
+    let row = src
+        .query_one(
+            "SELECT slot_name::text, confirmed_flush_lsn::text, (SELECT pubname::text FROM pg_publication LIMIT 1)
+             FROM pg_replication_slots",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (slot, at, publication): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    let info = source.url("postgres").parse().unwrap();
+    let options = StartOptions {
+        publications: vec![publication],
+        protocol_version: None,
+        messages: false,
+        streaming: false,
+    };
+    let holder = ReplicationClient::connect(&info).await.unwrap();
+    let held = holder.start(&slot, at.parse().unwrap(), &options).await.unwrap();
+
+    let daemon = Daemon::start(&config);
+    daemon.wait_for_log("55006", Duration::from_secs(60)).await;
+    drop(held);
+    assert_identical(&source, &target).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_part_of_a_split_copy_committed_copies_it_all_again() {
     let (source, target, config) = crash_during_the_initial_copy("after-copy-part-commit").await;
