@@ -95,26 +95,82 @@ async fn large_rows_waiting_for_a_stalled_target_take_bounded_memory() {
     for id in 1..=200 {
         exec(&src, &format!("INSERT INTO blobs SELECT {id}, b || int4send({id}) FROM noise")).await;
     }
-    // Wait for the walsender to stop sending: ferry has read all it will
-    // read while the target is locked.
+    until_the_source_stops_sending(&src).await;
+    let waiting = peak_rss_mib(daemon.pid());
+    exec(&locker, "COMMIT").await;
+    wait_for_same(&src, &dst, "blobs", "blobs", "id, md5(b)", "id", SETTLE).await;
+    assert!(waiting < before + 160, "peak RSS {waiting} MiB while stalled, {before} MiB before");
+}
+
+/// Waits until the source's walsenders have sent nothing new for 3 s:
+/// ferry has read all it will read while its target is locked.
+async fn until_the_source_stops_sending(src: &tokio_postgres::Client) {
     let sent = || async {
-        let row = src
-            .query_one("SELECT coalesce(max(sent_lsn)::text, '') FROM pg_stat_replication", &[])
-            .await
-            .unwrap();
-        row.get::<_, String>(0)
+        let sql = "SELECT coalesce(max(sent_lsn)::text, '') FROM pg_stat_replication";
+        src.query_one(sql, &[]).await.unwrap().get::<_, String>(0)
     };
     let mut last = sent().await;
     loop {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let now = sent().await;
         if now == last {
-            break;
+            return;
         }
         last = now;
     }
-    let waiting = peak_rss_mib(daemon.pid());
-    exec(&locker, "COMMIT").await;
+}
+
+/// One source transaction of 200 rows of a megabyte each into a target
+/// table with a trigger that makes each take 50 ms: the rows wait for the
+/// target, and only so many bytes of them may wait in ferry's memory. With
+/// `row_security`, the target takes no COPY, and each row goes as a
+/// statement sent ahead of the answers. Returns ferry's peak RSS before and
+/// after, in MiB.
+async fn peak_rss_while_a_slow_target_takes_large_rows(row_security: bool) -> (u64, u64) {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    let dst = target.client("postgres").await;
+    let schema = "CREATE TABLE blobs (id int PRIMARY KEY, b bytea)";
+    exec(&src, schema).await;
+    exec(&dst, schema).await;
+    exec(
+        &dst,
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN PERFORM pg_sleep(0.05); RETURN NEW; END';
+         CREATE TRIGGER slow BEFORE INSERT ON blobs FOR EACH ROW EXECUTE FUNCTION slow()",
+    )
+    .await;
+    if row_security {
+        exec(&dst, "ALTER TABLE blobs ENABLE ROW LEVEL SECURITY").await;
+    }
+    let config = support::daemon::config(
+        &source.url("postgres"),
+        &target.url("postgres"),
+        "test",
+        &[("blobs", "blobs")],
+        "snapshot = false",
+    );
+    let daemon = Daemon::start(&config);
+    daemon.wait_for_log("streaming", SETTLE).await;
+    let before = peak_rss_mib(daemon.pid());
+    // Random bytes, so that TOAST does not compress them.
+    exec(&src, "CREATE TABLE noise AS SELECT decode(string_agg(md5(random()::text), ''), 'hex') AS b FROM generate_series(1, 65536)").await;
+    exec(&src, "INSERT INTO blobs SELECT g, b || int4send(g) FROM noise, generate_series(1, 200) g").await;
     wait_for_same(&src, &dst, "blobs", "blobs", "id, md5(b)", "id", SETTLE).await;
-    assert!(waiting < before + 160, "peak RSS {waiting} MiB while stalled, {before} MiB before");
+    (before, peak_rss_mib(daemon.pid()))
+}
+
+/// Before, a run of inserts held 64 rows back before it chose COPY, then
+/// encoded them all into one buffer: about 300 MiB here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_rows_copied_into_a_slow_target_take_bounded_memory() {
+    let (before, peak) = peak_rss_while_a_slow_target_takes_large_rows(false).await;
+    assert!(peak < before + 160, "peak RSS {peak} MiB, {before} MiB before");
+}
+
+/// Before, up to 2,048 statements waited for their answers whatever their
+/// size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_rows_sent_as_statements_to_a_slow_target_take_bounded_memory() {
+    let (before, peak) = peak_rss_while_a_slow_target_takes_large_rows(true).await;
+    assert!(peak < before + 160, "peak RSS {peak} MiB, {before} MiB before");
 }

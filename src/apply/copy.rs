@@ -16,7 +16,9 @@ use crate::pg::names::{QualifiedName, quote_ident};
 /// round trip of its own, which a short run does not repay.
 pub const COPY_AFTER_ROWS: usize = 64;
 
-/// How much COPY data is gathered before it goes on the wire.
+/// How much COPY data is gathered before it goes on the wire. A run whose
+/// rows held back add up to this much goes to COPY too, however few they
+/// are: rows of megabytes are not held back by the dozen.
 const CHUNK_BYTES: usize = 1 << 20;
 
 /// Consecutive inserts into one relation, not yet on the target.
@@ -27,6 +29,8 @@ pub struct InsertRun {
     columns: Vec<String>,
     /// Rows held back while the run is short.
     pub held: Vec<(RowRef, Vec<TextParam>)>,
+    /// The bytes of their values.
+    held_bytes: usize,
     copy: Option<CopyStream>,
 }
 
@@ -38,7 +42,7 @@ struct CopyStream {
 
 impl InsertRun {
     pub fn new(oid: u32, insert: Statement, target: Arc<QualifiedName>, columns: Vec<String>) -> InsertRun {
-        InsertRun { oid, insert, target, columns, held: Vec::new(), copy: None }
+        InsertRun { oid, insert, target, columns, held: Vec::new(), held_bytes: 0, copy: None }
     }
 
     /// Starts a COPY right away with `rows` (inserts gathered in a batch).
@@ -65,9 +69,14 @@ impl InsertRun {
         self.copy.as_ref().map_or(self.held.len(), |c| c.rows)
     }
 
-    /// Whether the next row switches the run to COPY.
-    pub fn starts_copy_next(&self) -> bool {
-        self.copy.is_none() && self.held.len() + 1 >= COPY_AFTER_ROWS
+    /// Whether the next row, of `params`, switches the run to COPY.
+    pub fn starts_copy_next(&self, params: &[TextParam]) -> bool {
+        self.copy.is_none() && self.long_enough(self.held.len() + 1, self.held_bytes + bytes_of(params))
+    }
+
+    /// Whether a run of `rows` rows, `bytes` bytes of values, goes to COPY.
+    fn long_enough(&self, rows: usize, bytes: usize) -> bool {
+        rows >= COPY_AFTER_ROWS || bytes >= CHUNK_BYTES
     }
 
     /// Adds a row; once the run is long enough it switches to COPY and
@@ -81,9 +90,11 @@ impl InsertRun {
         if self.copy.is_some() {
             return self.push_copied(&params).await;
         }
+        self.held_bytes += bytes_of(&params);
         self.held.push((row, params));
-        if self.held.len() >= COPY_AFTER_ROWS {
+        if self.long_enough(self.held.len(), self.held_bytes) {
             let held: Vec<Vec<TextParam>> = self.held.drain(..).map(|(_, params)| params).collect();
+            self.held_bytes = 0;
             self.start_copy(client, held).await?;
         }
         Ok(())
@@ -101,15 +112,16 @@ impl InsertRun {
         Ok(())
     }
 
+    /// Starts a COPY with `rows`, which then go like any row after them.
     async fn start_copy(&mut self, client: &Client, rows: Vec<Vec<TextParam>>) -> Result<(), ApplyError> {
         let columns: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
         let sql = format!("COPY {} ({}) FROM STDIN", self.target, columns.join(", "));
         let sink = client.copy_in(&sql).await.map_err(target_error(format!("copy into {}", self.target)))?;
-        let mut buf = BytesMut::with_capacity(CHUNK_BYTES + 64 * 1024);
+        let buf = BytesMut::with_capacity(CHUNK_BYTES + 64 * 1024);
+        self.copy = Some(CopyStream { sink: Box::pin(sink), buf, rows: 0 });
         for params in &rows {
-            encode_row(&mut buf, params);
+            self.push_copied(params).await?;
         }
-        self.copy = Some(CopyStream { sink: Box::pin(sink), buf, rows: rows.len() });
         Ok(())
     }
 
@@ -125,6 +137,11 @@ impl InsertRun {
         copy.sink.as_mut().finish().await.map_err(target_error(context()))?;
         Ok(())
     }
+}
+
+/// The bytes of a row's values.
+pub fn bytes_of(params: &[TextParam]) -> usize {
+    params.iter().map(|p| p.0.as_ref().map_or(0, Bytes::len)).sum()
 }
 
 /// Appends one row in COPY's text format: tab between columns, `\N` for

@@ -2,7 +2,7 @@
 //! statements prepared per table, and records the subscription's progress in
 //! the same transaction as the changes it covers.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -29,12 +29,14 @@ use crate::tablesync::TABLES_DDL;
 
 mod batch;
 mod copy;
+mod in_flight;
 mod inline;
 mod param;
 mod plan;
 
 use batch::{BatchKind, TableBatch};
 use copy::{COPY_AFTER_ROWS, InsertRun};
+use in_flight::InFlight;
 use param::{TextParam, key_text, key_tuple, key_value, param, resolved_cells};
 use plan::RelationPlan;
 
@@ -200,14 +202,10 @@ impl TargetTable {
 }
 
 /// A statement sent but not yet answered; it resolves to its own check.
-type InFlight = Pin<Box<dyn Future<Output = (RowRef, Result<u64, tokio_postgres::Error>)> + Send>>;
+type SentStatement = Pin<Box<dyn Future<Output = (RowRef, Result<u64, tokio_postgres::Error>)> + Send>>;
 
 /// A request sent whose answer is only read later.
 type Pending<T> = Pin<Box<dyn Future<Output = Result<T, tokio_postgres::Error>> + Send>>;
-
-/// How many statements may be sent ahead of their answers. Pipelining them
-/// turns one round trip per row into one per this many rows.
-const MAX_IN_FLIGHT: usize = 2048;
 
 /// Applies changes for one subscription over one target connection.
 pub struct Applier {
@@ -230,7 +228,7 @@ pub struct Applier {
     begun: Option<Pending<()>>,
     /// Statements sent and not yet answered, oldest first. Their requests
     /// are on the wire in this order, which is the source's order.
-    in_flight: VecDeque<InFlight>,
+    in_flight: InFlight<SentStatement>,
     /// Record changes the target refuses for good instead of stopping.
     dead_letters: bool,
     /// Apply one statement at a time, each in a savepoint, so a refused one
@@ -523,7 +521,7 @@ impl Applier {
             plans: HashMap::new(),
             begin_deferred: false,
             begun: None,
-            in_flight: VecDeque::new(),
+            in_flight: InFlight::default(),
             dead_letters,
             careful: false,
             source_lsn: Lsn::ZERO,
@@ -997,7 +995,7 @@ impl Applier {
         if self.run.as_ref().is_some_and(|run| run.oid != relation.oid) {
             self.finish_run().await?;
         }
-        if self.run.as_ref().is_some_and(InsertRun::starts_copy_next) {
+        if self.run.as_ref().is_some_and(|run| run.starts_copy_next(&params)) {
             // COPY waits for its own answer: read the earlier ones first.
             self.settle_in_flight().await?;
         }
@@ -1020,8 +1018,9 @@ impl Applier {
         params: Vec<TextParam>,
     ) -> Result<(), ApplyError> {
         self.send_begin()?;
+        let bytes = copy::bytes_of(&params);
         let client = Arc::clone(&self.client);
-        let execution: InFlight = Box::pin(async move {
+        let execution: SentStatement = Box::pin(async move {
             let result = client.execute_raw(&statement, params).await;
             (row, result)
         });
@@ -1030,9 +1029,9 @@ impl Applier {
         }
         match start(execution) {
             Ok((row, result)) => row.check(&self.subscription, result)?,
-            Err(pending) => self.in_flight.push_back(pending),
+            Err(pending) => self.in_flight.push(bytes, pending),
         }
-        if self.in_flight.len() > MAX_IN_FLIGHT
+        while self.in_flight.is_over_limit()
             && let Some(oldest) = self.in_flight.pop_front()
         {
             let (row, result) = oldest.await;
@@ -1046,7 +1045,7 @@ impl Applier {
 
     /// Runs one statement in a savepoint; a change the target refuses for
     /// good is rolled back to the savepoint and recorded as a dead letter.
-    async fn execute_carefully(&mut self, execution: InFlight) -> Result<(), ApplyError> {
+    async fn execute_carefully(&mut self, execution: SentStatement) -> Result<(), ApplyError> {
         self.client.batch_execute("SAVEPOINT ferry_row").await.map_err(target_error("SAVEPOINT"))?;
         let (row, result) = execution.await;
         let error = match row.check(&self.subscription, result) {
