@@ -82,7 +82,7 @@ fn loss(source: &Column, target: &Column) -> Option<&'static str> {
         {
             Some("the target keeps fewer of the interval's fields")
         }
-        _ if fractional_digits(target) < fractional_digits(source) => {
+        _ if fewer_fractional_digits(source, target) => {
             Some("the target rounds to fewer fractional digits of a second")
         }
         _ => None,
@@ -113,6 +113,13 @@ fn interval_fields(column: &Column) -> i32 {
 
 /// An interval modifier's mask of every field: a plain `interval`.
 const INTERVAL_FULL_RANGE: i32 = 0x7fff;
+
+/// Whether `target` keeps fewer fractional digits of a second than
+/// `source`, both being time, timestamp or interval columns (into any
+/// other type, text say, nothing is rounded).
+fn fewer_fractional_digits(source: &Column, target: &Column) -> bool {
+    matches!((fractional_digits(source), fractional_digits(target)), (Some(s), Some(t)) if t < s)
+}
 
 /// The fractional digits of a second a time, timestamp or interval column
 /// keeps (6 without a modifier), or `None` for any other type.
@@ -216,6 +223,10 @@ mod tests {
         assert!(lossy(&tz(-1), &tz(5)));
         assert!(lossy(&ts(6), &tz(0)), "another time type rounds as well");
         assert!(!lossy(&ts(3), &tz(3)));
+        let text = typed("text", 'S', 25, -1);
+        assert_eq!(type_fit(&tz(-1), &text), TypeFit::MayFail, "text keeps every digit");
+        let interval = typed("interval", 'T', oid::INTERVAL, -1);
+        assert_eq!(type_fit(&interval, &text), TypeFit::MayFail);
     }
 
     #[test]
