@@ -69,30 +69,27 @@ impl InsertRun {
         self.copy.as_ref().map_or(self.held.len(), |c| c.rows)
     }
 
-    /// Whether the next row, of `params`, switches the run to COPY.
-    pub fn starts_copy_next(&self, params: &[TextParam]) -> bool {
-        self.copy.is_none() && self.long_enough(self.held.len() + 1, self.held_bytes + bytes_of(params))
+    /// Whether the next row, of `bytes` bytes of values, switches the run
+    /// to COPY.
+    pub fn starts_copy_next(&self, bytes: usize) -> bool {
+        self.copy.is_none() && long_enough(self.held.len() + 1, self.held_bytes + bytes)
     }
 
-    /// Whether a run of `rows` rows, `bytes` bytes of values, goes to COPY.
-    fn long_enough(&self, rows: usize, bytes: usize) -> bool {
-        rows >= COPY_AFTER_ROWS || bytes >= CHUNK_BYTES
-    }
-
-    /// Adds a row; once the run is long enough it switches to COPY and
-    /// streams from then on.
+    /// Adds a row of `bytes` bytes of values; once the run is long enough
+    /// (rows or bytes) it switches to COPY and streams from then on.
     pub async fn push(
         &mut self,
         client: &Client,
         row: RowRef,
         params: Vec<TextParam>,
+        bytes: usize,
     ) -> Result<(), ApplyError> {
         if self.copy.is_some() {
             return self.push_copied(&params).await;
         }
-        self.held_bytes += bytes_of(&params);
+        self.held_bytes += bytes;
         self.held.push((row, params));
-        if self.long_enough(self.held.len(), self.held_bytes) {
+        if long_enough(self.held.len(), self.held_bytes) {
             let held: Vec<Vec<TextParam>> = self.held.drain(..).map(|(_, params)| params).collect();
             self.held_bytes = 0;
             self.start_copy(client, held).await?;
@@ -137,6 +134,11 @@ impl InsertRun {
         copy.sink.as_mut().finish().await.map_err(target_error(context()))?;
         Ok(())
     }
+}
+
+/// Whether a run of `rows` rows, `bytes` bytes of values, goes to COPY.
+fn long_enough(rows: usize, bytes: usize) -> bool {
+    rows >= COPY_AFTER_ROWS || bytes >= CHUNK_BYTES
 }
 
 /// The bytes of a row's values.

@@ -995,7 +995,8 @@ impl Applier {
         if self.run.as_ref().is_some_and(|run| run.oid != relation.oid) {
             self.finish_run().await?;
         }
-        if self.run.as_ref().is_some_and(|run| run.starts_copy_next(&params)) {
+        let bytes = copy::bytes_of(&params);
+        if self.run.as_ref().is_some_and(|run| run.starts_copy_next(bytes)) {
             // COPY waits for its own answer: read the earlier ones first.
             self.settle_in_flight().await?;
         }
@@ -1005,7 +1006,7 @@ impl Applier {
             InsertRun::new(relation.oid, plan.insert.clone(), Arc::clone(&plan.target), columns)
         });
         let rows = run.rows() + 1;
-        run.push(&self.client, row, params).await.map_err(batched(rows))
+        run.push(&self.client, row, params, bytes).await.map_err(batched(rows))
     }
 
     /// Sends a statement now (its first poll puts the request on the wire)
