@@ -83,11 +83,15 @@ pub enum PipelineError {
     /// transactions up to `until` carefully, setting refused changes aside.
     #[error("a change was refused; replaying up to {until} to record it as a dead letter")]
     ReplayCarefully { until: Lsn },
-    /// Not a failure yet: rows sent together failed; the pipeline restarts
+    /// Not a failure yet: the pipeline restarts, in a new target session,
     /// and applies the source transactions up to `until` in source order,
-    /// one statement per row, so that the failing row is named.
-    #[error("a batch of rows failed; replaying up to {until} in source order, one statement per row")]
-    ReplayInOrder { until: Lsn },
+    /// one statement per row; `why` says what failed (rows sent together,
+    /// which this names; or a row a new session may take, see
+    /// [`ApplyError::may_pass_in_a_new_session`]).
+    #[error(
+        "{why}; applying again up to {until} in a new target session, in source order, one statement per row"
+    )]
+    ReplayInOrder { until: Lsn, why: String },
     #[error("the copy of tables added to the subscription failed: {0}")]
     CopyFailed(String),
     #[error("the reader of the source's change stream failed: {0}")]
@@ -262,8 +266,8 @@ pub async fn run(
                 replay.careful_until = Some(until);
                 continue;
             }
-            Err(PipelineError::ReplayInOrder { until }) => {
-                tracing::info!(subscription = %name, %until, "rows sent together failed; applying again in source order, one statement per row");
+            Err(error @ PipelineError::ReplayInOrder { until, .. }) => {
+                tracing::info!(subscription = %name, "{error}");
                 replay.in_order_until = Some(until);
                 continue;
             }
@@ -656,7 +660,17 @@ async fn apply_events(
             Err(PipelineError::ReplayCarefully { until: state.current_commit })
         }
         Err(PipelineError::Apply(error)) if error.is_batched() && !error.is_retryable() => {
-            Err(PipelineError::ReplayInOrder { until: state.current_commit })
+            let why = "rows sent together failed".to_string();
+            Err(PipelineError::ReplayInOrder { until: state.current_commit, why })
+        }
+        Err(PipelineError::Apply(error))
+            if error.may_pass_in_a_new_session() && !state.replay.modes(state.current_commit).1 =>
+        {
+            let why = format!(
+                "a change failed with SQLSTATE {}, which statements prepared before the target table changed also cause",
+                error.sqlstate().unwrap_or_default()
+            );
+            Err(PipelineError::ReplayInOrder { until: state.current_commit, why })
         }
         Err(PipelineError::Apply(error)) => Err(applier.explain(error).await.into()),
         other => other,

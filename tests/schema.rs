@@ -479,3 +479,38 @@ async fn a_filter_losing_the_whole_old_rows_it_reads_stops_only_its_pipeline() {
         .only_a_stops_saying(&mut daemon, &["\"name\", which is not carried", "REPLICA IDENTITY FULL"])
         .await;
 }
+
+/// A source column wider than its target column is accepted with a warning
+/// (its values may not fit). Widening the target column while ferry runs
+/// must let the values that did not fit through: the target session's
+/// statements were prepared with the old type, and only a session that
+/// prepares them again sees the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_column_widened_while_ferry_runs_takes_values_the_old_type_could_not() {
+    let setup = Setup::new().await;
+    exec(&setup.src, "ALTER TABLE items_a ALTER COLUMN qty TYPE bigint").await;
+    let mut daemon = setup.streaming("", "").await;
+    // A key changed goes as a statement of its own, now prepared.
+    exec(&setup.src, "UPDATE items_a SET id = 103 WHERE id = 3").await;
+    setup.same("items_a", "id, name, qty").await;
+
+    exec(&setup.dst, "ALTER TABLE items_a ALTER COLUMN qty TYPE bigint").await;
+    // One change per source transaction.
+    for change in [
+        "UPDATE items_a SET id = 102, qty = 8000000000 WHERE id = 2",
+        "INSERT INTO items_a VALUES (100, 'wide', 5000000000)",
+        "UPDATE items_a SET qty = 6000000000 WHERE id = 1",
+        "INSERT INTO items_a VALUES (101, 'narrow', 7)",
+    ] {
+        exec(&setup.src, change).await;
+    }
+    setup.same("items_a", "id, name, qty").await;
+    assert!(daemon.is_running());
+    assert_eq!(lines_with(&daemon, "pipeline stopped"), 0, "{}", daemon.logs());
+    assert_eq!(
+        lines_with(&daemon, "SQLSTATE 22003, which statements prepared before"),
+        1,
+        "{}",
+        daemon.logs()
+    );
+}

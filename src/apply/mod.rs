@@ -140,6 +140,16 @@ impl ApplyError {
         }
     }
 
+    /// Whether a new target session may apply what this one could not. A
+    /// session's statements keep the parameter types of the target columns
+    /// as they were when it prepared them: a column widened or retyped on
+    /// the target since then fails them with a data exception (class 22)
+    /// or a type mismatch (42804), where statements prepared anew pass.
+    pub fn may_pass_in_a_new_session(&self) -> bool {
+        matches!(self, ApplyError::Target { .. })
+            && self.sqlstate().is_some_and(|code| code.starts_with("22") || code == "42804")
+    }
+
     /// Whether it came from a statement carrying many rows (see
     /// [`ApplyError::Batched`]).
     pub fn is_batched(&self) -> bool {
