@@ -121,7 +121,6 @@ async fn tls_cluster_serving(
             ("server.crt".into(), certs.server_cert_pem.into_bytes()),
             ("server.key".into(), certs.server_key_pem.into_bytes()),
         ],
-        ..Default::default()
     });
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), certs.ca_pem).unwrap();

@@ -39,18 +39,10 @@ fn pg_command(program: &str) -> Command {
 
 /// Runs a server binary and insists that it succeeds.
 fn run_pg(program: &str, args: &[&str]) -> Output {
-    let mut command = pg_command(program);
-    command.args(args);
-    checked(program, command)
-}
-
-/// Runs a command and insists that it succeeds.
-fn checked(program: &str, mut command: Command) -> Output {
-    let out = command.output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let out = pg_command(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
     assert!(
         out.status.success(),
-        "{program} {:?} failed: {}{}",
-        command.get_args().collect::<Vec<_>>(),
+        "{program} {args:?} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -85,51 +77,11 @@ pub struct ClusterOptions {
     /// Files to put into the data folder before start (e.g. TLS keys), as
     /// (name, contents); they are made readable by the server only.
     pub files: Vec<(String, Vec<u8>)>,
-    /// The server may use the locales of [`extra_locales`].
-    pub extra_locales: bool,
-}
-
-/// The locales `de_DE.UTF-8` and `fr_FR.UTF-8`, compiled from glibc's
-/// sources (Debian's `locales` package) into a folder of their own, which
-/// a server started with `LOCPATH` pointing there can use: machines often
-/// have no locale but C generated, and generating one system-wide needs
-/// root. Compiled once per machine; a second test binary finds them there.
-pub fn extra_locales() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join("ferry-test-locales");
-        for (locale, source) in [("de_DE.UTF-8", "de_DE"), ("fr_FR.UTF-8", "fr_FR")] {
-            let path = dir.join(locale);
-            if path.join("LC_MONETARY").exists() {
-                continue;
-            }
-            // Compiled beside, then renamed: test binaries run at once.
-            let partial = dir.join(format!("{locale}.{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let out = Command::new("localedef")
-                .args(["-i", source, "-f", "UTF-8"])
-                .arg(&partial)
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run localedef: {e}"));
-            assert!(
-                out.status.success() || partial.join("LC_MONETARY").exists(),
-                "localedef for {locale} failed (is Debian's locales package installed?): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            if std::fs::rename(&partial, &path).is_err() {
-                // Another binary got there first.
-                std::fs::remove_dir_all(&partial).unwrap();
-            }
-        }
-        dir
-    })
 }
 
 pub struct Cluster {
     pub port: u16,
     dir: TempDir,
-    /// `LOCPATH` of the server (see [`extra_locales`]).
-    locales: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -169,8 +121,7 @@ impl Cluster {
         for (name, contents) in &options.files {
             write_as_server(&data.join(name), contents);
         }
-        let locales = options.extra_locales.then(|| extra_locales().to_path_buf());
-        let cluster = Cluster { port, dir, locales };
+        let cluster = Cluster { port, dir };
         cluster.pg_ctl_start();
         cluster
     }
@@ -187,12 +138,10 @@ impl Cluster {
     fn pg_ctl_start(&self) {
         let data = self.data_dir();
         let log = self.dir.path().join("server.log");
-        let mut start = pg_command("pg_ctl");
-        start.args(["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]);
-        if let Some(locales) = &self.locales {
-            start.env("LOCPATH", locales);
-        }
-        checked("pg_ctl", start);
+        run_pg(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"],
+        );
     }
 
     /// Stops the server (fast shutdown) and starts it again.
