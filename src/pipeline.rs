@@ -433,7 +433,7 @@ async fn set_up(spec: &PipelineSpec, metrics: &PipelineMetrics) -> Result<Ready,
     let mut applier = Applier::new(target, monitor, sub, spec.source.clone(), routes, routes_read_at).await?;
     let progress = applier.progress().await?;
     if let Some(progress) = progress {
-        applier.wait_for_flush().await?;
+        applier.make_progress_durable().await?;
         metrics.resumed_at(progress);
     }
     let mut tables = TableStates::load(applier.client(), sub).await?;
@@ -1230,15 +1230,13 @@ mod tests {
 
     #[test]
     fn a_target_failure_counts_as_the_targets_even_inside_a_batch() {
-        let flush = || ApplyError::FlushTimeout { lsn: lsn(10) };
         let missing =
             || ApplyError::MissingRow { table: "public.t".parse().unwrap(), key: "(id)=(1)".into() };
         let batched =
             |source| PipelineError::Apply(ApplyError::Batched { rows: 2, source: Box::new(source) });
-        assert_eq!(PipelineError::Apply(flush()).kind(), ErrorKind::Target);
-        assert_eq!(batched(flush()).kind(), ErrorKind::Target);
+        assert_eq!(PipelineError::Apply(missing()).kind(), ErrorKind::Target);
         assert_eq!(batched(missing()).kind(), ErrorKind::Target);
-        assert_eq!(PipelineError::Route(LoadError::Target(flush())).kind(), ErrorKind::Target);
+        assert_eq!(PipelineError::Route(LoadError::Target(missing())).kind(), ErrorKind::Target);
         let missing_table = || ApplyError::MissingTable { table: "public.t".parse().unwrap() };
         assert_eq!(PipelineError::Apply(missing_table()).kind(), ErrorKind::Config);
         assert_eq!(PipelineError::Route(LoadError::Target(missing_table())).kind(), ErrorKind::Config);

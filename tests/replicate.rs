@@ -142,6 +142,43 @@ async fn sigterm_finishes_confirms_and_a_restart_resumes_without_duplicates() {
     assert_eq!(code, Some(0), "SIGINT should end ferry cleanly too");
 }
 
+/// A restart must not wait on WAL that ferry did not write. The progress
+/// read at start may come from an asynchronous commit not yet flushed, and
+/// must be durable before the source hears of it. Before, ferry waited for
+/// the target's flush position to pass its insert position; a session
+/// holding an open transaction that had written something (an application
+/// idle in its transaction) leaves WAL there that nothing flushes on an
+/// otherwise quiet target, and the start failed with "the target did not
+/// flush its WAL" every 10 s for as long as that transaction stayed open.
+/// (With `wal_level = replica` or above, the standby snapshot the server
+/// logs every 15 s flushes it sooner or later; `minimal` makes it last.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_goes_on_while_a_target_session_holds_unflushed_wal() {
+    let source = Cluster::start();
+    let target = Cluster::start_with(ClusterOptions {
+        conf: vec!["wal_level = minimal".into(), "max_wal_senders = 0".into()],
+        ..Default::default()
+    });
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(&src, ITEMS).await;
+    exec(&dst, &format!("{ITEMS}; CREATE TABLE noise (id int)")).await;
+    let config = config(&source, &target, &[("items", "items")], "");
+    let daemon = Daemon::start(&config);
+    daemon.wait_for_log("streaming", SETTLE).await;
+    exec(&src, "INSERT INTO items (id, name) VALUES (1, 'before the restart')").await;
+    wait_for_same(&src, &dst, "items", "items", "id, name", "id", SETTLE).await;
+    let (code, _) = daemon.signal_and_wait("TERM");
+    assert_eq!(code, Some(0));
+
+    let application = target.client("postgres").await;
+    exec(&application, "BEGIN; INSERT INTO noise VALUES (1)").await;
+    exec(&src, "INSERT INTO items (id, name) VALUES (2, 'after the restart')").await;
+    let daemon = Daemon::start(&config);
+    wait_for_same(&src, &dst, "items", "items", "id, name", "id", SETTLE).await;
+    assert!(!daemon.logs().contains("did not flush"), "{}", daemon.logs());
+    exec(&application, "COMMIT").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applies_key_changes_toast_truncate_and_every_replica_identity() {
     let (source, target) = (Cluster::start(), Cluster::start());

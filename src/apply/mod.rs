@@ -75,8 +75,6 @@ pub enum ApplyError {
     /// The source's catalog could not be read to follow a table's change.
     #[error(transparent)]
     Source(#[from] CatalogError),
-    #[error("the target did not flush its WAL to {lsn} within {}s", FLUSH_WAIT.as_secs())]
-    FlushTimeout { lsn: Lsn },
     #[error("{table}: the row filter cannot be evaluated: {error}")]
     Filter { table: QualifiedName, error: String },
     /// A statement or COPY carrying many rows failed, so which row is not
@@ -122,19 +120,16 @@ impl ApplyError {
                         || code == "55006" // the origin is still held by the previous session
                 }
             },
-            ApplyError::FlushTimeout { .. } => true,
             ApplyError::Batched { source, .. } => source.is_retryable(),
             _ => false,
         }
     }
 
-    /// Whether the target failed or refused a change (or did not flush),
-    /// as opposed to the config and the databases disagreeing.
+    /// Whether the target failed or refused a change, as opposed to the
+    /// config and the databases disagreeing.
     pub fn is_target_failure(&self) -> bool {
         match self {
-            ApplyError::Target { .. } | ApplyError::MissingRow { .. } | ApplyError::FlushTimeout { .. } => {
-                true
-            }
+            ApplyError::Target { .. } | ApplyError::MissingRow { .. } => true,
             ApplyError::Batched { source, .. } => source.is_target_failure(),
             _ => false,
         }
@@ -164,10 +159,6 @@ fn batched(rows: usize) -> impl FnOnce(ApplyError) -> ApplyError {
         error => ApplyError::Batched { rows, source: Box::new(error) },
     }
 }
-
-/// How long the target may take to flush its WAL; its WAL writer needs a
-/// few hundred milliseconds at most.
-const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(crate) fn target_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ApplyError {
     let context = context.into();
@@ -602,21 +593,21 @@ impl Applier {
         self.next_commit.push_str(&sql);
     }
 
-    /// Waits until everything committed on the target so far is flushed
-    /// there: progress read at start may come from an asynchronous commit
-    /// the target has not flushed yet, and the source must not hear of it
-    /// before it is durable. The WAL writer flushes within a few hundred
-    /// milliseconds.
-    pub async fn wait_for_flush(&mut self) -> Result<(), ApplyError> {
-        let (written, _) = self.wal_positions().await?;
-        let deadline = std::time::Instant::now() + FLUSH_WAIT;
-        while self.wal_positions().await?.1 < written {
-            if std::time::Instant::now() > deadline {
-                return Err(ApplyError::FlushTimeout { lsn: written });
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        Ok(())
+    /// Makes everything committed on the target so far durable: progress
+    /// read at start may come from an asynchronous commit the target has
+    /// not flushed yet, and the source must not hear of it before it is
+    /// durable. A synchronous commit that writes WAL (the progress row,
+    /// rewritten as it is) flushes all WAL before it. Waiting for the flush
+    /// position to pass the insert position instead never ends while
+    /// another session holds WAL that nothing flushes: a transaction left
+    /// open after a write, on an otherwise quiet target.
+    pub async fn make_progress_durable(&mut self) -> Result<(), ApplyError> {
+        let sql = format!(
+            "BEGIN; SET LOCAL synchronous_commit = local;
+             UPDATE ferry.progress SET end_lsn = end_lsn WHERE subscription = {}; COMMIT",
+            quote_literal(&self.subscription)
+        );
+        self.client.batch_execute(&sql).await.map_err(target_error("flushing the progress recorded"))
     }
 
     /// The end LSN of the last source transaction applied, as recorded.
