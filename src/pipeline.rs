@@ -267,7 +267,7 @@ pub async fn run(
                 continue;
             }
             Err(error @ PipelineError::ReplayInOrder { until, .. }) => {
-                tracing::info!(subscription = %name, "{error}");
+                tracing::info!(subscription = %name, "{}", without_passwords(error.to_string(), &spec));
                 replay.in_order_until = Some(until);
                 continue;
             }
@@ -343,6 +343,16 @@ impl Replay {
     fn modes(&self, commit_lsn: Lsn) -> (bool, bool) {
         let covers = |until: Option<Lsn>| until.is_some_and(|until| commit_lsn <= until);
         (covers(self.careful_until), covers(self.in_order_until))
+    }
+
+    /// Whether every transaction replayed in order is committed on the
+    /// target, whose progress is `progress`: a change failing since then
+    /// was sent in the usual way, not in the replay. One failing in the
+    /// replay fails for good (the replay's own session prepared it), even
+    /// when noticed only at a later source commit, which the target
+    /// transaction it went in may reach.
+    fn in_order_committed(&self, progress: Lsn) -> bool {
+        self.in_order_until.is_none_or(|until| progress >= until)
     }
 
     /// Whether transactions committing after `handled` may still be
@@ -664,11 +674,11 @@ async fn apply_events(
             Err(PipelineError::ReplayInOrder { until: state.current_commit, why })
         }
         Err(PipelineError::Apply(error))
-            if error.may_pass_in_a_new_session() && !state.replay.modes(state.current_commit).1 =>
+            if error.may_pass_in_a_new_session() && state.replay.in_order_committed(state.progress) =>
         {
             let why = format!(
-                "a change failed with SQLSTATE {}, which statements prepared before the target table changed also cause",
-                error.sqlstate().unwrap_or_default()
+                "{error}; statements prepared before the target table changed fail so too, and a new session \
+                 prepares them anew"
             );
             Err(PipelineError::ReplayInOrder { until: state.current_commit, why })
         }
@@ -1240,6 +1250,17 @@ mod tests {
         let missing_table = || ApplyError::MissingTable { table: "public.t".parse().unwrap() };
         assert_eq!(PipelineError::Apply(missing_table()).kind(), ErrorKind::Config);
         assert_eq!(PipelineError::Route(LoadError::Target(missing_table())).kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn a_change_failing_in_the_in_order_replay_is_not_given_another_session() {
+        let mut replay = Replay::default();
+        assert!(replay.in_order_committed(lsn(5)));
+        replay.in_order_until = Some(lsn(20));
+        // Noticed at any later source commit: what the target holds tells.
+        assert!(!replay.in_order_committed(lsn(19)));
+        assert!(replay.in_order_committed(lsn(20)));
+        assert!(replay.in_order_committed(lsn(30)));
     }
 
     #[test]
