@@ -652,7 +652,7 @@ async fn apply_events(
                 _ = flush_check.tick(), if !state.unflushed.is_empty() => state.release_flushed(applier, durable).await?,
                 Some(copied) = copying.join_next(), if !copying.is_empty() => {
                     let copied = copied.map_err(|panic| PipelineError::CopyFailed(panic.to_string()))?;
-                    state.copied(applier, copied?)?;
+                    state.copied(applier, copied?, durable)?;
                 }
                 _ = tokio::time::sleep_until(state.linger_deadline()), if state.lingering() => {
                     state.commit(applier).await?;
@@ -721,6 +721,9 @@ struct ApplyState {
     early: Option<Early>,
     /// Committed on the target but maybe not yet flushed there.
     unflushed: Unflushed,
+    /// The end LSN of the last source transaction flushed on the target,
+    /// which the source hears of as far as the floors allow.
+    released: Lsn,
 }
 
 /// Commits on the target maybe not yet flushed there, oldest first: the
@@ -843,6 +846,7 @@ impl ApplyState {
             joining: None,
             early: None,
             unflushed: Unflushed::default(),
+            released: progress,
         }
     }
 
@@ -950,7 +954,7 @@ impl ApplyState {
             self.source_committed(applier, end_lsn, commit_time, nothing_waiting, durable).await?;
         }
         if let Some(copied) = self.joining.take() {
-            self.join(applier, copied)?;
+            self.join(applier, copied, durable)?;
         }
         Ok(())
     }
@@ -1088,18 +1092,32 @@ impl ApplyState {
 
     /// New tables were copied: they join the stream at the next source
     /// commit boundary.
-    fn copied(&mut self, applier: &mut Applier, copied: Copied) -> Result<(), CopyBehindStream> {
+    fn copied(
+        &mut self,
+        applier: &mut Applier,
+        copied: Copied,
+        durable: &watch::Sender<Lsn>,
+    ) -> Result<(), CopyBehindStream> {
         if self.in_source_transaction {
             self.joining = Some(copied);
             return Ok(());
         }
-        self.join(applier, copied)
+        self.join(applier, copied, durable)
     }
 
     /// Copied tables take the stream's changes from their snapshot on. The
     /// stream skipped their changes while they were copied: if it already
     /// went past the snapshot, it must go back for them.
-    fn join(&mut self, applier: &mut Applier, copied: Copied) -> Result<(), CopyBehindStream> {
+    /// The copied tables join the stream. The hold their copy kept on the
+    /// source goes with them: what the target flushed meanwhile is
+    /// confirmed now, not at the next commit, which an idle subscription
+    /// may not see for long (its slot would hold the source's WAL).
+    fn join(
+        &mut self,
+        applier: &mut Applier,
+        copied: Copied,
+        durable: &watch::Sender<Lsn>,
+    ) -> Result<(), CopyBehindStream> {
         if copied.at < self.handled {
             return Err(CopyBehindStream { at: copied.at, progress: self.handled });
         }
@@ -1108,6 +1126,7 @@ impl ApplyState {
             self.floors.set(route.mapping.from.clone(), Floor::From(copied.at));
             applier.add_route(route);
         }
+        self.confirm(durable);
         Ok(())
     }
 
@@ -1171,9 +1190,16 @@ impl ApplyState {
             None => None,
         };
         if let Some(end_lsn) = self.unflushed.take_flushed(read) {
-            durable.send_replace(self.floors.cap(end_lsn));
+            self.released = end_lsn;
+            self.confirm(durable);
         }
         Ok(())
+    }
+
+    /// Tells the source how far it may forget: what the target flushed, as
+    /// far as the floors allow.
+    fn confirm(&self, durable: &watch::Sender<Lsn>) {
+        durable.send_replace(self.floors.cap(self.released));
     }
 
     /// Waits (briefly: the WAL writer flushes asynchronous commits within a

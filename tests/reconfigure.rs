@@ -8,7 +8,7 @@ mod support;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::daemon::{Daemon, checksum, wait_for_same};
 use support::endpoints::{Endpoints, Samples, with_server};
@@ -432,6 +432,47 @@ async fn a_table_copied_ahead_of_the_stream_joins_it_where_the_copy_ends() {
     assert!(!daemon.logs().contains("going back to"), "{}", daemon.logs());
     let floors: i64 = dst.query_one("SELECT count(floor) FROM ferry.tables", &[]).await.unwrap().get(0);
     assert_eq!(floors, 0, "the floor was cleared once the stream passed it");
+}
+
+/// A transaction applied while a table is copied is confirmed to the
+/// source only as far as the copy's hold; once the table joins the stream
+/// the hold is gone, and an idle subscription confirms the source's WAL
+/// again. Before, nothing confirmed anything until the next change of a
+/// subscribed table: the slot kept the source's WAL meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_subscription_confirms_the_source_again_once_a_copied_table_joins() {
+    let (source, target, src, dst) = setup().await;
+    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    // The copy waits for this lock on the target...
+    let holder = target.client("postgres").await;
+    exec(&holder, "BEGIN; LOCK TABLE added IN SHARE MODE").await;
+    // ... and its slot for this transaction on the source, which thus
+    // commits before the copy's snapshot and is applied during the copy.
+    let open = source.client("postgres").await;
+    exec(&open, "BEGIN; INSERT INTO steady (note) VALUES ('during the copy')").await;
+    daemon.reload(&config(&source, &target, &["steady", "added"]));
+    let deadline = Instant::now() + WAIT;
+    let slot_waits = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender' AND wait_event = 'transactionid'";
+    while src.query_one(slot_waits, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        assert!(Instant::now() < deadline, "the copy's slot never waited for the open transaction");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    exec(&open, "COMMIT").await;
+    wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
+    exec(&holder, "COMMIT").await;
+    daemon.wait_for_log("copied table joins the stream", WAIT).await;
+
+    // Nothing of the subscription's tables changes from here on.
+    exec(&src, "CREATE TABLE unrelated (x int); INSERT INTO unrelated VALUES (1)").await;
+    let written: String = src.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let confirmed = "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = 'ferry_sub'";
+    while !src.query_one(confirmed, &[&written]).await.unwrap().get::<_, bool>(0) {
+        assert!(Instant::now() < deadline, "the slot never confirmed {written}: {}", daemon.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!daemon.logs().contains("going back to"), "{}", daemon.logs());
+    assert_same(&src, &dst).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
