@@ -16,12 +16,12 @@ use tokio_postgres::{Client, CopyInSink};
 use crate::config::Subscription;
 use crate::fault;
 use crate::metrics::PipelineMetrics;
-use crate::pg::PgError;
 use crate::pg::catalog::Column;
 use crate::pg::connection::Connection;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::error::describe_sql_error;
 use crate::pg::names::{QualifiedName, quote_ident, quote_literal};
+use crate::pg::{PgError, VALUE_SETTINGS};
 use crate::route::TableRoute;
 
 #[derive(Debug, thiserror::Error)]
@@ -103,18 +103,15 @@ impl SnapshotReader {
     /// COPY fail instead of copying part of the table, while the stream,
     /// which no policy filters, would go on with every row's changes.
     pub async fn open(source: &ConnInfo, snapshot: &str) -> Result<SnapshotReader, SnapshotError> {
-        let mut conn = Connection::connect(
-            source,
-            &[
-                ("DateStyle", "ISO"),
-                ("IntervalStyle", "postgres"),
-                ("extra_float_digits", "3"),
+        let startup: Vec<(&str, &str)> = VALUE_SETTINGS
+            .into_iter()
+            .chain([
                 ("statement_timeout", "0"),
                 ("idle_in_transaction_session_timeout", "0"),
                 ("row_security", "off"),
-            ],
-        )
-        .await?;
+            ])
+            .collect();
+        let mut conn = Connection::connect(source, &startup).await?;
         conn.simple_query(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
             quote_literal(snapshot)

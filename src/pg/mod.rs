@@ -15,5 +15,12 @@ pub mod timestamp;
 pub mod tls;
 
 pub use conninfo::{ConnInfo, ConnInfoError, Host, Secret, SslMode};
+
+/// The output settings of every session ferry opens on either end, as
+/// PostgreSQL's own subscriber sets them: values cross between servers as
+/// text, and ISO dates, `postgres` intervals and shortest-exact floats read
+/// back as they were written, whatever the servers' own settings.
+pub const VALUE_SETTINGS: [(&str, &str); 3] =
+    [("DateStyle", "ISO"), ("IntervalStyle", "postgres"), ("extra_float_digits", "3")];
 pub use error::{PgError, ServerError};
 pub use lsn::Lsn;

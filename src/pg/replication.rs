@@ -3,6 +3,7 @@
 
 use bytes::{Buf, Bytes};
 
+use super::VALUE_SETTINGS;
 use super::connection::{Connection, QueryResult};
 use super::conninfo::ConnInfo;
 use super::error::PgError;
@@ -79,16 +80,9 @@ pub struct ReplicationClient {
 
 impl ReplicationClient {
     pub async fn connect(info: &ConnInfo) -> Result<Self, PgError> {
-        let conn = Connection::connect(
-            info,
-            &[
-                ("replication", "database"),
-                ("DateStyle", "ISO"),
-                ("IntervalStyle", "postgres"),
-                ("extra_float_digits", "3"),
-            ],
-        )
-        .await?;
+        let startup: Vec<(&str, &str)> =
+            [("replication", "database")].into_iter().chain(VALUE_SETTINGS).collect();
+        let conn = Connection::connect(info, &startup).await?;
         let version = conn.parameter("server_version").unwrap_or_default().to_string();
         let server_version_num = parse_server_version(&version)
             .ok_or_else(|| conn.protocol(format!("cannot read the server version {version:?}")))?;

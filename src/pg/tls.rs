@@ -27,6 +27,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Connection, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::VALUE_SETTINGS;
 use super::cert_names::CertNames;
 use super::conninfo::{ConnInfo, Endpoint, Host, SslMode, TargetSessionAttrs};
 
@@ -536,11 +537,9 @@ async fn connect_endpoint(
                 client
             }
         };
-        connected
-            .batch_execute(
-                "SET datestyle = 'ISO'; SET intervalstyle = 'postgres'; SET extra_float_digits = 3",
-            )
-            .await?;
+        let settings: String =
+            VALUE_SETTINGS.iter().map(|(name, value)| format!("SET {name} = '{value}';")).collect();
+        connected.batch_execute(&settings).await?;
         match session_attrs_refusal(info, &connected).await? {
             None => Ok(connected),
             Some(refusal) => Err(AttemptFailure::SessionAttrs(refusal)),
