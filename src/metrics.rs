@@ -858,13 +858,14 @@ impl Summary {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
     use crate::config::TableMapping;
 
-    fn subscription(name: &str) -> Subscription {
+    /// A subscription of two tables, for tests.
+    pub(crate) fn subscription(name: &str) -> Subscription {
         let table =
             |t: &str| TableMapping::new(QualifiedName::new("public", t), QualifiedName::new("public", t));
         Subscription {

@@ -352,7 +352,10 @@ impl Replay {
     /// when noticed only at a later source commit, which the target
     /// transaction it went in may reach.
     fn in_order_committed(&self, progress: Lsn) -> bool {
-        self.in_order_until.is_none_or(|until| progress >= until)
+        // `until` is a commit LSN, where the commit record starts; the
+        // transaction's end LSN, which `progress` is, lies past it (and may
+        // be the next transaction's commit LSN).
+        self.in_order_until.is_none_or(|until| progress > until)
     }
 
     /// Whether transactions committing after `handled` may still be
@@ -387,7 +390,7 @@ async fn run_once(
     let stop_reader = cancel.child_token();
     let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone(), true));
     let target = spec.target.to_string();
-    let state = ApplyState::new(progress, floors, metrics, replay, sub.forward_origins);
+    let state = ApplyState::new(progress, start, floors, metrics, replay, sub.forward_origins);
     let grace_over = async {
         cancel.cancelled().await;
         tokio::time::sleep(STOP_GRACE).await;
@@ -820,10 +823,12 @@ struct Batch {
 
 impl ApplyState {
     /// The applier starts from `progress`, with `floors` for the tables out
-    /// of step with it; source transactions up to `replay`'s positions are
-    /// applied carefully or in order.
+    /// of step with it, and the stream from `start`, as far as every table
+    /// is durably on the target; source transactions up to `replay`'s
+    /// positions are applied carefully or in order.
     fn new(
         progress: Lsn,
+        start: Lsn,
         floors: Floors,
         metrics: &PipelineMetrics,
         replay: Replay,
@@ -846,7 +851,9 @@ impl ApplyState {
             joining: None,
             early: None,
             unflushed: Unflushed::default(),
-            released: progress,
+            // Not `progress`: floors below it move up as transactions are
+            // handled, before they are flushed, and would not cap it.
+            released: start,
         }
     }
 
@@ -1285,8 +1292,28 @@ mod tests {
         replay.in_order_until = Some(lsn(20));
         // Noticed at any later source commit: what the target holds tells.
         assert!(!replay.in_order_committed(lsn(19)));
-        assert!(replay.in_order_committed(lsn(20)));
-        assert!(replay.in_order_committed(lsn(30)));
+        // The end of the transaction before, whose commit record ends
+        // where the replayed one's starts.
+        assert!(!replay.in_order_committed(lsn(20)));
+        assert!(replay.in_order_committed(lsn(21)));
+    }
+
+    #[test]
+    fn what_is_confirmed_before_the_first_flush_stays_below_every_floor() {
+        // A restart with table b behind the stream and table d being copied.
+        let (b, d) = (QualifiedName::new("public", "b"), QualifiedName::new("public", "d"));
+        let mut floors = Floors::default();
+        floors.set(b.clone(), Floor::From(lsn(10)));
+        floors.set(d.clone(), Floor::Copying { hold: lsn(10) });
+        let start = floors.lowest(lsn(50));
+        let metrics = PipelineMetrics::detached(&crate::metrics::tests::subscription("a"));
+        let mut state = ApplyState::new(lsn(50), start, floors, &metrics, Replay::default(), false);
+        // b's changes up to 40 are applied, not yet flushed; d joins the stream.
+        state.floors.passed(lsn(40));
+        state.floors.set(d, Floor::From(lsn(45)));
+        let (durable, _) = watch::channel(start);
+        state.confirm(&durable);
+        assert_eq!(*durable.borrow(), lsn(10));
     }
 
     #[test]
