@@ -37,6 +37,11 @@ pub async fn run_with(
     mut reloads: mpsc::Receiver<Config>,
     cancel: CancellationToken,
 ) -> usize {
+    match raise_open_files_limit() {
+        Ok(Some((from, to))) => tracing::info!("open files limit raised from {from} to {to}"),
+        Ok(None) => {}
+        Err(error) => tracing::debug!("the open files limit stays as it is: {error}"),
+    }
     let mut background = JoinSet::new();
     background.spawn(metrics::log_summaries(metrics.clone(), SUMMARY_INTERVAL, cancel.clone()));
     let (configs, config_rx) = watch::channel(config.clone());
@@ -261,6 +266,37 @@ fn no_wakeup_preemption() -> std::io::Result<()> {
     Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "SCHED_BATCH is Linux's"))
 }
 
+/// Raises the soft limit on open files to the hard one, as Go's runtime
+/// does for every program: a pipeline keeps a spool file open for each
+/// streamed transaction committed and not yet applied, which behind a slow
+/// target can be thousands, while the soft limit is often 1,024 (systemd's
+/// default) and the hard one far higher. Returns the limits before and
+/// after, when it changed.
+#[cfg(target_os = "linux")]
+fn raise_open_files_limit() -> std::io::Result<Option<(u64, u64)>> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a valid rlimit the call writes into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if before >= limit.rlim_max {
+        return Ok(None);
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: `limit` is a valid rlimit the call only reads; raising the
+    // soft limit up to the hard one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Some((before, limit.rlim_cur)))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn raise_open_files_limit() -> std::io::Result<Option<(u64, u64)>> {
+    Ok(None)
+}
+
 /// Measures a pipeline's slot until `stop` fires. Never fails: it only
 /// reports, and shares the pipelines' task set for that reason.
 async fn watch_slot(
@@ -277,6 +313,24 @@ mod tests {
     fn policy() -> i32 {
         // SAFETY: pid 0 names the calling thread; the call only reads.
         unsafe { libc::sched_getscheduler(0) }
+    }
+
+    fn open_files_limit() -> libc::rlimit {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: `limit` is a valid rlimit the call writes into.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        limit
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_one() {
+        let hard = open_files_limit().rlim_max;
+        let lowered = libc::rlimit { rlim_cur: hard.min(1024) - 1, rlim_max: hard };
+        // SAFETY: a valid rlimit, only read; lowering the soft limit needs no privilege.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
+        assert_eq!(super::raise_open_files_limit().unwrap(), Some((lowered.rlim_cur, hard)));
+        assert_eq!(open_files_limit().rlim_cur, hard);
+        assert_eq!(super::raise_open_files_limit().unwrap(), None, "nothing left to raise");
     }
 
     #[test]

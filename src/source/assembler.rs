@@ -13,6 +13,9 @@ use super::{Change, Sink, SourceError, SourceEvent};
 use crate::pg::Lsn;
 use crate::pg::pgoutput::{self, DecodeOptions, Message, Relation};
 
+/// The write and read buffer of a spool.
+const SPOOL_BUFFER: usize = 256 * 1024;
+
 /// The spooled part of one streamed, not yet committed transaction.
 struct Spool {
     writer: BufWriter<File>,
@@ -40,7 +43,7 @@ struct Spool {
 impl Spool {
     fn new() -> io::Result<Spool> {
         Ok(Spool {
-            writer: BufWriter::with_capacity(256 * 1024, tempfile::tempfile()?),
+            writer: BufWriter::with_capacity(SPOOL_BUFFER, tempfile::tempfile()?),
             len: 0,
             first_offsets: Vec::new(),
             spooled_xids: HashSet::new(),
@@ -96,7 +99,7 @@ impl Spool {
         let mut file = self.writer.into_inner().map_err(|e| e.into_error())?;
         file.seek(SeekFrom::Start(0))?;
         Ok(StreamedChanges {
-            reader: SpoolReader { reader: BufReader::with_capacity(256 * 1024, file), remaining: self.len },
+            reader: SpoolReader { file: Some(file), reader: None, remaining: self.len },
             relations: relations.clone(),
             streamed: HashMap::new(),
             origin: self.origin,
@@ -104,21 +107,29 @@ impl Spool {
     }
 }
 
-struct SpoolReader<R> {
-    reader: BufReader<R>,
+/// Reads a committed spool back. Its read buffer is made at the first
+/// read, not at the commit: committed streamed transactions can wait by the
+/// thousand for a slow target (many streamed at once, none handed on
+/// early), and a buffer each would add up to gigabytes.
+struct SpoolReader {
+    file: Option<File>,
+    reader: Option<BufReader<File>>,
     remaining: u64,
 }
 
-impl<R: Read> SpoolReader<R> {
+impl SpoolReader {
     fn next_record(&mut self) -> io::Result<Option<Bytes>> {
         if self.remaining == 0 {
             return Ok(None);
         }
+        let reader = self.reader.get_or_insert_with(|| {
+            BufReader::with_capacity(SPOOL_BUFFER, self.file.take().expect("the spool is read once"))
+        });
         let mut len = [0u8; 4];
-        self.reader.read_exact(&mut len)?;
+        reader.read_exact(&mut len)?;
         let len = u32::from_be_bytes(len) as usize;
         let mut record = vec![0u8; len];
-        self.reader.read_exact(&mut record)?;
+        reader.read_exact(&mut record)?;
         self.remaining = self.remaining.saturating_sub(4 + len as u64);
         Ok(Some(Bytes::from(record)))
     }
@@ -127,7 +138,7 @@ impl<R: Read> SpoolReader<R> {
 /// The changes of a committed streamed transaction, read back from its
 /// spool in source order.
 pub struct StreamedChanges {
-    reader: SpoolReader<File>,
+    reader: SpoolReader,
     /// The relations described before the stream.
     relations: HashMap<u32, Arc<Relation>>,
     /// The relations described inside the stream, so far as it is read.
@@ -481,6 +492,16 @@ mod tests {
             out.push(record.to_vec());
         }
         out
+    }
+
+    #[test]
+    fn a_committed_spool_holds_no_read_buffer_until_it_is_read() {
+        let mut spool = Spool::new().unwrap();
+        spool.append(1, b"I one").unwrap();
+        let mut changes = spool.into_changes(&HashMap::new()).unwrap();
+        assert!(changes.reader.reader.is_none());
+        assert_eq!(changes.reader.next_record().unwrap().as_deref(), Some(&b"I one"[..]));
+        assert_eq!(changes.reader.reader.as_ref().map(BufReader::capacity), Some(SPOOL_BUFFER));
     }
 
     #[test]
