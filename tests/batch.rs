@@ -267,6 +267,42 @@ async fn small_live_transactions_go_as_one_query_and_arrive_as_on_the_source() {
     drop(daemon);
 }
 
+/// A row of a megabyte goes to COPY on its own; as the first change of a
+/// target transaction, its COPY went out before the transaction's deferred
+/// BEGIN and committed by itself: when the rest of the source transaction
+/// failed, the row stayed on the target (and its replay then failed on a
+/// duplicate key instead of naming the missing row). The array column
+/// keeps `docs` out of the per-table batches, so its inserts gather for
+/// COPY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_row_copied_first_in_a_transaction_goes_with_it() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    let dst = target.client("postgres").await;
+    let schema = "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+                  CREATE TABLE docs (id int PRIMARY KEY, tags text[], body text);";
+    exec(&src, schema).await;
+    exec(&dst, schema).await;
+    exec(&src, "INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 10) g").await;
+    exec(&dst, "INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 10) g WHERE g <> 7").await;
+    let daemon = Daemon::start(&config(&source, &target, &["accounts", "docs"]));
+    daemon.wait_for_log("streaming", SETTLE).await;
+    exec(&src, "INSERT INTO docs VALUES (1, '{}', 'small')").await;
+    wait_for_same(&src, &dst, "docs", "docs", "id, tags, body", "id", SETTLE).await;
+
+    exec(
+        &src,
+        "BEGIN; INSERT INTO docs VALUES (2, '{}', repeat('x', 1100000));
+         UPDATE accounts SET balance = 70 WHERE id = 7; COMMIT",
+    )
+    .await;
+    let stopped = daemon.wait_for_log("pipeline stopped", SETTLE).await;
+    assert!(stopped.contains("found no row with key (id)=(7)"), "{stopped}");
+    let landed: i64 = dst.query_one("SELECT count(*) FROM docs WHERE id = 2", &[]).await.unwrap().get(0);
+    assert_eq!(landed, 0, "nothing of the failed transaction lands");
+    drop(daemon);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_missing_from_a_small_live_transaction_is_named_and_nothing_of_it_lands() {
     let (source, target) = (Cluster::start(), Cluster::start());

@@ -69,10 +69,13 @@ impl InsertRun {
         self.copy.as_ref().map_or(self.held.len(), |c| c.rows)
     }
 
-    /// Whether the next row, of `bytes` bytes of values, switches the run
-    /// to COPY.
-    pub fn starts_copy_next(&self, bytes: usize) -> bool {
-        self.copy.is_none() && long_enough(self.held.len() + 1, self.held_bytes + bytes)
+    /// Whether the next row, of `bytes` bytes of values, switches `run`
+    /// (none yet: the run it starts) to COPY.
+    pub fn starts_copy_next(run: Option<&InsertRun>, bytes: usize) -> bool {
+        match run {
+            Some(run) => run.copy.is_none() && long_enough(run.held.len() + 1, run.held_bytes + bytes),
+            None => long_enough(1, bytes),
+        }
     }
 
     /// Adds a row of `bytes` bytes of values; once the run is long enough

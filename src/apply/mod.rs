@@ -997,8 +997,9 @@ impl Applier {
             self.finish_run().await?;
         }
         let bytes = copy::bytes_of(&params);
-        if self.run.as_ref().is_some_and(|run| run.starts_copy_next(bytes)) {
-            // COPY waits for its own answer: read the earlier ones first.
+        if InsertRun::starts_copy_next(self.run.as_ref(), bytes) {
+            // COPY waits for its own answer: read the earlier ones first
+            // (which also puts a deferred BEGIN on the wire, ahead of it).
             self.settle_in_flight().await?;
         }
         let plan = &self.plans[&relation.oid];
