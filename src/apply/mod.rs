@@ -482,10 +482,16 @@ impl RowRef {
     }
 }
 
-/// Whether the target refuses this for good: bad data (class 22) or a
-/// violated constraint (class 23). Anything else is retried or stops.
+/// Whether the target refuses this for good: bad data (class 22), a
+/// violated constraint (class 23), or an update of a row it does not have
+/// (with dead letters, typically one whose insert was set aside). Anything
+/// else is retried or stops.
 fn refused_for_good(error: &ApplyError) -> bool {
-    error.sqlstate().is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+    match error {
+        ApplyError::MissingRow { .. } => true,
+        ApplyError::Batched { source, .. } => refused_for_good(source),
+        _ => error.sqlstate().is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+    }
 }
 
 impl Applier {
