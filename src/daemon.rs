@@ -40,7 +40,8 @@ pub async fn run_with(
     match raise_open_files_limit() {
         Ok(Some((from, to))) => tracing::info!("open files limit raised from {from} to {to}"),
         Ok(None) => {}
-        Err(error) => tracing::debug!("the open files limit stays as it is: {error}"),
+        // Streamed transactions waiting to be applied may then run short.
+        Err(error) => tracing::warn!("the open files limit could not be raised: {error}"),
     }
     let mut background = JoinSet::new();
     background.spawn(metrics::log_summaries(metrics.clone(), SUMMARY_INTERVAL, cancel.clone()));
