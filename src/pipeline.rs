@@ -1114,11 +1114,11 @@ impl ApplyState {
 
     /// Copied tables take the stream's changes from their snapshot on. The
     /// stream skipped their changes while they were copied: if it already
-    /// went past the snapshot, it must go back for them.
-    /// The copied tables join the stream. The hold their copy kept on the
-    /// source goes with them: what the target flushed meanwhile is
-    /// confirmed now, not at the next commit, which an idle subscription
-    /// may not see for long (its slot would hold the source's WAL).
+    /// went past the snapshot, it must go back for them. The hold their
+    /// copy kept on the source goes with them: what the target flushed
+    /// meanwhile is confirmed now, not at the next commit, which an idle
+    /// subscription may not see for long (its slot would hold the source's
+    /// WAL).
     fn join(
         &mut self,
         applier: &mut Applier,
