@@ -275,11 +275,7 @@ fn no_wakeup_preemption() -> std::io::Result<()> {
 /// after, when it changed.
 #[cfg(target_os = "linux")]
 fn raise_open_files_limit() -> std::io::Result<Option<(u64, u64)>> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `limit` is a valid rlimit the call writes into.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let mut limit = open_files_limit()?;
     let before = limit.rlim_cur;
     if before >= limit.rlim_max {
         return Ok(None);
@@ -291,6 +287,17 @@ fn raise_open_files_limit() -> std::io::Result<Option<(u64, u64)>> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(Some((before, limit.rlim_cur)))
+}
+
+/// The process's soft and hard limits on open files.
+#[cfg(target_os = "linux")]
+fn open_files_limit() -> std::io::Result<libc::rlimit> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a valid rlimit the call writes into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(limit)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -316,21 +323,14 @@ mod tests {
         unsafe { libc::sched_getscheduler(0) }
     }
 
-    fn open_files_limit() -> libc::rlimit {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: `limit` is a valid rlimit the call writes into.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
-        limit
-    }
-
     #[test]
     fn the_open_files_limit_is_raised_to_the_hard_one() {
-        let hard = open_files_limit().rlim_max;
+        let hard = super::open_files_limit().unwrap().rlim_max;
         let lowered = libc::rlimit { rlim_cur: hard.min(1024) - 1, rlim_max: hard };
         // SAFETY: a valid rlimit, only read; lowering the soft limit needs no privilege.
         assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
         assert_eq!(super::raise_open_files_limit().unwrap(), Some((lowered.rlim_cur, hard)));
-        assert_eq!(open_files_limit().rlim_cur, hard);
+        assert_eq!(super::open_files_limit().unwrap().rlim_cur, hard);
         assert_eq!(super::raise_open_files_limit().unwrap(), None, "nothing left to raise");
     }
 

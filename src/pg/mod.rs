@@ -15,6 +15,8 @@ pub mod timestamp;
 pub mod tls;
 
 pub use conninfo::{ConnInfo, ConnInfoError, Host, Secret, SslMode};
+pub use error::{PgError, ServerError};
+pub use lsn::Lsn;
 
 /// The output settings of every session ferry opens on either end, as
 /// PostgreSQL's own subscriber sets them: values cross between servers as
@@ -22,5 +24,3 @@ pub use conninfo::{ConnInfo, ConnInfoError, Host, Secret, SslMode};
 /// back as they were written, whatever the servers' own settings.
 pub const VALUE_SETTINGS: [(&str, &str); 3] =
     [("DateStyle", "ISO"), ("IntervalStyle", "postgres"), ("extra_float_digits", "3")];
-pub use error::{PgError, ServerError};
-pub use lsn::Lsn;
