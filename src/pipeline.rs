@@ -137,6 +137,7 @@ impl PipelineError {
             | PipelineError::Apply(ApplyError::Source(e)) => catalog_retryable(e),
             PipelineError::Apply(e) | PipelineError::Route(LoadError::Target(e)) => e.is_retryable(),
             PipelineError::Snapshot(SnapshotError::Sql { source, .. }) => sql_retryable(source),
+            PipelineError::Snapshot(SnapshotError::ChangedSinceSnapshot(_)) => true,
             _ => false,
         }
     }

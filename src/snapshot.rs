@@ -34,6 +34,11 @@ pub enum SnapshotError {
         "target table {0} is not empty; the initial copy only fills empty tables (empty it, or set snapshot = false)"
     )]
     TargetNotEmpty(QualifiedName),
+    #[error(
+        "source table {0} was rewritten or truncated after the copy's snapshot was taken (ALTER TABLE ... TYPE, \
+         TRUNCATE, ...): its rows are invisible to that snapshot, so the copy starts again under a new one"
+    )]
+    ChangedSinceSnapshot(String),
 }
 
 fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SnapshotError {
@@ -118,6 +123,35 @@ impl SnapshotReader {
         ))
         .await?;
         Ok(SnapshotReader { conn })
+    }
+
+    /// Locks `tables` against rewrites for as long as the snapshot is read,
+    /// as pg_dump does, and checks that none was rewritten between the
+    /// snapshot and the lock. A rewrite (`ALTER TABLE ... TYPE`, `TRUNCATE`)
+    /// writes the table anew with rows an older snapshot does not see: its
+    /// copy would come out empty, and the stream has nothing to bring the
+    /// rows back. A rewritten table's file node differs from the one the
+    /// snapshot's catalog row names (`pg_relation_filenode` reads the
+    /// current one, which the lock brought up to date).
+    pub async fn hold_unchanged(&mut self, tables: &[&QualifiedName]) -> Result<(), SnapshotError> {
+        if tables.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+        let array = names.iter().map(|n| quote_literal(n)).collect::<Vec<_>>().join(", ");
+        let result = self
+            .conn
+            .simple_query(&format!(
+                "LOCK TABLE ONLY {} IN ACCESS SHARE MODE;
+                 SELECT t::text FROM unnest(ARRAY[{array}]::regclass[]) AS t
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t AND c.relfilenode = pg_relation_filenode(t))",
+                names.join(", ")
+            ))
+            .await?;
+        match result.rows.first().and_then(|row| row.first().cloned().flatten()) {
+            Some(table) => Err(SnapshotError::ChangedSinceSnapshot(table)),
+            None => Ok(()),
+        }
     }
 
     /// A query's single number (0 when it returns none).
@@ -287,6 +321,8 @@ pub async fn copy_tables(
     for _ in targets {
         readers.push(SnapshotReader::open(source, snapshot_name).await?);
     }
+    let tables: Vec<&QualifiedName> = routes.iter().map(|r| &r.mapping.from).collect();
+    readers[0].hold_unchanged(&tables).await?;
     let index_of =
         |route: &TableRoute| sub.tables.iter().position(|t| t.from == route.mapping.from).unwrap_or(0);
     let mut estimates = Vec::new();

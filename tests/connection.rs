@@ -5,7 +5,9 @@ mod support;
 
 use ferry::pg::PgError;
 use ferry::pg::conninfo::ConnInfo;
+use ferry::pg::names::QualifiedName;
 use ferry::pg::replication::{ReplicationClient, SlotKind, StartOptions};
+use ferry::snapshot::{SnapshotError, SnapshotReader};
 use support::{Cluster, ClusterOptions};
 
 const PASSWORD: &str = "s3cr3t-p@ss/word";
@@ -395,4 +397,36 @@ async fn creates_a_slot_with_an_exported_snapshot_and_drops_it() {
     assert_eq!(left, 0);
     let error = repl.drop_slot("with_snapshot", false).await.err().unwrap();
     assert_eq!(error.sqlstate(), Some("42704"), "{error}");
+}
+
+/// A table rewritten (`ALTER TABLE ... TYPE`) or truncated after a snapshot
+/// was exported reads as empty under it: the snapshot reader says so when
+/// it takes the tables, instead of letting the copy find nothing.
+#[tokio::test]
+async fn a_snapshot_reader_refuses_tables_rewritten_since_the_snapshot() {
+    let cluster = Cluster::start();
+    let info: ConnInfo = cluster.url("postgres").parse().unwrap();
+    let client = cluster.client("postgres").await;
+    for table in ["kept", "rewritten", "truncated"] {
+        client
+            .batch_execute(&format!("CREATE TABLE {table} (id int); INSERT INTO {table} VALUES (1)"))
+            .await
+            .unwrap();
+    }
+    let mut repl = ReplicationClient::connect(&info).await.unwrap();
+    let slot = repl.create_slot("rewrites", SlotKind::Permanent, true).await.unwrap();
+    let snapshot = slot.snapshot_name.expect("an exported snapshot");
+    client
+        .batch_execute("ALTER TABLE rewritten ALTER COLUMN id TYPE bigint; TRUNCATE truncated")
+        .await
+        .unwrap();
+
+    let name = |table: &str| -> QualifiedName { table.parse().unwrap() };
+    let mut reader = SnapshotReader::open(&info, &snapshot).await.unwrap();
+    reader.hold_unchanged(&[&name("kept")]).await.unwrap();
+    for table in ["rewritten", "truncated"] {
+        let mut reader = SnapshotReader::open(&info, &snapshot).await.unwrap();
+        let error = reader.hold_unchanged(&[&name("kept"), &name(table)]).await.unwrap_err();
+        assert!(matches!(&error, SnapshotError::ChangedSinceSnapshot(t) if t == table), "{error}");
+    }
 }

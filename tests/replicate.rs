@@ -858,3 +858,31 @@ async fn an_update_a_target_trigger_skips_is_not_a_missing_row() {
     daemon.wait_for_log("found no row", SETTLE).await;
     assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(1));
 }
+
+/// A table rewritten on the source (`ALTER TABLE ... TYPE`) while an
+/// earlier table of the same snapshot is being copied: a rewrite writes
+/// rows the older snapshot does not see, so its copy would come out empty,
+/// and the stream carries nothing that brings them back. ferry holds every
+/// table it copies from the start of the copy, so the rewrite waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_rewritten_during_the_copy_of_another_arrives_whole() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(
+        &src,
+        "CREATE TABLE first (id int PRIMARY KEY, v int); CREATE TABLE second (id int PRIMARY KEY, v int)",
+    )
+    .await;
+    exec(
+        &dst,
+        "CREATE TABLE first (id int PRIMARY KEY, v int); CREATE TABLE second (id int PRIMARY KEY, v bigint)",
+    )
+    .await;
+    exec(&src, "INSERT INTO first SELECT g, g FROM generate_series(1, 500000) g").await;
+    exec(&src, "INSERT INTO second SELECT g, g FROM generate_series(1, 1000) g").await;
+    let _daemon = Daemon::start(&config(&source, &target, &[("first", "first"), ("second", "second")], ""));
+    wait_until_written(&dst, "first").await;
+    exec(&src, "ALTER TABLE second ALTER COLUMN v TYPE bigint").await;
+    wait_for_same(&src, &dst, "first", "first", "id, v", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "second", "second", "id, v", "id", SETTLE).await;
+}
