@@ -189,14 +189,18 @@ impl Pipelines {
 
     /// Notes a task's end: a pipeline's (with its result) or a watcher's.
     fn exited(&mut self, exit: Result<(Id, Result<(), PipelineError>), tokio::task::JoinError>) {
-        let (id, failed) = match exit {
-            Ok((id, result)) => (id, result.is_err()), // errors are logged by the pipeline
-            Err(panic) => {
-                tracing::error!("a pipeline task panicked: {panic}");
-                (panic.id(), true)
-            }
+        // Errors, panics in the pipeline's run among them, are logged by
+        // the pipeline; its task panics only if its thread could not run.
+        let (id, failed, panic) = match exit {
+            Ok((id, result)) => (id, result.is_err(), None),
+            Err(panic) => (panic.id(), true, Some(panic)),
         };
-        let Some((name, pipeline)) = self.by_name.iter_mut().find(|(_, p)| p.task == Some(id)) else {
+        let found = self.by_name.iter_mut().find(|(_, p)| p.task == Some(id));
+        if let Some(panic) = panic {
+            let subscription = found.as_ref().map(|(name, _)| name.as_str());
+            tracing::error!(subscription, "a task of the daemon panicked: {panic}");
+        }
+        let Some((name, pipeline)) = found else {
             return; // a slot watcher
         };
         pipeline.task = None;
@@ -236,11 +240,25 @@ async fn run_on_own_thread(
                 .enable_all()
                 .build()
                 .expect("a pipeline's runtime starts");
-            let _ = done.send(runtime.block_on(pipeline::run(spec, metrics, stop)));
+            let (kept_spec, kept_metrics) = (spec.clone(), metrics.clone());
+            let run = pipeline::run(spec, metrics, stop);
+            let _ = done.send(run_to_end(&runtime, run, &kept_spec, &kept_metrics));
         })
         .expect("a pipeline's thread starts");
-    // A panic on that thread drops `done`: it becomes this task's panic.
-    result.await.expect("the pipeline's thread did not panic")
+    result.await.expect("the pipeline's thread sends its result")
+}
+
+/// Runs a pipeline to its end on `runtime`. A panic in it (a bug in ferry)
+/// ends it as an error that stops it, which its metrics and `/status` show.
+#[expect(clippy::result_large_err, reason = "returned once, when the pipeline ends; as pipeline::run's")]
+fn run_to_end(
+    runtime: &tokio::runtime::Runtime,
+    run: impl std::future::Future<Output = Result<(), PipelineError>>,
+    spec: &PipelineSpec,
+    metrics: &metrics::PipelineMetrics,
+) -> Result<(), PipelineError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(run)))
+        .unwrap_or_else(|panic| Err(pipeline::stopped_by_panic(spec, metrics, panic)))
 }
 
 /// Has the calling thread run as `SCHED_BATCH`: it no longer preempts the
@@ -332,6 +350,30 @@ mod tests {
         assert_eq!(super::raise_open_files_limit().unwrap(), Some((lowered.rlim_cur, hard)));
         assert_eq!(super::open_files_limit().unwrap().rlim_cur, hard);
         assert_eq!(super::raise_open_files_limit().unwrap(), None, "nothing left to raise");
+    }
+
+    #[test]
+    fn a_pipeline_that_panics_shows_as_stopped_with_an_internal_error() {
+        use crate::metrics::{ErrorKind, Metrics, State};
+        let metrics = Metrics::new();
+        let subscription = crate::metrics::tests::subscription("a");
+        let pipeline = metrics.pipeline(&subscription);
+        let url: crate::pg::conninfo::ConnInfo = "postgresql://ferry:hunter2@db/shop".parse().unwrap();
+        let spec = super::PipelineSpec { subscription, source: url.clone(), target: url };
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let run = async {
+            pipeline.set_state(State::Streaming);
+            panic!("no such thing with password hunter2");
+        };
+        let error = super::run_to_end(&runtime, run, &spec, &pipeline).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Internal);
+        let status = &metrics.status().pipelines[0];
+        assert_eq!(status.state, State::Stopped);
+        let shown = status.error.as_deref().unwrap();
+        assert!(shown.contains("bug in ferry") && !shown.contains("hunter2"), "{shown}");
+        let rendered = metrics.render();
+        assert!(rendered.contains(r#"ferry_errors_total{kind="internal",subscription="a"} 1"#), "{rendered}");
+        assert!(rendered.contains(r#"ferry_pipeline_up{subscription="a"} 0"#), "{rendered}");
     }
 
     #[test]

@@ -96,11 +96,19 @@ pub enum ErrorKind {
     Config,
     /// The slot vanished or was invalidated. Needs a person.
     Slot,
+    /// A bug in ferry (a panic). Needs a person, and a report.
+    Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 5] =
-        [ErrorKind::Source, ErrorKind::Target, ErrorKind::Snapshot, ErrorKind::Config, ErrorKind::Slot];
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::Source,
+        ErrorKind::Target,
+        ErrorKind::Snapshot,
+        ErrorKind::Config,
+        ErrorKind::Slot,
+        ErrorKind::Internal,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -109,6 +117,7 @@ impl ErrorKind {
             ErrorKind::Snapshot => "snapshot",
             ErrorKind::Config => "config",
             ErrorKind::Slot => "slot",
+            ErrorKind::Internal => "internal",
         }
     }
 }

@@ -96,6 +96,8 @@ pub enum PipelineError {
     CopyFailed(String),
     #[error("the reader of the source's change stream failed: {0}")]
     ReaderFailed(String),
+    #[error("the pipeline failed on a bug in ferry (please report it with the log): {0}")]
+    Panicked(String),
     /// Not a failure: see [`CopyBehindStream`].
     #[error(transparent)]
     CopyBehindStream(#[from] CopyBehindStream),
@@ -166,6 +168,7 @@ impl PipelineError {
             PipelineError::SlotVanished { .. }
             | PipelineError::SlotInvalidated { .. }
             | PipelineError::SlotOfAnother { .. } => ErrorKind::Slot,
+            PipelineError::Panicked(_) => ErrorKind::Internal,
             PipelineError::Apply(_) | PipelineError::Catalog(_) | PipelineError::Route(_) => {
                 ErrorKind::Config
             }
@@ -311,6 +314,27 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Stops a pipeline whose run panicked (a bug in ferry) as one that met an
+/// error retrying cannot fix: its state, `ferry_pipeline_up` and
+/// `ferry_errors_total` must not go on showing it as it was.
+pub fn stopped_by_panic(
+    spec: &PipelineSpec,
+    metrics: &PipelineMetrics,
+    panic: Box<dyn std::any::Any + Send>,
+) -> PipelineError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    let error = PipelineError::Panicked(what);
+    let message = without_passwords(error.to_string(), spec);
+    metrics.error(error.kind(), message.clone());
+    metrics.set_state(State::Stopped);
+    tracing::error!(subscription = %spec.subscription.name, "pipeline stopped: {message}");
+    error
 }
 
 /// An error message with the source's and target's passwords masked. Errors
