@@ -900,7 +900,11 @@ impl ApplyState {
             }
             SourceEvent::Message(_) => {}
             SourceEvent::StreamBegin { .. } => self.stream_begin(applier).await?,
-            SourceEvent::StreamDiscard { .. } => self.stream_discard(applier).await,
+            SourceEvent::StreamDiscard { .. } => {
+                self.stream_discard(applier).await;
+                // A source idle after the abort may send no commit for long.
+                self.join_waiting(applier, durable)?;
+            }
             SourceEvent::StreamCommit { xid, commit_lsn, end_lsn, commit_time, changes } => {
                 let commit = StreamedCommit { xid, commit_lsn, end_lsn, commit_time };
                 self.stream_commit(applier, commit, changes, nothing_waiting, durable).await?;
@@ -985,9 +989,7 @@ impl ApplyState {
         if !self.skipping {
             self.source_committed(applier, end_lsn, commit_time, nothing_waiting, durable).await?;
         }
-        if let Some(copied) = self.joining.take() {
-            self.join(applier, copied, durable)?;
-        }
+        self.join_waiting(applier, durable)?;
         Ok(())
     }
 
@@ -1160,6 +1162,19 @@ impl ApplyState {
         }
         self.confirm(durable);
         Ok(())
+    }
+
+    /// Tables copied while a source transaction was open join the stream
+    /// now that it has ended.
+    fn join_waiting(
+        &mut self,
+        applier: &mut Applier,
+        durable: &watch::Sender<Lsn>,
+    ) -> Result<(), CopyBehindStream> {
+        match self.joining.take() {
+            Some(copied) => self.join(applier, copied, durable),
+            None => Ok(()),
+        }
     }
 
     /// Whether the open target transaction ends at a source commit and

@@ -917,3 +917,39 @@ async fn a_table_mapped_back_after_a_failed_move_is_not_taken_as_in_step() {
     daemon.wait_for_log(r#"target table "public"."steady" is not empty"#, WAIT).await;
     assert_eq!(daemon.wait_for_exit(WAIT).await, Some(1), "{}", daemon.logs());
 }
+
+/// A copy that ends while a large source transaction streams in (its
+/// changes wait for its commit while a table is being copied) joins the
+/// stream when that transaction rolls back. Before, it waited for the next
+/// commit, which an idle source may not send for long, and meanwhile the
+/// copy's hold kept the slot from confirming anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_ends_during_a_streamed_transaction_that_aborts_joins_at_the_abort() {
+    let (source, target, src, dst) = setup().await;
+    let daemon = Daemon::start(&config(&source, &target, &["steady"]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    // The copy waits for this lock on the target, its snapshot taken.
+    let holder = target.client("postgres").await;
+    exec(&holder, "BEGIN; LOCK TABLE added IN SHARE MODE").await;
+    daemon.reload(&config(&source, &target, &["steady", "added"]));
+    let deadline = Instant::now() + WAIT;
+    let copy_waits = "SELECT count(*) FROM pg_locks WHERE relation = 'added'::regclass AND NOT granted";
+    while dst.query_one(copy_waits, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        assert!(Instant::now() < deadline, "the copy never waited for the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Far over logical_decoding_work_mem (64 kB): streamed while open.
+    let large = source.client("postgres").await;
+    exec(&large, "BEGIN; INSERT INTO steady (note) SELECT repeat('x', 100) FROM generate_series(1, 20000)")
+        .await;
+    let streamed = "SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = 'ferry_sub'";
+    while src.query_one(streamed, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        assert!(Instant::now() < deadline, "the transaction was not streamed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    exec(&holder, "COMMIT").await;
+    daemon.wait_for_log("copied subscription=sub", WAIT).await;
+    exec(&large, "ROLLBACK").await;
+    daemon.wait_for_log("copied table joins the stream", WAIT).await;
+    assert_same(&src, &dst).await;
+}
