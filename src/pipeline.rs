@@ -622,8 +622,18 @@ async fn initial_sync(
         let ends =
             CopyEnds { source: &spec.source, source_sql, target: &spec.target, target_sql: applier.client() };
         // The applier's session carries the subscription's origin, the slot's name.
-        tablesync::copy(sub, ends, &sub.slot, &routes_of(applier, &tables)?, snapshot_name, metrics).await?;
-        tablesync::record_copied(applier.client(), &sub.name, &tables, None).await?;
+        let copied = async {
+            tablesync::copy(sub, ends, &sub.slot, &routes_of(applier, &tables)?, snapshot_name, metrics)
+                .await?;
+            tablesync::record_copied(applier.client(), &sub.name, &tables, None).await?;
+            Ok::<_, PipelineError>(())
+        };
+        if let Err(error) = copied.await {
+            if !error.is_retryable() {
+                drop_unused_slot(replication, &sub.slot).await;
+            }
+            return Err(error);
+        }
     }
     // Flushed before it returns: the stream starts from here and may tell
     // the source of positions past it before any other commit, and a
@@ -638,6 +648,18 @@ async fn initial_sync(
     metrics.applied(slot.consistent_point, None);
     tracing::info!(subscription = %sub.name, slot = %sub.slot, at = %slot.consistent_point, "slot created");
     Ok(slot.consistent_point)
+}
+
+/// Drops the slot of a first copy that failed for good (the pipeline
+/// stops): without progress on the target, the next start replaces it
+/// anyway, and kept it would hold the source's WAL until then.
+async fn drop_unused_slot(replication: &mut ReplicationClient, slot: &str) {
+    match replication.drop_slot(slot, false).await {
+        Ok(()) => tracing::info!(%slot, "the first copy failed: slot dropped, the next start makes it anew"),
+        Err(error) => {
+            tracing::warn!(%slot, "the first copy failed, and its slot could not be dropped: {error}")
+        }
+    }
 }
 
 /// The applier's routes of `tables`.

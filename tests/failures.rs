@@ -113,6 +113,29 @@ async fn setup_one(source_options: ClusterOptions) -> (Cluster, Cluster) {
     (source, target)
 }
 
+/// A first copy the target refuses (a check constraint here) stops the
+/// pipeline and drops the slot it made: with no progress on the target the
+/// next start makes a new one anyway, and kept, it would hold the source's
+/// WAL until then. Once the target takes the rows, a start copies them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_copy_the_target_refuses_stops_and_leaves_no_slot() {
+    let (source, target) = setup_one(ClusterOptions::default()).await;
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(&src, "INSERT INTO items SELECT g, g FROM generate_series(1, 100) g").await;
+    exec(&dst, "ALTER TABLE items ADD CONSTRAINT small CHECK (qty < 50)").await;
+    let config = one_pipeline(&source, &target);
+    let mut daemon = Daemon::start(&config);
+    assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(1));
+    let logs = daemon.logs();
+    assert!(logs.contains("23514") && logs.contains("slot dropped"), "{logs}");
+    let slots: i64 = src.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await.unwrap().get(0);
+    assert_eq!(slots, 0);
+
+    exec(&dst, "ALTER TABLE items DROP CONSTRAINT small").await;
+    let _daemon = Daemon::start(&config);
+    wait_for_same(&src, &dst, "items", "items", "id, qty", "id", SETTLE).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_slot_is_a_clear_error_not_a_fresh_start() {
     let (source, target) = setup_one(ClusterOptions::default()).await;
