@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::pg::conninfo::{ConnInfo, ConnInfoError};
+use crate::pg::error::describe_sql_error;
 use crate::pg::names::{NameError, QualifiedName, quote_ident, quote_literal};
 use crate::pg::pgoutput::{LogicalMessage, OldTuple, Relation, Tuple, Value};
 use crate::pg::replication::{ReplicationClient, SlotKind, StartOptions};
@@ -48,6 +49,12 @@ pub enum TailError {
         "--slot {0:?} is too long: with --table its publication is named ferry_tail_<slot>, which must fit in 63 bytes (so 52 for the slot)"
     )]
     SlotTooLong(String),
+    #[error("slot {slot:?} is in use by another reader (server process {pid}); give another --slot")]
+    SlotInUse { slot: String, pid: i32 },
+    #[error(
+        "publication {publication} could not be dropped and is left on the source (drop it by hand): {reason}"
+    )]
+    PublicationLeft { publication: String, reason: String },
     #[error("give --table (one or more) or --publication")]
     NothingToTail,
     #[error("cannot write to standard output: {0}")]
@@ -63,16 +70,66 @@ fn query_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error)
 /// per change to `out`.
 pub async fn run(options: TailOptions, out: impl Write, cancel: CancellationToken) -> Result<(), TailError> {
     let sql = tls::connect_sql(&options.source).await?;
-    let temporary_name = format!("ferry_tail_{}", std::process::id());
+    let temporary_name = temporary_name(&sql).await?;
+    if let Some(slot) = &options.slot {
+        refuse_slot_in_use(&sql, slot).await?;
+    }
     let (publication, created_publication) = prepare_publication(&sql, &options, &temporary_name).await?;
     // Whatever happens from here on, a publication made for this run goes.
     let result = stream(&sql, &options, &temporary_name, &publication, out, cancel).await;
-    if created_publication {
-        sql.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&publication)))
-            .await
-            .map_err(query_error("dropping the temporary publication"))?;
+    if !created_publication {
+        return result;
     }
-    result
+    match (drop_publication(&sql, &options.source, &publication).await, result) {
+        (Err(error), Ok(())) => Err(error),
+        (Err(error), Err(first)) => {
+            tracing::warn!("{error}");
+            Err(first)
+        }
+        (Ok(()), result) => result,
+    }
+}
+
+/// The name of this run's temporary slot and publication: `ferry_tail_`
+/// and the server process id of its session, which no other live session
+/// of that server has (a process id of ferry's own could be the same in
+/// two containers). A publication of that name is a leftover of a run
+/// that was killed.
+async fn temporary_name(sql: &Client) -> Result<String, TailError> {
+    let row = sql
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(query_error("asking for the session's process id"))?;
+    Ok(format!("ferry_tail_{}", row.get::<_, i32>(0)))
+}
+
+/// Refuses a permanent slot another reader is using before anything is
+/// changed for it (its publication's tables, which that reader reads too).
+async fn refuse_slot_in_use(sql: &Client, slot: &str) -> Result<(), TailError> {
+    let reader = sql
+        .query_opt(
+            "SELECT coalesce(active_pid, 0) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&slot],
+        )
+        .await
+        .map_err(query_error("looking up the slot"))?;
+    match reader {
+        Some(row) => Err(TailError::SlotInUse { slot: slot.to_string(), pid: row.get(0) }),
+        None => Ok(()),
+    }
+}
+
+/// Drops this run's publication; on a new session when the run's own has
+/// gone (the source restarted, or an idle connection was cut), as the
+/// publication would otherwise stay on the source for good.
+async fn drop_publication(sql: &Client, source: &ConnInfo, publication: &str) -> Result<(), TailError> {
+    let statement = format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication));
+    if sql.batch_execute(&statement).await.is_ok() {
+        return Ok(());
+    }
+    let left = |reason: String| TailError::PublicationLeft { publication: publication.to_string(), reason };
+    let fresh = tls::connect_sql(source).await.map_err(|error| left(error.to_string()))?;
+    fresh.batch_execute(&statement).await.map_err(|error| left(describe_sql_error(&error)))
 }
 
 /// Creates the slot and prints its changes until `cancel` fires.

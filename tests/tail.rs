@@ -399,3 +399,55 @@ async fn the_password_comes_from_pgpassword() {
     let right = run("right-one").await;
     assert!(!right.contains("28P01") && right.contains("missing"), "got past authentication: {right}");
 }
+
+/// The temporary publication is named after the server process of the
+/// tail's own session (`ferry_tail_<pid>`), which no other live session of
+/// the server has (ferry's own process id may be 1 in every container), and
+/// it goes at Ctrl-C even when that session was cut meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publication_goes_even_when_its_session_was_cut_meanwhile() {
+    let cluster = Cluster::start();
+    let client = setup(&cluster, "CREATE TABLE items (id int PRIMARY KEY)").await;
+    let tail = tail(&cluster, &["public.items"]);
+    let name: String =
+        client.query_one("SELECT pubname::text FROM pg_publication", &[]).await.unwrap().get(0);
+    let pid: i32 = name.strip_prefix("ferry_tail_").unwrap().parse().unwrap();
+    let terminated: bool = client.query_one("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap().get(0);
+    assert!(terminated, "no session of the server has process id {pid}");
+    client.batch_execute("INSERT INTO items VALUES (1)").await.unwrap();
+    assert_eq!(tail.next()["new"]["id"], "1", "the stream goes on without that session");
+    assert!(tail.interrupt(), "ferry tail should exit 0 on SIGINT");
+    let publications: i64 =
+        client.query_one("SELECT count(*) FROM pg_publication", &[]).await.unwrap().get(0);
+    assert_eq!(publications, 0, "the temporary publication must be dropped");
+}
+
+/// A second tail of a permanent slot another one reads is refused before
+/// it sets the slot's publication to its own tables, which would silently
+/// change what the first one prints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_another_tail_reads_is_refused_before_its_publication_changes() {
+    let cluster = Cluster::start();
+    let client =
+        setup(&cluster, "CREATE TABLE items (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY)")
+            .await;
+    let url = cluster.url("postgres");
+    let first = TailProcess::start(&["--source", &url, "--table", "public.items", "--slot", "shared"]);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["tail", "--source", &url, "--table", "public.other", "--slot", "shared"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("in use by another reader"), "{stderr}");
+    let published: Vec<String> = client
+        .query("SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'ferry_tail_shared'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(published, ["items"]);
+    client.batch_execute("INSERT INTO items VALUES (1)").await.unwrap();
+    assert_eq!(first.next()["table"], "items");
+}
