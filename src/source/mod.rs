@@ -195,7 +195,7 @@ pub async fn read_stream(
         }
     }
     sink.flush().await?;
-    let Sink { mut stream, out, mut durable, feedback, .. } = sink;
+    let Sink { mut stream, out, mut durable, mut feedback, .. } = sink;
     drop(out);
     let last = assembler.last_commit_end();
     let _ = tokio::time::timeout(FINAL_FLUSH_WAIT, durable.wait_for(|d| *d >= last)).await;
@@ -245,8 +245,9 @@ impl Sink {
                     // Only what the consumer made durable counts as
                     // flushed; keepalive positions wait for the loop.
                     let durable = *self.durable.borrow_and_update();
-                    let written = self.feedback.written.max(durable);
-                    self.stream.send_status(written, durable, durable, false).await?;
+                    let flushed = self.feedback.flushed(false, durable);
+                    let written = self.feedback.written.max(flushed);
+                    self.stream.send_status(written, flushed, flushed, false).await?;
                 }
             }
         }
@@ -259,27 +260,45 @@ struct Feedback {
     written: Lsn,
     /// The latest keepalive WAL end seen outside a transaction.
     idle_wal_end: Lsn,
+    /// The highest flush position reported.
+    reported: Lsn,
 }
 
 impl Feedback {
     /// The flush position: what the consumer made durable, or the idle WAL
-    /// end when everything handed on is durable and nothing is open.
-    fn flushed(&self, assembler: &Assembler, durable: Lsn) -> Lsn {
-        if !assembler.in_transaction() && durable >= assembler.last_commit_end() {
-            durable.max(self.idle_wal_end)
-        } else {
-            durable
-        }
+    /// end when everything handed on is durable and nothing is open
+    /// (`settled`); never below one reported before. PostgreSQL before 17
+    /// takes a lower one as it comes and moves the slot's confirmed_flush_lsn
+    /// back (an idle WAL end, then the durable end of the transaction before
+    /// the next one arrives), and the lag measured from it jumps.
+    fn flushed(&mut self, settled: bool, durable: Lsn) -> Lsn {
+        let flushed = if settled { durable.max(self.idle_wal_end) } else { durable };
+        self.reported = self.reported.max(flushed);
+        self.reported
     }
 
     async fn send(
-        &self,
+        &mut self,
         stream: &mut ReplicationStream,
         assembler: &Assembler,
         durable: Lsn,
     ) -> Result<(), SourceError> {
-        let flushed = self.flushed(assembler, durable);
+        let settled = !assembler.in_transaction() && durable >= assembler.last_commit_end();
+        let flushed = self.flushed(settled, durable);
         stream.send_status(self.written.max(flushed), flushed, flushed, false).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flush_position_reported_never_goes_back() {
+        let mut feedback = Feedback { idle_wal_end: Lsn(200), ..Feedback::default() };
+        assert_eq!(feedback.flushed(true, Lsn(100)), Lsn(200), "idle: as far as the WAL end");
+        assert_eq!(feedback.flushed(false, Lsn(100)), Lsn(200), "a transaction handed on, not durable yet");
+        assert_eq!(feedback.flushed(false, Lsn(300)), Lsn(300));
     }
 }
