@@ -386,6 +386,40 @@ fn shared_writes(earlier: &Subscription, later: &Subscription, config: &Config) 
     ))
 }
 
+/// Subscriptions (their indexes) that hand each other's changes on in a
+/// circle, if any: each one's target database is the next one's source,
+/// the next one reads a table it writes, and forwards what was applied
+/// there (`forward_origins`). One that does not forward breaks the circle.
+fn forwarding_circle(config: &Config) -> Option<Vec<usize>> {
+    let subs = &config.subscriptions;
+    let feeds = |from: &Subscription, to: &Subscription| {
+        let same = match (config.targets.get(&from.target), config.sources.get(&to.source)) {
+            (Some(target), Some(source)) => target.same_database(source),
+            _ => false,
+        };
+        to.forward_origins && same && from.tables.iter().any(|w| to.tables.iter().any(|r| r.from == w.to))
+    };
+    // From each subscription, the paths it feeds, until one comes back.
+    (0..subs.len()).find_map(|start| {
+        let mut paths = vec![vec![start]];
+        while let Some(path) = paths.pop() {
+            let last = &subs[*path.last()?];
+            for (next, sub) in subs.iter().enumerate() {
+                if !feeds(last, sub) {
+                    continue;
+                }
+                if next == start {
+                    return Some(path);
+                }
+                if !path.contains(&next) {
+                    paths.push([path.as_slice(), &[next]].concat());
+                }
+            }
+        }
+        None
+    })
+}
+
 /// Whether the databases named `a` and `b` in `databases` (a config's
 /// sources or targets) are one.
 pub(crate) fn same_database(databases: &BTreeMap<String, ConnInfo>, a: &str, b: &str) -> bool {
@@ -423,6 +457,7 @@ impl Checker<'_> {
         let targets = self.databases(&raw.targets, "target");
         let mut config = Config { server: raw.server, sources, targets, subscriptions: Vec::new() };
         let mut slots = BTreeMap::new();
+        let mut spans = Vec::new();
         for sub in &raw.subscriptions {
             // References are checked against every defined name, so a
             // database with a bad url is reported once, not again as unknown
@@ -438,7 +473,21 @@ impl Checker<'_> {
                     }
                 }
                 config.subscriptions.push(subscription);
+                spans.push(span);
             }
+        }
+        if let Some(circle) = forwarding_circle(&config) {
+            let names: Vec<String> =
+                circle.iter().map(|&i| format!("{:?}", config.subscriptions[i].name)).collect();
+            self.report(
+                spans[circle[0]].clone(),
+                format!(
+                    "subscriptions {} → {} forward what the one before applied (forward_origins = true) in a \
+                     circle: a change would go round for ever; set forward_origins = false on one of them",
+                    names.join(" → "),
+                    names[0]
+                ),
+            );
         }
         if raw.subscriptions.is_empty() && self.needs_subscriptions {
             self.report(0..0, "no [[subscriptions]]: nothing to replicate".into());
@@ -955,6 +1004,29 @@ tables = [{ from = "Audit" }]
             let text = sharing("eu", false, no_truncate) + &sharing("us", snapshot, operations);
             assert_eq!(diagnostics(&with_aliased_databases(&text)).len(), 1, "{snapshot} {operations}");
         }
+    }
+
+    #[test]
+    fn subscriptions_forwarding_each_others_changes_in_a_circle_are_refused() {
+        let databases = "[sources.a]\nurl = \"postgresql://h/a\"\n[sources.b]\nurl = \"postgresql://h/b\"\n\
+                         [targets.a]\nurl = \"host=h dbname=a\"\n[targets.b]\nurl = \"postgresql://h/b\"\n\n";
+        let config = |back_forwards: bool, back_table: &str| {
+            let there =
+                subscription("there", "a", "b", "forward_origins = true\ntables = [{ from = \"t\" }]");
+            let extra =
+                format!("forward_origins = {back_forwards}\ntables = [{{ from = \"{back_table}\" }}]");
+            format!("{databases}{there}{}", subscription("back", "b", "a", &extra))
+        };
+        assert_eq!(
+            diagnostics(&config(true, "t")),
+            [
+                r#"11:8: subscriptions "there" → "back" → "there" forward what the one before applied (forward_origins = true) in a circle: a change would go round for ever; set forward_origins = false on one of them"#
+            ]
+        );
+        // One that does not forward breaks the circle; so does a table
+        // that does not come back.
+        parse(&config(false, "t")).unwrap();
+        parse(&config(true, "u")).unwrap();
     }
 
     #[test]
