@@ -12,7 +12,7 @@ use crate::pg::conninfo::{ConnInfo, ConnInfoError};
 use crate::pg::error::describe_sql_error;
 use crate::pg::names::{NameError, QualifiedName, quote_ident, quote_literal};
 use crate::pg::pgoutput::{LogicalMessage, OldTuple, Relation, Tuple, Value};
-use crate::pg::replication::{ReplicationClient, SlotKind, StartOptions};
+use crate::pg::replication::{ReplicationClient, ReplicationStream, SlotKind, StartOptions};
 use crate::pg::{Lsn, PgError, timestamp, tls};
 use crate::source::{self, Change, SourceError, SourceEvent};
 
@@ -132,7 +132,9 @@ async fn drop_publication(sql: &Client, source: &ConnInfo, publication: &str) ->
     fresh.batch_execute(&statement).await.map_err(|error| left(describe_sql_error(&error)))
 }
 
-/// Creates the slot and prints its changes until `cancel` fires.
+/// Creates the slot and prints its changes until `cancel` fires (which may
+/// come while the slot is still being made: that waits for every
+/// transaction open on the source, however long it stays open).
 async fn stream(
     sql: &Client,
     options: &TailOptions,
@@ -141,6 +143,29 @@ async fn stream(
     out: impl Write,
     cancel: CancellationToken,
 ) -> Result<(), TailError> {
+    let stream = tokio::select! {
+        started = start_stream(sql, options, temporary_name, publication) => started?,
+        _ = cancel.cancelled() => return Ok(()),
+    };
+    let (events_tx, events_rx) = mpsc::channel(1024 / source::CHUNK_EVENTS);
+    let (durable_tx, durable_rx) = watch::channel(Lsn::ZERO);
+    let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, cancel.clone(), false));
+    let printed = print_events(events_rx, out, durable_tx).await;
+    // The printer only stops early on an output error: stop reading too.
+    cancel.cancel();
+    let read = reader.await.unwrap_or(Ok(()));
+    printed?;
+    read?;
+    Ok(())
+}
+
+/// Makes (or finds) the slot and starts streaming from it.
+async fn start_stream(
+    sql: &Client,
+    options: &TailOptions,
+    temporary_name: &str,
+    publication: &str,
+) -> Result<ReplicationStream, TailError> {
     let mut replication = ReplicationClient::connect(&options.source).await?;
     let slot = match &options.slot {
         Some(name) => {
@@ -160,17 +185,7 @@ async fn stream(
     };
     let stream = replication.start(&slot, Lsn::ZERO, &start).await?;
     tracing::info!(%slot, %publication, source = %options.source, "streaming changes; Ctrl-C stops");
-
-    let (events_tx, events_rx) = mpsc::channel(1024 / source::CHUNK_EVENTS);
-    let (durable_tx, durable_rx) = watch::channel(Lsn::ZERO);
-    let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, cancel.clone(), false));
-    let printed = print_events(events_rx, out, durable_tx).await;
-    // The printer only stops early on an output error: stop reading too.
-    cancel.cancel();
-    let read = reader.await.unwrap_or(Ok(()));
-    printed?;
-    read?;
-    Ok(())
+    Ok(stream)
 }
 
 /// Returns the publication to read and whether it is temporary (ours to drop).

@@ -451,3 +451,34 @@ async fn a_slot_another_tail_reads_is_refused_before_its_publication_changes() {
     client.batch_execute("INSERT INTO items VALUES (1)").await.unwrap();
     assert_eq!(first.next()["table"], "items");
 }
+
+/// Making the slot waits for every transaction open on the source; Ctrl-C
+/// meanwhile stops tail at once, its publication dropped, instead of going
+/// unheard until that transaction ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_the_slot_waits_for_an_open_transaction_stops_and_cleans_up() {
+    let cluster = Cluster::start();
+    let client = setup(&cluster, "CREATE TABLE items (id int PRIMARY KEY)").await;
+    let open = cluster.client("postgres").await;
+    open.batch_execute("BEGIN; INSERT INTO items VALUES (1)").await.unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["tail", "--source", &cluster.url("postgres"), "--table", "public.items"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender' AND wait_event = 'transactionid'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while client.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the slot never waited for the open transaction");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait()).await;
+    let status = exited.expect("ferry tail did not stop while the transaction stayed open").unwrap();
+    assert!(status.success(), "{status}");
+    let publications: i64 =
+        client.query_one("SELECT count(*) FROM pg_publication", &[]).await.unwrap().get(0);
+    assert_eq!(publications, 0, "the temporary publication must be dropped");
+    open.batch_execute("ROLLBACK").await.unwrap();
+}
