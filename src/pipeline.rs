@@ -211,13 +211,15 @@ fn catalog_retryable(error: &CatalogError) -> bool {
     }
 }
 
-/// Connection trouble, shutdowns, lack of resources, lost races.
+/// Connection trouble, shutdowns, lack of resources, lost races, a lock
+/// not granted in time (`lock_timeout`).
 fn sqlstate_retryable(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("53")
         || code.starts_with("57P")
         || code == "40001"
         || code == "40P01"
+        || code == "55P03"
 }
 
 /// Tables copied as of `at` missed the stream's changes since then, up to

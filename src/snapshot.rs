@@ -49,6 +49,16 @@ fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -
 /// Tables smaller than this many heap blocks (8 MiB) are copied whole by
 /// one session: splitting them saves less than it costs.
 const SPLIT_MIN_BLOCKS: i64 = 1024;
+/// How long a further session of a split copy waits to lock the tables
+/// (see [`SnapshotReader::hold`]).
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// The statement that locks `tables` against DDL for a copy's transaction.
+fn lock_statement(tables: &[&QualifiedName]) -> String {
+    let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+    format!("LOCK TABLE ONLY {} IN ACCESS SHARE MODE", names.join(", "))
+}
+
 /// Rows go to the target in chunks of about this size: COPY takes its
 /// input in any chunking, and few large messages cost far less than a
 /// message per row.
@@ -137,21 +147,42 @@ impl SnapshotReader {
         if tables.is_empty() {
             return Ok(());
         }
-        let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
-        let array = names.iter().map(|n| quote_literal(n)).collect::<Vec<_>>().join(", ");
+        let names = tables.iter().map(|t| quote_literal(&t.to_string())).collect::<Vec<_>>().join(", ");
         let result = self
             .conn
             .simple_query(&format!(
-                "LOCK TABLE ONLY {} IN ACCESS SHARE MODE;
-                 SELECT t::text FROM unnest(ARRAY[{array}]::regclass[]) AS t
+                "{};
+                 SELECT t::text FROM unnest(ARRAY[{names}]::regclass[]) AS t
                  WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t AND c.relfilenode = pg_relation_filenode(t))",
-                names.join(", ")
+                lock_statement(tables)
             ))
             .await?;
         match result.rows.first().and_then(|row| row.first().cloned().flatten()) {
             Some(table) => Err(SnapshotError::ChangedSinceSnapshot(table)),
             None => Ok(()),
         }
+    }
+
+    /// Locks `tables` as [`SnapshotReader::hold_unchanged`] does, in a
+    /// further session of a split copy, which must hold them from the start
+    /// too: else its part's COPY could queue behind DDL that waits for the
+    /// first session's lock, while the first waits for that part to end, a
+    /// wait PostgreSQL cannot see, and the table (and the service's own
+    /// queries, queued behind the DDL) would wait for ever. Such DDL may
+    /// already be queued when this lock is asked for, so it gives up after
+    /// [`LOCK_WAIT`] (a retryable error: the copy starts again).
+    async fn hold(&mut self, tables: &[&QualifiedName]) -> Result<(), SnapshotError> {
+        if tables.is_empty() {
+            return Ok(());
+        }
+        self.conn
+            .simple_query(&format!(
+                "SET LOCAL lock_timeout = {}; {}; SET LOCAL lock_timeout = 0",
+                LOCK_WAIT.as_millis(),
+                lock_statement(tables)
+            ))
+            .await?;
+        Ok(())
     }
 
     /// A query's single number (0 when it returns none).
@@ -323,6 +354,9 @@ pub async fn copy_tables(
     }
     let tables: Vec<&QualifiedName> = routes.iter().map(|r| &r.mapping.from).collect();
     readers[0].hold_unchanged(&tables).await?;
+    for reader in &mut readers[1..] {
+        reader.hold(&tables).await?;
+    }
     let index_of =
         |route: &TableRoute| sub.tables.iter().position(|t| t.from == route.mapping.from).unwrap_or(0);
     let mut estimates = Vec::new();

@@ -886,3 +886,49 @@ async fn a_table_rewritten_during_the_copy_of_another_arrives_whole() {
     wait_for_same(&src, &dst, "first", "first", "id, v", "id", SETTLE).await;
     wait_for_same(&src, &dst, "second", "second", "id, v", "id", SETTLE).await;
 }
+
+/// Every session of a split copy holds the tables from the start of the
+/// copy: DDL asked for while an earlier table is copied queues behind them
+/// all, and the split table's second part does not queue behind the DDL
+/// (the first session would wait for that part for ever, and the DDL, and
+/// the service's queries queued behind it, with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_queued_during_the_copy_of_a_table_does_not_stall_a_split_one_after_it() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    let schema =
+        "CREATE TABLE small (id int PRIMARY KEY, v int); CREATE TABLE big (id int PRIMARY KEY, pad text)";
+    exec(&src, schema).await;
+    exec(&dst, schema).await;
+    exec(&src, "INSERT INTO small SELECT g, g FROM generate_series(1, 1000) g").await;
+    exec(&src, "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 300000) g").await;
+    // The copy of `small` waits for this lock on the target.
+    let holder = target.client("postgres").await;
+    exec(&holder, "BEGIN; LOCK TABLE small IN SHARE MODE").await;
+    let daemon = Daemon::start(&config(&source, &target, &[("small", "small"), ("big", "big")], ""));
+    let waits = |table: &str, mode: &str| {
+        format!(
+            "SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass AND mode = '{mode}' AND NOT granted"
+        )
+    };
+    wait_until(&dst, &waits("small", "RowExclusiveLock")).await;
+    let ddl = source.client("postgres").await;
+    let queued = tokio::spawn(async move {
+        ddl.batch_execute("BEGIN; LOCK TABLE big IN ACCESS EXCLUSIVE MODE; COMMIT").await.unwrap();
+    });
+    wait_until(&src, &waits("big", "AccessExclusiveLock")).await;
+    exec(&holder, "COMMIT").await;
+    wait_for_same(&src, &dst, "small", "small", "id, v", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "big", "big", "id, pad", "id", SETTLE).await;
+    queued.await.unwrap();
+    assert!(daemon.logs().contains("slot created"), "{}", daemon.logs());
+}
+
+/// Waits until `count_sql` counts something.
+async fn wait_until(client: &tokio_postgres::Client, count_sql: &str) {
+    let deadline = std::time::Instant::now() + SETTLE;
+    while client.query_one(count_sql, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "never: {count_sql}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
