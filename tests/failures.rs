@@ -193,12 +193,22 @@ async fn an_invalidated_slot_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_identity_nothing_is_refused_with_what_to_do() {
-    let (source, target) = setup_one(ClusterOptions::default()).await;
-    exec(&source.client("postgres").await, "ALTER TABLE items REPLICA IDENTITY NOTHING").await;
-    let mut daemon = Daemon::start(&one_pipeline(&source, &target));
-    assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(1));
-    let logs = daemon.logs();
-    assert!(logs.contains("no replica identity") && logs.contains("REPLICA IDENTITY"), "{logs}");
+    // The second leaves `REPLICA IDENTITY USING INDEX` without its index:
+    // published, the table would refuse the source's own updates.
+    for identity in [
+        "ALTER TABLE items REPLICA IDENTITY NOTHING",
+        "CREATE UNIQUE INDEX items_id ON items (id); ALTER TABLE items REPLICA IDENTITY USING INDEX items_id;
+         DROP INDEX items_id",
+    ] {
+        let (source, target) = setup_one(ClusterOptions::default()).await;
+        let src = source.client("postgres").await;
+        exec(&src, identity).await;
+        let mut daemon = Daemon::start(&one_pipeline(&source, &target));
+        assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(1));
+        let logs = daemon.logs();
+        assert!(logs.contains("no replica identity") && logs.contains("REPLICA IDENTITY"), "{logs}");
+        exec(&src, "INSERT INTO items VALUES (1, 1); UPDATE items SET qty = 2; DELETE FROM items").await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

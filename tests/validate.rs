@@ -373,6 +373,43 @@ async fn a_configured_publication_must_hold_every_table() {
     validated.assert_mentions("ALTER PUBLICATION shop_pub ADD TABLE \"public\".\"notes\"");
 }
 
+/// A publication made beforehand that leaves out operations the
+/// subscription replicates (`publish`), or rows or columns of its tables (a
+/// row filter or column list), would have changes never arrive while the
+/// copy took everything: validate (and `ferry run`) refuse it, saying what
+/// to change. Before, both passed, and updates and deletes were lost
+/// without a trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_publication_must_send_every_change_the_subscription_wants() {
+    let cluster = Cluster::start();
+    let (source, target) = source_and_target(&cluster).await;
+    let schema = "CREATE TABLE items (id int PRIMARY KEY, qty int)";
+    exec(&source, schema).await;
+    exec(&target, schema).await;
+    exec(&source, "CREATE PUBLICATION shop_pub FOR TABLE items WITH (publish = 'insert, delete')").await;
+    let text = |operations: &str| {
+        let subscription =
+            config(&cluster.url("customers"), &cluster.url("orders"), "publication = \"shop_pub\"", &[]);
+        format!("{subscription}\n[[subscriptions.tables]]\nfrom = 'items'\n{operations}\n")
+    };
+
+    let validated = validate(&text(""), &[]).await;
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    validated.assert_mentions(
+        "error: subscription customers-to-orders: publication \"shop_pub\" does not publish updates, truncates \
+         (its `publish` option)",
+    );
+    // Asking only for what it publishes is fine.
+    let validated = validate(&text("operations = [\"insert\", \"delete\"]"), &[]).await;
+    assert_eq!(validated.code, Some(0), "{}", validated.output());
+
+    exec(&source, "ALTER PUBLICATION shop_pub SET (publish = 'insert, update, delete, truncate')").await;
+    exec(&source, "ALTER PUBLICATION shop_pub SET TABLE items WHERE (qty > 0)").await;
+    let validated = validate(&text(""), &[]).await;
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    validated.assert_mentions("publication \"shop_pub\" filters the rows or columns of \"public\".\"items\"");
+}
+
 /// Two sources of the config that are the same database (say, one role per
 /// publication): the slot of a subscription on one is not a forgotten slot
 /// on the other. Before, every start and validate warned about it and

@@ -15,7 +15,7 @@ pub(crate) use current_wal_lsn;
 
 use tokio_postgres::Client;
 
-use crate::config::Subscription;
+use crate::config::{Operations, Subscription};
 use crate::pg::Lsn;
 use crate::pg::catalog::{self, Column, TypeDescription};
 use crate::pg::conninfo::ConnInfo;
@@ -41,7 +41,8 @@ pub enum CatalogError {
     )]
     Partitioned(QualifiedName),
     #[error(
-        "source table {0} has no replica identity (no primary key, or REPLICA IDENTITY NOTHING): the source \
+        "source table {0} has no replica identity (no primary key, REPLICA IDENTITY NOTHING, or the index of \
+         REPLICA IDENTITY USING INDEX was dropped): the source \
          refuses its updates and deletes while it is published; add a primary key or run \
          ALTER TABLE {0} REPLICA IDENTITY FULL"
     )]
@@ -57,6 +58,19 @@ pub enum CatalogError {
         if .tables.len() == 1 { "table" } else { "tables" }, names(.tables), quote_ident_if_needed(.publication)
     )]
     UnpublishedTables { publication: String, tables: Vec<QualifiedName> },
+    #[error(
+        "publication {publication:?} does not publish {} (its `publish` option), which the subscription \
+         replicates, so they would never arrive; run ALTER PUBLICATION {} SET (publish = 'insert, update, \
+         delete, truncate') on the source, or leave them out of the tables' `operations`",
+        .operations.join(", "), quote_ident_if_needed(.publication)
+    )]
+    UnpublishedOperations { publication: String, operations: Vec<&'static str> },
+    #[error(
+        "publication {publication:?} filters the rows or columns of {table} (a WHERE clause or a column list): \
+         the initial copy takes every row, and the stream would leave changes out without a trace; take them \
+         out of the publication and use the subscription's `where` and `columns` instead"
+    )]
+    FilteredPublication { publication: String, table: QualifiedName },
     #[error(
         "wal_level is {0}; logical replication needs wal_level = logical on the source (set it and restart the server)"
     )]
@@ -83,7 +97,8 @@ pub async fn check_table(client: &Client, table: &QualifiedName) -> Result<(), C
         .query_opt(
             "SELECT c.relreplident::text,
                     EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
-                    c.relkind = 'p'
+                    c.relkind = 'p',
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
             &[&table.schema, &table.name],
@@ -96,7 +111,11 @@ pub async fn check_table(client: &Client, table: &QualifiedName) -> Result<(), C
     if row.get::<_, bool>(2) {
         return Err(CatalogError::Partitioned(table.clone()));
     }
-    if identity == "n" || (identity == "d" && !has_primary_key) {
+    // An identity index that was dropped leaves `i` behind with no index:
+    // the server then has no identity either, and once the table is
+    // published it refuses the service's own updates and deletes.
+    let has_identity_index: bool = row.get(3);
+    if identity == "n" || (identity == "d" && !has_primary_key) || (identity == "i" && !has_identity_index) {
         return Err(CatalogError::NoReplicaIdentity(table.clone()));
     }
     Ok(())
@@ -234,10 +253,74 @@ pub async fn check_publication(client: &Client, subscription: &Subscription) -> 
     let published = published_tables(client, name).await?;
     let missing: Vec<QualifiedName> =
         subscription.tables.iter().map(|t| &t.from).filter(|t| !published.contains(t)).cloned().collect();
-    if missing.is_empty() {
+    if !missing.is_empty() {
+        return Err(CatalogError::UnpublishedTables { publication: name.clone(), tables: missing });
+    }
+    check_published_operations(client, subscription).await?;
+    check_unfiltered(client, subscription).await
+}
+
+/// The operations a configured publication publishes include every one the
+/// subscription's tables let through.
+async fn check_published_operations(
+    client: &Client,
+    subscription: &Subscription,
+) -> Result<(), CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1",
+            &[&subscription.publication],
+        )
+        .await
+        .map_err(sql_error("reading what the publication publishes"))?;
+    let wants = |pick: fn(&Operations) -> bool| subscription.tables.iter().any(|t| pick(&t.operations));
+    let wanted = [wants(|o| o.insert), wants(|o| o.update), wants(|o| o.delete), wants(|o| o.truncate)];
+    let unpublished: Vec<&'static str> = ["inserts", "updates", "deletes", "truncates"]
+        .into_iter()
+        .enumerate()
+        .filter(|&(i, _)| wanted[i] && !row.get::<_, bool>(i))
+        .map(|(_, name)| name)
+        .collect();
+    if unpublished.is_empty() {
         Ok(())
     } else {
-        Err(CatalogError::UnpublishedTables { publication: name.clone(), tables: missing })
+        Err(CatalogError::UnpublishedOperations {
+            publication: subscription.publication.clone(),
+            operations: unpublished,
+        })
+    }
+}
+
+/// No table of a configured publication has a row filter or a column list
+/// (PostgreSQL 15 and later): the copy would not know of them.
+async fn check_unfiltered(client: &Client, subscription: &Subscription) -> Result<(), CatalogError> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(sql_error("reading the server version"))?
+        .get(0);
+    if version < 150000 {
+        return Ok(());
+    }
+    let filtered = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text
+             FROM pg_publication p JOIN pg_publication_rel r ON r.prpubid = p.oid
+             JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE p.pubname = $1 AND (r.prqual IS NOT NULL OR r.prattrs IS NOT NULL)",
+            &[&subscription.publication],
+        )
+        .await
+        .map_err(sql_error("reading the publication's row filters and column lists"))?;
+    let table = filtered
+        .iter()
+        .map(|row| QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1)))
+        .find(|table| subscription.tables.iter().any(|t| &t.from == table));
+    match table {
+        Some(table) => {
+            Err(CatalogError::FilteredPublication { publication: subscription.publication.clone(), table })
+        }
+        None => Ok(()),
     }
 }
 
