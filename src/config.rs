@@ -386,30 +386,34 @@ fn shared_writes(earlier: &Subscription, later: &Subscription, config: &Config) 
     ))
 }
 
-/// Subscriptions (their indexes) that hand each other's changes on in a
-/// circle, if any: each one's target database is the next one's source,
-/// the next one reads a table it writes, and forwards what was applied
-/// there (`forward_origins`). One that does not forward breaks the circle.
+/// Subscriptions (their indexes) that hand a table's changes on in a
+/// circle, if any: each one writes the table into the next one's source
+/// database, where the next one reads it (and writes it on), forwarding
+/// what was applied there (`forward_origins`). One that does not forward
+/// breaks the circle, as does a table nothing reads on.
 fn forwarding_circle(config: &Config) -> Option<Vec<usize>> {
     let subs = &config.subscriptions;
-    let feeds = |from: &Subscription, to: &Subscription| {
+    // A table as one subscription reads it: (subscription, table) indexes.
+    let tables: Vec<(usize, usize)> =
+        subs.iter().enumerate().flat_map(|(i, sub)| (0..sub.tables.len()).map(move |t| (i, t))).collect();
+    let feeds = |(i, t): (usize, usize), (j, u): (usize, usize)| {
+        let (from, to) = (&subs[i], &subs[j]);
         let same = match (config.targets.get(&from.target), config.sources.get(&to.source)) {
             (Some(target), Some(source)) => target.same_database(source),
             _ => false,
         };
-        to.forward_origins && same && from.tables.iter().any(|w| to.tables.iter().any(|r| r.from == w.to))
+        to.forward_origins && same && to.tables[u].from == from.tables[t].to
     };
-    // From each subscription, the paths it feeds, until one comes back.
-    (0..subs.len()).find_map(|start| {
+    // From each table, the paths its changes take, until one comes back.
+    tables.iter().find_map(|&start| {
         let mut paths = vec![vec![start]];
         while let Some(path) = paths.pop() {
-            let last = &subs[*path.last()?];
-            for (next, sub) in subs.iter().enumerate() {
-                if !feeds(last, sub) {
-                    continue;
-                }
+            let last = *path.last()?;
+            for &next in tables.iter().filter(|&&next| feeds(last, next)) {
                 if next == start {
-                    return Some(path);
+                    let mut circle: Vec<usize> = path.iter().map(|&(i, _)| i).collect();
+                    circle.dedup();
+                    return Some(circle);
                 }
                 if !path.contains(&next) {
                     paths.push([path.as_slice(), &[next]].concat());
@@ -1027,6 +1031,17 @@ tables = [{ from = "Audit" }]
         // that does not come back.
         parse(&config(false, "t")).unwrap();
         parse(&config(true, "u")).unwrap();
+        // A table that comes back under another name and goes on to one
+        // nothing reads: t → t → x → z ends.
+        let there = subscription(
+            "there",
+            "a",
+            "b",
+            "forward_origins = true\ntables = [{ from = \"t\" }, { from = \"x\", to = \"z\" }]",
+        );
+        let back =
+            subscription("back", "b", "a", "forward_origins = true\ntables = [{ from = \"t\", to = \"x\" }]");
+        parse(&format!("{databases}{there}{back}")).unwrap();
     }
 
     #[test]
