@@ -211,17 +211,20 @@ async fn tail_command(
 
 /// Tokens for the demo: the first SIGINT or SIGTERM cancels the first
 /// (stop the workload, let the copies catch up, compare), the second cancels
-/// the second (stop waiting).
+/// the second (stop waiting). SIGHUP counts as well: a closed terminal
+/// would otherwise kill the demo and leave its servers running.
 fn demo_tokens() -> (CancellationToken, CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
     let (stop, abort) = (CancellationToken::new(), CancellationToken::new());
     let (stop_trigger, abort_trigger) = (stop.clone(), abort.clone());
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
+        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+        let mut hangup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
         for trigger in [stop_trigger, abort_trigger] {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                _ = hangup.recv() => {}
             }
             trigger.cancel();
         }

@@ -67,8 +67,9 @@ impl Demo {
         }
     }
 
-    fn interrupt(&self) {
-        let status = Command::new("kill").arg("-INT").arg(self.child.id().to_string()).status();
+    /// Sends the demo `signal` (`INT`, `HUP`, ...).
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
         assert!(status.unwrap().success());
     }
 
@@ -159,8 +160,19 @@ fn ctrl_c_stops_the_workload_then_checks_both_copies_and_cleans_up() {
     let service = demo.wait_for_line("customers service");
     demo.wait_for_line("t=2s");
     assert_reachable_by_socket_only(&service);
-    demo.interrupt();
+    demo.signal("INT");
     let (status, stdout, stderr) = demo.finish();
     assert!(stdout.contains("Interrupted: stopping the workload."), "{stdout}");
+    assert_consistent_and_cleaned_up(status, &stdout, &stderr);
+}
+
+/// A closed terminal (SIGHUP) stops the demo as Ctrl-C does. Before, it
+/// killed the demo and left both servers running and the folder behind.
+#[test]
+fn a_closed_terminal_stops_it_as_ctrl_c_does() {
+    let mut demo = Demo::start(&[]);
+    demo.wait_for_line("t=2s");
+    demo.signal("HUP");
+    let (status, stdout, stderr) = demo.finish();
     assert_consistent_and_cleaned_up(status, &stdout, &stderr);
 }
