@@ -62,6 +62,18 @@ pub enum DropError {
     TargetSql { context: &'static str, source: tokio_postgres::Error },
     #[error(transparent)]
     Pg(#[from] PgError),
+    #[error("{error}; already done: {done}; run the same ferry drop again to finish")]
+    Unfinished { done: String, error: Box<DropError> },
+}
+
+/// `error`, with what was removed before it (nothing: `error` as it is).
+fn unfinished(done: &[String], error: impl Into<DropError>) -> DropError {
+    let error = error.into();
+    if done.is_empty() {
+        error
+    } else {
+        DropError::Unfinished { done: done.join("; "), error: Box::new(error) }
+    }
 }
 
 /// What `ferry drop` removed.
@@ -149,8 +161,18 @@ pub async fn drop_subscription(
         Some((target, info)) => Some(clear_target(target, info, &slot).await?),
         None => None,
     };
+    // A failure from here on says what is gone already.
+    let mut done = Vec::new();
+    if let Some(cleared) = cleared.as_ref().filter(|c| !c.is_empty()) {
+        done.push(format!("removed the bookkeeping of {name} on target {}", cleared.target));
+    }
     if found {
-        ReplicationClient::connect(info).await?.drop_slot(&slot, false).await?;
+        let dropped = match ReplicationClient::connect(info).await {
+            Ok(mut replication) => replication.drop_slot(&slot, false).await,
+            Err(error) => Err(error),
+        };
+        dropped.map_err(|error| unfinished(&done, error))?;
+        done.push(format!("dropped slot {slot}"));
     }
     // The publication of the same name is the one ferry managed for it,
     // unless a configured subscription names it as its own.
@@ -158,14 +180,14 @@ pub async fn drop_subscription(
     let publication = client
         .query_opt("SELECT pubname::text FROM pg_publication WHERE pubname = $1", &[&slot])
         .await
-        .map_err(source_error("looking up the publication"))?
+        .map_err(|error| unfinished(&done, source_error("looking up the publication")(error)))?
         .map(|row| row.get::<_, String>(0))
         .filter(|_| !in_use);
     match &publication {
         Some(publication) => client
             .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(publication)))
             .await
-            .map_err(source_error("dropping the publication"))?,
+            .map_err(|error| unfinished(&done, source_error("dropping the publication")(error)))?,
         None if !found && cleared.as_ref().is_none_or(ClearedTarget::is_empty) => {
             let on_target = match &cleared {
                 Some(cleared) => format!(", and target {} holds nothing of {name}", cleared.target),

@@ -386,6 +386,40 @@ async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_d
     assert_eq!(left, 0);
 }
 
+/// A drop that fails half way (here the publication belongs to another
+/// role, while the slot only takes REPLICATION) says what it removed
+/// already and that running it again finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_that_fails_half_way_says_what_it_already_removed() {
+    let (source, _target, src, _dst) = setup().await;
+    exec(&src, "SELECT pg_create_logical_replication_slot('ferry_half', 'pgoutput')").await;
+    exec(&src, "CREATE ROLE dropper LOGIN REPLICATION; CREATE PUBLICATION ferry_half FOR TABLE steady").await;
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let url = source.url("postgres").replacen("postgres@", "dropper@", 1);
+    std::fs::write(config.path(), format!("[sources.src]\nurl = \"{url}\"\n")).unwrap();
+    let dropped = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["drop", "half", "--config"])
+        .arg(config.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&dropped.stderr);
+    assert!(!dropped.status.success(), "{stderr}");
+    assert!(stderr.contains("dropping the publication"), "{stderr}");
+    assert!(
+        stderr.contains("already done: dropped slot ferry_half; run the same ferry drop again"),
+        "{stderr}"
+    );
+    let left: (i64, i64) = src
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots), (SELECT count(*) FROM pg_publication)",
+            &[],
+        )
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(left, (0, 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_that_does_not_load_keeps_the_running_one() {
     let (source, target, src, dst) = setup().await;
