@@ -267,7 +267,22 @@ async fn check_table(
         Some(client) => catalog::identity(client, &table.from).await.unwrap_or(Identity::Columns(Vec::new())),
         None => Identity::Columns(Vec::new()),
     };
+    let source_columns = source_columns.map(|columns| keyed_by_identity(columns, &identity));
     Some(compare(table, source_columns?, &target_table?, &identity, findings))
+}
+
+/// The source's columns keyed as its changes will key them: by the replica
+/// identity, which an index may name instead of the primary key (the
+/// stream's table descriptions say so, and the pipeline goes by them).
+fn keyed_by_identity(mut columns: Vec<Column>, identity: &Identity) -> Vec<Column> {
+    if let Identity::Columns(keys) = identity
+        && !keys.is_empty()
+    {
+        for column in &mut columns {
+            column.is_key = keys.contains(&column.name);
+        }
+    }
+    columns
 }
 
 /// The source table's columns, when it exists. An unusable replica identity

@@ -410,6 +410,31 @@ async fn a_configured_publication_must_send_every_change_the_subscription_wants(
     validated.assert_mentions("publication \"shop_pub\" filters the rows or columns of \"public\".\"items\"");
 }
 
+/// A source table keyed by `REPLICA IDENTITY USING INDEX` sends that
+/// index's columns as the key of its changes, and the pipeline goes by
+/// them: a target without such a column is an error here too. Before,
+/// validate went by the primary key and said ok, and `ferry run` stopped
+/// at the table's first change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_identity_index_is_the_key_validate_checks() {
+    let cluster = Cluster::start();
+    let (source, target) = source_and_target(&cluster).await;
+    exec(
+        &source,
+        "CREATE TABLE items (id int PRIMARY KEY, email text NOT NULL);
+         CREATE UNIQUE INDEX items_email ON items (email);
+         ALTER TABLE items REPLICA IDENTITY USING INDEX items_email",
+    )
+    .await;
+    exec(&target, "CREATE TABLE items (id int PRIMARY KEY)").await;
+    let text = config(&cluster.url("customers"), &cluster.url("orders"), "", &[("items", "items")]);
+
+    let validated = validate(&text, &[]).await;
+
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    validated.assert_mentions("email");
+}
+
 /// Two sources of the config that are the same database (say, one role per
 /// publication): the slot of a subscription on one is not a forgotten slot
 /// on the other. Before, every start and validate warned about it and
