@@ -224,12 +224,27 @@ fn demo_tokens() -> (CancellationToken, CancellationToken) {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
-                _ = hangup.recv() => {}
+                _ = hangup.recv() => output_to_nowhere(),
             }
             trigger.cancel();
         }
     });
     (stop, abort)
+}
+
+/// After a hang-up the terminal is gone and writing to it fails (EIO):
+/// `println!` would panic before the demo cleaned up, and a second panic
+/// while cleaning up would abort with the servers still running. What it
+/// prints from here on goes to /dev/null instead.
+fn output_to_nowhere() {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+            // SAFETY: both descriptors are open; dup2 only makes `fd` refer
+            // to /dev/null, which outlives nothing that reads `fd`.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
 }
 
 async fn demo_command(seconds: Option<u64>) -> anyhow::Result<()> {
