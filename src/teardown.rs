@@ -167,11 +167,8 @@ pub async fn drop_subscription(
         done.push(format!("removed the bookkeeping of {name} on target {}", cleared.target));
     }
     if found {
-        let dropped = match ReplicationClient::connect(info).await {
-            Ok(mut replication) => replication.drop_slot(&slot, false).await,
-            Err(error) => Err(error),
-        };
-        dropped.map_err(|error| unfinished(&done, error))?;
+        let dropped = async { ReplicationClient::connect(info).await?.drop_slot(&slot, false).await };
+        dropped.await.map_err(|error| unfinished(&done, error))?;
         done.push(format!("dropped slot {slot}"));
     }
     // The publication of the same name is the one ferry managed for it,

@@ -245,9 +245,7 @@ impl Sink {
                     // Only what the consumer made durable counts as
                     // flushed; keepalive positions wait for the loop.
                     let durable = *self.durable.borrow_and_update();
-                    let flushed = self.feedback.flushed(false, durable);
-                    let written = self.feedback.written.max(flushed);
-                    self.stream.send_status(written, flushed, flushed, false).await?;
+                    self.feedback.report(&mut self.stream, false, durable).await?;
                 }
             }
         }
@@ -284,6 +282,17 @@ impl Feedback {
         durable: Lsn,
     ) -> Result<(), SourceError> {
         let settled = !assembler.in_transaction() && durable >= assembler.last_commit_end();
+        self.report(stream, settled, durable).await
+    }
+
+    /// Sends a standby status update with the flush position of
+    /// [`Feedback::flushed`].
+    async fn report(
+        &mut self,
+        stream: &mut ReplicationStream,
+        settled: bool,
+        durable: Lsn,
+    ) -> Result<(), SourceError> {
         let flushed = self.flushed(settled, durable);
         stream.send_status(self.written.max(flushed), flushed, flushed, false).await?;
         Ok(())
