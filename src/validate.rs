@@ -37,7 +37,7 @@ use crate::pg::conninfo::ConnInfo;
 use crate::pg::names::{QualifiedName, quote_ident_if_needed};
 use crate::pg::tls;
 use crate::route::{TableRoute, TypeFit, may_fail_warning};
-use crate::source::catalog::{self, CatalogError, Identity};
+use crate::source::catalog::{self, CatalogError, Identity, SourceTable};
 use crate::teardown;
 
 /// How long a database may take to accept a connection when its url sets no
@@ -255,7 +255,7 @@ async fn check_table(
     target: Option<&Client>,
     findings: &mut Findings,
 ) -> Option<ColumnPlan> {
-    let source_columns = match source {
+    let source_table = match source {
         Some(client) => read_source(client, &table.from, findings).await,
         None => None,
     };
@@ -263,31 +263,14 @@ async fn check_table(
         Some(client) => TargetTable::load(client, &table.to).await.map_err(|e| findings.error(e)).ok(),
         None => None,
     };
-    let identity = match source {
-        Some(client) => catalog::identity(client, &table.from).await.unwrap_or(Identity::Columns(Vec::new())),
-        None => Identity::Columns(Vec::new()),
-    };
-    let source_columns = source_columns.map(|columns| keyed_by_identity(columns, &identity));
-    Some(compare(table, source_columns?, &target_table?, &identity, findings))
+    let source_table = source_table?;
+    Some(compare(table, source_table.columns, &target_table?, &source_table.identity, findings))
 }
 
-/// The source's columns keyed as its changes will key them: by the replica
-/// identity, which an index may name instead of the primary key (the
-/// stream's table descriptions say so, and the pipeline goes by them).
-fn keyed_by_identity(mut columns: Vec<Column>, identity: &Identity) -> Vec<Column> {
-    if let Identity::Columns(keys) = identity
-        && !keys.is_empty()
-    {
-        for column in &mut columns {
-            column.is_key = keys.contains(&column.name);
-        }
-    }
-    columns
-}
-
-/// The source table's columns, when it exists. An unusable replica identity
-/// is reported, and the columns are still compared.
-async fn read_source(client: &Client, table: &QualifiedName, findings: &mut Findings) -> Option<Vec<Column>> {
+/// The source table as its changes will describe it, when it exists. An
+/// unusable replica identity is reported, and the columns are still
+/// compared.
+async fn read_source(client: &Client, table: &QualifiedName, findings: &mut Findings) -> Option<SourceTable> {
     match catalog::check_table(client, table).await {
         Ok(()) => {}
         Err(error @ CatalogError::NoReplicaIdentity(_)) => findings.error(error),
@@ -296,7 +279,7 @@ async fn read_source(client: &Client, table: &QualifiedName, findings: &mut Find
             return None;
         }
     }
-    catalog::source_columns(client, table).await.map_err(|e| findings.error(e)).ok()
+    catalog::source_table(client, table).await.map_err(|e| findings.error(e)).ok()
 }
 
 /// Resolves the table's shape against both tables: configuration that does

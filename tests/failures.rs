@@ -211,6 +211,27 @@ async fn replica_identity_nothing_is_refused_with_what_to_do() {
     }
 }
 
+/// A source table identified by another unique index (`REPLICA IDENTITY
+/// USING INDEX`) keys its changes by that index's columns: a target that
+/// lacks one is refused at start, as `ferry validate` refuses it. Before,
+/// the start went by the primary key and streamed, and the pipeline
+/// stopped at the table's first change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_lacking_a_replica_identity_index_column_is_refused_at_start() {
+    let (source, target) = setup_one(ClusterOptions::default()).await;
+    exec(
+        &source.client("postgres").await,
+        "CREATE UNIQUE INDEX items_qty ON items (qty); ALTER TABLE items ALTER qty SET NOT NULL;
+         ALTER TABLE items REPLICA IDENTITY USING INDEX items_qty",
+    )
+    .await;
+    exec(&target.client("postgres").await, "ALTER TABLE items DROP COLUMN qty").await;
+    let mut daemon = Daemon::start(&one_pipeline(&source, &target));
+    assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(1), "{}", daemon.logs());
+    let logs = daemon.logs();
+    assert!(logs.contains("qty") && !logs.contains("streaming"), "{logs}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_source_still_advances_its_slot() {
     let (source, target) = setup_one(ClusterOptions::default()).await;

@@ -21,7 +21,8 @@ pub struct Column {
     /// `pg_type.typcategory`: `N` numeric, `S` string, `D` date/time, `B`
     /// boolean, `U` user-defined, … (see [`crate::route::type_fit`]).
     pub category: char,
-    /// Part of the table's primary key.
+    /// Part of the table's primary key (of a source table's replica
+    /// identity, as `source::catalog::source_table` reads it).
     pub is_key: bool,
     /// Variable length and not stored plain, so it can be TOASTed: an
     /// update that leaves it alone may not send its value.

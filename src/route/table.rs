@@ -148,10 +148,11 @@ impl TableRoute {
         source: &Client,
         target: &Client,
     ) -> Result<TableRoute, LoadError> {
-        let source_columns = source_catalog::source_columns(source, &mapping.from).await?;
-        let identity = source_catalog::identity(source, &mapping.from).await?;
+        let source_table = source_catalog::source_table(source, &mapping.from).await?;
+        let identity = source_table.identity;
         let target_table = TargetTable::load(target, &mapping.to).await?;
-        let route = TableRoute::checked(mapping, source_columns, target_table.columns, identity.is_full())?;
+        let route =
+            TableRoute::checked(mapping, source_table.columns, target_table.columns, identity.is_full())?;
         route.check_upsert_key(identity.columns(), &target_table.unique_keys)?;
         Ok(route)
     }

@@ -121,9 +121,31 @@ pub async fn check_table(client: &Client, table: &QualifiedName) -> Result<(), C
     Ok(())
 }
 
-/// The columns of a source table, in table order; empty when it does not exist.
-pub async fn source_columns(client: &Client, table: &QualifiedName) -> Result<Vec<Column>, CatalogError> {
-    catalog::table_columns(client, table).await.map_err(sql_error(format!("reading the columns of {table}")))
+/// A source table as its changes will describe it.
+#[derive(Debug)]
+pub struct SourceTable {
+    /// In table order (none when the table does not exist), keyed by the
+    /// replica identity.
+    pub columns: Vec<Column>,
+    pub identity: Identity,
+}
+
+/// Reads a source table's columns and replica identity. Its changes key
+/// rows by the identity, which an index may name instead of the primary
+/// key (the stream's table descriptions say so, and the pipeline goes by
+/// them); under FULL, or with no usable identity, the primary key stays
+/// the key.
+pub async fn source_table(client: &Client, table: &QualifiedName) -> Result<SourceTable, CatalogError> {
+    let mut columns = catalog::table_columns(client, table)
+        .await
+        .map_err(sql_error(format!("reading the columns of {table}")))?;
+    let identity = identity(client, table).await?;
+    if !identity.columns().is_empty() {
+        for column in &mut columns {
+            column.is_key = identity.columns().contains(&column.name);
+        }
+    }
+    Ok(SourceTable { columns, identity })
 }
 
 /// Names the column types a Relation message gives by oid and modifier,
@@ -193,7 +215,7 @@ impl Identity {
 
 /// The table's replica identity (no columns for a missing table or one
 /// without a usable identity, which [`check_table`] refuses).
-pub async fn identity(client: &Client, table: &QualifiedName) -> Result<Identity, CatalogError> {
+async fn identity(client: &Client, table: &QualifiedName) -> Result<Identity, CatalogError> {
     let row = client
         .query_opt(
             "SELECT c.relreplident = 'f',
