@@ -90,17 +90,18 @@ pub async fn run(options: TailOptions, out: impl Write, cancel: CancellationToke
     }
 }
 
-/// The name of this run's temporary slot and publication: `ferry_tail_`
-/// and the server process id of its session, which no other live session
-/// of that server has (a process id of ferry's own could be the same in
-/// two containers). A publication of that name is a leftover of a run
-/// that was killed.
+/// The name of this run's temporary slot and publication: `ferry_tail_`,
+/// the server process id of its session, which no other live session of
+/// that server has (a process id of ferry's own could be the same in two
+/// containers), and a random part, as a session of a later run may get
+/// that process id once this one's was cut, while this run still owns
+/// the publication.
 async fn temporary_name(sql: &Client) -> Result<String, TailError> {
     let row = sql
-        .query_one("SELECT pg_backend_pid()", &[])
+        .query_one("SELECT format('ferry_tail_%s_%s', pg_backend_pid(), left(md5(random()::text), 8))", &[])
         .await
-        .map_err(query_error("asking for the session's process id"))?;
-    Ok(format!("ferry_tail_{}", row.get::<_, i32>(0)))
+        .map_err(query_error("naming the temporary slot"))?;
+    Ok(row.get(0))
 }
 
 /// Refuses a permanent slot another reader is using before anything is
@@ -223,11 +224,14 @@ async fn prepare_publication(
         }
         None => (temporary_name.to_string(), true),
     };
-    let exists = sql
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
-        .await
-        .map_err(query_error("looking up the publication"))?
-        .is_some();
+    // A temporary name is this run's alone: one that exists is another
+    // run's, and creating it fails.
+    let exists = !temporary
+        && sql
+            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+            .await
+            .map_err(query_error("looking up the publication"))?
+            .is_some();
     let statement = if exists {
         format!("ALTER PUBLICATION {} SET TABLE {tables}", quote_ident(&name))
     } else {

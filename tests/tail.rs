@@ -297,7 +297,7 @@ async fn a_table_first_described_in_an_aborted_savepoint_still_decodes_afterward
 /// `ferry tail --help`: "Creates a publication for the given tables and a
 /// temporary slot, both removed on exit". When the slot cannot be made (here
 /// wal_level = replica), ferry exits with an error but leaves its
-/// publication `ferry_tail_<pid>` on the source for good.
+/// publication `ferry_tail_<pid>_<random>` on the source for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_start_removes_the_publication_it_created() {
     let cluster = Cluster::start_with(support::ClusterOptions {
@@ -401,9 +401,10 @@ async fn the_password_comes_from_pgpassword() {
 }
 
 /// The temporary publication is named after the server process of the
-/// tail's own session (`ferry_tail_<pid>`), which no other live session of
-/// the server has (ferry's own process id may be 1 in every container), and
-/// it goes at Ctrl-C even when that session was cut meanwhile.
+/// tail's own session and a random part (`ferry_tail_<pid>_<random>`): no
+/// other live session of the server has that process id (ferry's own may
+/// be 1 in every container), and a later one given it has another random
+/// part. It goes at Ctrl-C even when that session was cut meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_publication_goes_even_when_its_session_was_cut_meanwhile() {
     let cluster = Cluster::start();
@@ -411,7 +412,9 @@ async fn the_publication_goes_even_when_its_session_was_cut_meanwhile() {
     let tail = tail(&cluster, &["public.items"]);
     let name: String =
         client.query_one("SELECT pubname::text FROM pg_publication", &[]).await.unwrap().get(0);
-    let pid: i32 = name.strip_prefix("ferry_tail_").unwrap().parse().unwrap();
+    let (pid, random) = name.strip_prefix("ferry_tail_").unwrap().split_once('_').unwrap();
+    let pid: i32 = pid.parse().unwrap();
+    assert!(random.len() == 8 && random.chars().all(|c| c.is_ascii_hexdigit()), "{name}");
     let terminated: bool = client.query_one("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap().get(0);
     assert!(terminated, "no session of the server has process id {pid}");
     client.batch_execute("INSERT INTO items VALUES (1)").await.unwrap();
