@@ -9,6 +9,7 @@
 //!   identity, and a configured publication exists (errors otherwise);
 //! - the target table exists and has a primary key, and every column of that
 //!   key exists in the source table (errors otherwise);
+//! - a target table the start would copy into is empty (an error otherwise);
 //! - columns on both sides have types that fit (see below);
 //! - source columns the target lacks are listed: they are not replicated.
 //!
@@ -23,20 +24,21 @@
 //! fail for some values only (`text` → `integer`, `bigint` → `integer`),
 //! which only the data can tell.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use tokio_postgres::Client;
 
-use crate::apply::{ApplyError, TargetTable};
+use crate::apply::{ApplyError, TargetTable, target_error};
 use crate::config::{Config, Subscription, TableMapping};
 use crate::pg::catalog::Column;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::names::{QualifiedName, quote_ident_if_needed};
 use crate::pg::tls;
 use crate::route::{TableRoute, TypeFit, may_fail_warning};
+use crate::snapshot::{self, SnapshotError};
 use crate::source::catalog::{self, CatalogError, Identity, SourceTable};
 use crate::teardown;
 
@@ -236,15 +238,83 @@ async fn check_subscription(
     {
         findings.error(error);
     }
+    let copies = match target {
+        Some(target) if sub.snapshot => {
+            let recorded = tables_to_copy(sub, target).await;
+            recorded
+                .map_err(|e| findings.error(target_error("reading which tables were copied")(e)))
+                .unwrap_or_default()
+        }
+        _ => HashSet::new(),
+    };
     let mut problems = findings.problems;
     let mut columns = Vec::new();
     for table in &sub.tables {
         let mut findings =
             Findings::new(format!("subscription {}, table {}", sub.name, table.from.readable()));
-        columns.push(check_table(table, source, target, &mut findings).await);
+        let plan = check_table(table, source, target, &mut findings).await;
+        if let Some(target) = target
+            && plan.is_some()
+            && copies.contains(&table.from.to_string())
+        {
+            check_empty(target, &table.to, &mut findings).await;
+        }
+        columns.push(plan);
         problems.extend(findings.problems);
     }
     (columns, problems)
+}
+
+/// The source tables (as text) a start copies with `snapshot = true`:
+/// those the target records no copy of, read as `tablesync::TableStates`
+/// reads them, without flagging anything.
+async fn tables_to_copy(
+    sub: &Subscription,
+    target: &Client,
+) -> Result<HashSet<String>, tokio_postgres::Error> {
+    let (sources, targets): (Vec<String>, Vec<String>) =
+        sub.tables.iter().map(|t| (t.from.to_string(), t.to.to_string())).unzip();
+    let exists = |table: &str| format!("to_regclass('ferry.{table}') IS NOT NULL");
+    let row = target.query_one(&format!("SELECT {}, {}", exists("tables"), exists("progress")), &[]).await?;
+    let recorded = row.get::<_, bool>(0)
+        && target
+            .query_one("SELECT EXISTS (SELECT 1 FROM ferry.tables WHERE subscription = $1)", &[&sub.name])
+            .await?
+            .get::<_, bool>(0);
+    if !recorded {
+        // A target written before ferry recorded its tables has its
+        // published ones taken as copied; a new one has none.
+        let resumed = row.get::<_, bool>(1)
+            && target
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM ferry.progress WHERE subscription = $1)",
+                    &[&sub.name],
+                )
+                .await?
+                .get::<_, bool>(0);
+        return Ok(if resumed { HashSet::new() } else { sources.into_iter().collect() });
+    }
+    // An unfinished copy into the same table is emptied and starts over.
+    let rows = target
+        .query(
+            "SELECT u.s FROM unnest($2::text[], $3::text[]) AS u (s, t)
+             WHERE NOT EXISTS (SELECT 1 FROM ferry.tables f
+                               WHERE f.subscription = $1 AND f.source_table = u.s AND NOT f.removed
+                                 AND coalesce(f.target_table, u.t) = u.t)",
+            &[&sub.name, &sources, &targets],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// A table the start copies into must be empty: the copy refuses one
+/// holding rows.
+async fn check_empty(target: &Client, table: &QualifiedName, findings: &mut Findings) {
+    match snapshot::is_empty(target, table).await {
+        Ok(true) => {}
+        Ok(false) => findings.error(SnapshotError::TargetNotEmpty(table.clone())),
+        Err(error) => findings.error(error),
+    }
 }
 
 /// Checks both sides of one table mapping; the column plan when both could

@@ -459,3 +459,30 @@ async fn a_slot_of_a_source_spelled_twice_is_not_forgotten() {
     assert!(!output.contains("slot ferry_customers_to_orders belongs to no"), "{output}");
     validated.assert_mentions("slot ferry_long_gone belongs to no configured subscription");
 }
+
+/// With `snapshot = true` a start copies each table the target has no copy
+/// of, and the copy refuses a target table holding rows: validate says so
+/// first. A table ferry copied before, or `snapshot = false`, is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_the_start_would_copy_into_must_be_empty() {
+    let cluster = Cluster::start();
+    let (source, target) = source_and_target(&cluster).await;
+    exec(&source, "CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (1)").await;
+    exec(&target, "CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (2)").await;
+    let copied = config(&cluster.url("customers"), &cluster.url("orders"), "", &[("items", "items")]);
+
+    let validated = validate(&copied, &[]).await;
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    validated.assert_mentions("target table \"public\".\"items\" is not empty");
+    let streamed =
+        config(&cluster.url("customers"), &cluster.url("orders"), "snapshot = false", &[("items", "items")]);
+    let validated = validate(&streamed, &[]).await;
+    assert_eq!(validated.code, Some(0), "{}", validated.output());
+
+    exec(&target, "DELETE FROM items").await;
+    let daemon = support::daemon::Daemon::start(&copied);
+    daemon.wait_for_log("streaming", std::time::Duration::from_secs(60)).await;
+    assert_eq!(daemon.signal_and_wait("TERM").0, Some(0));
+    let validated = validate(&copied, &[]).await;
+    assert_eq!(validated.code, Some(0), "{}", validated.output());
+}
