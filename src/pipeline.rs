@@ -92,10 +92,6 @@ pub enum PipelineError {
         "{why}; applying again up to {until} in a new target session, in source order, one statement per row"
     )]
     ReplayInOrder { until: Lsn, why: String },
-    #[error("the copy of tables added to the subscription failed: {0}")]
-    CopyFailed(String),
-    #[error("the reader of the source's change stream failed: {0}")]
-    ReaderFailed(String),
     #[error("the pipeline failed on a bug in ferry (please report it with the log): {0}")]
     Panicked(String),
     /// Not a failure: see [`CopyBehindStream`].
@@ -150,7 +146,6 @@ impl PipelineError {
             PipelineError::Pg(_)
             | PipelineError::ConnectSource(_)
             | PipelineError::Source(_)
-            | PipelineError::ReaderFailed(_)
             | PipelineError::Catalog(CatalogError::Sql { .. } | CatalogError::Connect(_))
             | PipelineError::Route(LoadError::Source(CatalogError::Sql { .. } | CatalogError::Connect(_)))
             | PipelineError::Apply(ApplyError::Source(CatalogError::Sql { .. } | CatalogError::Connect(_))) => {
@@ -164,7 +159,7 @@ impl PipelineError {
             | PipelineError::ReplayCarefully { .. }
             | PipelineError::ReplayInOrder { .. }
             | PipelineError::CopyBehindStream(_) => ErrorKind::Target,
-            PipelineError::Snapshot(_) | PipelineError::CopyFailed(_) => ErrorKind::Snapshot,
+            PipelineError::Snapshot(_) => ErrorKind::Snapshot,
             PipelineError::SlotVanished { .. }
             | PipelineError::SlotInvalidated { .. }
             | PipelineError::SlotOfAnother { .. } => ErrorKind::Slot,
@@ -318,6 +313,12 @@ pub async fn run(
     }
 }
 
+/// A task of the pipeline that did not finish: it panicked (a bug in
+/// ferry), as nothing aborts these tasks.
+fn panicked_in(task: &str, failed: tokio::task::JoinError) -> PipelineError {
+    PipelineError::Panicked(format!("{task}: {failed}"))
+}
+
 /// Stops a pipeline whose run panicked (a bug in ferry) as one that met an
 /// error retrying cannot fix: its state, `ferry_pipeline_up` and
 /// `ferry_errors_total` must not go on showing it as it was.
@@ -435,7 +436,7 @@ async fn run_once(
     // Nothing more will become durable: a reader waiting for its last
     // position stops waiting now.
     drop(durable_tx);
-    let read = reader.await.map_err(|failed| PipelineError::ReaderFailed(failed.to_string()));
+    let read = reader.await.map_err(|failed| panicked_in("the reader of the source's change stream", failed));
     applied?;
     read??;
     Ok(())
@@ -703,7 +704,7 @@ async fn apply_events(
                 },
                 _ = flush_check.tick(), if !state.unflushed.is_empty() => state.release_flushed(applier, durable).await?,
                 Some(copied) = copying.join_next(), if !copying.is_empty() => {
-                    let copied = copied.map_err(|panic| PipelineError::CopyFailed(panic.to_string()))?;
+                    let copied = copied.map_err(|failed| panicked_in("the copy of tables added to the subscription", failed))?;
                     state.copied(applier, copied?, durable)?;
                 }
                 _ = tokio::time::sleep_until(state.linger_deadline()), if state.lingering() => {
@@ -1347,6 +1348,21 @@ mod tests {
         let missing_table = || ApplyError::MissingTable { table: "public.t".parse().unwrap() };
         assert_eq!(PipelineError::Apply(missing_table()).kind(), ErrorKind::Config);
         assert_eq!(PipelineError::Route(LoadError::Target(missing_table())).kind(), ErrorKind::Config);
+    }
+
+    /// A panic in the reader's or a copy's task is a bug, counted as such
+    /// and not retried, as one in the pipeline's own run.
+    #[tokio::test]
+    async fn a_task_of_the_pipeline_that_panicked_is_an_internal_error() {
+        let failed = tokio::spawn(async { panic!("decoder bug") }).await.unwrap_err();
+        let error = panicked_in("the reader of the source's change stream", failed);
+        assert_eq!(error.kind(), ErrorKind::Internal);
+        assert!(!error.is_retryable());
+        assert!(
+            error.to_string().contains("the reader of the source's change stream")
+                && error.to_string().contains("decoder bug"),
+            "{error}"
+        );
     }
 
     #[test]
