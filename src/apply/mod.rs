@@ -172,6 +172,8 @@ pub struct TargetTable {
     pub columns: Vec<Column>,
     /// The column sets of its unique indexes (see [`catalog::unique_keys`]).
     pub unique_keys: Vec<Vec<String>>,
+    /// Its `GENERATED ALWAYS AS IDENTITY` columns.
+    pub generated_always: Vec<String>,
 }
 
 impl TargetTable {
@@ -189,7 +191,10 @@ impl TargetTable {
         let unique_keys = catalog::unique_keys(client, name)
             .await
             .map_err(target_error(format!("reading the unique indexes of {name}")))?;
-        Ok(TargetTable { name: name.clone(), columns, unique_keys })
+        let generated_always = catalog::generated_always(client, name)
+            .await
+            .map_err(target_error(format!("reading the identity columns of {name}")))?;
+        Ok(TargetTable { name: name.clone(), columns, unique_keys, generated_always })
     }
 
     pub fn column(&self, name: &str) -> Option<&Column> {
@@ -1308,14 +1313,15 @@ impl Applier {
         let while_running = !self.described_before_start(relation);
         let identity: Vec<String> =
             relation.columns.iter().filter(|c| c.is_key).map(|c| c.name.clone()).collect();
+        let target_columns = target.columns.clone();
         let followed = if while_running {
-            route.follow(source_columns, target.columns, full_identity)
+            route.follow(source_columns, target_columns, full_identity)
         } else if self.streaming_in_progress() {
-            TableRoute::checked(&route.mapping, source_columns, target.columns, full_identity)
+            TableRoute::checked(&route.mapping, source_columns, target_columns, full_identity)
         } else {
-            route.for_older(source_columns, target.columns, full_identity)
+            route.for_older(source_columns, target_columns, full_identity)
         }
-        .and_then(|followed| followed.check_upsert_key(&identity, &target.unique_keys).map(|()| followed))
+        .and_then(|followed| followed.check_writes(&identity, &target).map(|()| followed))
         .map_err(|error| self.schema_error(error))?;
         if let Some(note) = change_note(&route, &followed) {
             let what =

@@ -89,6 +89,26 @@ pub async fn unique_keys(
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
+/// The table's identity columns that only take generated values
+/// (`GENERATED ALWAYS AS IDENTITY`), in table order.
+pub async fn generated_always(
+    client: &Client,
+    table: &QualifiedName,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text
+             FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attidentity = 'a'
+             ORDER BY a.attnum",
+            &[&table.schema, &table.name],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
 /// A `typcategory` read as text (`"char"` has no Rust counterpart).
 fn category(text: &str) -> char {
     text.chars().next().unwrap_or('X')
