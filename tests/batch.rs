@@ -267,6 +267,34 @@ async fn small_live_transactions_go_as_one_query_and_arrive_as_on_the_source() {
     drop(daemon);
 }
 
+/// Inserts committed one by one, each its own target transaction, go as
+/// one query each however many come in a row: COPY is for a long run in
+/// one transaction. Before, the run was counted across commits, and from
+/// the 64th on every one-row transaction took a COPY and four more round
+/// trips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_committed_one_by_one_do_not_go_to_copy() {
+    let source = Cluster::start();
+    let target = Cluster::start_with(ClusterOptions {
+        conf: vec!["log_statement = 'all'".into()],
+        ..Default::default()
+    });
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    let schema = "CREATE TABLE events (id int PRIMARY KEY, what text)";
+    exec(&src, schema).await;
+    exec(&dst, schema).await;
+    let daemon = Daemon::start(&config(&source, &target, &["events"]));
+    daemon.wait_for_log("streaming", SETTLE).await;
+    for id in 1..=80 {
+        exec(&src, &format!("INSERT INTO events VALUES ({id}, 'event {id}')")).await;
+        wait_for_same(&src, &dst, "events", "events", "id, what", "id", SETTLE).await;
+    }
+    let log = target.log();
+    assert!(log.contains("'event 80'"), "the last insert went as one query: {log}");
+    assert!(!log.contains("COPY"), "no insert went by COPY: {log}");
+    drop(daemon);
+}
+
 /// Source and target with `accounts` (ten rows, the target lacking row 7,
 /// so that an update of it fails) and `table` made by `ddl`, and ferry
 /// streaming both.

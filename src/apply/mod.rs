@@ -262,7 +262,8 @@ pub struct Applier {
     /// Apply the current source transaction in source order, one statement
     /// per row (no batches, no COPY), so that a failing row is named.
     in_order: bool,
-    /// The table of the latest inserts in a row, and how many there were.
+    /// The table of the latest inserts in a row in this target
+    /// transaction, and how many there were.
     consecutive: (u32, usize),
 }
 
@@ -677,6 +678,9 @@ impl Applier {
     /// worker does): the source may hear of it only once the target's WAL
     /// is flushed past it (see [`Applier::wal_positions`]).
     pub async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<(), ApplyError> {
+        // A long run of inserts goes to COPY; a stream of small
+        // transactions of inserts, committed one by one, is no such run.
+        self.consecutive = (0, 0);
         let progress = format!(
             "EXECUTE ferry_record_progress({subscription}, {lsn}, {time}); {extra}",
             subscription = quote_literal(&self.subscription),
