@@ -49,18 +49,18 @@ pub async fn run_with(
     background.spawn(teardown::watch_forgotten_slots(config_rx, metrics.clone(), cancel.clone()));
     let mut pipelines = Pipelines::new(metrics.clone(), cancel.clone());
     pipelines.apply(&config).await;
-    let mut current = config;
+    // The address served until a restart, whatever the reloads say.
+    let listening = config.server.listen.clone();
     metrics.set_ready(true);
     while pipelines.any_running() {
         tokio::select! {
             _ = cancel.cancelled() => break,
             Some(config) = reloads.recv() => {
-                if config.server.listen != current.server.listen {
-                    tracing::warn!(listen = %config.server.listen, "a new [server] listen address takes a restart");
+                if config.server.listen != listening {
+                    tracing::warn!(listen = %config.server.listen, serving = %listening, "a new [server] listen address takes a restart");
                 }
                 pipelines.apply(&config).await;
-                configs.send_replace(config.clone());
-                current = config;
+                configs.send_replace(config);
                 tracing::info!("configuration reloaded");
             }
             Some(exit) = pipelines.tasks.join_next_with_id() => pipelines.exited(exit),

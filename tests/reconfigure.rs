@@ -449,6 +449,19 @@ async fn a_config_that_does_not_load_keeps_the_running_one() {
     let logs = daemon.logs();
     assert_eq!(logs.matches("starting pipeline subscription=sub ").count(), 1, "{logs}");
     assert!(!logs.contains("restarting"), "{logs}");
+
+    // Another listen address takes a restart, at every reload that asks for
+    // it, and the one served is still served.
+    // Back to the one served, none does.
+    let elsewhere = free_port();
+    for (listen, warned) in [(elsewhere, 1), (elsewhere, 2), (port, 2)] {
+        let reloads = daemon.logs().matches("configuration reloaded").count();
+        daemon.reload(&with_server(listen, &second));
+        daemon.wait_for_count("configuration reloaded", reloads + 1, WAIT).await;
+        let logs = daemon.logs();
+        assert_eq!(logs.matches("listen address takes a restart").count(), warned, "{logs}");
+    }
+    assert_eq!(reload_metric(&http.metrics().await), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,6 +86,19 @@ impl Daemon {
         }
     }
 
+    /// Waits until `needle` was logged `count` times in all.
+    pub async fn wait_for_count(&self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.logs().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "ferry never logged {needle:?} {count} times; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
