@@ -50,7 +50,7 @@ pub async fn run_with(
     let mut pipelines = Pipelines::new(metrics.clone(), cancel.clone());
     pipelines.apply(&config).await;
     // The address served until a restart, whatever the reloads say.
-    let listening = config.server.listen.clone();
+    let listening = config.server.listen;
     metrics.set_ready(true);
     while pipelines.any_running() {
         tokio::select! {
