@@ -127,7 +127,9 @@ impl PipelineError {
             PipelineError::Pg(e)
             | PipelineError::Source(SourceError::Pg(e))
             | PipelineError::Snapshot(SnapshotError::Source(e)) => pg_retryable(e),
-            PipelineError::Source(SourceError::StreamEnded) => true,
+            // A restart spools again from the slot: a full disk or too many
+            // open files may have cleared by then.
+            PipelineError::Source(SourceError::StreamEnded | SourceError::Spool(_)) => true,
             PipelineError::ConnectSource(e) | PipelineError::ConnectTarget(e) => connect_retryable(e),
             PipelineError::TargetClosed { .. } => true,
             PipelineError::Catalog(e)
@@ -1363,6 +1365,14 @@ mod tests {
                 && error.to_string().contains("decoder bug"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_streamed_transaction_that_cannot_be_spooled_is_retried() {
+        let full = std::io::Error::from_raw_os_error(28);
+        let error = PipelineError::Source(SourceError::Spool(full));
+        assert!(error.is_retryable(), "{error}");
+        assert_eq!(error.kind(), ErrorKind::Source);
     }
 
     #[test]
