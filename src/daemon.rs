@@ -230,21 +230,21 @@ async fn run_on_own_thread(
     stop: CancellationToken,
 ) -> Result<(), PipelineError> {
     let (done, result) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(format!("ferry {}", spec.subscription.name))
-        .spawn(move || {
-            if let Err(error) = no_wakeup_preemption() {
-                tracing::debug!(subscription = %spec.subscription.name, "the pipeline's thread keeps the default scheduling: {error}");
-            }
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a pipeline's runtime starts");
-            let (kept_spec, kept_metrics) = (spec.clone(), metrics.clone());
-            let run = pipeline::run(spec, metrics, stop);
-            let _ = done.send(run_to_end(&runtime, run, &kept_spec, &kept_metrics));
-        })
-        .expect("a pipeline's thread starts");
+    let (kept_spec, kept_metrics) = (spec.clone(), metrics.clone());
+    let spawned = std::thread::Builder::new().name(format!("ferry {}", spec.subscription.name)).spawn(move || {
+        if let Err(error) = no_wakeup_preemption() {
+            tracing::debug!(subscription = %spec.subscription.name, "the pipeline's thread keeps the default scheduling: {error}");
+        }
+        let ended = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => run_to_end(&runtime, pipeline::run(spec.clone(), metrics.clone(), stop), &spec, &metrics),
+            Err(error) => Err(pipeline::stopped_outside_run(&spec, &metrics, PipelineError::NoThread(error))),
+        };
+        let _ = done.send(ended);
+    });
+    // Threads and the files a runtime needs can run out (EAGAIN, EMFILE).
+    if let Err(error) = spawned {
+        return Err(pipeline::stopped_outside_run(&kept_spec, &kept_metrics, PipelineError::NoThread(error)));
+    }
     result.await.expect("the pipeline's thread sends its result")
 }
 
@@ -374,6 +374,24 @@ mod tests {
         let rendered = metrics.render();
         assert!(rendered.contains(r#"ferry_errors_total{kind="internal",subscription="a"} 1"#), "{rendered}");
         assert!(rendered.contains(r#"ferry_pipeline_up{subscription="a"} 0"#), "{rendered}");
+    }
+
+    /// Out of threads (EAGAIN), as the daemon would be under a low
+    /// RLIMIT_NPROC: the pipeline shows as stopped, not as starting.
+    #[test]
+    fn a_pipeline_whose_thread_cannot_start_shows_as_stopped() {
+        use crate::metrics::{ErrorKind, Metrics, State};
+        let metrics = Metrics::new();
+        let subscription = crate::metrics::tests::subscription("a");
+        let pipeline = metrics.pipeline(&subscription);
+        let url: crate::pg::conninfo::ConnInfo = "postgresql://ferry@db/shop".parse().unwrap();
+        let spec = super::PipelineSpec { subscription, source: url.clone(), target: url };
+        let no_thread = super::PipelineError::NoThread(std::io::Error::from_raw_os_error(libc::EAGAIN));
+        let error = super::pipeline::stopped_outside_run(&spec, &pipeline, no_thread);
+        assert_eq!(error.kind(), ErrorKind::Internal);
+        let status = &metrics.status().pipelines[0];
+        assert_eq!(status.state, State::Stopped);
+        assert!(status.error.as_deref().unwrap().contains("thread could not start"), "{status:?}");
     }
 
     #[test]

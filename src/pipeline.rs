@@ -94,6 +94,8 @@ pub enum PipelineError {
     ReplayInOrder { until: Lsn, why: String },
     #[error("the pipeline failed on a bug in ferry (please report it with the log): {0}")]
     Panicked(String),
+    #[error("the pipeline's thread could not start: {0}")]
+    NoThread(std::io::Error),
     /// Not a failure: see [`CopyBehindStream`].
     #[error(transparent)]
     CopyBehindStream(#[from] CopyBehindStream),
@@ -165,7 +167,7 @@ impl PipelineError {
             PipelineError::SlotVanished { .. }
             | PipelineError::SlotInvalidated { .. }
             | PipelineError::SlotOfAnother { .. } => ErrorKind::Slot,
-            PipelineError::Panicked(_) => ErrorKind::Internal,
+            PipelineError::Panicked(_) | PipelineError::NoThread(_) => ErrorKind::Internal,
             PipelineError::Apply(_) | PipelineError::Catalog(_) | PipelineError::Route(_) => {
                 ErrorKind::Config
             }
@@ -334,7 +336,16 @@ pub fn stopped_by_panic(
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".into());
-    let error = PipelineError::Panicked(what);
+    stopped_outside_run(spec, metrics, PipelineError::Panicked(what))
+}
+
+/// Shows a pipeline stopped by `error`, which ended it outside its run
+/// (that reports its own errors).
+pub fn stopped_outside_run(
+    spec: &PipelineSpec,
+    metrics: &PipelineMetrics,
+    error: PipelineError,
+) -> PipelineError {
     let message = without_passwords(error.to_string(), spec);
     metrics.error(error.kind(), message.clone());
     metrics.set_state(State::Stopped);
