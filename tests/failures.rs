@@ -311,6 +311,33 @@ async fn sigterm_stops_a_pipeline_still_waiting_for_a_server_that_never_answers(
     assert_eq!(code, Some(0), "SIGTERM should end ferry cleanly while it is connecting");
 }
 
+/// A source that stops answering while ferry streams from it (its
+/// walsender frozen here, as a host gone without a reset looks: the kernel
+/// still acknowledges) does not hold up SIGTERM: ending the stream waits
+/// for an answer a bounded time, then drops the connection. Before, the
+/// exit waited for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_pipeline_whose_source_stopped_answering() {
+    let (source, target) = setup_one(ClusterOptions::default()).await;
+    let daemon = Daemon::start(&one_pipeline(&source, &target));
+    daemon.wait_for_log("streaming", SETTLE).await;
+    let src = source.client("postgres").await;
+    let walsender: i32 = src
+        .query_one("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'ferry_test'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let signal = |name: &str| {
+        let sent =
+            std::process::Command::new("kill").arg(format!("-{name}")).arg(walsender.to_string()).status();
+        assert!(sent.unwrap().success());
+    };
+    signal("STOP");
+    let (code, _) = daemon.signal_and_wait("TERM");
+    signal("CONT");
+    assert_eq!(code, Some(0), "SIGTERM should end ferry cleanly");
+}
+
 /// A pipeline that stopped with an error and was then taken out of the
 /// config no longer counts: SIGTERM ends the daemon with 0, as README
 /// says. Before, the exit code was 1 for the error of a subscription no
