@@ -316,7 +316,8 @@ fn target_error(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> 
 
 /// A slot named like ferry's that no configured subscription uses: left
 /// by a subscription taken out of the config, it keeps WAL until `ferry
-/// drop` removes it.
+/// drop` removes it. One a reader is using (a ferry with another config)
+/// is that reader's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForgottenSlot {
     /// The config's name of the source it is on.
@@ -374,7 +375,7 @@ pub async fn forgotten_slots_on(
                 current_wal_lsn!(),
                 ", restart_lsn), 0)::bigint
                  FROM pg_replication_slots
-                 WHERE slot_type = 'logical' AND NOT temporary AND database = current_database()
+                 WHERE slot_type = 'logical' AND NOT temporary AND NOT active AND database = current_database()
                    AND slot_name LIKE 'ferry\\_%' ORDER BY 1"
             ),
             &[],

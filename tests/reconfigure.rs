@@ -252,11 +252,17 @@ async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_d
         }
     };
     assert!(slot_exists("ferry_sub").await, "a removed subscription keeps its slot");
+    // A `ferry_` slot another reader is using (a ferry elsewhere; a tail
+    // here) is that reader's, not forgotten.
+    let url = source.url("postgres");
+    let busy = support::tail::TailProcess::start(&["--source", &url, "--slot", "ferry_busy", "--table", "steady"]);
     let running = ferry::config::Config::load(daemon.config_path()).unwrap();
     let forgotten = ferry::teardown::forgotten_slots(&running).await;
     let forgotten: Vec<(&str, &str)> =
         forgotten.values().flatten().map(|f| (f.source.as_str(), f.slot.as_str())).collect();
     assert_eq!(forgotten, vec![("src", "ferry_sub")]);
+    assert!(busy.interrupt());
+    exec(&src, "SELECT pg_drop_replication_slot('ferry_busy'); DROP PUBLICATION ferry_tail_ferry_busy").await;
     // Shown until dropped, so that an alert can fire before the source's
     // disk fills.
     http.wait_for_metrics("the removed subscription's slot", WAIT, |m| forgotten_series(m).is_some()).await;
