@@ -255,7 +255,8 @@ async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_d
     // A `ferry_` slot another reader is using (a ferry elsewhere; a tail
     // here) is that reader's, not forgotten.
     let url = source.url("postgres");
-    let busy = support::tail::TailProcess::start(&["--source", &url, "--slot", "ferry_busy", "--table", "steady"]);
+    let busy =
+        support::tail::TailProcess::start(&["--source", &url, "--slot", "ferry_busy", "--table", "steady"]);
     let running = ferry::config::Config::load(daemon.config_path()).unwrap();
     let forgotten = ferry::teardown::forgotten_slots(&running).await;
     let forgotten: Vec<(&str, &str)> =

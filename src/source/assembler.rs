@@ -70,9 +70,17 @@ impl Spool {
 
     /// Cuts the aborted sub-transaction out of the spool. Relation and type
     /// descriptions in the cut-off part are kept (re-appended under the
-    /// top-level `xid`): the server sends a description once per streamed
-    /// transaction, and changes after the abort still rely on it.
+    /// top-level `xid`) for the changes after the abort to be read with.
+    ///
+    /// None of the descriptions so far outlives the commit: at any abort the
+    /// server forgets what it described to the transaction and describes
+    /// again what comes next, and at the commit takes as known only what it
+    /// described since (pgoutput's `cleanup_rel_sync_cache`). One from before
+    /// the abort may be older than another transaction's description that
+    /// came meanwhile (the sub-transaction's lock on the table went with
+    /// it, letting an `ALTER TABLE` in).
     fn abort_subtransaction(&mut self, xid: u32, subxid: u32) -> io::Result<()> {
+        self.relations.clear();
         let Some(pos) = self.first_offsets.iter().position(|(x, _)| *x == subxid) else {
             return Ok(()); // it had no changes streamed
         };
@@ -518,6 +526,23 @@ mod tests {
         spool.abort_subtransaction(1, 3).unwrap();
         let kept: Vec<&[u8]> = vec![b"I top", b"R described in 2", b"Y typed in 3", b"I in 4"];
         assert_eq!(records(spool), kept);
+    }
+
+    #[test]
+    fn no_description_from_before_a_subtransaction_abort_outlives_the_commit() {
+        let mut spool = Spool::new().unwrap();
+        let relation = Relation {
+            xid: Some(2),
+            oid: 7,
+            namespace: "public".into(),
+            name: "x".into(),
+            replica_identity: crate::pg::pgoutput::ReplicaIdentity::Default,
+            columns: Vec::new(),
+        };
+        spool.relations.insert(7, Arc::new(relation));
+        // Even a sub-transaction that streamed no change of its own.
+        spool.abort_subtransaction(1, 3).unwrap();
+        assert!(spool.relations.is_empty());
     }
 
     #[test]
