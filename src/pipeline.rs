@@ -429,8 +429,7 @@ async fn run_once(
     let (events_tx, events_rx) = mpsc::channel(CHANNEL_CAPACITY / source::CHUNK_EVENTS);
     let (durable_tx, durable_rx) = watch::channel(start);
     let stop_reader = cancel.child_token();
-    let mut reader =
-        tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone(), true));
+    let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone(), true));
     let target = spec.target.to_string();
     let state = ApplyState::new(progress, start, floors, metrics, replay, sub.forward_origins);
     let grace_over = async {
@@ -450,14 +449,9 @@ async fn run_once(
     // Nothing more will become durable: a reader waiting for its last
     // position stops waiting now.
     drop(durable_tx);
-    // Ending the stream waits for the source's answer, which a source that
-    // stopped answering (a host gone without a reset) never sends: its
-    // connection is dropped instead, which loses nothing (the slot sends
-    // again from what was confirmed).
-    let read = match tokio::time::timeout(STOP_GRACE, &mut reader).await {
-        Ok(read) => read.map_err(|failed| panicked_in("the reader of the source's change stream", failed)),
-        Err(_) => {
-            reader.abort();
+    let read = match source::stopped_reader(reader, STOP_GRACE).await {
+        Some(read) => read.map_err(|failed| panicked_in("the reader of the source's change stream", failed)),
+        None => {
             tracing::warn!(subscription = %sub.name, "stopping: the source did not end the stream within {}s; its connection is dropped", STOP_GRACE.as_secs());
             Ok(Ok(()))
         }

@@ -16,6 +16,9 @@ use crate::pg::replication::{ReplicationClient, ReplicationStream, SlotKind, Sta
 use crate::pg::{Lsn, PgError, timestamp, tls};
 use crate::source::{self, Change, SourceError, SourceEvent};
 
+/// How long Ctrl-C waits for the source to end the stream.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What to tail.
 #[derive(Debug, Clone)]
 pub struct TailOptions {
@@ -154,7 +157,7 @@ async fn stream(
     let printed = print_events(events_rx, out, durable_tx).await;
     // The printer only stops early on an output error: stop reading too.
     cancel.cancel();
-    let read = reader.await.unwrap_or(Ok(()));
+    let read = source::stopped_reader(reader, STOP_WAIT).await.and_then(Result::ok).unwrap_or(Ok(()));
     printed?;
     read?;
     Ok(())

@@ -485,3 +485,27 @@ async fn ctrl_c_while_the_slot_waits_for_an_open_transaction_stops_and_cleans_up
     assert_eq!(publications, 0, "the temporary publication must be dropped");
     open.batch_execute("ROLLBACK").await.unwrap();
 }
+
+/// Ctrl-C while the source has stopped answering (its walsender frozen
+/// here, as a host gone without a reset looks) still ends tail: ending the
+/// stream waits for the source a bounded time. Before, it waited for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_ends_a_tail_whose_source_stopped_answering() {
+    let cluster = Cluster::start();
+    let client = setup(&cluster, "CREATE TABLE items (id int PRIMARY KEY)").await;
+    let tail = tail(&cluster, &["public.items"]);
+    let walsender: i32 = client
+        .query_one("SELECT active_pid FROM pg_replication_slots WHERE slot_name LIKE 'ferry\\_tail\\_%'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let signal = |name: &str| {
+        let sent =
+            std::process::Command::new("kill").arg(format!("-{name}")).arg(walsender.to_string()).status();
+        assert!(sent.unwrap().success());
+    };
+    signal("STOP");
+    let ended = tail.interrupt();
+    signal("CONT");
+    assert!(ended, "ferry tail should exit 0 on SIGINT");
+}

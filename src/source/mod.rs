@@ -127,6 +127,25 @@ pub type EventChunk = Vec<SourceEvent>;
 /// transaction durable before it reports its final position anyway.
 const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(30);
 
+/// Waits for a reader told to stop, which ends the stream and waits for
+/// the source's answer, at most `grace`: a source that stopped answering
+/// without a reset (the kernel still acknowledges, so no TCP timeout fires)
+/// never answers, and the reader is dropped with its connection instead,
+/// which loses nothing (the slot sends again from what was confirmed).
+/// `None` when it was dropped; otherwise how the reader's task ended.
+pub async fn stopped_reader(
+    mut reader: tokio::task::JoinHandle<Result<(), SourceError>>,
+    grace: Duration,
+) -> Option<Result<Result<(), SourceError>, tokio::task::JoinError>> {
+    match tokio::time::timeout(grace, &mut reader).await {
+        Ok(ended) => Some(ended),
+        Err(_) => {
+            reader.abort();
+            None
+        }
+    }
+}
+
 /// Reads a replication stream until `cancel` fires: decodes and assembles
 /// transactions into `out` (streamed ones also early, with `early`; see
 /// [`Assembler`]), and reports `durable` (what the consumer has made
