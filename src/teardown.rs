@@ -327,6 +327,20 @@ pub struct ForgottenSlot {
     pub retained_bytes: i64,
 }
 
+/// What the daemon logs and validate warns about it. It may still be a
+/// ferry's with another config that is not reading it just now (retrying,
+/// redeploying), hence the "unless".
+impl std::fmt::Display for ForgottenSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (slot, source) = (&self.slot, &self.source);
+        write!(
+            f,
+            "slot {slot} on source {source} belongs to no configured subscription and keeps WAL; unless a ferry \
+             with another config uses it, `ferry drop SUBSCRIPTION --source {source}` removes it"
+        )
+    }
+}
+
 /// How long one source may take to say which slots it has.
 const FORGOTTEN_SLOT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -430,13 +444,7 @@ pub async fn watch_forgotten_slots(
         let forgotten = || last.values().flat_map(|(_, slots)| slots);
         for slot in forgotten() {
             if warned.insert((slot.source.clone(), slot.slot.clone())) {
-                let (source, name) = (&slot.source, &slot.slot);
-                tracing::warn!(
-                    %source,
-                    slot = %name,
-                    "slot {name} on source {source} belongs to no configured subscription: it keeps WAL until \
-                     `ferry drop SUBSCRIPTION --source {source}` removes it"
-                );
+                tracing::warn!(source = %slot.source, slot = %slot.slot, "{slot}");
             }
         }
         metrics.forgotten_slots(forgotten());

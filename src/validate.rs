@@ -171,10 +171,7 @@ pub async fn online(config: &Config) -> Report {
     for (source, client) in &sources {
         let mut findings = Findings::new(format!("source {source}"));
         for forgotten in teardown::forgotten_slots_on(config, source, client).await.unwrap_or_default() {
-            findings.warning(format!(
-                "slot {} belongs to no configured subscription and keeps WAL; `ferry drop SUBSCRIPTION --source {source}` removes it",
-                forgotten.slot
-            ));
+            findings.warning(forgotten);
         }
         report.problems.extend(findings.problems);
     }
@@ -240,10 +237,7 @@ async fn check_subscription(
     }
     let copies = match target {
         Some(target) if sub.snapshot => {
-            let recorded = tables_to_copy(sub, target).await;
-            recorded
-                .map_err(|e| findings.error(target_error("reading which tables were copied")(e)))
-                .unwrap_or_default()
+            tables_to_copy(sub, source, target).await.map_err(|e| findings.error(e)).unwrap_or_default()
         }
         _ => HashSet::new(),
     };
@@ -265,45 +259,58 @@ async fn check_subscription(
     (columns, problems)
 }
 
-/// The source tables (as text) a start copies with `snapshot = true`:
-/// those the target records no copy of, read as `tablesync::TableStates`
-/// reads them, without flagging anything.
+/// The source tables (as text) a start copies with `snapshot = true`, as
+/// `pipeline::set_up` and `tablesync::TableStates` decide, read without
+/// writing anything: those the target records no copy of, or no
+/// unfinished copy into the same table (which is emptied first), where the
+/// subscription has progress; without progress, all but such unfinished
+/// ones. A target written before ferry recorded its tables has the
+/// publication's tables taken as copied (none known without the source).
+/// Columns an older ferry's `ferry.tables` lacks are read as absent.
 async fn tables_to_copy(
     sub: &Subscription,
+    source: Option<&Client>,
     target: &Client,
-) -> Result<HashSet<String>, tokio_postgres::Error> {
+) -> Result<HashSet<String>, String> {
     let (sources, targets): (Vec<String>, Vec<String>) =
         sub.tables.iter().map(|t| (t.from.to_string(), t.to.to_string())).unzip();
-    let exists = |table: &str| format!("to_regclass('ferry.{table}') IS NOT NULL");
-    let row = target.query_one(&format!("SELECT {}, {}", exists("tables"), exists("progress")), &[]).await?;
-    let recorded = row.get::<_, bool>(0)
-        && target
-            .query_one("SELECT EXISTS (SELECT 1 FROM ferry.tables WHERE subscription = $1)", &[&sub.name])
-            .await?
-            .get::<_, bool>(0);
-    if !recorded {
-        // A target written before ferry recorded its tables has its
-        // published ones taken as copied; a new one has none.
-        let resumed = row.get::<_, bool>(1)
-            && target
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM ferry.progress WHERE subscription = $1)",
-                    &[&sub.name],
-                )
-                .await?
-                .get::<_, bool>(0);
-        return Ok(if resumed { HashSet::new() } else { sources.into_iter().collect() });
+    let read = |e| target_error("reading which tables were copied")(e).to_string();
+    let row = target
+        .query_one(
+            "SELECT to_regclass('ferry.tables') IS NOT NULL, to_regclass('ferry.progress') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(read)?;
+    let exists = |sql: &'static str, present: bool| async move {
+        Ok::<_, String>(present && target.query_one(sql, &[&sub.name]).await.map_err(read)?.get::<_, bool>(0))
+    };
+    let recorded =
+        exists("SELECT EXISTS (SELECT 1 FROM ferry.tables WHERE subscription = $1)", row.get(0)).await?;
+    let resumed =
+        exists("SELECT EXISTS (SELECT 1 FROM ferry.progress WHERE subscription = $1)", row.get(1)).await?;
+    if resumed && !recorded {
+        let Some(source) = source else { return Ok(HashSet::new()) };
+        let published =
+            catalog::published_tables(source, &sub.publication).await.map_err(|e| e.to_string())?;
+        let published: HashSet<String> = published.iter().map(ToString::to_string).collect();
+        return Ok(sources.into_iter().filter(|s| !published.contains(s)).collect());
     }
-    // An unfinished copy into the same table is emptied and starts over.
+    if !recorded {
+        return Ok(sources.into_iter().collect());
+    }
     let rows = target
         .query(
             "SELECT u.s FROM unnest($2::text[], $3::text[]) AS u (s, t)
-             WHERE NOT EXISTS (SELECT 1 FROM ferry.tables f
-                               WHERE f.subscription = $1 AND f.source_table = u.s AND NOT f.removed
-                                 AND coalesce(f.target_table, u.t) = u.t)",
-            &[&sub.name, &sources, &targets],
+             WHERE NOT EXISTS (SELECT 1 FROM ferry.tables f, to_jsonb(f) j
+                               WHERE f.subscription = $1 AND f.source_table = u.s
+                                 AND (j ->> 'removed') IS DISTINCT FROM 'true'
+                                 AND coalesce(j ->> 'target_table', u.t) = u.t
+                                 AND ($4 OR (j ->> 'copying') = 'true'))",
+            &[&sub.name, &sources, &targets, &resumed],
         )
-        .await?;
+        .await
+        .map_err(read)?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
@@ -625,13 +632,14 @@ mod tests {
     #[test]
     fn a_generated_always_column_is_refused_where_it_would_be_updated() {
         let source = [column("id", "integer", true), column("number", "bigint", false)];
-        let check = |mapping: &TableMapping, generated: &str| {
+        let check_keyed = |mapping: &TableMapping, generated: &str, identity: &Identity| {
             let mut target = target_table(source.to_vec());
             target.generated_always = vec![generated.into()];
             let mut findings = Findings::new("subscription s, table public.customers".into());
-            compare(mapping, source.to_vec(), &target, &by_id(), &mut findings);
+            compare(mapping, source.to_vec(), &target, identity, &mut findings);
             messages(&findings)
         };
+        let check = |mapping: &TableMapping, generated: &str| check_keyed(mapping, generated, &by_id());
         let found = check(&mapping(), "number");
         assert!(found.len() == 1 && found[0].contains("SET GENERATED BY DEFAULT"), "{found:?}");
         // An unchanged key is not assigned; nor is anything without updates.
@@ -639,6 +647,13 @@ mod tests {
         let mut insert_only = mapping();
         insert_only.operations.update = false;
         assert!(check(&insert_only, "number").is_empty());
+        // The key an update leaves out is the source's replica identity,
+        // not the target's primary key; under FULL it is that key.
+        let by_number = Identity::Columns(vec!["number".into()]);
+        assert!(check_keyed(&mapping(), "number", &by_number).is_empty());
+        assert_eq!(check_keyed(&mapping(), "id", &by_number).len(), 1);
+        assert!(check_keyed(&mapping(), "id", &Identity::Full).is_empty());
+        assert_eq!(check_keyed(&mapping(), "number", &Identity::Full).len(), 1);
     }
 
     #[test]

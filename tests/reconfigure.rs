@@ -276,7 +276,9 @@ async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_d
     let report = String::from_utf8_lossy(&validated.stdout);
     assert!(validated.status.success(), "{validated:?}");
     assert!(
-        report.contains("warning: source src: slot ferry_sub belongs to no configured subscription"),
+        report.contains(
+            "warning: source src: slot ferry_sub on source src belongs to no configured subscription"
+        ),
         "{report}"
     );
 

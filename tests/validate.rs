@@ -433,6 +433,18 @@ async fn a_replica_identity_index_is_the_key_validate_checks() {
 
     assert_eq!(validated.code, Some(1), "{}", validated.output());
     validated.assert_mentions("email");
+
+    // Columns the index only INCLUDEs are not part of the key the changes
+    // carry: a target without them is fine.
+    exec(
+        &source,
+        "ALTER TABLE items ADD COLUMN note text;
+         CREATE UNIQUE INDEX items_id_note ON items (id) INCLUDE (note);
+         ALTER TABLE items REPLICA IDENTITY USING INDEX items_id_note",
+    )
+    .await;
+    let validated = validate(&text, &[]).await;
+    assert_eq!(validated.code, Some(0), "{}", validated.output());
 }
 
 /// Two sources of the config that are the same database (say, one role per
@@ -456,8 +468,9 @@ async fn a_slot_of_a_source_spelled_twice_is_not_forgotten() {
     let validated = validate(&text, &[]).await;
 
     let output = validated.output();
-    assert!(!output.contains("slot ferry_customers_to_orders belongs to no"), "{output}");
-    validated.assert_mentions("slot ferry_long_gone belongs to no configured subscription");
+    assert!(!output.contains("slot ferry_customers_to_orders on source"), "{output}");
+    validated.assert_mentions("slot ferry_long_gone on source");
+    validated.assert_mentions("belongs to no configured subscription");
 }
 
 /// With `snapshot = true` a start copies each table the target has no copy
@@ -484,5 +497,54 @@ async fn a_table_the_start_would_copy_into_must_be_empty() {
     daemon.wait_for_log("streaming", std::time::Duration::from_secs(60)).await;
     assert_eq!(daemon.signal_and_wait("TERM").0, Some(0));
     let validated = validate(&copied, &[]).await;
+    assert_eq!(validated.code, Some(0), "{}", validated.output());
+}
+
+/// A target an older ferry wrote: its `ferry.tables` lacks the columns
+/// added since (`removed`, `target_table`), which `ferry run` adds, and
+/// before that ferry recorded no tables at all, which the start takes as
+/// the publication's tables copied. validate reads both as the start
+/// does: before, the first was an SQL error and the second took every
+/// table as copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_an_older_ferry_wrote_is_read_as_the_start_reads_it() {
+    let cluster = Cluster::start();
+    let (source, target) = source_and_target(&cluster).await;
+    let tables = "CREATE TABLE items (id int PRIMARY KEY); CREATE TABLE extra (id int PRIMARY KEY);
+                  INSERT INTO items VALUES (1); INSERT INTO extra VALUES (1);";
+    exec(&source, &format!("{tables} CREATE PUBLICATION ferry_customers_to_orders FOR TABLE items")).await;
+    exec(
+        &target,
+        &format!(
+            "{tables} CREATE SCHEMA ferry;
+             CREATE TABLE ferry.progress (subscription text PRIMARY KEY, end_lsn pg_lsn NOT NULL);
+             INSERT INTO ferry.progress VALUES ('customers-to-orders', '0/1');
+             CREATE TABLE ferry.tables (subscription text NOT NULL, source_table text NOT NULL, floor pg_lsn,
+                                        copying boolean NOT NULL DEFAULT false,
+                                        PRIMARY KEY (subscription, source_table));"
+        ),
+    )
+    .await;
+    let text = config(
+        &cluster.url("customers"),
+        &cluster.url("orders"),
+        "",
+        &[("items", "items"), ("extra", "extra")],
+    );
+
+    // Nothing recorded: items, published, counts as copied; extra is copied.
+    let validated = validate(&text, &[]).await;
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    validated.assert_mentions("target table \"public\".\"extra\" is not empty");
+    assert!(!validated.output().contains("\"items\" is not empty"), "{}", validated.output());
+
+    // Both recorded as copied, in the older shape.
+    exec(
+        &target,
+        "INSERT INTO ferry.tables (subscription, source_table) VALUES
+             ('customers-to-orders', '\"public\".\"items\"'), ('customers-to-orders', '\"public\".\"extra\"')",
+    )
+    .await;
+    let validated = validate(&text, &[]).await;
     assert_eq!(validated.code, Some(0), "{}", validated.output());
 }

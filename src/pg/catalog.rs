@@ -22,7 +22,8 @@ pub struct Column {
     /// boolean, `U` user-defined, … (see [`crate::route::type_fit`]).
     pub category: char,
     /// Part of the table's primary key (of a source table's replica
-    /// identity, as `source::catalog::source_table` reads it).
+    /// identity, as `source::catalog::source_table` reads it); `INCLUDE`d
+    /// columns are not, as in the server's own changes.
     pub is_key: bool,
     /// Variable length and not stored plain, so it can be TOASTed: an
     /// update that leaves it alone may not send its value.
@@ -38,7 +39,7 @@ pub async fn table_columns(
     let rows = client
         .query(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod),
-                    coalesce(a.attnum = ANY(i.indkey), false),
+                    coalesce(a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]), false),
                     a.attlen = -1 AND a.attstorage <> 'p',
                     a.atttypid, a.atttypmod, t.typcategory::text
              FROM pg_class c

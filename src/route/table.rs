@@ -255,22 +255,28 @@ impl TableRoute {
     /// identity.
     pub fn check_writes(&self, identity: &[String], target: &TargetTable) -> Result<(), RouteError> {
         self.check_upsert_key(identity, &target.unique_keys)?;
-        self.check_assignable(target)
+        self.check_assignable(identity, target)
     }
 
     /// An update (and the upsert of a table with a filter) assigns every
-    /// carried column but an unchanged key, and PostgreSQL lets a
-    /// `GENERATED ALWAYS` identity column be assigned only DEFAULT. Left
-    /// out of the assignment, a value the source changed would be lost
-    /// without a trace, so such a column is refused at once.
-    fn check_assignable(&self, target: &TargetTable) -> Result<(), RouteError> {
+    /// carried column but an unchanged key (the target columns of the
+    /// source's replica identity; under FULL, the target's primary key),
+    /// and PostgreSQL lets a `GENERATED ALWAYS` identity column be assigned
+    /// only DEFAULT. Left out of the assignment, a value the source changed
+    /// would be lost without a trace, so such a column is refused at once.
+    fn check_assignable(&self, identity: &[String], target: &TargetTable) -> Result<(), RouteError> {
         if !self.mapping.operations.update && self.filter.is_none() {
             return Ok(());
         }
-        let refused = self.carried().map(|(_, column)| column).find(|column| {
-            target.generated_always.iter().any(|c| c == column)
-                && !target.key_columns().any(|key| key.name == *column)
-        });
+        let key: Vec<&str> = if self.full_identity {
+            target.key_columns().map(|c| c.name.as_str()).collect()
+        } else {
+            identity.iter().filter_map(|c| self.carried_as(c)).collect()
+        };
+        let refused = self
+            .carried()
+            .map(|(_, column)| column)
+            .find(|column| target.generated_always.iter().any(|c| c == column) && !key.contains(column));
         match refused {
             Some(column) => Err(RouteError::GeneratedAlways {
                 table: self.mapping.from.clone(),

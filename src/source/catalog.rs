@@ -221,7 +221,8 @@ async fn identity(client: &Client, table: &QualifiedName) -> Result<Identity, Ca
             "SELECT c.relreplident = 'f',
                     coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum)
                               FROM pg_index i
-                              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                              JOIN pg_attribute a ON a.attrelid = i.indrelid
+                                   AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
                               WHERE i.indrelid = c.oid
                                 AND CASE c.relreplident WHEN 'd' THEN i.indisprimary
                                                         WHEN 'i' THEN i.indisreplident ELSE false END),
