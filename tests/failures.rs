@@ -321,20 +321,10 @@ async fn sigterm_stops_a_pipeline_whose_source_stopped_answering() {
     let (source, target) = setup_one(ClusterOptions::default()).await;
     let daemon = Daemon::start(&one_pipeline(&source, &target));
     daemon.wait_for_log("streaming", SETTLE).await;
-    let src = source.client("postgres").await;
-    let walsender: i32 = src
-        .query_one("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'ferry_test'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let signal = |name: &str| {
-        let sent =
-            std::process::Command::new("kill").arg(format!("-{name}")).arg(walsender.to_string()).status();
-        assert!(sent.unwrap().success());
-    };
-    signal("STOP");
+    let walsender = support::walsender_of(&source.client("postgres").await, "ferry_test").await;
+    support::send_signal("STOP", walsender);
     let (code, _) = daemon.signal_and_wait("TERM");
-    signal("CONT");
+    support::send_signal("CONT", walsender);
     assert_eq!(code, Some(0), "SIGTERM should end ferry cleanly");
 }
 

@@ -494,18 +494,9 @@ async fn ctrl_c_ends_a_tail_whose_source_stopped_answering() {
     let cluster = Cluster::start();
     let client = setup(&cluster, "CREATE TABLE items (id int PRIMARY KEY)").await;
     let tail = tail(&cluster, &["public.items"]);
-    let walsender: i32 = client
-        .query_one("SELECT active_pid FROM pg_replication_slots WHERE slot_name LIKE 'ferry\\_tail\\_%'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let signal = |name: &str| {
-        let sent =
-            std::process::Command::new("kill").arg(format!("-{name}")).arg(walsender.to_string()).status();
-        assert!(sent.unwrap().success());
-    };
-    signal("STOP");
+    let walsender = support::walsender_of(&client, "ferry\\_tail\\_%").await;
+    support::send_signal("STOP", walsender);
     let ended = tail.interrupt();
-    signal("CONT");
+    support::send_signal("CONT", walsender);
     assert!(ended, "ferry tail should exit 0 on SIGINT");
 }

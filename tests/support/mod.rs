@@ -55,6 +55,22 @@ pub fn free_port() -> u16 {
 
 /// Runs SQL on a test database and fails the test with the server's
 /// message when it errors.
+/// The server process reading the slot named like `slot` (SQL LIKE):
+/// its walsender.
+pub async fn walsender_of(client: &tokio_postgres::Client, slot: &str) -> i32 {
+    let row = client
+        .query_one("SELECT active_pid FROM pg_replication_slots WHERE slot_name LIKE $1", &[&slot])
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+/// Sends `signal` (`STOP`, `CONT`, ...) to process `pid`, as `kill` does.
+pub fn send_signal(signal: &str, pid: i32) {
+    let sent = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+    assert!(sent.unwrap().success(), "kill -{signal} {pid}");
+}
+
 pub async fn exec(client: &tokio_postgres::Client, sql: &str) {
     if let Err(e) = client.batch_execute(sql).await {
         panic!("{sql}: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_string()));
