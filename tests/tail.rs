@@ -26,6 +26,10 @@ async fn slot_count(client: &tokio_postgres::Client) -> i64 {
     client.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await.unwrap().get(0)
 }
 
+async fn publication_count(client: &tokio_postgres::Client) -> i64 {
+    client.query_one("SELECT count(*) FROM pg_publication", &[]).await.unwrap().get(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prints_inserts_updates_and_deletes_and_cleans_up_on_ctrl_c() {
     let cluster = Cluster::start();
@@ -74,9 +78,7 @@ async fn prints_inserts_updates_and_deletes_and_cleans_up_on_ctrl_c() {
     assert_eq!(slot_count(&client).await, 1);
     assert!(tail.interrupt(), "ferry tail should exit 0 on SIGINT");
     assert_eq!(slot_count(&client).await, 0, "the temporary slot must disappear");
-    let publications: i64 =
-        client.query_one("SELECT count(*) FROM pg_publication", &[]).await.unwrap().get(0);
-    assert_eq!(publications, 0, "the temporary publication must be dropped");
+    assert_eq!(publication_count(&client).await, 0, "the temporary publication must be dropped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,9 +422,7 @@ async fn the_publication_goes_even_when_its_session_was_cut_meanwhile() {
     client.batch_execute("INSERT INTO items VALUES (1)").await.unwrap();
     assert_eq!(tail.next()["new"]["id"], "1", "the stream goes on without that session");
     assert!(tail.interrupt(), "ferry tail should exit 0 on SIGINT");
-    let publications: i64 =
-        client.query_one("SELECT count(*) FROM pg_publication", &[]).await.unwrap().get(0);
-    assert_eq!(publications, 0, "the temporary publication must be dropped");
+    assert_eq!(publication_count(&client).await, 0, "the temporary publication must be dropped");
 }
 
 /// A second tail of a permanent slot another one reads is refused before
@@ -480,9 +480,7 @@ async fn ctrl_c_while_the_slot_waits_for_an_open_transaction_stops_and_cleans_up
     let exited = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait()).await;
     let status = exited.expect("ferry tail did not stop while the transaction stayed open").unwrap();
     assert!(status.success(), "{status}");
-    let publications: i64 =
-        client.query_one("SELECT count(*) FROM pg_publication", &[]).await.unwrap().get(0);
-    assert_eq!(publications, 0, "the temporary publication must be dropped");
+    assert_eq!(publication_count(&client).await, 0, "the temporary publication must be dropped");
     open.batch_execute("ROLLBACK").await.unwrap();
 }
 
