@@ -754,8 +754,10 @@ async fn the_source_output_settings_do_not_change_values() {
 
 /// A key `GENERATED ALWAYS AS IDENTITY` takes the source's values: inserts
 /// say OVERRIDING SYSTEM VALUE, and an update leaves an unchanged key out of
-/// its SET (such a column can only be set to DEFAULT). The trigger makes the
-/// target apply row by row, through the statements that assign columns.
+/// its SET (such a column can only be set to DEFAULT), even when nothing
+/// else is left to assign (a TOASTed value sent as unchanged). The trigger
+/// makes the target apply row by row, through the statements that assign
+/// columns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_always_keys_are_replicated() {
     let (source, target) = (Cluster::start(), Cluster::start());
@@ -778,8 +780,18 @@ async fn identity_always_keys_are_replicated() {
     exec(&src, "INSERT INTO ga (v) SELECT 'many' FROM generate_series(1, 100)").await;
     exec(&src, "UPDATE ga SET v = 'changed' WHERE id % 2 = 0").await;
     exec(&src, "UPDATE ga SET v = 'one row' WHERE id = 3").await;
+    // Too long, even compressed, to stay in the row: stored out of line.
+    exec(
+        &src,
+        "UPDATE ga SET v = (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 400) g) WHERE id = 5",
+    )
+    .await;
+    exec(&src, "UPDATE ga SET v = v WHERE id = 5").await;
+    exec(&src, "INSERT INTO ga (v) VALUES ('after')").await;
 
     wait_for_same(&src, &dst, "ga", "ga", "id, v", "id", SETTLE).await;
+    let logs = daemon.logs();
+    assert!(!logs.contains("can only be updated to DEFAULT"), "{logs}");
 }
 
 /// A source TRUNCATE empties a partitioned target table, partitions and

@@ -1674,7 +1674,9 @@ fn refused_in_session(error: &tokio_postgres::Error) -> bool {
 
 /// The columns an in-place update assigns: those the source sent, less a key
 /// that did not change (a `GENERATED ALWAYS` identity key can only be set to
-/// DEFAULT), unless the key is all there is to assign.
+/// DEFAULT). None are left when the route carries only the key, or when the
+/// source sent every other carried column as an unchanged TOAST value: see
+/// [`RelationPlan::update_statement`].
 fn without_unchanged_key(
     plan: &RelationPlan,
     identity: &Tuple,
@@ -1683,8 +1685,7 @@ fn without_unchanged_key(
 ) -> Vec<bool> {
     let key_changed = plan.key.iter().any(|&k| key_value(identity, new, k) != key_value(new, new, k));
     let is_key = |i: &usize| plan.key.contains(i);
-    let others = plan.columns.iter().zip(&present).any(|((i, _), sent)| *sent && !is_key(i));
-    if !key_changed && others {
+    if !key_changed {
         for ((i, _), sent) in plan.columns.iter().zip(present.iter_mut()) {
             *sent &= !is_key(i);
         }

@@ -129,7 +129,9 @@ impl RelationPlan {
     }
 
     /// The update statement for this set of present columns, prepared on
-    /// first use.
+    /// first use. With none to assign, the target's copy is already as the
+    /// source's: the statement only finds the row, which must be there like
+    /// any updated row.
     pub async fn update_statement(
         &mut self,
         client: &Client,
@@ -147,12 +149,17 @@ impl RelationPlan {
             .map(|(n, ((_, name), _))| format!("{} = ${}", quote_ident(name), n + 1))
             .collect();
         let key = key_condition(&self.key_names, assignments.len() + 1);
-        let mut sql = format!("UPDATE {} SET {} WHERE {key}", self.target, assignments.join(", "));
-        if self.skips_updates {
+        let update = format!("UPDATE {} SET {} WHERE {key}", self.target, assignments.join(", "));
+        let found = format!("SELECT FROM {} WHERE {key}", self.target);
+        let sql = if assignments.is_empty() {
+            found
+        } else if self.skips_updates {
             // Counts the row as found by the statement's snapshot, taken
             // before the update, whether a trigger skipped it or not.
-            sql = format!("WITH updated AS ({sql}) SELECT FROM {} WHERE {key}", self.target);
-        }
+            format!("WITH updated AS ({update}) {found}")
+        } else {
+            update
+        };
         let statement = client
             .prepare(&sql)
             .await
