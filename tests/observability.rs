@@ -225,6 +225,24 @@ async fn ferry_run_fails_at_start_when_its_port_is_taken() {
     assert!(!logs.contains("starting pipeline"), "{logs}");
 }
 
+/// A command that fails says why once: many errors name their cause in
+/// their own message, and the cause is not repeated after it.
+#[test]
+fn a_failed_command_names_its_cause_once() {
+    let missing = std::env::temp_dir().join("ferry-no-such-config.toml");
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let commands: [(&[&str], &str); 2] = [
+        (&["run", "--config", missing.to_str().unwrap()], "No such file or directory"),
+        (&["status", "--url", &closed], "Connection refused"),
+    ];
+    for (args, cause) in commands {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ferry")).args(args).output().unwrap();
+        let shown = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {shown}");
+        assert_eq!(shown.matches(cause).count(), 1, "{args:?}: {shown}");
+    }
+}
+
 /// `ferry run` replicating `items` from `source` to `target` as subscription
 /// `test`, with its HTTP endpoints on a port of their own.
 fn start_items_pipeline(source: &Cluster, target: &Cluster) -> (Daemon, Endpoints) {

@@ -35,6 +35,46 @@ const ACCEPTED: &str = "host, port, user, password, dbname, sslmode, sslrootcert
                         sslkey, channel_binding, target_session_attrs, application_name, \
                         connect_timeout, options, replication";
 
+/// libpq's other parameters (PostgreSQL 18's list): named as unsupported
+/// rather than unknown, and never taken for the rest of a password.
+const LIBPQ_ONLY: &[&str] = &[
+    "hostaddr",
+    "passfile",
+    "require_auth",
+    "client_encoding",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "gssencmode",
+    "sslnegotiation",
+    "sslcompression",
+    "sslpassword",
+    "sslcertmode",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "sslkeylogfile",
+    "requirepeer",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "min_protocol_version",
+    "max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
+    "load_balance_hosts",
+    "scram_client_key",
+    "scram_server_key",
+    "oauth_issuer",
+    "oauth_client_id",
+    "oauth_client_secret",
+    "oauth_scope",
+];
+
 /// A password. Its `Debug` and `Display` print `***`, so a `ConnInfo` (or
 /// anything holding one) can be logged or put in an error without leaking it;
 /// the only way to the text is [`Secret::expose`], which is easy to grep for.
@@ -340,6 +380,19 @@ pub enum ConnInfoError {
 
     #[error("unknown connection parameter \"{name}\"; ferry accepts {ACCEPTED}")]
     UnknownParameter { name: String },
+
+    #[error(
+        "connection parameter \"{name}\" is libpq's, but ferry does not support it; ferry accepts {ACCEPTED}"
+    )]
+    UnsupportedParameter { name: &'static str },
+
+    /// The text before an `=` is not a word: a URL with another scheme, or
+    /// text before `postgresql://`, and it may hold a password.
+    #[error(
+        "connection string: neither key=value pairs nor a URL starting with postgresql:// or \
+         postgres:// (the text is not repeated here: it may hold a password)"
+    )]
+    NotAParameterName,
 
     #[error("connection URL: query parameter #{index} has no \"=\" (write ?key=value&key=value)")]
     QueryMissingEquals { index: usize },
@@ -688,9 +741,7 @@ impl Draft {
             // The replication client asks for replication itself; a psql
             // string copied with replication=database must still be usable.
             "replication" => {}
-            _ => {
-                return Err(ConnInfoError::UnknownParameter { name: key.to_string() });
-            }
+            _ => return Err(unknown_parameter(key)),
         }
         Ok(())
     }
@@ -756,6 +807,18 @@ fn parse_port_entry(entry: &str) -> Result<Option<u16>, ConnInfoError> {
             value: entry.to_string(),
             expected: "a number from 1 to 65535 (or a comma-separated list of them)",
         }),
+    }
+}
+
+/// Why `key` is refused, naming it only when it is a word: anything else
+/// may be part of a password.
+fn unknown_parameter(key: &str) -> ConnInfoError {
+    if let Some(name) = LIBPQ_ONLY.iter().find(|name| **name == key) {
+        ConnInfoError::UnsupportedParameter { name }
+    } else if !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        ConnInfoError::UnknownParameter { name: key.to_string() }
+    } else {
+        ConnInfoError::NotAParameterName
     }
 }
 
@@ -1171,7 +1234,36 @@ mod tests {
         assert_eq!(err, ConnInfoError::UnknownParameter { name: "sslmod".into() });
         assert!(err.to_string().contains("\"sslmod\""));
         assert!(err.to_string().contains("sslmode"), "lists what is accepted");
-        assert!(matches!(parse_err("host=h hostaddr=10.0.0.1"), ConnInfoError::UnknownParameter { .. }));
+        let err = parse_err("host=h hostaddr=10.0.0.1");
+        assert_eq!(err, ConnInfoError::UnsupportedParameter { name: "hostaddr" });
+        assert!(err.to_string().contains("\"hostaddr\" is libpq's"), "{err}");
+    }
+
+    /// A libpq parameter ferry lacks, after an unquoted password, is named
+    /// as such: it is no sign of a password with a space in it.
+    #[test]
+    fn a_libpq_parameter_after_a_password_is_named() {
+        let err = parse_err("host=h user=u password=S3CRET keepalives=1");
+        assert_eq!(err, ConnInfoError::UnsupportedParameter { name: "keepalives" });
+        let err = parse_err("postgresql://u@h/d?password=S3CRET&gssencmode=disable");
+        assert_eq!(err, ConnInfoError::UnsupportedParameter { name: "gssencmode" });
+    }
+
+    /// A URL of another scheme (SQLAlchemy's), or with text before its
+    /// scheme, reads as key=value pairs whose first "key" holds the
+    /// password: it must not be repeated.
+    #[test]
+    fn a_url_of_another_scheme_is_refused_without_repeating_it() {
+        for url in [
+            "postgresql+psycopg2://ferry:S3CRET@db/orders?sslmode=require",
+            " postgresql://ferry:S3CRET@db/orders?sslmode=require",
+            "ferry:S3CRET@db/orders?sslmode=require",
+        ] {
+            let err = parse_err(url);
+            assert_eq!(err, ConnInfoError::NotAParameterName, "{url}");
+            assert!(!err.to_string().contains("S3CRET"), "{err}");
+            assert!(!format!("{err:?}").contains("S3CRET"), "{err:?}");
+        }
     }
 
     #[test]
