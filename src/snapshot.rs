@@ -297,7 +297,8 @@ pub async fn split_points(
 /// duplicate named instead. Nor may a foreign key of the target reference
 /// the table or start from it: its
 /// check does not see rows another session has not committed, so a row
-/// whose referenced row another part copies would be refused.
+/// whose referenced row another part copies would be refused. Nor may a
+/// trigger fire on it: what it writes, other parts may write too.
 async fn parts_cannot_collide(target: &Client, route: &TableRoute) -> Result<bool, SnapshotError> {
     if !source_key_in_target_key(route) {
         return Ok(false);
@@ -309,6 +310,8 @@ async fn parts_cannot_collide(target: &Client, route: &TableRoute) -> Result<boo
                  OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'x')
                  OR EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f'
                             AND $1::text::regclass IN (conrelid, confrelid))
+                 OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1::text::regclass
+                            AND NOT tgisinternal AND tgenabled IN ('O', 'A'))
                  OR EXISTS (SELECT 1 FROM pg_index i
                             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
                             JOIN pg_collation c ON c.oid = a.attcollation
@@ -317,7 +320,7 @@ async fn parts_cannot_collide(target: &Client, route: &TableRoute) -> Result<boo
             &[&to.to_string()],
         )
         .await
-        .map_err(sql_error(format!("reading the unique indexes and foreign keys of {to}")))?
+        .map_err(sql_error(format!("reading the unique indexes, foreign keys and triggers of {to}")))?
         .get(0);
     Ok(!other_unique)
 }

@@ -609,6 +609,37 @@ async fn a_large_table_under_a_foreign_key_is_copied_whole() {
     assert!(!daemon.logs().contains("23503"), "{}", daemon.logs());
 }
 
+/// A large table whose target has a trigger that fires is copied in one
+/// part: the trigger may write a row every part's session writes (here a
+/// statement trigger, which each part's COPY fires), and a part waiting for
+/// another's lock while that one waits, idle, for the rest to commit is a
+/// deadlock PostgreSQL cannot see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_table_whose_target_has_a_trigger_is_copied_whole() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    let table = "CREATE TABLE big (id int PRIMARY KEY, pad text)";
+    exec(&src, table).await;
+    exec(
+        &dst,
+        &format!(
+            "{table};
+             CREATE TABLE copies (n int);
+             INSERT INTO copies VALUES (0);
+             CREATE FUNCTION count_copy() RETURNS trigger LANGUAGE plpgsql
+                 AS 'BEGIN UPDATE copies SET n = n + 1; RETURN NULL; END';
+             CREATE TRIGGER counted AFTER INSERT ON big FOR EACH STATEMENT EXECUTE FUNCTION count_copy()"
+        ),
+    )
+    .await;
+    // Large enough to be split.
+    exec(&src, "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 200000) g").await;
+    let _daemon = Daemon::start(&config(&source, &target, &[("big", "big")], ""));
+    wait_for_same(&src, &dst, "big", "big", "id, pad", "id", SETTLE).await;
+    let copies: i32 = dst.query_one("SELECT n FROM copies", &[]).await.unwrap().get(0);
+    assert_eq!(copies, 1, "one COPY");
+}
+
 /// Time limits set on both databases for every session do not cut the
 /// copy of a large table short: ferry's copy sessions run without them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
