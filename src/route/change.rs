@@ -287,6 +287,17 @@ mod tests {
         }
     }
 
+    /// A binary `money` value is a count of the source currency's smallest
+    /// unit, which a target in another `lc_monetary` would read rescaled.
+    #[test]
+    fn money_is_copied_as_text() {
+        let price = column("price", "money", 790, 'N');
+        assert!(route(ColumnSelection::All, vec![id(), qty()], vec![id(), qty()]).binary_copy_safe());
+        assert!(
+            !route(ColumnSelection::All, vec![id(), price.clone()], vec![id(), price]).binary_copy_safe()
+        );
+    }
+
     #[test]
     fn a_relation_like_the_catalog_needs_nothing_looked_up() {
         let route = route(ColumnSelection::All, vec![id(), qty()], vec![id(), qty()]);

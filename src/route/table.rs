@@ -379,11 +379,14 @@ impl TableRoute {
         const FIRST_NORMAL_OID: u32 = 16384;
         /// Built-in types whose binary value means something else in
         /// another database, or nothing: the object references (`regclass`
-        /// and the other `reg*` types, and their arrays), sent as raw oids,
-        /// and `aclitem`, which has no binary form.
-        const NOT_PORTABLE: [u32; 24] = [
-            24, 1008, 1033, 1034, 2202, 2203, 2204, 2205, 2206, 2207, 2208, 2209, 2210, 2211, 3734, 3735,
-            3769, 3770, 4089, 4090, 4096, 4097, 4191, 4192,
+        /// and the other `reg*` types, and their arrays), sent as raw oids;
+        /// `money` and `money[]`, an integer of the smallest unit of each
+        /// server's `lc_monetary` currency (as text, servers that differ
+        /// there refuse each other's values instead of rescaling them); and
+        /// `aclitem`, which has no binary form.
+        const NOT_PORTABLE: [u32; 26] = [
+            24, 790, 791, 1008, 1033, 1034, 2202, 2203, 2204, 2205, 2206, 2207, 2208, 2209, 2210, 2211, 3734,
+            3735, 3769, 3770, 4089, 4090, 4096, 4097, 4191, 4192,
         ];
         self.carried().all(|(source, target)| {
             let source = self.source_columns.iter().find(|c| c.name == source);
