@@ -154,7 +154,8 @@ enum Command {
         #[arg(long, conflicts_with = "tables")]
         publication: Option<String>,
         /// Use (and create if missing) this permanent slot instead of a temporary one
-        /// (at most 52 bytes with --table: its publication is ferry_tail_SLOT).
+        /// (at most 52 bytes with --table: its publication is ferry_tail_SLOT;
+        /// not starting with ferry_, the prefix of subscriptions' slots).
         #[arg(long)]
         slot: Option<String>,
     },

@@ -52,6 +52,11 @@ pub enum TailError {
         "--slot {0:?} is too long: with --table its publication is named ferry_tail_<slot>, which must fit in 63 bytes (so 52 for the slot)"
     )]
     SlotTooLong(String),
+    #[error(
+        "--slot {0:?}: names starting with ferry_ are ferry's own (a subscription's slot is ferry_<name>), \
+         and reading one would confirm changes its subscription has not applied; give another --slot"
+    )]
+    FerrySlot(String),
     #[error("slot {slot:?} is in use by another reader (server process {pid}); give another --slot")]
     SlotInUse { slot: String, pid: i32 },
     #[error(
@@ -72,6 +77,9 @@ fn query_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error)
 /// Runs until `cancel` fires or the stream fails, printing one JSON line
 /// per change to `out`.
 pub async fn run(options: TailOptions, out: impl Write, cancel: CancellationToken) -> Result<(), TailError> {
+    if let Some(slot) = options.slot.as_ref().filter(|slot| slot.starts_with("ferry_")) {
+        return Err(TailError::FerrySlot(slot.clone()));
+    }
     let sql = tls::connect_sql(&options.source).await?;
     let temporary_name = temporary_name(&sql).await?;
     if let Some(slot) = &options.slot {

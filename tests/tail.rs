@@ -330,30 +330,37 @@ async fn a_failed_start_removes_the_publication_it_created() {
 /// `--slot NAME` keeps a publication `ferry_tail_NAME`, found again by name
 /// on the next run. A slot name of 53 to 63 bytes (valid for a slot) would
 /// make that name longer than PostgreSQL keeps, so it is refused up front,
-/// with nothing made on the source.
+/// with nothing made on the source; so is a name of ferry's own, such as a
+/// subscription's slot (`ferry_orders`), whose changes tail would confirm
+/// while its pipeline waits to retry (its slot inactive).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slot_name_too_long_for_its_publication_is_refused() {
+async fn a_slot_name_tail_must_not_use_is_refused() {
     let cluster = Cluster::start();
     let client = setup(&cluster, "CREATE TABLE items (id int PRIMARY KEY)").await;
-    let slot = "s".repeat(53);
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["tail", "--source", &cluster.url("postgres"), "--table", "public.items", "--slot", &slot])
-        .output()
+    client
+        .batch_execute("SELECT pg_create_logical_replication_slot('ferry_orders', 'pgoutput')")
         .await
         .unwrap();
+    for (slot, why) in [("s".repeat(53), "too long"), ("ferry_orders".into(), "ferry's own")] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["tail", "--source", &cluster.url("postgres"), "--table", "public.items", "--slot", &slot])
+            .output()
+            .await
+            .unwrap();
 
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains("too long"), "{stderr}");
-    let made: i64 = client
-        .query_one(
-            "SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_slots)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(made, 0, "a publication or slot was left on the source");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(stderr.contains(why), "{stderr}");
+        let made: i64 = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_slots)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(made, 1, "a publication or slot was made on the source");
+    }
 }
 
 /// The source url may come from `FERRY_TAIL_SOURCE`, password and all:
