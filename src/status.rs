@@ -16,6 +16,11 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub enum StatusError {
     #[error("{0}: expected http://HOST:PORT (https is not supported)")]
     BadUrl(String),
+    /// The url is not repeated: the user info may hold a password.
+    #[error(
+        "the --url holds user info (user:password@), which ferry's endpoints do not take: expected http://HOST:PORT"
+    )]
+    UserInfo,
     #[error("cannot reach ferry at {url}: {source} (is `ferry run` running, with [server] listen there?)")]
     Connect { url: String, source: std::io::Error },
     #[error("no answer from {0} within {secs}s", secs = TIMEOUT.as_secs())]
@@ -31,6 +36,10 @@ pub enum StatusError {
 /// GETs `url` (`http://host:port/path`) and returns the status code and
 /// body.
 pub async fn http_get(url: &str) -> Result<(u16, String), StatusError> {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    if url[scheme_end..].split('/').next().is_some_and(|authority| authority.contains('@')) {
+        return Err(StatusError::UserInfo);
+    }
     let rest = url.strip_prefix("http://").ok_or_else(|| StatusError::BadUrl(url.to_string()))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -221,5 +230,14 @@ big: copying public.events: 10 of ~99 rows
     async fn urls_other_than_plain_http_are_refused() {
         assert!(matches!(http_get("https://localhost:9187/status").await, Err(StatusError::BadUrl(_))));
         assert!(matches!(http_get("http:///status").await, Err(StatusError::BadUrl(_))));
+    }
+
+    #[tokio::test]
+    async fn a_url_with_a_password_is_refused_without_repeating_it() {
+        for url in ["http://admin:S3CRET@localhost:9187", "https://admin:S3CRET@localhost:9187/status"] {
+            let error = http_get(url).await.unwrap_err();
+            assert!(matches!(error, StatusError::UserInfo), "{url}: {error}");
+            assert!(!error.to_string().contains("S3CRET"), "{error}");
+        }
     }
 }
