@@ -1009,3 +1009,40 @@ async fn a_copy_that_ends_during_a_streamed_transaction_that_aborts_joins_at_the
     daemon.wait_for_log("copied table joins the stream", WAIT).await;
     assert_same(&src, &dst).await;
 }
+
+/// A rotated target password takes effect at SIGHUP: the `password_file` is
+/// read again, and the pipeline restarts with the new password, which a
+/// later reconnect uses (the server no longer takes the old one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_password_file_is_read_at_sighup() {
+    let source = Cluster::start();
+    let target = Cluster::start_with(support::ClusterOptions {
+        hba: Some("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n".into()),
+        conf: vec!["password_encryption = 'scram-sha-256'".into()],
+        ..Default::default()
+    });
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(&src, SCHEMA).await;
+    exec(&dst, &format!("{SCHEMA} CREATE ROLE ferry LOGIN SUPERUSER PASSWORD 'pw-Alpha-1'")).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("target");
+    std::fs::write(&password_file, "pw-Alpha-1\n").unwrap();
+    let url = format!("postgresql://ferry@127.0.0.1:{}/postgres?sslmode=disable", target.port);
+    let config = support::daemon::config(&source.url("postgres"), &url, "sub", &[("steady", "steady")], "")
+        .replace(&url, &format!("{url}\"\npassword_file = \"{}", password_file.display()));
+    let daemon = Daemon::start(&config);
+    daemon.wait_for_log("streaming", WAIT).await;
+    exec(&src, "INSERT INTO steady (note) VALUES ('first')").await;
+    wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
+
+    exec(&dst, "ALTER ROLE ferry PASSWORD 'pw-Bravo-2'").await;
+    std::fs::write(&password_file, "pw-Bravo-2\n").unwrap();
+    let started = daemon.logs().matches("streaming").count();
+    daemon.reload(&config);
+    daemon.wait_for_count("streaming", started + 1, WAIT).await;
+    exec(&dst, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'ferry'").await;
+    exec(&src, "INSERT INTO steady (note) VALUES ('second')").await;
+    wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
+    let logs = daemon.logs();
+    assert!(!logs.contains("28P01") && !logs.contains("pw-"), "{logs}");
+}
