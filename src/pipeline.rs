@@ -192,7 +192,7 @@ fn pg_retryable(error: &PgError) -> bool {
 }
 
 fn connect_retryable(error: &tls::SqlConnectError) -> bool {
-    error.sqlstate().is_none_or(|c| sqlstate_retryable(c.code()))
+    !error.is_tls_refusal() && error.sqlstate().is_none_or(|c| sqlstate_retryable(c.code()))
 }
 
 /// Whether a failed query may work later; no SQLSTATE means the connection broke.

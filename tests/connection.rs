@@ -434,28 +434,42 @@ async fn a_snapshot_reader_refuses_tables_rewritten_since_the_snapshot() {
 /// A connection cut during the TLS handshake (a server restarting) is a
 /// lost connection, which a pipeline retries; a handshake the answer fails
 /// (here not TLS at all) is a TLS error, which needs a person. Before, both
-/// were TLS errors and a cut handshake stopped the pipeline for good.
+/// were TLS errors and a cut handshake stopped the pipeline for good; the
+/// SQL connections (target, catalog) retried both.
 #[tokio::test]
 async fn a_handshake_cut_short_is_a_lost_connection_not_a_tls_error() {
+    use ferry::pg::tls;
     use ferry::pipeline::PipelineError;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     for (reply, retryable) in [(&b""[..], true), (&b"HTTP/1.1 400 Bad Request\r\n\r\n"[..], false)] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut request = [0u8; 8];
-            socket.read_exact(&mut request).await.unwrap();
-            socket.write_all(b"S").await.unwrap();
-            let mut hello = [0u8; 5];
-            socket.read_exact(&mut hello).await.unwrap();
-            socket.write_all(reply).await.unwrap();
-        });
-        let info: ConnInfo =
-            format!("postgresql://ferry@127.0.0.1:{port}/postgres?sslmode=require").parse().unwrap();
+        let (info, server) = answering_tls_with(reply).await;
         let error = ReplicationClient::connect(&info).await.err().unwrap();
         server.await.unwrap();
         assert_eq!(matches!(error, PgError::Io { .. }), retryable, "{error}");
         assert_eq!(PipelineError::Pg(error).is_retryable(), retryable);
+
+        let (info, server) = answering_tls_with(reply).await;
+        let error = tls::connect_sql(&info).await.err().unwrap();
+        server.await.unwrap();
+        assert_eq!(error.is_tls_refusal(), !retryable, "{error}");
+        assert_eq!(PipelineError::ConnectTarget(error).is_retryable(), retryable);
     }
+}
+
+/// A server for one connection that says yes to TLS, then answers the
+/// client's hello with `reply` and hangs up; and a url to reach it.
+async fn answering_tls_with(reply: &'static [u8]) -> (ConnInfo, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 8];
+        socket.read_exact(&mut request).await.unwrap();
+        socket.write_all(b"S").await.unwrap();
+        let mut hello = [0u8; 5];
+        socket.read_exact(&mut hello).await.unwrap();
+        socket.write_all(reply).await.unwrap();
+    });
+    let info = format!("postgresql://ferry@127.0.0.1:{port}/postgres?sslmode=require").parse().unwrap();
+    (info, server)
 }

@@ -414,6 +414,25 @@ impl SqlConnectError {
             SqlConnectError::Tls { .. } => None,
         }
     }
+
+    /// Whether TLS itself failed: it could not be set up (a root or key file
+    /// missing or bad), or the last host's handshake was refused (a
+    /// certificate, a protocol version: rustls says invalid data), as
+    /// opposed to a connection cut half way. Either needs a person, as on
+    /// the replication connection.
+    pub fn is_tls_refusal(&self) -> bool {
+        match self {
+            SqlConnectError::Tls { .. } => true,
+            SqlConnectError::Failed { attempts, .. } => match &attempts.last().map(|a| &a.failure) {
+                Some(AttemptFailure::Connect(error)) => {
+                    std::iter::successors(error.source(), |e| (*e).source())
+                        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+                        .any(|e| e.kind() == std::io::ErrorKind::InvalidData)
+                }
+                _ => false,
+            },
+        }
+    }
 }
 
 /// One host tried by [`connect_sql`] and how it failed.
