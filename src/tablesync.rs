@@ -292,7 +292,8 @@ impl ExtraTarget {
 
 /// The tables among `names` (source tables) whose copy was begun and
 /// never finished, with the target table it went into (`None`: marked
-/// before ferry recorded it).
+/// before ferry recorded it), flagged removed since or not: what it left
+/// is ferry's own in that table alone.
 async fn unfinished_copies(
     target: &Client,
     subscription: &str,
@@ -301,7 +302,7 @@ async fn unfinished_copies(
     let rows = target
         .query(
             "SELECT source_table, target_table FROM ferry.tables
-             WHERE subscription = $1 AND copying AND NOT removed AND source_table = ANY($2)",
+             WHERE subscription = $1 AND copying AND source_table = ANY($2)",
             &[&subscription, &names],
         )
         .await

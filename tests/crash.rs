@@ -289,7 +289,9 @@ async fn a_target_crash_just_after_the_first_start_loses_nothing() {
 /// A split copy crashes after one part committed, and the table is then
 /// mapped to another target table, which holds rows of its own. The
 /// restart does not take them for what the unfinished copy left: it stops,
-/// saying the table is not empty, and deletes nothing.
+/// saying the table is not empty, and deletes nothing, and says where the
+/// unfinished copy went. Mapped back there, the table is copied again,
+/// what the copy left deleted first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfinished_copy_is_not_cleaned_up_in_a_table_it_did_not_go_into() {
     let (source, target, _) = crash_during_the_initial_copy("after-copy-part-commit").await;
@@ -304,8 +306,8 @@ async fn an_unfinished_copy_is_not_cleaned_up_in_a_table_it_did_not_go_into() {
         ("public.events", "public.other_events"),
         ("public.counter", "public.counter"),
     ];
-    let config = config(&source.url("postgres"), &target.url("postgres"), "crash", &tables, "");
-    let mut daemon = Daemon::start(&config);
+    let moved = config(&source.url("postgres"), &target.url("postgres"), "crash", &tables, "");
+    let mut daemon = Daemon::start(&moved);
     assert_eq!(daemon.wait_for_exit(Duration::from_secs(120)).await, Some(1), "{}", daemon.logs());
     assert!(daemon.logs().contains(r#""other_events" is not empty"#), "{}", daemon.logs());
     let count = |table: &'static str| {
@@ -314,6 +316,13 @@ async fn an_unfinished_copy_is_not_cleaned_up_in_a_table_it_did_not_go_into() {
     };
     assert_eq!(count("other_events").await, 1, "the table's own row was deleted");
     assert!(count("events").await > 0, "what the copy left where it went stays");
+    assert!(daemon.logs().contains(r#"an unfinished copy went into "public"."events""#), "{}", daemon.logs());
+
+    let back = config(&source.url("postgres"), &target.url("postgres"), "crash", TABLES, "");
+    let validated = support::validate::validate(&back, &[]).await;
+    assert_eq!(validated.code, Some(0), "{}", validated.output());
+    let _daemon = Daemon::start(&back);
+    assert_identical(&source, &target).await;
 }
 
 /// A split copy crashes after one part committed, and the subscription is

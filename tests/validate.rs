@@ -6,45 +6,9 @@ mod support;
 use support::exec;
 
 use std::net::TcpListener;
-use std::process::Output;
 
+use support::validate::validate;
 use support::{Cluster, ClusterOptions};
-
-/// The result of `ferry validate --config <config> <args>`.
-struct Validated {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Validated {
-    fn output(&self) -> String {
-        format!("{}{}", self.stdout, self.stderr)
-    }
-
-    fn assert_mentions(&self, expected: &str) {
-        assert!(self.output().contains(expected), "expected {expected:?} in:\n{}", self.output());
-    }
-}
-
-async fn validate(config: &str, args: &[&str]) -> Validated {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ferry.toml");
-    std::fs::write(&path, config).unwrap();
-    let Output { status, stdout, stderr } = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .arg("validate")
-        .arg("--config")
-        .arg(&path)
-        .args(args)
-        .output()
-        .await
-        .expect("running ferry validate");
-    Validated {
-        code: status.code(),
-        stdout: String::from_utf8(stdout).unwrap(),
-        stderr: String::from_utf8(stderr).unwrap(),
-    }
-}
 
 /// One subscription `customers-to-orders` from `source` to `target`, with
 /// `extra` lines in it and then `tables` as (from, to).

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod endpoints;
 pub mod tail;
 pub mod types;
+pub mod validate;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
