@@ -175,14 +175,22 @@ pub async fn mark_copying(
     for route in routes {
         let (from, to) = (&route.mapping.from, &route.mapping.to);
         let to_name = to.to_string();
-        let copied_into = unfinished.get(&from.to_string()).map(|into| into.as_deref().unwrap_or(&to_name));
-        if copied_into == Some(to_name.as_str()) {
-            tracing::info!(%subscription, table = %to, "removing what an unfinished copy left");
-            sql.push_str(&format!("DELETE FROM {to};"));
-            continue;
-        }
-        if let Some(earlier) = copied_into {
-            tracing::warn!(%subscription, table = %from, "an unfinished copy went into {earlier}, which the table no longer maps to; what it left there stays");
+        let unfinished = unfinished.get(&from.to_string());
+        let copied_into = unfinished.map(|(into, _)| into.as_deref().unwrap_or(&to_name));
+        let removed_since = unfinished.is_some_and(|(_, removed)| *removed);
+        match copied_into {
+            Some(into) if into == to_name && !removed_since => {
+                tracing::info!(%subscription, table = %to, "removing what an unfinished copy left");
+                sql.push_str(&format!("DELETE FROM {to};"));
+                continue;
+            }
+            Some(into) if into == to_name => {
+                tracing::warn!(%subscription, table = %from, "an unfinished copy went into {into} before the table left the subscription or moved; what that table holds now is not taken for what it left");
+            }
+            Some(into) => {
+                tracing::warn!(%subscription, table = %from, "an unfinished copy went into {into}, which the table no longer maps to; what it left there stays");
+            }
+            None => {}
         }
         if !snapshot::is_empty(target, to).await? {
             return Err(SnapshotError::TargetNotEmpty(to.clone()).into());
@@ -291,23 +299,24 @@ impl ExtraTarget {
 }
 
 /// The tables among `names` (source tables) whose copy was begun and
-/// never finished, with the target table it went into (`None`: marked
-/// before ferry recorded it), flagged removed since or not: what it left
-/// is ferry's own in that table alone.
+/// never finished: the target table it went into (`None`: marked before
+/// ferry recorded it), and whether the table was taken out of the
+/// subscription or mapped elsewhere since (what that table holds now may
+/// be anyone's).
 async fn unfinished_copies(
     target: &Client,
     subscription: &str,
     names: &[String],
-) -> Result<HashMap<String, Option<String>>, ApplyError> {
+) -> Result<HashMap<String, (Option<String>, bool)>, ApplyError> {
     let rows = target
         .query(
-            "SELECT source_table, target_table FROM ferry.tables
+            "SELECT source_table, target_table, removed FROM ferry.tables
              WHERE subscription = $1 AND copying AND source_table = ANY($2)",
             &[&subscription, &names],
         )
         .await
         .map_err(target_error("looking for unfinished copies"))?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    Ok(rows.iter().map(|row| (row.get(0), (row.get(1), row.get(2)))).collect())
 }
 
 /// Records `tables` as in step with the subscription's progress without
@@ -323,7 +332,7 @@ pub async fn record_streamed(
 ) -> Result<(), ApplyError> {
     let subscription = sub.name.as_str();
     let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
-    for (table, into) in unfinished_copies(target, subscription, &names).await? {
+    for (table, (into, _)) in unfinished_copies(target, subscription, &names).await? {
         let into = into.unwrap_or_else(|| "its target table".into());
         tracing::warn!(%subscription, %table, "a copy of the table was begun and never finished; with snapshot = false it is not copied again, and what it left in {into} stays (to copy it anew: remove the table from the subscription and restart ferry, empty that table, then add the table back with snapshot = true)");
     }

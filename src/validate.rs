@@ -262,8 +262,7 @@ async fn check_subscription(
 /// The source tables (as text) a start copies with `snapshot = true`, as
 /// `pipeline::set_up` and `tablesync::TableStates` decide, read without
 /// writing anything: those the target records no copy of, or no
-/// unfinished copy into the same table (which is emptied first, the table
-/// since taken out of the subscription or mapped elsewhere or not), where the
+/// unfinished copy into the same table (which is emptied first), where the
 /// subscription has progress; without progress, all but such unfinished
 /// ones. A target written before ferry recorded its tables has the
 /// publication's tables taken as copied (none known without the source).
@@ -305,7 +304,7 @@ async fn tables_to_copy(
             "SELECT u.s FROM unnest($2::text[], $3::text[]) AS u (s, t)
              WHERE NOT EXISTS (SELECT 1 FROM ferry.tables f, to_jsonb(f) j
                                WHERE f.subscription = $1 AND f.source_table = u.s
-                                 AND ((j ->> 'removed') IS DISTINCT FROM 'true' OR (j ->> 'copying') = 'true')
+                                 AND (j ->> 'removed') IS DISTINCT FROM 'true'
                                  AND coalesce(j ->> 'target_table', u.t) = u.t
                                  AND ($4 OR (j ->> 'copying') = 'true'))",
             &[&sub.name, &sources, &targets, &resumed],
