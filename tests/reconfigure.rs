@@ -80,6 +80,25 @@ async fn streamed_once(source: &Cluster, target: &Cluster, tables: &[&str]) {
     daemon.signal_and_wait("TERM");
 }
 
+/// Reads `slot` (of `publication`) from `source` until dropped, as another
+/// reader would.
+async fn hold_slot(
+    source: &Cluster,
+    slot: &str,
+    publication: &str,
+) -> ferry::pg::replication::ReplicationStream {
+    use ferry::pg::replication::{ReplicationClient, StartOptions};
+    let info = source.url("postgres").parse().unwrap();
+    let options = StartOptions {
+        publications: vec![publication.into()],
+        protocol_version: None,
+        messages: false,
+        streaming: false,
+    };
+    let reader = ReplicationClient::connect(&info).await.unwrap();
+    reader.start(slot, ferry::pg::Lsn::ZERO, &options).await.unwrap()
+}
+
 /// `daemon` stops, refusing to copy into `added` while it holds a row of
 /// the target's own, and that one row is still there.
 async fn assert_refused_and_kept(mut daemon: Daemon, dst: &tokio_postgres::Client) {
@@ -252,18 +271,24 @@ async fn a_removed_table_stops_and_a_removed_subscription_keeps_its_slot_until_d
         }
     };
     assert!(slot_exists("ferry_sub").await, "a removed subscription keeps its slot");
-    // A `ferry_` slot another reader is using (a ferry elsewhere; a tail
-    // here) is that reader's, not forgotten.
-    let url = source.url("postgres");
-    let busy =
-        support::tail::TailProcess::start(&["--source", &url, "--slot", "ferry_busy", "--table", "steady"]);
+    // A `ferry_` slot another reader is using (a ferry elsewhere) is that
+    // reader's, not forgotten.
+    exec(&src, "CREATE PUBLICATION busy FOR TABLE steady").await;
+    exec(&src, "SELECT pg_create_logical_replication_slot('ferry_busy', 'pgoutput')").await;
+    let busy = hold_slot(&source, "ferry_busy", "busy").await;
     let running = ferry::config::Config::load(daemon.config_path()).unwrap();
     let forgotten = ferry::teardown::forgotten_slots(&running).await;
     let forgotten: Vec<(&str, &str)> =
         forgotten.values().flatten().map(|f| (f.source.as_str(), f.slot.as_str())).collect();
     assert_eq!(forgotten, vec![("src", "ferry_sub")]);
-    assert!(busy.interrupt());
-    exec(&src, "SELECT pg_drop_replication_slot('ferry_busy'); DROP PUBLICATION ferry_tail_ferry_busy").await;
+    drop(busy);
+    // Its walsender lets go of it a moment after the reader does.
+    let deadline = Instant::now() + WAIT;
+    while let Err(error) = src.batch_execute("SELECT pg_drop_replication_slot('ferry_busy')").await {
+        assert!(Instant::now() < deadline, "ferry_busy stays in use: {error}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    exec(&src, "DROP PUBLICATION busy").await;
     // Shown until dropped, so that an alert can fire before the source's
     // disk fills.
     http.wait_for_metrics("the removed subscription's slot", WAIT, |m| forgotten_series(m).is_some()).await;
