@@ -252,6 +252,7 @@ pub async fn run(
     let name = spec.subscription.name.clone();
     let mut backoff = Duration::from_secs(1);
     let mut replay = Replay::default();
+    let mut copy = CopyInFlight::default();
     metrics.set_state(State::Starting);
     loop {
         if cancel.is_cancelled() {
@@ -259,7 +260,7 @@ pub async fn run(
             return Ok(());
         }
         let started = Instant::now();
-        let error = match run_once(&spec, &metrics, &cancel, replay).await {
+        let error = match run_once(&spec, &metrics, &cancel, replay, &mut copy).await {
             Ok(()) => {
                 metrics.set_state(State::Stopped);
                 return Ok(());
@@ -412,6 +413,7 @@ async fn run_once(
     metrics: &PipelineMetrics,
     cancel: &CancellationToken,
     replay: Replay,
+    copy: &mut CopyInFlight,
 ) -> Result<(), PipelineError> {
     let sub = &spec.subscription;
     // Setting up can wait on a server that accepted the connection and
@@ -419,10 +421,10 @@ async fn run_once(
     // (nothing was applied yet; a copy is rolled back, and done again next
     // time).
     let ready = tokio::select! {
-        ready = set_up(spec, metrics) => ready?,
+        ready = set_up(spec, metrics, copy) => ready?,
         _ = cancel.cancelled() => return Ok(()),
     };
-    let Ready { mut applier, stream, progress, start, floors, copying } = ready;
+    let Ready { mut applier, stream, progress, start, floors } = ready;
     tracing::info!(subscription = %sub.name, slot = %sub.slot, %start, "streaming");
     metrics.set_state(State::Streaming);
 
@@ -437,7 +439,7 @@ async fn run_once(
         tokio::time::sleep(STOP_GRACE).await;
     };
     let applied = tokio::select! {
-        applied = apply_events(&mut applier, events_rx, &durable_tx, state, copying, &target) => applied,
+        applied = apply_events(&mut applier, events_rx, &durable_tx, state, &mut copy.task, &target) => applied,
         () = grace_over => {
             tracing::warn!(subscription = %sub.name, "stopping: the target did not finish the transaction in hand within {}s; it is rolled back and applied again at the next start", STOP_GRACE.as_secs());
             Ok(())
@@ -471,13 +473,44 @@ struct Ready {
     /// catches up).
     start: Lsn,
     floors: Floors,
-    /// Copies of added tables, running while the others stream.
-    copying: JoinSet<Result<Copied, PipelineError>>,
+}
+
+/// The copy of tables added to the subscription, running while the others
+/// stream. It outlives a restart of the pipeline within its run (a replay,
+/// a lost connection): started over, it would lose what it copied, and a
+/// large copy under frequent restarts (dead letters) would never finish.
+#[derive(Default)]
+struct CopyInFlight {
+    task: JoinSet<Result<Copied, PipelineError>>,
+    /// The source tables it copies.
+    tables: Vec<QualifiedName>,
+    /// How far back the source keeps its WAL for it (see [`Floor::Copying`]).
+    hold: Lsn,
+}
+
+impl CopyInFlight {
+    /// Whether it copies exactly `tables`, the ones the target has no copy
+    /// of: otherwise it finished (recorded, or failed) and what is left
+    /// of it goes.
+    fn copies(&mut self, tables: &[&QualifiedName]) -> bool {
+        let same = !self.task.is_empty()
+            && tables.len() == self.tables.len()
+            && tables.iter().all(|table| self.tables.contains(table));
+        if !same {
+            // Dropped, the tasks are aborted.
+            self.task = JoinSet::new();
+        }
+        same
+    }
 }
 
 /// Connects to both databases, resolves the routes, creates the slot and
 /// copies the tables when the subscription is new, and starts the stream.
-async fn set_up(spec: &PipelineSpec, metrics: &PipelineMetrics) -> Result<Ready, PipelineError> {
+async fn set_up(
+    spec: &PipelineSpec,
+    metrics: &PipelineMetrics,
+    copy: &mut CopyInFlight,
+) -> Result<Ready, PipelineError> {
     let sub = &spec.subscription;
     let target = tls::connect_sql(&spec.target).await.map_err(PipelineError::ConnectTarget)?;
     let source_sql = tls::connect_sql(&spec.source).await.map_err(PipelineError::ConnectSource)?;
@@ -510,12 +543,11 @@ async fn set_up(spec: &PipelineSpec, metrics: &PipelineMetrics) -> Result<Ready,
     catalog::ensure_publication(&source_sql, sub).await?;
     let mut replication = ReplicationClient::connect(&spec.source).await?;
     let mut floors = Floors::default();
-    let mut copying = JoinSet::new();
     let (progress, start) = match (progress, catalog::slot_state(&source_sql, &sub.slot).await?) {
         (Some(progress), SlotState::Usable) => {
             floors = tables.floors(sub);
             let start = floors.lowest(progress);
-            join_new_tables(spec, &tables, &mut applier, &mut floors, start, metrics, &mut copying).await?;
+            join_new_tables(spec, &tables, &mut applier, &mut floors, start, metrics, copy).await?;
             (progress, start)
         }
         (Some(_), SlotState::Missing) => {
@@ -561,7 +593,7 @@ async fn set_up(spec: &PipelineSpec, metrics: &PipelineMetrics) -> Result<Ready,
         streaming: true,
     };
     let stream = replication.start(&sub.slot, start, &options).await?;
-    Ok(Ready { applier, stream, progress, start, floors, copying })
+    Ok(Ready { applier, stream, progress, start, floors })
 }
 
 /// Says in the log what a table lets through, when it is not everything.
@@ -597,10 +629,18 @@ async fn join_new_tables(
     floors: &mut Floors,
     start: Lsn,
     metrics: &PipelineMetrics,
-    copying: &mut JoinSet<Result<Copied, PipelineError>>,
+    copy: &mut CopyInFlight,
 ) -> Result<(), PipelineError> {
     let sub = &spec.subscription;
     let new = tables.not_copied(sub);
+    if copy.copies(&new) {
+        tracing::info!(subscription = %sub.name, tables = new.len(), "the copy of tables added to the subscription goes on");
+        for table in new {
+            applier.take_route(table)?;
+            floors.set(table.clone(), Floor::Copying { hold: copy.hold });
+        }
+        return Ok(());
+    }
     if new.is_empty() {
         return Ok(());
     }
@@ -609,13 +649,15 @@ async fn join_new_tables(
         return Ok(());
     }
     let mut routes = Vec::new();
-    for table in new {
+    for table in &new {
         tracing::info!(subscription = %sub.name, %table, "table added to the subscription: copying it while the others stream");
         routes.push(applier.take_route(table)?);
-        floors.set(table.clone(), Floor::Copying { hold: start });
+        floors.set((*table).clone(), Floor::Copying { hold: start });
     }
     let (source, target) = (spec.source.clone(), spec.target.clone());
-    copying.spawn(tablesync::copy_new_tables(sub.clone(), source, target, routes, metrics.clone()));
+    copy.task.spawn(tablesync::copy_new_tables(sub.clone(), source, target, routes, metrics.clone()));
+    copy.tables = new.into_iter().cloned().collect();
+    copy.hold = start;
     Ok(())
 }
 
@@ -698,7 +740,7 @@ async fn apply_events(
     mut events: mpsc::Receiver<EventChunk>,
     durable: &watch::Sender<Lsn>,
     mut state: ApplyState,
-    mut copying: JoinSet<Result<Copied, PipelineError>>,
+    copying: &mut JoinSet<Result<Copied, PipelineError>>,
     target: &str,
 ) -> Result<(), PipelineError> {
     let mut check = tokio::time::interval(TARGET_CHECK_INTERVAL);

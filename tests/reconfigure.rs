@@ -1071,3 +1071,39 @@ async fn a_rotated_password_file_is_read_at_sighup() {
     let logs = daemon.logs();
     assert!(!logs.contains("28P01") && !logs.contains("pw-"), "{logs}");
 }
+
+/// The copy of an added table goes on through a restart of its pipeline
+/// (here the careful replay that sets a refused change aside, with dead
+/// letters on): started over at each, a large copy under steady refusals
+/// would never finish. The target's statement trigger holds the copy open
+/// long enough for the replay to come in the middle of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_copy_of_an_added_table_goes_on_through_a_replay() {
+    let (source, target, src, dst) = setup().await;
+    let names = |tables: &[(&'static str, &'static str)]| {
+        let extra = "on_error = \"dead_letter\"";
+        support::daemon::config(&source.url("postgres"), &target.url("postgres"), "sub", tables, extra)
+    };
+    let daemon = Daemon::start(&names(&[("steady", "steady")]));
+    daemon.wait_for_log("streaming", WAIT).await;
+    exec(
+        &dst,
+        "ALTER TABLE steady ADD CHECK (note <> 'refused');
+         CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN PERFORM pg_sleep(6); RETURN NULL; END';
+         CREATE TRIGGER slow AFTER INSERT ON added FOR EACH STATEMENT EXECUTE FUNCTION slow()",
+    )
+    .await;
+
+    daemon.reload(&names(&[("steady", "steady"), ("added", "added")]));
+    daemon.wait_for_log("copying tables added to the subscription", WAIT).await;
+    exec(&src, "INSERT INTO steady (note) VALUES ('refused')").await;
+    exec(&src, "INSERT INTO steady (note) VALUES ('fine')").await;
+    daemon.wait_for_log("replaying statement by statement", WAIT).await;
+    wait_for_same(&src, &dst, "added", "added", "id, counter, note", "id", WAIT).await;
+    let fine: i64 =
+        dst.query_one("SELECT count(*) FROM steady WHERE note = 'fine'", &[]).await.unwrap().get(0);
+    assert_eq!(fine, 1);
+    let logs = daemon.logs();
+    assert_eq!(logs.matches("copying tables added to the subscription").count(), 1, "{logs}");
+    assert!(logs.contains("the copy of tables added to the subscription goes on"), "{logs}");
+}
