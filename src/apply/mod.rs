@@ -1674,9 +1674,7 @@ fn refused_in_session(error: &tokio_postgres::Error) -> bool {
 
 /// The columns an in-place update assigns: those the source sent, less a key
 /// that did not change (a `GENERATED ALWAYS` identity key can only be set to
-/// DEFAULT). None are left when the route carries only the key, or when the
-/// source sent every other carried column as an unchanged TOAST value: see
-/// [`RelationPlan::update_statement`].
+/// DEFAULT). None may be left: see [`RelationPlan::update_statement`].
 fn without_unchanged_key(
     plan: &RelationPlan,
     identity: &Tuple,

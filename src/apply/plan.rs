@@ -129,8 +129,12 @@ impl RelationPlan {
     }
 
     /// The update statement for this set of present columns, prepared on
-    /// first use. With none to assign, the target's copy is already as the
-    /// source's: the statement only finds the row, which must be there like
+    /// first use. With none to assign (every carried column but an
+    /// unchanged key came as unchanged TOAST), a column the source left as
+    /// it was is assigned itself: the update still happens, as on the
+    /// source, for the target's triggers. A route that carries only the key
+    /// has none such (and a `GENERATED ALWAYS` key cannot be assigned
+    /// itself): its statement only finds the row, which must be there like
     /// any updated row.
     pub async fn update_statement(
         &mut self,
@@ -140,7 +144,7 @@ impl RelationPlan {
         if let Some(statement) = self.updates.get(present) {
             return Ok(statement.clone());
         }
-        let assignments: Vec<String> = self
+        let mut assignments: Vec<String> = self
             .columns
             .iter()
             .zip(present)
@@ -149,6 +153,11 @@ impl RelationPlan {
             .map(|(n, ((_, name), _))| format!("{} = ${}", quote_ident(name), n + 1))
             .collect();
         let key = key_condition(&self.key_names, assignments.len() + 1);
+        if assignments.is_empty()
+            && let Some((_, name)) = self.columns.iter().find(|(i, _)| !self.key.contains(i))
+        {
+            assignments.push(format!("{0} = {0}", quote_ident(name)));
+        }
         let update = format!("UPDATE {} SET {} WHERE {key}", self.target, assignments.join(", "));
         let found = format!("SELECT FROM {} WHERE {key}", self.target);
         let sql = if assignments.is_empty() {
