@@ -815,11 +815,17 @@ fn parse_port_entry(entry: &str) -> Result<Option<u16>, ConnInfoError> {
 fn unknown_parameter(key: &str) -> ConnInfoError {
     if let Some(name) = LIBPQ_ONLY.iter().find(|name| **name == key) {
         ConnInfoError::UnsupportedParameter { name }
-    } else if !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    } else if is_word(key) {
         ConnInfoError::UnknownParameter { name: key.to_string() }
     } else {
         ConnInfoError::NotAParameterName
     }
+}
+
+/// Whether `key` can be a parameter name: anything else may be part of a
+/// password, and is never repeated.
+fn is_word(key: &str) -> bool {
+    !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// libpq's reading: whole seconds; zero or negative waits forever (kept as
@@ -995,6 +1001,14 @@ fn parse_key_values(s: &str, draft: &mut Draft) -> Result<(), ConnInfoError> {
                 ConnInfoError::PasswordNeedsQuoting
             } else {
                 ConnInfoError::EmptyKey { position: start }
+            });
+        }
+        // Refused before its value is read, so that no error names it.
+        if !is_word(&key) {
+            return Err(if after_unquoted_password {
+                ConnInfoError::PasswordNeedsQuoting
+            } else {
+                ConnInfoError::NotAParameterName
             });
         }
         skip_space(&mut chars);
@@ -1258,6 +1272,7 @@ mod tests {
             "postgresql+psycopg2://ferry:S3CRET@db/orders?sslmode=require",
             " postgresql://ferry:S3CRET@db/orders?sslmode=require",
             "ferry:S3CRET@db/orders?sslmode=require",
+            "postgresql+psycopg2://u:S3CRET@h/d?options='-c x",
         ] {
             let err = parse_err(url);
             assert_eq!(err, ConnInfoError::NotAParameterName, "{url}");
