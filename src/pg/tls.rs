@@ -417,7 +417,7 @@ impl SqlConnectError {
 
     /// Whether TLS itself failed: it could not be set up (a root or key file
     /// missing or bad), or the last host's handshake was refused (a
-    /// certificate, a protocol version: rustls says invalid data), as
+    /// certificate, a protocol version: an error of rustls's own), as
     /// opposed to a connection cut half way. Either needs a person, as on
     /// the replication connection.
     pub fn is_tls_refusal(&self) -> bool {
@@ -427,7 +427,7 @@ impl SqlConnectError {
                 Some(AttemptFailure::Connect(error)) => {
                     std::iter::successors(error.source(), |e| (*e).source())
                         .filter_map(|e| e.downcast_ref::<std::io::Error>())
-                        .any(|e| e.kind() == std::io::ErrorKind::InvalidData)
+                        .any(|e| e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()))
                 }
                 _ => false,
             },
