@@ -297,8 +297,9 @@ pub async fn split_points(
 /// duplicate named instead. Nor may a foreign key of the target reference
 /// the table or start from it: its
 /// check does not see rows another session has not committed, so a row
-/// whose referenced row another part copies would be refused. Nor may a
-/// trigger fire on it: what it writes, other parts may write too.
+/// whose referenced row another part copies would be refused. Nor may an
+/// insert trigger fire on it: what it writes, other parts may write too.
+/// Partitions of a partitioned target count as the table.
 async fn parts_cannot_collide(target: &Client, route: &TableRoute) -> Result<bool, SnapshotError> {
     if !source_key_in_target_key(route) {
         return Ok(false);
@@ -306,12 +307,15 @@ async fn parts_cannot_collide(target: &Client, route: &TableRoute) -> Result<boo
     let to = &route.mapping.to;
     let other_unique: bool = target
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::text::regclass AND indisunique AND NOT indisprimary)
-                 OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'x')
+            "WITH tree AS (SELECT $1::text::regclass AS relid UNION SELECT relid FROM pg_partition_tree($1::text::regclass))
+             SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid IN (SELECT relid FROM tree)
+                            AND indisunique AND NOT indisprimary)
+                 OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid IN (SELECT relid FROM tree) AND contype = 'x')
                  OR EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f'
-                            AND $1::text::regclass IN (conrelid, confrelid))
-                 OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1::text::regclass
-                            AND NOT tgisinternal AND tgenabled IN ('O', 'A'))
+                            AND (conrelid IN (SELECT relid FROM tree) OR confrelid IN (SELECT relid FROM tree)))
+                 -- tgtype bit 4: fires on INSERT (which COPY is)
+                 OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid IN (SELECT relid FROM tree)
+                            AND NOT tgisinternal AND tgenabled IN ('O', 'A') AND tgtype & 4 <> 0)
                  OR EXISTS (SELECT 1 FROM pg_index i
                             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
                             JOIN pg_collation c ON c.oid = a.attcollation

@@ -609,11 +609,12 @@ async fn a_large_table_under_a_foreign_key_is_copied_whole() {
     assert!(!daemon.logs().contains("23503"), "{}", daemon.logs());
 }
 
-/// A large table whose target has a trigger that fires is copied in one
+/// A large table whose target has an insert trigger is copied in one
 /// part: the trigger may write a row every part's session writes (here a
-/// statement trigger, which each part's COPY fires), and a part waiting for
-/// another's lock while that one waits, idle, for the rest to commit is a
-/// deadlock PostgreSQL cannot see.
+/// statement trigger, which each part's COPY fires; or a row trigger on a
+/// partition taking a lock), and a part waiting for another's lock while
+/// that one waits, idle, for the rest to commit is a deadlock PostgreSQL
+/// cannot see.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_table_whose_target_has_a_trigger_is_copied_whole() {
     let (source, target) = (Cluster::start(), Cluster::start());
@@ -632,10 +633,26 @@ async fn a_large_table_whose_target_has_a_trigger_is_copied_whole() {
         ),
     )
     .await;
+    // A partitioned target whose partition has a row trigger that takes a
+    // lock until its transaction ends.
+    exec(&src, "CREATE TABLE parted (id int PRIMARY KEY, pad text)").await;
+    exec(
+        &dst,
+        "CREATE TABLE parted (id int PRIMARY KEY, pad text) PARTITION BY RANGE (id);
+         CREATE TABLE parted_all PARTITION OF parted FOR VALUES FROM (MINVALUE) TO (MAXVALUE);
+         CREATE FUNCTION take_lock() RETURNS trigger LANGUAGE plpgsql
+             AS 'BEGIN PERFORM pg_advisory_xact_lock(1); RETURN NEW; END';
+         CREATE TRIGGER locking BEFORE INSERT ON parted_all FOR EACH ROW EXECUTE FUNCTION take_lock()",
+    )
+    .await;
     // Large enough to be split.
-    exec(&src, "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 200000) g").await;
-    let _daemon = Daemon::start(&config(&source, &target, &[("big", "big")], ""));
+    for table in ["big", "parted"] {
+        exec(&src, &format!("INSERT INTO {table} SELECT g, md5(g::text) FROM generate_series(1, 200000) g"))
+            .await;
+    }
+    let _daemon = Daemon::start(&config(&source, &target, &[("big", "big"), ("parted", "parted")], ""));
     wait_for_same(&src, &dst, "big", "big", "id, pad", "id", SETTLE).await;
+    wait_for_same(&src, &dst, "parted", "parted", "id, pad", "id", SETTLE).await;
     let copies: i32 = dst.query_one("SELECT n FROM copies", &[]).await.unwrap().get(0);
     assert_eq!(copies, 1, "one COPY");
 }
@@ -800,7 +817,11 @@ async fn identity_always_keys_are_replicated() {
         &dst,
         "CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
          CREATE TRIGGER t BEFORE INSERT OR UPDATE ON ga FOR EACH ROW EXECUTE FUNCTION noop();
-         ALTER TABLE ga ENABLE ALWAYS TRIGGER t",
+         ALTER TABLE ga ENABLE ALWAYS TRIGGER t;
+         CREATE TABLE updates_of_5 (at timestamptz);
+         CREATE FUNCTION count_update() RETURNS trigger LANGUAGE plpgsql
+             AS 'BEGIN INSERT INTO updates_of_5 VALUES (now()); RETURN NULL; END';
+         CREATE TRIGGER counted AFTER UPDATE ON ga FOR EACH ROW WHEN (OLD.id = 5) EXECUTE FUNCTION count_update()",
     )
     .await;
     exec(&src, "INSERT INTO ga (v) SELECT 'snap' FROM generate_series(1, 10)").await;
@@ -821,6 +842,9 @@ async fn identity_always_keys_are_replicated() {
     exec(&src, "INSERT INTO ga (v) VALUES ('after')").await;
 
     wait_for_same(&src, &dst, "ga", "ga", "id, v", "id", SETTLE).await;
+    // Both updates of row 5 happened on the target too, for its triggers.
+    let updated: i64 = dst.query_one("SELECT count(*) FROM updates_of_5", &[]).await.unwrap().get(0);
+    assert_eq!(updated, 2);
     let logs = daemon.logs();
     assert!(!logs.contains("can only be updated to DEFAULT"), "{logs}");
 }
