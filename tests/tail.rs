@@ -351,14 +351,7 @@ async fn a_slot_name_tail_must_not_use_is_refused() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{stderr}");
         assert!(stderr.contains(why), "{stderr}");
-        let made: i64 = client
-            .query_one(
-                "SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_slots)",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let made = publication_count(&client).await + slot_count(&client).await;
         assert_eq!(made, 1, "a publication or slot was made on the source");
     }
 }
