@@ -210,11 +210,15 @@ async fn connect(info: &ConnInfo) -> Result<Client, tls::SqlConnectError> {
     tls::connect_sql(&info).await
 }
 
-/// What every source needs whatever its tables: logical WAL.
+/// What every source needs whatever its tables: logical WAL, and a role
+/// that may read a slot.
 async fn check_sources(sources: &BTreeMap<String, Client>) -> Vec<Problem> {
     let checks = sources.iter().map(|(name, client)| async move {
         let mut findings = Findings::new(format!("source {name}"));
         if let Err(error) = catalog::check_wal_level(client).await {
+            findings.error(error);
+        }
+        if let Err(error) = catalog::check_replication_role(client).await {
             findings.error(error);
         }
         findings.problems

@@ -232,6 +232,7 @@ async fn a_publication_and_ferry_schema_made_beforehand_need_only_replication_an
     assert_eq!(daemon.signal_and_wait("TERM").0, Some(0));
 }
 
+/// Without REPLICATION, `ferry validate` says so, and a start stops saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_replication_the_pipeline_stops_saying_so() {
     let (source, target) = (Cluster::start(), Cluster::start());
@@ -239,7 +240,11 @@ async fn without_replication_the_pipeline_stops_saying_so() {
     exec(&src, "CREATE PUBLICATION ferry_shop FOR TABLE shop.items, shop.notes;").await;
     exec(&dst, "CREATE SCHEMA ferry AUTHORIZATION ferry_dst;").await;
 
-    let mut daemon = Daemon::start(&config(&source, &target, "publication = \"ferry_shop\""));
+    let config = config(&source, &target, "publication = \"ferry_shop\"");
+    let validated = support::validate::validate(&config, &[]).await;
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    validated.assert_mentions("role ferry_src has neither REPLICATION nor SUPERUSER");
+    let mut daemon = Daemon::start(&config);
     assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(1));
     let logs = daemon.logs();
     assert!(

@@ -75,6 +75,11 @@ pub enum CatalogError {
         "wal_level is {0}; logical replication needs wal_level = logical on the source (set it and restart the server)"
     )]
     WalLevel(String),
+    #[error(
+        "role {0} has neither REPLICATION nor SUPERUSER: it cannot read a replication slot \
+         (ALTER ROLE {0} REPLICATION; README: Least privilege)"
+    )]
+    NoReplication(String),
 }
 
 fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
@@ -261,6 +266,18 @@ pub async fn check_wal_level(client: &Client) -> Result<(), CatalogError> {
     let row = client.query_one("SHOW wal_level", &[]).await.map_err(sql_error("reading wal_level"))?;
     let level: String = row.get(0);
     if level == "logical" { Ok(()) } else { Err(CatalogError::WalLevel(level)) }
+}
+
+/// Checks that the session's role may read a replication slot.
+pub async fn check_replication_role(client: &Client) -> Result<(), CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT rolreplication OR rolsuper, quote_ident(rolname) FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(sql_error("reading the role's attributes"))?;
+    if row.get(0) { Ok(()) } else { Err(CatalogError::NoReplication(row.get(1))) }
 }
 
 /// Checks that a configured publication exists and holds every table of
