@@ -317,7 +317,8 @@ async fn parts_cannot_collide(target: &Client, route: &TableRoute) -> Result<boo
                  OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid IN (SELECT relid FROM tree)
                             AND NOT tgisinternal AND tgenabled IN ('O', 'A') AND tgtype & 4 <> 0)
                  OR EXISTS (SELECT 1 FROM pg_index i
-                            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                            JOIN pg_attribute a ON a.attrelid = i.indrelid
+                                 AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
                             JOIN pg_collation c ON c.oid = a.attcollation
                             WHERE i.indrelid = $1::text::regclass AND i.indisprimary
                               AND NOT c.collisdeterministic)",
@@ -384,6 +385,7 @@ pub async fn copy_tables(
             shown.lock().expect("not poisoned").update(rows);
         };
         let parts = Part::split(if points.len() < targets.len() { points } else { &[] });
+        let part_count = parts.len();
         let copies = readers
             .iter_mut()
             .zip(targets)
@@ -393,7 +395,7 @@ pub async fn copy_tables(
         shown.lock().expect("not poisoned").finish();
         metrics.snapshot_copied(index, rows);
         let seconds = started.elapsed().as_secs_f64();
-        tracing::info!(subscription = %sub.name, %table, rows, seconds, "copied");
+        tracing::info!(subscription = %sub.name, %table, rows, seconds, parts = part_count, "copied");
     }
     for reader in readers {
         reader.close().await?;

@@ -609,6 +609,28 @@ async fn a_large_table_under_a_foreign_key_is_copied_whole() {
     assert!(!daemon.logs().contains("23503"), "{}", daemon.logs());
 }
 
+/// A case-insensitive collation on a column the target's primary key only
+/// INCLUDEs cannot make two source keys one: the large table is still
+/// copied in two parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collation_on_an_included_column_does_not_stop_a_split() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(&src, "CREATE TABLE big (id int PRIMARY KEY, tag text)").await;
+    exec(
+        &dst,
+        "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+         CREATE TABLE big (id int, tag text COLLATE ci, PRIMARY KEY (id) INCLUDE (tag))",
+    )
+    .await;
+    // Large enough to be split.
+    exec(&src, "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 200000) g").await;
+    let daemon = Daemon::start(&config(&source, &target, &[("big", "big")], ""));
+    wait_for_same(&src, &dst, "big", "big", "id, tag", "id", SETTLE).await;
+    let copied = daemon.wait_for_log("parts=", SETTLE).await;
+    assert!(copied.contains("parts=2"), "{copied}");
+}
+
 /// A large table whose target has an insert trigger is copied in one
 /// part: the trigger may write a row every part's session writes (here a
 /// statement trigger, which each part's COPY fires; or a row trigger on a
@@ -650,11 +672,12 @@ async fn a_large_table_whose_target_has_a_trigger_is_copied_whole() {
         exec(&src, &format!("INSERT INTO {table} SELECT g, md5(g::text) FROM generate_series(1, 200000) g"))
             .await;
     }
-    let _daemon = Daemon::start(&config(&source, &target, &[("big", "big"), ("parted", "parted")], ""));
+    let daemon = Daemon::start(&config(&source, &target, &[("big", "big"), ("parted", "parted")], ""));
     wait_for_same(&src, &dst, "big", "big", "id, pad", "id", SETTLE).await;
     wait_for_same(&src, &dst, "parted", "parted", "id, pad", "id", SETTLE).await;
     let copies: i32 = dst.query_one("SELECT n FROM copies", &[]).await.unwrap().get(0);
     assert_eq!(copies, 1, "one COPY");
+    assert_eq!(daemon.logs().matches("parts=1").count(), 2, "{}", daemon.logs());
 }
 
 /// Time limits set on both databases for every session do not cut the
