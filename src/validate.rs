@@ -234,10 +234,13 @@ async fn check_subscription(
     target: Option<&Client>,
 ) -> (Vec<Option<ColumnPlan>>, Vec<Problem>) {
     let mut findings = Findings::new(format!("subscription {}", sub.name));
-    if let Some(source) = source
-        && let Err(error) = catalog::check_publication(source, sub).await
-    {
-        findings.error(error);
+    if let Some(source) = source {
+        if let Err(error) = catalog::check_publication(source, sub).await {
+            findings.error(error);
+        }
+        if let Err(error) = catalog::check_slot_room(source, &sub.slot).await {
+            findings.error(error);
+        }
     }
     let copies = match target {
         Some(target) if sub.snapshot => {

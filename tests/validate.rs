@@ -224,6 +224,31 @@ async fn a_source_without_logical_wal_is_an_error() {
     );
 }
 
+/// A subscription whose slot does not exist yet needs a free entry of
+/// `max_replication_slots`; one whose slot exists does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_without_room_for_the_slot_is_an_error() {
+    let cluster = Cluster::start_with(ClusterOptions {
+        conf: vec!["max_replication_slots = 1".into()],
+        ..Default::default()
+    });
+    let (source, target) = source_and_target(&cluster).await;
+    exec(&source, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    exec(&target, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let text = config(&cluster.url("customers"), &cluster.url("orders"), "", &[("t", "t")]);
+    let full = "no free replication slot for ferry_customers_to_orders: all 1 of max_replication_slots";
+
+    exec(&source, "SELECT pg_create_physical_replication_slot('other')").await;
+    let validated = validate(&text, &[]).await;
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    validated.assert_mentions(full);
+
+    exec(&source, "SELECT pg_drop_replication_slot('other')").await;
+    exec(&source, "SELECT pg_create_logical_replication_slot('ferry_customers_to_orders', 'pgoutput')").await;
+    let validated = validate(&text, &[]).await;
+    assert!(!validated.output().contains("no free replication slot"), "{}", validated.output());
+}
+
 #[tokio::test]
 async fn offline_checks_the_file_without_any_database() {
     let port = closed_port();

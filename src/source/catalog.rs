@@ -80,6 +80,11 @@ pub enum CatalogError {
          (ALTER ROLE {0} REPLICATION; README: Least privilege)"
     )]
     NoReplication(String),
+    #[error(
+        "no free replication slot for {slot}: all {max} of max_replication_slots are in use \
+         (raise it and restart the server, or drop a slot no longer read)"
+    )]
+    NoFreeSlot { slot: String, max: i32 },
 }
 
 fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
@@ -430,6 +435,25 @@ pub enum SlotState {
     /// held are gone.
     Lost,
     Usable,
+}
+
+/// Checks that `slot` exists or can be made: a free entry of
+/// `max_replication_slots`.
+pub async fn check_slot_room(client: &Client, slot: &str) -> Result<(), CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)
+                    OR (SELECT count(*) FROM pg_replication_slots) < current_setting('max_replication_slots')::int,
+                    current_setting('max_replication_slots')::int",
+            &[&slot],
+        )
+        .await
+        .map_err(sql_error("counting the replication slots"))?;
+    if row.get(0) {
+        Ok(())
+    } else {
+        Err(CatalogError::NoFreeSlot { slot: slot.to_string(), max: row.get(1) })
+    }
 }
 
 pub async fn slot_state(client: &Client, slot: &str) -> Result<SlotState, CatalogError> {
