@@ -347,8 +347,47 @@ async fn check_table(
         Some(client) => TargetTable::load(client, &table.to).await.map_err(|e| findings.error(e)).ok(),
         None => None,
     };
+    if let Some(client) = target
+        && target_table.is_some()
+    {
+        check_target_privileges(client, table, findings).await;
+    }
     let source_table = source_table?;
     Some(compare(table, source_table.columns, &target_table?, &source_table.identity, findings))
+}
+
+/// The target table privileges the table's writes need (README: Least
+/// privilege): SELECT and INSERT always (the copy, a filter's reads),
+/// UPDATE and DELETE when replicated or when a filter moves rows in and
+/// out, TRUNCATE when replicated.
+async fn check_target_privileges(client: &Client, table: &TableMapping, findings: &mut Findings) {
+    let ops = &table.operations;
+    let filtered = table.filter.is_some();
+    let needed: Vec<&str> = [
+        ("SELECT", true),
+        ("INSERT", true),
+        ("UPDATE", ops.update || filtered),
+        ("DELETE", ops.delete || filtered),
+        ("TRUNCATE", ops.truncate),
+    ]
+    .into_iter()
+    .filter_map(|(privilege, needed)| needed.then_some(privilege))
+    .collect();
+    let missing = client
+        .query_one(
+            "SELECT coalesce(string_agg(p, ', '), '') FROM unnest($2::text[]) AS p WHERE NOT has_table_privilege($1, p)",
+            &[&table.to.to_string(), &needed],
+        )
+        .await
+        .map(|row| row.get::<_, String>(0));
+    match missing {
+        Ok(missing) if missing.is_empty() => {}
+        Ok(missing) => findings.error(format!(
+            "ferry's target role lacks {missing} on {} (README: Least privilege)",
+            table.to.readable()
+        )),
+        Err(error) => findings.error(target_error(format!("reading the privileges on {}", table.to))(error)),
+    }
 }
 
 /// The source table as its changes will describe it, when it exists. An

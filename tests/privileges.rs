@@ -1,7 +1,8 @@
 //! `ferry run` as non-superuser roles holding exactly the grants README.md
 //! lists under "Least privilege": a managed publication and a publication
 //! made beforehand by the tables' owner, `ferry` schema made by ferry or
-//! beforehand, and what happens without `REPLICATION`. The databases grant
+//! beforehand, what happens without `REPLICATION`, and what `ferry validate`
+//! says of missing privileges. The databases grant
 //! nothing to PUBLIC and the tables live outside `public`, so every grant
 //! listed is one that is needed.
 
@@ -230,6 +231,24 @@ async fn a_publication_and_ferry_schema_made_beforehand_need_only_replication_an
         .get(0);
     assert_eq!(tables, 2);
     assert_eq!(daemon.signal_and_wait("TERM").0, Some(0));
+}
+
+/// `ferry validate` passes with exactly the grants README.md lists, and
+/// names a target table privilege taken away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_checks_the_target_privileges_the_tables_need() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = setup(&source, &target, "LOGIN REPLICATION").await;
+    exec(&src, "CREATE PUBLICATION ferry_shop FOR TABLE shop.items, shop.notes;").await;
+    exec(&dst, "CREATE SCHEMA ferry AUTHORIZATION ferry_dst;").await;
+    let config = config(&source, &target, "publication = \"ferry_shop\"");
+    let validated = support::validate::validate(&config, &[]).await;
+    assert_eq!(validated.code, Some(0), "{}", validated.output());
+
+    exec(&dst, "REVOKE UPDATE, TRUNCATE ON replica.items FROM ferry_dst").await;
+    let validated = support::validate::validate(&config, &[]).await;
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    validated.assert_mentions("ferry's target role lacks UPDATE, TRUNCATE on replica.items");
 }
 
 /// Without REPLICATION, `ferry validate` says so, and a start stops saying so.
