@@ -185,8 +185,17 @@ fn shutdown_token() -> CancellationToken {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        tracing::info!("stopping");
+        tracing::info!("stopping (a second SIGINT or SIGTERM exits at once)");
         trigger.cancel();
+        // Someone who will not wait for the stop's grace periods: as if
+        // killed, which loses nothing (what the target did not commit is
+        // applied again at the next start).
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("second signal: exiting at once, as if killed");
+        std::process::exit(130);
     });
     token
 }

@@ -378,6 +378,46 @@ async fn a_source_restart_is_retried() {
     assert!(!logs.contains("pipeline stopped"), "{logs}");
 }
 
+/// A second signal does not wait for the stop's grace period (here held up
+/// by a target statement waiting on a lock): ferry exits at once, as if
+/// killed, with code 130, and the next start applies what the target did
+/// not commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_and_loses_nothing() {
+    let (source, target) = setup_one(ClusterOptions::default()).await;
+    let config = one_pipeline(&source, &target);
+    let mut daemon = Daemon::start(&config);
+    daemon.wait_for_log("streaming", SETTLE).await;
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    let mut holder = target.client("postgres").await;
+    let lock = holder.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    exec(&src, "INSERT INTO items VALUES (1, 1)").await;
+    wait_for_lock_wait(&dst).await;
+
+    let pid = daemon.pid() as i32;
+    support::send_signal("TERM", pid);
+    daemon.wait_for_log("stopping", SETTLE).await;
+    support::send_signal("INT", pid);
+    assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(130), "{}", daemon.logs());
+    assert!(daemon.logs().contains("second signal: exiting at once"), "{}", daemon.logs());
+    lock.rollback().await.unwrap();
+    let daemon = Daemon::start(&config);
+    exec(&src, "INSERT INTO items VALUES (2, 2)").await;
+    wait_for_same(&src, &dst, "items", "items", "id, qty", "id", SETTLE).await;
+    drop(daemon);
+}
+
+/// Waits until a client session of `client`'s server waits on a lock.
+async fn wait_for_lock_wait(client: &tokio_postgres::Client) {
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND backend_type = 'client backend'";
+    let deadline = std::time::Instant::now() + SETTLE;
+    while client.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "ferry never waited on the lock");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A target that does not answer (ferry's statement waits on a lock held
 /// by someone else) does not hold up the exit: after a grace period the
 /// connection is dropped, the target rolls the transaction back, and the
@@ -393,12 +433,7 @@ async fn a_target_stuck_on_a_lock_does_not_hold_up_the_exit_and_loses_nothing() 
     let lock = holder.transaction().await.unwrap();
     lock.batch_execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE").await.unwrap();
     exec(&src, "INSERT INTO items VALUES (1, 1)").await;
-    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND backend_type = 'client backend'";
-    let deadline = std::time::Instant::now() + SETTLE;
-    while dst.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
-        assert!(std::time::Instant::now() < deadline, "ferry never waited on the lock");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_lock_wait(&dst).await;
 
     let (code, _) = tokio::task::block_in_place(|| daemon.signal_and_wait("TERM"));
     assert_eq!(code, Some(0));
