@@ -225,7 +225,8 @@ async fn a_source_without_logical_wal_is_an_error() {
 }
 
 /// A subscription whose slot does not exist yet needs a free entry of
-/// `max_replication_slots`; one whose slot exists does not.
+/// `max_replication_slots`, each of several on one source one of its own;
+/// one whose slot exists does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_without_room_for_the_slot_is_an_error() {
     let cluster = Cluster::start_with(ClusterOptions {
@@ -236,7 +237,7 @@ async fn a_source_without_room_for_the_slot_is_an_error() {
     exec(&source, "CREATE TABLE t (id int PRIMARY KEY)").await;
     exec(&target, "CREATE TABLE t (id int PRIMARY KEY)").await;
     let text = config(&cluster.url("customers"), &cluster.url("orders"), "", &[("t", "t")]);
-    let full = "no free replication slot for ferry_customers_to_orders: all 1 of max_replication_slots";
+    let full = "1 slot to make (ferry_customers_to_orders), 0 of max_replication_slots free";
 
     exec(&source, "SELECT pg_create_physical_replication_slot('other')").await;
     let validated = validate(&text, &[]).await;
@@ -244,9 +245,21 @@ async fn a_source_without_room_for_the_slot_is_an_error() {
     validated.assert_mentions(full);
 
     exec(&source, "SELECT pg_drop_replication_slot('other')").await;
+    exec(&source, "CREATE TABLE u (id int PRIMARY KEY)").await;
+    exec(&target, "CREATE TABLE u (id int PRIMARY KEY)").await;
+    let two = format!(
+        "{text}\n[[subscriptions]]\nname = \"second\"\nsource = \"customers\"\ntarget = \"orders\"\n\n\
+         [[subscriptions.tables]]\nfrom = 'u'\nto = 'u'\n"
+    );
+    let validated = validate(&two, &[]).await;
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    validated.assert_mentions(
+        "slots to make (ferry_customers_to_orders, ferry_second), 1 of max_replication_slots free",
+    );
+
     exec(&source, "SELECT pg_create_logical_replication_slot('ferry_customers_to_orders', 'pgoutput')").await;
     let validated = validate(&text, &[]).await;
-    assert!(!validated.output().contains("no free replication slot"), "{}", validated.output());
+    assert!(!validated.output().contains("max_replication_slots"), "{}", validated.output());
 }
 
 #[tokio::test]

@@ -81,10 +81,12 @@ pub enum CatalogError {
     )]
     NoReplication(String),
     #[error(
-        "no free replication slot for {slot}: all {max} of max_replication_slots are in use \
-         (raise it and restart the server, or drop a slot no longer read)"
+        "{} to make ({}), {free} of max_replication_slots free (raise it and restart the server, \
+         or drop a slot no longer read)",
+        if slots.len() == 1 { "1 slot" } else { "slots" },
+        slots.join(", ")
     )]
-    NoFreeSlot { slot: String, max: i32 },
+    NoFreeSlot { slots: Vec<String>, free: i64 },
 }
 
 fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
@@ -277,7 +279,13 @@ pub async fn check_wal_level(client: &Client) -> Result<(), CatalogError> {
 pub async fn check_replication_role(client: &Client) -> Result<(), CatalogError> {
     let row = client
         .query_one(
-            "SELECT rolreplication OR rolsuper, quote_ident(rolname) FROM pg_roles WHERE rolname = current_user",
+            // Amazon RDS grants replication through membership in its
+            // rds_replication role, not the attribute.
+            "SELECT rolreplication OR rolsuper
+                    OR EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'rds_replication'
+                               AND pg_has_role(current_user, r.oid, 'MEMBER')),
+                    quote_ident(rolname)
+             FROM pg_roles WHERE rolname = current_user",
             &[],
         )
         .await
@@ -437,23 +445,20 @@ pub enum SlotState {
     Usable,
 }
 
-/// Checks that `slot` exists or can be made: a free entry of
-/// `max_replication_slots`.
-pub async fn check_slot_room(client: &Client, slot: &str) -> Result<(), CatalogError> {
+/// Checks that the server has a free `max_replication_slots` entry for
+/// each of `slots` not made yet (every slot of the server takes one).
+pub async fn check_slot_room(client: &Client, slots: &[&str]) -> Result<(), CatalogError> {
     let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)
-                    OR (SELECT count(*) FROM pg_replication_slots) < current_setting('max_replication_slots')::int,
-                    current_setting('max_replication_slots')::int",
-            &[&slot],
+            "SELECT ARRAY(SELECT s FROM unnest($1::text[]) AS s
+                          WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = s)),
+                    current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)",
+            &[&slots],
         )
         .await
         .map_err(sql_error("counting the replication slots"))?;
-    if row.get(0) {
-        Ok(())
-    } else {
-        Err(CatalogError::NoFreeSlot { slot: slot.to_string(), max: row.get(1) })
-    }
+    let (missing, free): (Vec<String>, i64) = (row.get(0), row.get(1));
+    if missing.len() as i64 <= free { Ok(()) } else { Err(CatalogError::NoFreeSlot { slots: missing, free }) }
 }
 
 pub async fn slot_state(client: &Client, slot: &str) -> Result<SlotState, CatalogError> {
