@@ -137,7 +137,7 @@ enum Command {
     /// standard output, until Ctrl-C.
     ///
     /// Creates a publication for the given tables and a temporary slot, both
-    /// removed on exit; with --slot, a permanent slot (and its publication)
+    /// removed on exit (a second Ctrl-C exits at once and leaves the publication); with --slot, a permanent slot (and its publication)
     /// is created when missing and kept, so a later run continues where this
     /// one stopped.
     Tail {
@@ -190,12 +190,12 @@ fn shutdown_token() -> CancellationToken {
         // Someone who will not wait for the stop's grace periods: as if
         // killed, which loses nothing (what the target did not commit is
         // applied again at the next start).
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        let code = tokio::select! {
+            _ = tokio::signal::ctrl_c() => 130,
+            _ = term.recv() => 143,
+        };
         tracing::warn!("second signal: exiting at once, as if killed");
-        std::process::exit(130);
+        std::process::exit(code);
     });
     token
 }

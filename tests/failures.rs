@@ -380,8 +380,8 @@ async fn a_source_restart_is_retried() {
 
 /// A second signal does not wait for the stop's grace period (here held up
 /// by a target statement waiting on a lock): ferry exits at once, as if
-/// killed, with code 130, and the next start applies what the target did
-/// not commit.
+/// killed, with code 130 (SIGINT's), and the next start applies what the
+/// target did not commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once_and_loses_nothing() {
     let (source, target) = setup_one(ClusterOptions::default()).await;
