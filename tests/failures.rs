@@ -384,38 +384,14 @@ async fn a_source_restart_is_retried() {
 /// target did not commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once_and_loses_nothing() {
-    let (source, target) = setup_one(ClusterOptions::default()).await;
-    let config = one_pipeline(&source, &target);
-    let mut daemon = Daemon::start(&config);
-    daemon.wait_for_log("streaming", SETTLE).await;
-    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
-    let mut holder = target.client("postgres").await;
-    let lock = holder.transaction().await.unwrap();
-    lock.batch_execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE").await.unwrap();
-    exec(&src, "INSERT INTO items VALUES (1, 1)").await;
-    wait_for_lock_wait(&dst).await;
-
+    let (stuck, mut daemon) = StuckOnALock::start().await;
     let pid = daemon.pid() as i32;
     support::send_signal("TERM", pid);
     daemon.wait_for_log("stopping", SETTLE).await;
     support::send_signal("INT", pid);
     assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(130), "{}", daemon.logs());
     assert!(daemon.logs().contains("second signal: exiting at once"), "{}", daemon.logs());
-    lock.rollback().await.unwrap();
-    let daemon = Daemon::start(&config);
-    exec(&src, "INSERT INTO items VALUES (2, 2)").await;
-    wait_for_same(&src, &dst, "items", "items", "id, qty", "id", SETTLE).await;
-    drop(daemon);
-}
-
-/// Waits until a client session of `client`'s server waits on a lock.
-async fn wait_for_lock_wait(client: &tokio_postgres::Client) {
-    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND backend_type = 'client backend'";
-    let deadline = std::time::Instant::now() + SETTLE;
-    while client.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
-        assert!(std::time::Instant::now() < deadline, "ferry never waited on the lock");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stuck.loses_nothing().await;
 }
 
 /// A target that does not answer (ferry's statement waits on a lock held
@@ -424,22 +400,49 @@ async fn wait_for_lock_wait(client: &tokio_postgres::Client) {
 /// next start applies it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_stuck_on_a_lock_does_not_hold_up_the_exit_and_loses_nothing() {
-    let (source, target) = setup_one(ClusterOptions::default()).await;
-    let config = one_pipeline(&source, &target);
-    let daemon = Daemon::start(&config);
-    daemon.wait_for_log("streaming", SETTLE).await;
-    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
-    let mut holder = target.client("postgres").await;
-    let lock = holder.transaction().await.unwrap();
-    lock.batch_execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE").await.unwrap();
-    exec(&src, "INSERT INTO items VALUES (1, 1)").await;
-    wait_for_lock_wait(&dst).await;
-
+    let (stuck, daemon) = StuckOnALock::start().await;
     let (code, _) = tokio::task::block_in_place(|| daemon.signal_and_wait("TERM"));
     assert_eq!(code, Some(0));
-    lock.rollback().await.unwrap();
-    let daemon = Daemon::start(&config);
-    exec(&src, "INSERT INTO items VALUES (2, 2)").await;
-    wait_for_same(&src, &dst, "items", "items", "id, qty", "id", SETTLE).await;
-    drop(daemon);
+    stuck.loses_nothing().await;
+}
+
+/// A pipeline (its daemon returned beside) whose target statement waits on
+/// a lock that `holder` holds in an open transaction.
+struct StuckOnALock {
+    source: Cluster,
+    target: Cluster,
+    config: String,
+    src: tokio_postgres::Client,
+    dst: tokio_postgres::Client,
+    holder: tokio_postgres::Client,
+}
+
+impl StuckOnALock {
+    async fn start() -> (StuckOnALock, Daemon) {
+        let (source, target) = setup_one(ClusterOptions::default()).await;
+        let config = one_pipeline(&source, &target);
+        let daemon = Daemon::start(&config);
+        daemon.wait_for_log("streaming", SETTLE).await;
+        let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+        let holder = target.client("postgres").await;
+        exec(&holder, "BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE").await;
+        exec(&src, "INSERT INTO items VALUES (1, 1)").await;
+        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND backend_type = 'client backend'";
+        let deadline = std::time::Instant::now() + SETTLE;
+        while dst.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+            assert!(std::time::Instant::now() < deadline, "ferry never waited on the lock");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (StuckOnALock { source, target, config, src, dst, holder }, daemon)
+    }
+
+    /// Once the lock is given up, a new start applies the row the stopped
+    /// one did not commit, and what comes after.
+    async fn loses_nothing(self) {
+        exec(&self.holder, "ROLLBACK").await;
+        let daemon = Daemon::start(&self.config);
+        exec(&self.src, "INSERT INTO items VALUES (2, 2)").await;
+        wait_for_same(&self.src, &self.dst, "items", "items", "id, qty", "id", SETTLE).await;
+        drop((daemon, self.source, self.target));
+    }
 }
