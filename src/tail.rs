@@ -85,6 +85,9 @@ pub async fn run(options: TailOptions, out: impl Write, cancel: CancellationToke
     if let Some(slot) = &options.slot {
         refuse_slot_in_use(&sql, slot).await?;
     }
+    if options.publication.is_none() {
+        drop_stale_publications(&sql).await;
+    }
     let (publication, created_publication) = prepare_publication(&sql, &options, &temporary_name).await?;
     // Whatever happens from here on, a publication made for this run goes.
     let result = stream(&sql, &options, &temporary_name, &publication, out, cancel).await;
@@ -113,6 +116,40 @@ async fn temporary_name(sql: &Client) -> Result<String, TailError> {
         .await
         .map_err(query_error("naming the temporary slot"))?;
     Ok(row.get(0))
+}
+
+/// Drops the publications of earlier runs that could not drop their own (a
+/// killed tail, or one interrupted twice): named as [`temporary_name`]
+/// makes them, their session gone, and no slot of that name (the run's
+/// temporary slot, still read by a tail whose SQL session was cut) or of
+/// their suffix (a `--slot` run's permanent one: `ferry_tail_SLOT`, where
+/// SLOT may look alike). What cannot be dropped stays, with a warning.
+async fn drop_stale_publications(sql: &Client) {
+    let stale = sql
+        .query(
+            "SELECT p.pubname::text FROM pg_publication p,
+                    LATERAL (SELECT substr(p.pubname, length('ferry_tail_') + 1) AS suffix) s
+             WHERE p.pubname ~ '^ferry_tail_[0-9]+_[0-9a-f]{8}$'
+               AND NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                               WHERE pid = split_part(s.suffix, '_', 1)::bigint)
+               AND NOT EXISTS (SELECT 1 FROM pg_replication_slots
+                               WHERE slot_name IN (p.pubname, s.suffix))",
+            &[],
+        )
+        .await;
+    let stale: Vec<String> = match stale {
+        Ok(rows) => rows.iter().map(|row| row.get(0)).collect(),
+        Err(error) => {
+            tracing::warn!("looking for publications earlier runs left: {error}");
+            return;
+        }
+    };
+    for publication in stale {
+        match sql.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&publication))).await {
+            Ok(()) => tracing::info!(%publication, "dropped the publication an earlier run left"),
+            Err(error) => tracing::warn!(%publication, "the publication an earlier run left stays: {error}"),
+        }
+    }
 }
 
 /// Refuses a permanent slot another reader is using before anything is

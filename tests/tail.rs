@@ -498,3 +498,37 @@ async fn ctrl_c_ends_a_tail_whose_source_stopped_answering() {
     support::send_signal("CONT", walsender);
     assert!(ended, "ferry tail should exit 0 on SIGINT");
 }
+
+/// A publication an earlier run could not drop (killed, or interrupted
+/// twice) goes at the next run: its session is gone and no slot reads it.
+/// One whose slot still exists (a `--slot` run's, with a name alike) stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_a_killed_run_left_goes_at_the_next_run() {
+    let cluster = Cluster::start();
+    // Process ids stop at 2^22: these sessions cannot be alive.
+    let client = setup(
+        &cluster,
+        "CREATE TABLE items (id int PRIMARY KEY);
+         CREATE PUBLICATION ferry_tail_4194305_0badcafe FOR TABLE items;
+         CREATE PUBLICATION ferry_tail_4194306_cafe0bad FOR TABLE items;",
+    )
+    .await;
+    client
+        .batch_execute("SELECT pg_create_logical_replication_slot('4194306_cafe0bad', 'pgoutput')")
+        .await
+        .unwrap();
+
+    let tail = tail(&cluster, &["public.items"]);
+    let left: Vec<String> = client
+        .query(
+            "SELECT pubname::text FROM pg_publication WHERE pubname LIKE 'ferry_tail_41943%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(left, ["ferry_tail_4194306_cafe0bad"]);
+    assert!(tail.interrupt());
+}
