@@ -16,7 +16,7 @@ use tokio_postgres::{Client, CopyInSink};
 use crate::config::Subscription;
 use crate::fault;
 use crate::metrics::PipelineMetrics;
-use crate::pg::catalog::Column;
+use crate::pg::catalog::{Column, index_key_columns};
 use crate::pg::connection::Connection;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::error::describe_sql_error;
@@ -307,21 +307,24 @@ async fn parts_cannot_collide(target: &Client, route: &TableRoute) -> Result<boo
     let to = &route.mapping.to;
     let other_unique: bool = target
         .query_one(
-            "WITH tree AS (SELECT $1::text::regclass AS relid UNION SELECT relid FROM pg_partition_tree($1::text::regclass))
-             SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid IN (SELECT relid FROM tree)
-                            AND indisunique AND NOT indisprimary)
-                 OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid IN (SELECT relid FROM tree) AND contype = 'x')
-                 OR EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f'
-                            AND (conrelid IN (SELECT relid FROM tree) OR confrelid IN (SELECT relid FROM tree)))
-                 -- tgtype bit 4: fires on INSERT (which COPY is)
-                 OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid IN (SELECT relid FROM tree)
-                            AND NOT tgisinternal AND tgenabled IN ('O', 'A') AND tgtype & 4 <> 0)
-                 OR EXISTS (SELECT 1 FROM pg_index i
-                            JOIN pg_attribute a ON a.attrelid = i.indrelid
-                                 AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
-                            JOIN pg_collation c ON c.oid = a.attcollation
-                            WHERE i.indrelid = $1::text::regclass AND i.indisprimary
-                              AND NOT c.collisdeterministic)",
+            concat!(
+                "WITH tree AS (SELECT $1::text::regclass AS relid UNION SELECT relid FROM pg_partition_tree($1::text::regclass))
+                 SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid IN (SELECT relid FROM tree)
+                                AND indisunique AND NOT indisprimary)
+                     OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid IN (SELECT relid FROM tree) AND contype = 'x')
+                     OR EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f'
+                                AND (conrelid IN (SELECT relid FROM tree) OR confrelid IN (SELECT relid FROM tree)))
+                     -- tgtype bit 4: fires on INSERT (which COPY is)
+                     OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid IN (SELECT relid FROM tree)
+                                AND NOT tgisinternal AND tgenabled IN ('O', 'A') AND tgtype & 4 <> 0)
+                     OR EXISTS (SELECT 1 FROM pg_index i
+                                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (",
+                index_key_columns!(),
+                ")
+                                JOIN pg_collation c ON c.oid = a.attcollation
+                                WHERE i.indrelid = $1::text::regclass AND i.indisprimary
+                                  AND NOT c.collisdeterministic)"
+            ),
             &[&to.to_string()],
         )
         .await

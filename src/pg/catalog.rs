@@ -4,6 +4,16 @@
 
 use std::collections::HashMap;
 
+/// The column numbers of index `i`'s key, without its `INCLUDE`d columns,
+/// as SQL for `concat!` into catalog queries: a primary key or replica
+/// identity is made of these, as the server's own changes flag them.
+macro_rules! index_key_columns {
+    () => {
+        "(i.indkey::int2[])[0:i.indnkeyatts - 1]"
+    };
+}
+pub(crate) use index_key_columns;
+
 use tokio_postgres::Client;
 
 use super::names::QualifiedName;
@@ -38,17 +48,21 @@ pub async fn table_columns(
 ) -> Result<Vec<Column>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod),
-                    coalesce(a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]), false),
-                    a.attlen = -1 AND a.attstorage <> 'p',
-                    a.atttypid, a.atttypmod, t.typcategory::text
-             FROM pg_class c
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-             JOIN pg_type t ON t.oid = a.atttypid
-             LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
-             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
-             ORDER BY a.attnum",
+            concat!(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+                        coalesce(a.attnum = ANY (",
+                index_key_columns!(),
+                "), false),
+                        a.attlen = -1 AND a.attstorage <> 'p',
+                        a.atttypid, a.atttypmod, t.typcategory::text
+                 FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                 JOIN pg_type t ON t.oid = a.atttypid
+                 LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+                 ORDER BY a.attnum"
+            ),
             &[&table.schema, &table.name],
         )
         .await?;
@@ -76,14 +90,18 @@ pub async fn unique_keys(
 ) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT array_agg(a.attname::text ORDER BY a.attname::text)
-             FROM pg_class c
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             JOIN pg_index i ON i.indrelid = c.oid
-             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
-             WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indisvalid AND i.indimmediate
-               AND i.indpred IS NULL AND i.indexprs IS NULL
-             GROUP BY i.indexrelid",
+            concat!(
+                "SELECT array_agg(a.attname::text ORDER BY a.attname::text)
+                 FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_index i ON i.indrelid = c.oid
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (",
+                index_key_columns!(),
+                ")
+                 WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indisvalid AND i.indimmediate
+                   AND i.indpred IS NULL AND i.indexprs IS NULL
+                 GROUP BY i.indexrelid"
+            ),
             &[&table.schema, &table.name],
         )
         .await?;

@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 
 use crate::config::{Operations, Subscription};
 use crate::pg::Lsn;
-use crate::pg::catalog::{self, Column, TypeDescription};
+use crate::pg::catalog::{self, Column, TypeDescription, index_key_columns};
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::error::describe_sql_error;
 use crate::pg::names::{QualifiedName, quote_ident, quote_ident_if_needed};
@@ -230,17 +230,20 @@ impl Identity {
 async fn identity(client: &Client, table: &QualifiedName) -> Result<Identity, CatalogError> {
     let row = client
         .query_opt(
-            "SELECT c.relreplident = 'f',
-                    coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum)
-                              FROM pg_index i
-                              JOIN pg_attribute a ON a.attrelid = i.indrelid
-                                   AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
-                              WHERE i.indrelid = c.oid
-                                AND CASE c.relreplident WHEN 'd' THEN i.indisprimary
-                                                        WHEN 'i' THEN i.indisreplident ELSE false END),
-                             '{}')
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relname = $2",
+            concat!(
+                "SELECT c.relreplident = 'f',
+                        coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum)
+                                  FROM pg_index i
+                                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (",
+                index_key_columns!(),
+                ")
+                                  WHERE i.indrelid = c.oid
+                                    AND CASE c.relreplident WHEN 'd' THEN i.indisprimary
+                                                            WHEN 'i' THEN i.indisreplident ELSE false END),
+                                 '{}')
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2"
+            ),
             &[&table.schema, &table.name],
         )
         .await
