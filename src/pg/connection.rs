@@ -650,13 +650,10 @@ async fn negotiate_tls(
     }
     let name = tls::server_name(host).map_err(|e| tls_error(e.to_string()))?;
     let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
-    // rustls reports a handshake it refuses (a certificate, a protocol
-    // version) as invalid data, which needs a person; anything else is the
-    // connection breaking half way (a server restarting), retried as such.
-    let stream = connector.connect(name, tcp).await.map_err(|e| match e.kind() {
-        io::ErrorKind::InvalidData => tls_error(e.to_string()),
-        _ => io_error(e),
-    })?;
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| if tls::is_refusal(&e) { tls_error(e.to_string()) } else { io_error(e) })?;
     Ok(Socket::Tls(Box::new(stream)))
 }
 

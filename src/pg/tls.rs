@@ -416,10 +416,9 @@ impl SqlConnectError {
     }
 
     /// Whether TLS itself failed: it could not be set up (a root or key file
-    /// missing or bad), or the last host's handshake was refused (a
-    /// certificate, a protocol version: an error of rustls's own), as
-    /// opposed to a connection cut half way. Either needs a person, as on
-    /// the replication connection.
+    /// missing or bad), or the last host's handshake was refused (see
+    /// [`is_refusal`]). Either needs a person, as on the replication
+    /// connection.
     pub fn is_tls_refusal(&self) -> bool {
         match self {
             SqlConnectError::Tls { .. } => true,
@@ -427,12 +426,20 @@ impl SqlConnectError {
                 Some(AttemptFailure::Connect(error)) => {
                     std::iter::successors(error.source(), |e| (*e).source())
                         .filter_map(|e| e.downcast_ref::<std::io::Error>())
-                        .any(|e| e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()))
+                        .any(is_refusal)
                 }
                 _ => false,
             },
         }
     }
+}
+
+/// Whether a TLS handshake failed because rustls refused it (a
+/// certificate, a protocol version), which needs a person, rather than
+/// because the connection broke half way (a server restarting), which a
+/// retry gets past.
+pub fn is_refusal(error: &std::io::Error) -> bool {
+    error.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
 /// One host tried by [`connect_sql`] and how it failed.
