@@ -20,7 +20,7 @@ use crate::pg::{Lsn, PgError, tls};
 use crate::route::{LoadError, TableRoute};
 use crate::snapshot::SnapshotError;
 use crate::source::catalog::{self, CatalogError, SlotState};
-use crate::source::{self, Change, EventChunk, SourceError, SourceEvent};
+use crate::source::{self, Change, EventChunk, SourceError, SourceEvent, TableNames};
 use crate::tablesync::{self, Copied, CopyEnds, Floor, Floors, TableStates};
 
 /// Events in flight between reader and applier (in chunks of
@@ -424,14 +424,15 @@ async fn run_once(
         ready = set_up(spec, metrics, copy) => ready?,
         _ = cancel.cancelled() => return Ok(()),
     };
-    let Ready { mut applier, stream, progress, start, floors } = ready;
+    let Ready { mut applier, stream, names, progress, start, floors } = ready;
     tracing::info!(subscription = %sub.name, slot = %sub.slot, %start, "streaming");
     metrics.set_state(State::Streaming);
 
     let (events_tx, events_rx) = mpsc::channel(CHANNEL_CAPACITY / source::CHUNK_EVENTS);
     let (durable_tx, durable_rx) = watch::channel(start);
     let stop_reader = cancel.child_token();
-    let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone(), true));
+    let reader =
+        tokio::spawn(source::read_stream(stream, events_tx, durable_rx, stop_reader.clone(), true, names));
     let target = spec.target.to_string();
     let state = ApplyState::new(progress, start, floors, metrics, replay, sub.forward_origins);
     let grace_over = async {
@@ -467,6 +468,7 @@ async fn run_once(
 struct Ready {
     applier: Applier,
     stream: ReplicationStream,
+    names: TableNames,
     /// The last source transaction the target holds.
     progress: Lsn,
     /// Where the stream starts (before `progress` while an added table
@@ -521,6 +523,8 @@ async fn set_up(
         log_shape(&sub.name, &route);
         routes.push(route);
     }
+    let configured: Vec<&QualifiedName> = sub.tables.iter().map(|t| &t.from).collect();
+    let names = TableNames::new(&sub.name, catalog::table_oids(&source_sql, &configured).await?);
     let routes_read_at = catalog::wal_position(&source_sql).await?;
     let monitor = tls::connect_sql(&spec.target).await.map_err(PipelineError::ConnectTarget)?;
     let mut applier = Applier::new(target, monitor, sub, spec.source.clone(), routes, routes_read_at).await?;
@@ -540,7 +544,7 @@ async fn set_up(
         tables = TableStates::load(applier.client(), sub).await?;
     }
 
-    catalog::ensure_publication(&source_sql, sub).await?;
+    catalog::ensure_publication(&source_sql, sub, &tables.copied(sub)).await?;
     let mut replication = ReplicationClient::connect(&spec.source).await?;
     let mut floors = Floors::default();
     let (progress, start) = match (progress, catalog::slot_state(&source_sql, &sub.slot).await?) {
@@ -593,7 +597,7 @@ async fn set_up(
         streaming: true,
     };
     let stream = replication.start(&sub.slot, start, &options).await?;
-    Ok(Ready { applier, stream, progress, start, floors })
+    Ok(Ready { applier, stream, names, progress, start, floors })
 }
 
 /// Says in the log what a table lets through, when it is not everything.

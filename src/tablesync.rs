@@ -141,6 +141,11 @@ impl TableStates {
         sub.tables.iter().map(|t| &t.from).filter(|t| !self.copied.contains(&t.to_string())).collect()
     }
 
+    /// The configured tables the target has a copy of.
+    pub fn copied<'a>(&self, sub: &'a Subscription) -> Vec<&'a QualifiedName> {
+        sub.tables.iter().map(|t| &t.from).filter(|t| self.copied.contains(&t.to_string())).collect()
+    }
+
     /// The floors of tables not yet in step with the stream.
     pub fn floors(&self, sub: &Subscription) -> Floors {
         let mut floors = Floors::default();

@@ -198,7 +198,14 @@ async fn stream(
     };
     let (events_tx, events_rx) = mpsc::channel(1024 / source::CHUNK_EVENTS);
     let (durable_tx, durable_rx) = watch::channel(Lsn::ZERO);
-    let reader = tokio::spawn(source::read_stream(stream, events_tx, durable_rx, cancel.clone(), false));
+    let reader = tokio::spawn(source::read_stream(
+        stream,
+        events_tx,
+        durable_rx,
+        cancel.clone(),
+        false,
+        source::TableNames::default(),
+    ));
     let printed = print_events(events_rx, out, durable_tx).await;
     // The printer only stops early on an output error: stop reading too.
     cancel.cancel();

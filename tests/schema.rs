@@ -513,3 +513,78 @@ async fn a_target_column_widened_while_ferry_runs_takes_values_the_old_type_coul
     assert_eq!(replays.len(), 1, "{logs}");
     assert!(replays[0].contains("ERROR 22003") && replays[0].contains("items_a"), "{logs}");
 }
+
+/// A source table renamed while ferry runs is still the table the
+/// subscription maps (and still in its publication): its changes go on to
+/// the same target table, and the log says what to do before the next
+/// start. Before, they were taken for a table the subscription does not
+/// map and left out without a trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_table_renamed_while_ferry_runs_goes_on_replicating() {
+    let setup = Setup::new().await;
+    let daemon = setup.streaming("", "").await;
+    exec(
+        &setup.src,
+        "ALTER TABLE items_a RENAME TO items_a_renamed;
+         INSERT INTO items_a_renamed VALUES (12, 'a12', 12);
+         UPDATE items_a_renamed SET qty = qty + 100 WHERE id <= 3;
+         DELETE FROM items_a_renamed WHERE id = 4;",
+    )
+    .await;
+    wait_for_same(&setup.src, &setup.dst, "items_a_renamed", "items_a", "id, name, qty", "id", SETTLE).await;
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("is named \"public\".\"items_a_renamed\" now") && logs.contains("rename it back"),
+        "{logs}"
+    );
+    assert!(!logs.contains("leaving out changes"), "{logs}");
+}
+
+/// A source table dropped and created again under its name is not the
+/// table in ferry's publication (which holds tables, not names): its
+/// changes never arrived. The next start stops saying so instead of adding
+/// the new table to the publication and going on without them, and the
+/// way it names (take the table out, empty the target table, add it back)
+/// copies the new table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_table_created_again_under_its_name_stops_the_next_start_with_the_way_past() {
+    let setup = Setup::new().await;
+    for client in [&setup.src, &setup.dst] {
+        exec(client, "CREATE TABLE extra (id int PRIMARY KEY)").await;
+    }
+    let extra = "\n[[subscriptions.tables]]\nfrom = \"extra\"\n";
+    let daemon = setup.streaming(extra, "").await;
+    let config = std::fs::read_to_string(daemon.config_path()).unwrap();
+    exec(
+        &setup.src,
+        &format!(
+            "DROP TABLE items_a; CREATE TABLE items_a {TABLE}; INSERT INTO items_a VALUES (1, 'new', 1);"
+        ),
+    )
+    .await;
+    assert_eq!(daemon.signal_and_wait("TERM").0, Some(0));
+
+    let daemon = setup.daemon(extra, "");
+    let stopped = daemon.wait_for_log("pipeline stopped", SETTLE).await;
+    assert!(
+        stopped.contains("subscription=to-a")
+            && stopped.contains("items_a\" left publication \"ferry_to_a\""),
+        "{stopped}"
+    );
+    let published =
+        "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'ferry_to_a' AND tablename = 'items_a'";
+    let published: i64 = setup.src.query_one(published, &[]).await.unwrap().get(0);
+    assert_eq!(published, 0, "the new table must not be published behind the user's back");
+    setup.same("items_b", "id, name, qty").await;
+    daemon.signal_and_wait("TERM");
+
+    let without = config.replacen("[[subscriptions.tables]]\nfrom = \"items_a\"\n", "", 1);
+    assert_ne!(without, config);
+    let daemon = Daemon::start(&without);
+    daemon.wait_for_log("table no longer in the subscription", SETTLE).await;
+    daemon.wait_for_count("streaming subscription=", 2, SETTLE).await;
+    daemon.signal_and_wait("TERM");
+    exec(&setup.dst, "TRUNCATE items_a").await;
+    let _daemon = Daemon::start(&config);
+    setup.same("items_a", "id, name, qty").await;
+}

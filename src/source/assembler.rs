@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Change, Sink, SourceError, SourceEvent};
+use super::{Change, Sink, SourceError, SourceEvent, TableNames};
 use crate::pg::Lsn;
 use crate::pg::pgoutput::{self, DecodeOptions, Message, Relation};
 
@@ -103,13 +103,18 @@ impl Spool {
 
     /// The spooled changes of the committed transaction, to be read back
     /// against `relations` (those described before the stream).
-    fn into_changes(self, relations: &HashMap<u32, Arc<Relation>>) -> io::Result<StreamedChanges> {
+    fn into_changes(
+        self,
+        relations: &HashMap<u32, Arc<Relation>>,
+        names: &TableNames,
+    ) -> io::Result<StreamedChanges> {
         let mut file = self.writer.into_inner().map_err(|e| e.into_error())?;
         file.seek(SeekFrom::Start(0))?;
         Ok(StreamedChanges {
             reader: SpoolReader { file: Some(file), reader: None, remaining: self.len },
             relations: relations.clone(),
             streamed: HashMap::new(),
+            names: names.clone(),
             origin: self.origin,
         })
     }
@@ -151,6 +156,7 @@ pub struct StreamedChanges {
     relations: HashMap<u32, Arc<Relation>>,
     /// The relations described inside the stream, so far as it is read.
     streamed: HashMap<u32, Arc<Relation>>,
+    names: TableNames,
     origin: Option<String>,
 }
 
@@ -166,7 +172,7 @@ impl StreamedChanges {
         while let Some(record) = self.reader.next_record()? {
             match pgoutput::decode(record, options)? {
                 Message::Relation(relation) => {
-                    self.streamed.insert(relation.oid, Arc::new(relation));
+                    self.streamed.insert(relation.oid, self.names.adopt(relation));
                 }
                 Message::Type(_) => {}
                 other => return resolve(&self.relations, Some(&self.streamed), other).map(Some),
@@ -199,6 +205,7 @@ impl std::fmt::Debug for StreamedChanges {
 pub struct Assembler {
     decoder: pgoutput::Decoder,
     relations: HashMap<u32, Arc<Relation>>,
+    names: TableNames,
     /// The xid of the whole (not streamed) transaction being received.
     open_xid: Option<u32>,
     /// The end LSN of the last commit handed on.
@@ -216,10 +223,12 @@ pub struct Assembler {
 impl Assembler {
     /// With `early`, a streamed transaction may be handed on while in
     /// progress (see [`Assembler`]).
-    pub fn new(early: bool) -> Assembler {
+    /// Relations are described under the subscription's `names` for them.
+    pub fn new(early: bool, names: TableNames) -> Assembler {
         Assembler {
             decoder: pgoutput::Decoder::new(false),
             relations: HashMap::new(),
+            names,
             open_xid: None,
             last_commit_end: Lsn::ZERO,
             streams: HashMap::new(),
@@ -333,7 +342,7 @@ impl Assembler {
                     None => {}
                 }
                 let streamed = std::mem::take(&mut spool.relations);
-                let changes = spool.into_changes(&self.relations)?;
+                let changes = spool.into_changes(&self.relations, &self.names)?;
                 self.relations.extend(streamed);
                 self.last_commit_end = commit.end_lsn;
                 send(
@@ -372,7 +381,7 @@ impl Assembler {
         }
         match message {
             Message::Relation(relation) => {
-                self.relations.insert(relation.oid, Arc::new(relation));
+                self.relations.insert(relation.oid, self.names.adopt(relation));
                 Ok(())
             }
             Message::Type(_) => Ok(()), // values arrive as text; type names are not needed
@@ -396,11 +405,11 @@ impl Assembler {
         out: &mut Sink,
     ) -> Result<(), SourceError> {
         let xid = message_xid(&message).unwrap_or(top);
-        let spool = self.spool(top)?;
-        spool.append(xid, &raw)?;
+        self.spool(top)?.append(xid, &raw)?;
         match message {
             Message::Relation(relation) => {
-                spool.relations.insert(relation.oid, Arc::new(relation));
+                let relation = self.names.adopt(relation);
+                self.spool(top)?.relations.insert(relation.oid, relation);
             }
             Message::Type(_) => {}
             change => {
@@ -494,7 +503,7 @@ mod tests {
     use super::*;
 
     fn records(spool: Spool) -> Vec<Vec<u8>> {
-        let mut changes = spool.into_changes(&HashMap::new()).unwrap();
+        let mut changes = spool.into_changes(&HashMap::new(), &TableNames::default()).unwrap();
         let mut out = Vec::new();
         while let Some(record) = changes.reader.next_record().unwrap() {
             out.push(record.to_vec());
@@ -506,7 +515,7 @@ mod tests {
     fn a_committed_spool_holds_no_read_buffer_until_it_is_read() {
         let mut spool = Spool::new().unwrap();
         spool.append(1, b"I one").unwrap();
-        let mut changes = spool.into_changes(&HashMap::new()).unwrap();
+        let mut changes = spool.into_changes(&HashMap::new(), &TableNames::default()).unwrap();
         assert!(changes.reader.reader.is_none());
         assert_eq!(changes.reader.next_record().unwrap().as_deref(), Some(&b"I one"[..]));
         assert_eq!(changes.reader.reader.as_ref().map(BufReader::capacity), Some(SPOOL_BUFFER));

@@ -59,6 +59,13 @@ pub enum CatalogError {
     )]
     UnpublishedTables { publication: String, tables: Vec<QualifiedName> },
     #[error(
+        "source table {table} left publication {publication:?} although the target holds its copy: it was dropped \
+         and created again since ferry last read it (or taken out of the publication by hand), and its changes \
+         since then never arrived. To copy it anew: take the table out of the subscription and restart ferry, \
+         empty its target table, then add the table back"
+    )]
+    LeftPublication { publication: String, table: QualifiedName },
+    #[error(
         "publication {publication:?} does not publish {} (its `publish` option), which the subscription \
          replicates, so they would never arrive; run ALTER PUBLICATION {} SET (publish = 'insert, update, \
          delete, truncate') on the source, or leave them out of the tables' `operations`",
@@ -396,7 +403,16 @@ async fn publication_exists(client: &Client, name: &str) -> Result<bool, Catalog
 /// Makes the publication list exactly the subscription's tables when ferry
 /// manages it; checks that it exists otherwise. This must happen before the
 /// slot is created: the server reads publications as of the WAL it decodes.
-pub async fn ensure_publication(client: &Client, subscription: &Subscription) -> Result<(), CatalogError> {
+///
+/// A managed publication holds every table the target has a copy of
+/// (`copied`): one that left it was dropped and created again under its
+/// name (a publication holds tables, not names) or taken out by hand, and
+/// its changes since never arrived. Adding it back would hide that.
+pub async fn ensure_publication(
+    client: &Client,
+    subscription: &Subscription,
+    copied: &[&QualifiedName],
+) -> Result<(), CatalogError> {
     if !subscription.publication_managed {
         return check_publication(client, subscription).await;
     }
@@ -406,6 +422,9 @@ pub async fn ensure_publication(client: &Client, subscription: &Subscription) ->
     let tables = tables.join(", ");
     let statement = if exists {
         let listed = published_tables(client, name).await?;
+        if let Some(&table) = copied.iter().find(|t| !listed.contains(t)) {
+            return Err(CatalogError::LeftPublication { publication: name.clone(), table: table.clone() });
+        }
         let mut wanted: Vec<QualifiedName> = subscription.tables.iter().map(|t| t.from.clone()).collect();
         wanted.sort();
         if listed == wanted {
@@ -418,6 +437,28 @@ pub async fn ensure_publication(client: &Client, subscription: &Subscription) ->
     client.batch_execute(&statement).await.map_err(sql_error(format!("creating publication {name}")))?;
     tracing::info!(subscription = %subscription.name, publication = %name, "publication set to {tables}");
     Ok(())
+}
+
+/// The oids of those of `tables` the source has, with their names.
+pub async fn table_oids(
+    client: &Client,
+    tables: &[&QualifiedName],
+) -> Result<HashMap<u32, QualifiedName>, CatalogError> {
+    let (schemas, names): (Vec<&str>, Vec<&str>) =
+        tables.iter().map(|t| (t.schema.as_str(), t.name.as_str())).unzip();
+    let rows = client
+        .query(
+            "SELECT c.oid, u.s, u.n FROM unnest($1::text[], $2::text[]) AS u (s, n)
+             JOIN pg_namespace ns ON ns.nspname = u.s
+             JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = u.n",
+            &[&schemas, &names],
+        )
+        .await
+        .map_err(sql_error("looking up the tables' oids"))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2))))
+        .collect())
 }
 
 /// The tables a publication holds (none when it does not exist), sorted.

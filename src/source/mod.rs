@@ -12,6 +12,7 @@
 mod assembler;
 pub mod catalog;
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Interval;
 use tokio_util::sync::CancellationToken;
 
+use crate::pg::names::QualifiedName;
 use crate::pg::pgoutput::{self, LogicalMessage, OldTuple, Relation, Tuple};
 use crate::pg::replication::{ReplicationMessage, ReplicationStream};
 use crate::pg::{Lsn, PgError};
@@ -123,6 +125,40 @@ pub fn is_recent(commit_time: i64) -> bool {
 /// Events in source order, as they travel to the consumer.
 pub type EventChunk = Vec<SourceEvent>;
 
+/// A subscription's source tables by oid, under their configured names.
+/// The server describes a table under the name it had at each change; one
+/// renamed while ferry runs is still the same table (and still in the
+/// publication), so its changes go on to where they went before, instead
+/// of being taken for changes of a table the subscription does not map.
+#[derive(Debug, Clone, Default)]
+pub struct TableNames {
+    subscription: Arc<str>,
+    by_oid: Arc<HashMap<u32, QualifiedName>>,
+}
+
+impl TableNames {
+    pub fn new(subscription: &str, by_oid: HashMap<u32, QualifiedName>) -> TableNames {
+        TableNames { subscription: subscription.into(), by_oid: Arc::new(by_oid) }
+    }
+
+    /// `relation` under its table's configured name.
+    fn adopt(&self, relation: Relation) -> Arc<Relation> {
+        let Some(table) = self.by_oid.get(&relation.oid) else { return Arc::new(relation) };
+        if table.schema == relation.namespace && table.name == relation.name {
+            return Arc::new(relation);
+        }
+        let now = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
+        tracing::warn!(
+            subscription = %self.subscription,
+            %table,
+            "the source table is named {now} now (renamed while ferry runs); its changes go on as before, but a \
+             start looks it up by its configured name: rename it back before ferry next starts, or put the new \
+             name in `from`, which takes it for a new table (copied again, into an emptied target table)"
+        );
+        Arc::new(Relation { namespace: table.schema.clone(), name: table.name.clone(), ..relation })
+    }
+}
+
 /// How long a stopping reader waits for the consumer to make the last
 /// transaction durable before it reports its final position anyway.
 const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(30);
@@ -148,8 +184,8 @@ pub async fn stopped_reader(
 
 /// Reads a replication stream until `cancel` fires: decodes and assembles
 /// transactions into `out` (streamed ones also early, with `early`; see
-/// [`Assembler`]), and reports `durable` (what the consumer has made
-/// durable) as the flush position.
+/// [`Assembler`]; tables under their `names`), and reports `durable` (what
+/// the consumer has made durable) as the flush position.
 ///
 /// When the source is idle — no transaction open and everything handed on
 /// already durable — the WAL end of keepalives is confirmed too, so the
@@ -164,8 +200,9 @@ pub async fn read_stream(
     durable: watch::Receiver<Lsn>,
     cancel: CancellationToken,
     early: bool,
+    names: TableNames,
 ) -> Result<(), SourceError> {
-    let mut assembler = Assembler::new(early);
+    let mut assembler = Assembler::new(early, names);
     let mut ticker = tokio::time::interval(STATUS_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sink = Sink {
