@@ -578,6 +578,7 @@ mod tests {
             type_name: type_name.into(),
             type_oid: 0,
             type_modifier: -1,
+            base_type: (0, -1),
             category,
             is_key,
             toastable: false,

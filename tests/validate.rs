@@ -205,6 +205,51 @@ async fn reports_the_column_mismatches_a_pipeline_would_stop_for() {
     }
 }
 
+/// Pairs that store every value changed are refused through domains and
+/// arrays too (the values' own types count), as are integers into a
+/// negative scale, json into jsonb and text into "char".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_pairs_are_refused_through_domains_and_arrays() {
+    let cluster = Cluster::start();
+    let (source, target) = source_and_target(&cluster).await;
+    exec(
+        &source,
+        "CREATE TABLE amounts (id int PRIMARY KEY, amount numeric(12,4), amounts numeric(12,4)[], at timestamptz,
+                               hundreds int, doc json, code text)",
+    )
+    .await;
+    exec(
+        &target,
+        "CREATE DOMAIN cents AS numeric(12,2); CREATE DOMAIN local_time AS timestamp CHECK (VALUE IS NOT NULL);
+         CREATE TABLE amounts (id int PRIMARY KEY, amount cents, amounts numeric(12,2)[], at local_time,
+                               hundreds numeric(5,-2), doc jsonb, code \"char\")",
+    )
+    .await;
+    let text = config(&cluster.url("customers"), &cluster.url("orders"), "", &[("amounts", "amounts")]);
+
+    let validated = validate(&text, &[]).await;
+
+    assert_eq!(validated.code, Some(1), "{}", validated.output());
+    for (column, loss) in [
+        ("amount", "the target rounds to fewer decimal places"),
+        ("amounts", "the target rounds to fewer decimal places"),
+        ("at", "the target ignores the time zone offset"),
+        ("hundreds", "the target rounds to fewer decimal places"),
+        ("doc", "the target keeps neither key order"),
+        ("code", "the target keeps the first byte only"),
+    ] {
+        validated.assert_mentions(&format!("column \"{column}\" is "));
+        let line = validated
+            .output()
+            .lines()
+            .find(|l| l.contains(&format!("column \"{column}\" is ")))
+            .unwrap()
+            .to_string();
+        assert!(line.starts_with("error: ") && line.contains(loss), "{line}");
+    }
+    validated.assert_mentions("failed: 6 errors");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_without_logical_wal_is_an_error() {
     let cluster = Cluster::start_with(ClusterOptions {

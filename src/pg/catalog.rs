@@ -14,6 +14,32 @@ macro_rules! index_key_columns {
 }
 pub(crate) use index_key_columns;
 
+/// A lateral subquery `base (oid, typmod)` for a column of type `$oid`
+/// with modifier `$typmod` (SQL expressions), as SQL for `concat!`: the
+/// type its values really have, through domains (to the base type and the
+/// modifier the domain gives it) and arrays (to the element type, which
+/// the array's modifier is for). Type fit compares these: a domain over
+/// `numeric(12,2)` rounds as `numeric(12,2)` does.
+macro_rules! base_type {
+    ($oid:literal, $typmod:literal) => {
+        concat!(
+            "CROSS JOIN LATERAL (
+                WITH RECURSIVE b (oid, typmod, depth) AS (
+                    SELECT ",
+            $oid,
+            ", ",
+            $typmod,
+            ", 0
+                    UNION ALL
+                    SELECT CASE bt.typtype WHEN 'd' THEN bt.typbasetype ELSE bt.typelem END,
+                           CASE bt.typtype WHEN 'd' THEN bt.typtypmod ELSE b.typmod END, b.depth + 1
+                    FROM b JOIN pg_type bt ON bt.oid = b.oid
+                    WHERE bt.typtype = 'd' OR (bt.typcategory = 'A' AND bt.typlen = -1 AND bt.typelem <> 0))
+                SELECT b.oid, b.typmod FROM b ORDER BY b.depth DESC LIMIT 1) base"
+        )
+    };
+}
+
 use tokio_postgres::Client;
 
 use super::names::QualifiedName;
@@ -28,6 +54,9 @@ pub struct Column {
     /// source column whose pair changes was retyped.
     pub type_oid: u32,
     pub type_modifier: i32,
+    /// The oid and modifier of the type its values have (see
+    /// [`base_type`]): the type's own, but for a domain or an array.
+    pub base_type: (u32, i32),
     /// `pg_type.typcategory`: `N` numeric, `S` string, `D` date/time, `B`
     /// boolean, `U` user-defined, … (see [`crate::route::type_fit`]).
     pub category: char,
@@ -54,12 +83,15 @@ pub async fn table_columns(
                 index_key_columns!(),
                 "), false),
                         a.attlen = -1 AND a.attstorage <> 'p',
-                        a.atttypid, a.atttypmod, t.typcategory::text
+                        a.atttypid, a.atttypmod, t.typcategory::text, base.oid, base.typmod
                  FROM pg_class c
                  JOIN pg_namespace n ON n.oid = c.relnamespace
                  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
                  JOIN pg_type t ON t.oid = a.atttypid
                  LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+                 ",
+                base_type!("a.atttypid", "a.atttypmod"),
+                "
                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
                  ORDER BY a.attnum"
             ),
@@ -73,6 +105,7 @@ pub async fn table_columns(
             type_name: r.get(1),
             type_oid: r.get(4),
             type_modifier: r.get(5),
+            base_type: (r.get(7), r.get(8)),
             category: category(r.get(6)),
             is_key: r.get(2),
             toastable: r.get(3),
@@ -141,6 +174,8 @@ pub struct TypeDescription {
     /// See [`Column::toastable`]; from the type's default storage, which a
     /// column rarely overrides.
     pub toastable: bool,
+    /// See [`Column::base_type`].
+    pub base_type: (u32, i32),
 }
 
 /// Names column types given by oid and modifier (as a Relation message
@@ -152,18 +187,26 @@ pub async fn describe_types(
     let (oids, modifiers): (Vec<u32>, Vec<i32>) = types.iter().copied().unzip();
     let rows = client
         .query(
-            "SELECT c.oid, c.typmod, format_type(c.oid, c.typmod), t.typcategory::text,
-                    t.typlen = -1 AND t.typstorage <> 'p'
-             FROM unnest($1::oid[], $2::int4[]) AS c(oid, typmod)
-             JOIN pg_type t ON t.oid = c.oid",
+            concat!(
+                "SELECT c.oid, c.typmod, format_type(c.oid, c.typmod), t.typcategory::text,
+                        t.typlen = -1 AND t.typstorage <> 'p', base.oid, base.typmod
+                 FROM unnest($1::oid[], $2::int4[]) AS c(oid, typmod)
+                 JOIN pg_type t ON t.oid = c.oid
+                 ",
+                base_type!("c.oid", "c.typmod")
+            ),
             &[&oids, &modifiers],
         )
         .await?;
     Ok(rows
         .iter()
         .map(|r| {
-            let description =
-                TypeDescription { type_name: r.get(2), category: category(r.get(3)), toastable: r.get(4) };
+            let description = TypeDescription {
+                type_name: r.get(2),
+                category: category(r.get(3)),
+                toastable: r.get(4),
+                base_type: (r.get(5), r.get(6)),
+            };
             ((r.get(0), r.get(1)), description)
         })
         .collect())

@@ -84,6 +84,7 @@ impl TableRoute {
                         type_name: described.type_name.clone(),
                         type_oid: r.type_oid,
                         type_modifier: r.type_modifier,
+                        base_type: described.base_type,
                         category: described.category,
                         // Under REPLICA IDENTITY FULL every column is flagged.
                         is_key: r.is_key && relation.replica_identity != ReplicaIdentity::Full,
@@ -247,6 +248,7 @@ mod tests {
             type_name: type_name.into(),
             type_oid,
             type_modifier: -1,
+            base_type: (type_oid, -1),
             category,
             is_key: name == "id",
             toastable: false,
@@ -308,7 +310,7 @@ mod tests {
         assert_eq!(route.unknown_types(&added), [(25, -1)]);
         let types = HashMap::from([(
             (25, -1),
-            TypeDescription { type_name: "text".into(), category: 'S', toastable: true },
+            TypeDescription { type_name: "text".into(), category: 'S', toastable: true, base_type: (25, -1) },
         )]);
         let columns = route.relation_columns(&added, &types);
         assert_eq!(columns[2], Column { toastable: true, is_key: false, ..note });

@@ -45,10 +45,17 @@ pub fn type_fit(source: &Column, target: &Column) -> TypeFit {
     }
 }
 
+/// `pg_type.typcategory` of array types.
+const ARRAY: char = 'A';
+
 /// Type oids of the built-in types whose pairs can lose what a value says.
 mod oid {
+    pub const CHAR: u32 = 18;
+    pub const INT2: u32 = 21;
     pub const INT4: u32 = 23;
     pub const INT8: u32 = 20;
+    pub const JSON: u32 = 114;
+    pub const JSONB: u32 = 3802;
     pub const NUMERIC: u32 = 1700;
     pub const FLOAT4: u32 = 700;
     pub const FLOAT8: u32 = 701;
@@ -61,10 +68,18 @@ mod oid {
 }
 
 /// What a target column of another type (or a narrower modifier) would
-/// silently change in every value, if anything.
+/// silently change in every value, if anything. Domains and arrays count
+/// as the types of their values (see [`Column::base_type`]).
 fn loss(source: &Column, target: &Column) -> Option<&'static str> {
     use oid::*;
-    match (source.type_oid, target.type_oid) {
+    if (source.category == ARRAY) != (target.category == ARRAY) {
+        return None;
+    }
+    match (source.base_type.0, target.base_type.0) {
+        (JSON, JSONB) => {
+            Some("the target keeps neither key order, spacing nor all of a duplicated key's values")
+        }
+        (source, CHAR) if source != CHAR => Some("the target keeps the first byte only"),
         (TIMESTAMPTZ, TIMESTAMP | TIME) | (TIMETZ, TIME) => Some("the target ignores the time zone offset"),
         (TIMESTAMPTZ | TIMESTAMP, DATE) => Some("the target keeps the date only"),
         (TIMESTAMPTZ | TIMESTAMP, TIMETZ) | (TIMESTAMP, TIME) => {
@@ -73,7 +88,9 @@ fn loss(source: &Column, target: &Column) -> Option<&'static str> {
         (INT4 | INT8 | NUMERIC | FLOAT8, FLOAT4) | (INT8 | NUMERIC, FLOAT8) => {
             Some("the target rounds to fewer significant digits")
         }
-        (NUMERIC | FLOAT4 | FLOAT8, NUMERIC) if numeric_scale(target) < numeric_scale(source) => {
+        (INT2 | INT4 | INT8 | NUMERIC | FLOAT4 | FLOAT8, NUMERIC)
+            if numeric_scale(target) < numeric_scale(source) =>
+        {
             Some("the target rounds to fewer decimal places")
         }
         (INTERVAL, INTERVAL)
@@ -92,23 +109,21 @@ fn loss(source: &Column, target: &Column) -> Option<&'static str> {
 /// A numeric column's scale (negative from PostgreSQL 15: rounded to tens,
 /// hundreds, …), or `i32::MAX` for an unconstrained one (any scale kept).
 /// A float's text keeps every decimal place it has, as an unconstrained
-/// numeric does.
+/// numeric does; an integer has none.
 fn numeric_scale(column: &Column) -> i32 {
-    if column.type_oid != oid::NUMERIC || column.type_modifier < 4 {
-        return i32::MAX;
+    match column.base_type {
+        (oid::INT2 | oid::INT4 | oid::INT8, _) => 0,
+        // The low 11 bits of the modifier, sign-extended.
+        (oid::NUMERIC, modifier) if modifier >= 4 => (((modifier - 4) & 0x7ff) ^ 1024) - 1024,
+        _ => i32::MAX,
     }
-    // The low 11 bits of the modifier, sign-extended.
-    (((column.type_modifier - 4) & 0x7ff) ^ 1024) - 1024
 }
 
 /// The fields an interval column keeps, as the mask of its modifier
 /// (`interval year`, `interval day to second`, …).
 fn interval_fields(column: &Column) -> i32 {
-    if column.type_modifier < 0 {
-        INTERVAL_FULL_RANGE
-    } else {
-        (column.type_modifier >> 16) & INTERVAL_FULL_RANGE
-    }
+    let modifier = column.base_type.1;
+    if modifier < 0 { INTERVAL_FULL_RANGE } else { (modifier >> 16) & INTERVAL_FULL_RANGE }
 }
 
 /// An interval modifier's mask of every field: a plain `interval`.
@@ -126,8 +141,8 @@ fn fewer_fractional_digits(source: &Column, target: &Column) -> bool {
 fn fractional_digits(column: &Column) -> Option<i32> {
     use oid::*;
     const ALL: i32 = 6;
-    let modifier = column.type_modifier;
-    match column.type_oid {
+    let (type_oid, modifier) = column.base_type;
+    match type_oid {
         TIME | TIMETZ | TIMESTAMP | TIMESTAMPTZ => Some(if modifier < 0 { ALL } else { modifier }),
         INTERVAL => Some(match modifier & 0xffff {
             _ if modifier < 0 => ALL,
@@ -163,10 +178,48 @@ mod tests {
             type_name: type_name.into(),
             type_oid,
             type_modifier,
+            base_type: (type_oid, type_modifier),
             category,
             is_key: false,
             toastable: false,
         }
+    }
+
+    /// A column of a domain (or an array, `category` 'A') whose values
+    /// have type `base`.
+    fn over(type_name: &str, category: char, base: &Column) -> Column {
+        Column { base_type: base.base_type, ..typed(type_name, category, 90_000, -1) }
+    }
+
+    #[test]
+    fn domains_and_arrays_lose_what_their_values_would() {
+        let lossy = |a: &Column, b: &Column| matches!(type_fit(a, b), TypeFit::Lossy(_));
+        let numeric = |name, scale: i32| typed(name, 'N', oid::NUMERIC, ((12 << 16) | (scale & 0x7ff)) + 4);
+        let (n12_4, n12_2) = (numeric("numeric(12,4)", 4), numeric("numeric(12,2)", 2));
+        assert!(lossy(&n12_4, &over("money2", 'N', &n12_2)));
+        assert!(!lossy(&over("money2", 'N', &n12_2), &n12_4));
+        assert!(lossy(&over("numeric(12,4)[]", 'A', &n12_4), &over("numeric(12,2)[]", 'A', &n12_2)));
+        let tz = typed("timestamp with time zone", 'D', oid::TIMESTAMPTZ, -1);
+        let ts = typed("timestamp without time zone", 'D', oid::TIMESTAMP, -1);
+        assert!(lossy(&over("timestamptz[]", 'A', &tz), &over("timestamp[]", 'A', &ts)));
+        assert!(lossy(&tz, &over("local_time", 'D', &ts)));
+        assert_eq!(
+            type_fit(&over("numeric(12,4)[]", 'A', &n12_4), &n12_2),
+            TypeFit::Incompatible,
+            "an array into a scalar is another matter"
+        );
+    }
+
+    #[test]
+    fn integers_into_a_negative_scale_json_into_jsonb_and_anything_into_char_are_lossy() {
+        let lossy = |a: &Column, b: &Column| matches!(type_fit(a, b), TypeFit::Lossy(_));
+        let hundreds = typed("numeric(5,-2)", 'N', oid::NUMERIC, ((5 << 16) | (-2 & 0x7ff)) + 4);
+        for (name, oid) in [("smallint", oid::INT2), ("integer", oid::INT4), ("bigint", oid::INT8)] {
+            assert!(lossy(&typed(name, 'N', oid, -1), &hundreds), "{name}");
+        }
+        assert!(lossy(&typed("json", 'U', oid::JSON, -1), &typed("jsonb", 'U', oid::JSONB, -1)));
+        assert!(!lossy(&typed("jsonb", 'U', oid::JSONB, -1), &typed("json", 'U', oid::JSON, -1)));
+        assert!(lossy(&typed("text", 'S', 25, -1), &typed("\"char\"", 'Z', oid::CHAR, -1)));
     }
 
     #[test]
