@@ -420,6 +420,11 @@ pub async fn ensure_publication(
     let exists = publication_exists(client, name).await?;
     let tables: Vec<String> = subscription.tables.iter().map(|t| t.from.to_string()).collect();
     let tables = tables.join(", ");
+    // ONLY: a table's inheritance children are not the subscription's, and
+    // published they would be decoded for nothing (and the list would never
+    // match, altering the publication at every start).
+    let only: Vec<String> = subscription.tables.iter().map(|t| format!("ONLY {}", t.from)).collect();
+    let only = only.join(", ");
     let statement = if exists {
         let listed = published_tables(client, name).await?;
         if let Some(&table) = copied.iter().find(|t| !listed.contains(t)) {
@@ -430,9 +435,9 @@ pub async fn ensure_publication(
         if listed == wanted {
             return Ok(());
         }
-        format!("ALTER PUBLICATION {} SET TABLE {tables}", quote_ident(name))
+        format!("ALTER PUBLICATION {} SET TABLE {only}", quote_ident(name))
     } else {
-        format!("CREATE PUBLICATION {} FOR TABLE {tables}", quote_ident(name))
+        format!("CREATE PUBLICATION {} FOR TABLE {only}", quote_ident(name))
     };
     client.batch_execute(&statement).await.map_err(sql_error(format!("creating publication {name}")))?;
     tracing::info!(subscription = %subscription.name, publication = %name, "publication set to {tables}");
