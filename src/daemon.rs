@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Subscription};
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{self, PipelineError, PipelineSpec};
 use crate::teardown;
@@ -126,32 +126,40 @@ impl Pipelines {
             .collect();
         let removed: Vec<String> =
             self.by_name.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect();
-        for name in removed {
-            let slot = self.by_name[&name].spec.subscription.slot.clone();
-            self.stop(&name).await;
-            if let Some(pipeline) = self.by_name.remove(&name) {
-                self.metrics.forget(&pipeline.spec.subscription);
-            }
-            // What is no longer configured no longer counts as failed.
-            self.failed.remove(&name);
-            tracing::warn!(
-                subscription = %name,
-                %slot,
-                "subscription removed: its pipeline stopped; slot {slot} stays on the source and keeps WAL until `ferry drop {name}` removes it"
-            );
-        }
+        let mut starting = Vec::new();
         for (name, spec) in wanted {
             match self.by_name.get(&name) {
                 Some(running) if running.spec == spec && running.task.is_some() => continue,
                 Some(running) if running.spec == spec => {
                     tracing::info!(subscription = %name, "restarting a pipeline that had stopped");
                 }
-                Some(_) => {
-                    tracing::info!(subscription = %name, "subscription changed: restarting its pipeline")
+                Some(running) => {
+                    tracing::info!(subscription = %name, "subscription changed: restarting its pipeline");
+                    warn_of_reshaped_tables(&running.spec.subscription, &spec.subscription);
                 }
                 None => {}
             }
-            self.stop(&name).await;
+            starting.push(spec);
+        }
+        // All at once: each may take its grace period to stop (a target
+        // statement waiting on a lock), and one after another they would
+        // add up while the rest run on under the old config.
+        let stopping: Vec<&String> =
+            removed.iter().chain(starting.iter().map(|s| &s.subscription.name)).collect();
+        self.stop(&stopping).await;
+        for name in removed {
+            let Some(pipeline) = self.by_name.remove(&name) else { continue };
+            self.metrics.forget(&pipeline.spec.subscription);
+            // What is no longer configured no longer counts as failed.
+            self.failed.remove(&name);
+            let slot = &pipeline.spec.subscription.slot;
+            tracing::warn!(
+                subscription = %name,
+                %slot,
+                "subscription removed: its pipeline stopped; slot {slot} stays on the source and keeps WAL until `ferry drop {name}` removes it"
+            );
+        }
+        for spec in starting {
             self.start(spec);
         }
     }
@@ -175,11 +183,14 @@ impl Pipelines {
         self.by_name.insert(subscription.name.clone(), Pipeline { spec, stop, task: Some(task) });
     }
 
-    /// Stops a pipeline (and its slot watcher) and waits for it to end.
-    async fn stop(&mut self, name: &str) {
-        let Some(pipeline) = self.by_name.get(name) else { return };
-        pipeline.stop.cancel();
-        while self.by_name.get(name).is_some_and(|p| p.task.is_some()) {
+    /// Stops pipelines (and their slot watchers) and waits for them to end.
+    async fn stop(&mut self, names: &[&String]) {
+        for name in names {
+            if let Some(pipeline) = self.by_name.get(*name) {
+                pipeline.stop.cancel();
+            }
+        }
+        while names.iter().any(|name| self.by_name.get(*name).is_some_and(|p| p.task.is_some())) {
             match self.tasks.join_next_with_id().await {
                 Some(exit) => self.exited(exit),
                 None => break,
@@ -321,6 +332,25 @@ fn open_files_limit() -> std::io::Result<libc::rlimit> {
 #[cfg(not(target_os = "linux"))]
 fn raise_open_files_limit() -> std::io::Result<Option<(u64, u64)>> {
     Ok(None)
+}
+
+/// Warns of tables of a changed subscription whose columns, `where` or
+/// `operations` changed: the new settings shape changes from now on, and
+/// the rows replicated under the old ones stay as they are.
+fn warn_of_reshaped_tables(old: &Subscription, new: &Subscription) {
+    for table in &new.tables {
+        let before = old.tables.iter().find(|t| t.from == table.from && t.to == table.to);
+        if before.is_some_and(|before| before != table) {
+            tracing::warn!(
+                subscription = %new.name,
+                table = %table.from,
+                "the table's columns, `where` or `operations` changed: they shape its changes from now on, and \
+                 the rows on the target are not gone over again (rows they now take in that do not change are not \
+                 copied, rows they now leave out stay); to have them hold for every row, take the table out of the \
+                 subscription and reload, empty its target table, then add the table back"
+            );
+        }
+    }
 }
 
 /// Measures a pipeline's slot until `stop` fires. Never fails: it only

@@ -1107,3 +1107,81 @@ async fn the_copy_of_an_added_table_goes_on_through_a_replay() {
     assert_eq!(logs.matches("copying tables added to the subscription").count(), 1, "{logs}");
     assert!(logs.contains("the copy of tables added to the subscription goes on"), "{logs}");
 }
+
+/// Two subscriptions changed at one reload stop together: each waits its
+/// grace period on a target statement stuck on a lock, and one after the
+/// other those added up while the second ran on under the old config. A
+/// table whose `where` changed is warned of: the rows already on the
+/// target are not gone over again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_changed_at_a_reload_stop_together_and_a_new_filter_is_warned_of() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    let tables =
+        "CREATE TABLE one (id int PRIMARY KEY, v int); CREATE TABLE two (id int PRIMARY KEY, v int);";
+    exec(&src, tables).await;
+    exec(&dst, tables).await;
+    let port = free_port();
+    let subscriptions = |filter: &str| {
+        let database = |kind: &str, cluster: &Cluster| {
+            format!("[{kind}.{kind}]\nurl = \"{}\"\n", cluster.url("postgres"))
+        };
+        let subscription = |name: &str, table: &str, extra: &str| {
+            format!(
+                "[[subscriptions]]\nname = \"{name}\"\nsource = \"sources\"\ntarget = \"targets\"\n\
+                 [[subscriptions.tables]]\nfrom = \"{table}\"\n{extra}\n"
+            )
+        };
+        let text = format!(
+            "{}{}{}{}",
+            database("sources", &source),
+            database("targets", &target),
+            subscription("a", "one", filter),
+            subscription("b", "two", filter),
+        );
+        with_server(port, &text)
+    };
+    let daemon = Daemon::start(&subscriptions(""));
+    daemon.wait_for_count("streaming subscription=", 2, WAIT).await;
+    let holder = target.client("postgres").await;
+    exec(&holder, "BEGIN; LOCK TABLE one, two IN ACCESS EXCLUSIVE MODE").await;
+    exec(&src, "INSERT INTO one VALUES (1, 1), (2, 20); INSERT INTO two VALUES (1, 1), (2, 20)").await;
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND backend_type = 'client backend'";
+    let deadline = Instant::now() + WAIT;
+    while dst.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) < 2 {
+        assert!(Instant::now() < deadline, "ferry never waited on the locks");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let reloads = daemon.logs().matches("configuration reloaded").count();
+    daemon.reload(&subscriptions("where = \"v > 5\""));
+    daemon.wait_for_count("configuration reloaded", reloads + 1, WAIT).await;
+    let logs = daemon.logs();
+    let after_reload = &logs[logs.find("subscription changed").expect("no restart logged")..];
+    let gave_up = |name: &str| {
+        let needle = format!("did not finish the transaction in hand");
+        after_reload.lines().position(|l| l.contains(&needle) && l.contains(&format!("subscription={name}")))
+    };
+    let started =
+        after_reload.lines().position(|l| l.contains("starting pipeline")).expect("nothing restarted");
+    for name in ["a", "b"] {
+        assert!(
+            gave_up(name).is_some_and(|line| line < started),
+            "{name} stopped after a start:\n{after_reload}"
+        );
+        let warned = format!("subscription={name}");
+        assert!(
+            after_reload
+                .lines()
+                .any(|l| l.contains("`where` or `operations` changed") && l.contains(&warned)),
+            "{after_reload}"
+        );
+    }
+
+    exec(&holder, "ROLLBACK").await;
+    exec(&src, "INSERT INTO one VALUES (3, 30); INSERT INTO two VALUES (3, 30)").await;
+    for table in ["one", "two"] {
+        // Applied again after the restart, under the new filter.
+        wait_for_same(&src, &dst, &format!("{table} WHERE v > 5"), table, "id, v", "id", WAIT).await;
+    }
+}
