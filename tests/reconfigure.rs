@@ -1159,8 +1159,8 @@ async fn pipelines_changed_at_a_reload_stop_together_and_a_new_filter_is_warned_
     let logs = daemon.logs();
     let after_reload = &logs[logs.find("subscription changed").expect("no restart logged")..];
     let gave_up = |name: &str| {
-        let needle = format!("did not finish the transaction in hand");
-        after_reload.lines().position(|l| l.contains(&needle) && l.contains(&format!("subscription={name}")))
+        let needle = "did not finish the transaction in hand";
+        after_reload.lines().position(|l| l.contains(needle) && l.contains(&format!("subscription={name}")))
     };
     let started =
         after_reload.lines().position(|l| l.contains("starting pipeline")).expect("nothing restarted");
