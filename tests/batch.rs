@@ -147,6 +147,51 @@ async fn tables_a_trigger_or_foreign_key_could_watch_keep_the_source_order() {
     drop(daemon);
 }
 
+/// A target table in a publication keeps the source order: whoever decodes
+/// the target's WAL (a ferry forwarding to a third database, where a
+/// foreign key links the tables) reads its changes in the order they were
+/// written, and rows gathered per table would come out of order there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_target_table_keeps_the_source_order_in_its_wal() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    let src = source.client("postgres").await;
+    let dst = target.client("postgres").await;
+    let schema =
+        "CREATE TABLE parent (id int PRIMARY KEY); CREATE TABLE child (id int PRIMARY KEY, parent_id int);";
+    exec(&src, schema).await;
+    exec(&dst, schema).await;
+    exec(&dst, "CREATE PUBLICATION onward FOR TABLE parent, child").await;
+    exec(&dst, "SELECT pg_create_logical_replication_slot('onward', 'test_decoding')").await;
+    let config = config(&source, &target, &["parent", "child"]);
+    start_and_stop(&config).await;
+    let mut work = String::new();
+    for n in 1..=50 {
+        work.push_str(&format!(
+            "BEGIN; INSERT INTO child VALUES ({n}00, NULL); INSERT INTO parent VALUES ({n});
+             INSERT INTO child VALUES ({n}01, {n}); COMMIT;"
+        ));
+    }
+    exec(&src, &work).await;
+
+    let daemon = Daemon::start(&config);
+    wait_for_same(&src, &dst, "child", "child", "id, parent_id", "id", SETTLE).await;
+    drop(daemon);
+    let decoded: Vec<String> = dst
+        .query(
+            "SELECT data FROM pg_logical_slot_get_changes('onward', NULL, NULL)
+             WHERE data LIKE 'table public.%INSERT%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<_, String>(0).split(':').next().unwrap().to_string())
+        .collect();
+    let expected: Vec<&str> =
+        (1..=50).flat_map(|_| ["table public.child", "table public.parent", "table public.child"]).collect();
+    assert_eq!(decoded, expected);
+}
+
 /// A rule on the target sees every inserted row, however long the run of
 /// inserts: COPY, which carries long runs elsewhere, fires no rules.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,7 +56,9 @@ pub struct TableTraits {
     pub copyable: bool,
     /// Its changes may be applied out of source order: no trigger, rule,
     /// policy or foreign key could see the order (internal triggers count:
-    /// see `skips_updates`).
+    /// see `skips_updates`), nor a publication, whose readers decode the
+    /// target's WAL in the order it was written (a ferry forwarding these
+    /// changes to a third database with foreign keys among them, say).
     reorderable: bool,
     /// No unique constraint but the key (update batches are allowed).
     sole_unique: bool,
@@ -87,17 +89,19 @@ pub async fn traits(client: &Client, target: &QualifiedName) -> Result<TableTrai
                             UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid)
                         -- tgtype bits: 1 row, 2 before, 16 update
                         SELECT 1 FROM pg_trigger t JOIN tree ON t.tgrelid = tree.oid
-                        WHERE t.tgenabled <> 'D' AND t.tgtype & 19 = 19)
+                        WHERE t.tgenabled <> 'D' AND t.tgtype & 19 = 19),
+                    NOT EXISTS (SELECT 1 FROM pg_publication_tables p
+                                WHERE p.schemaname = n.nspname AND p.tablename = c.relname)
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2",
             &[&target.schema, &target.name],
         )
         .await
-        .map_err(target_error(format!("reading the rules, triggers and constraints of {target}")))?;
-    let (copyable, untriggered): (bool, bool) = (row.get(0), row.get(1));
+        .map_err(target_error(format!("reading the rules, triggers, constraints and publications of {target}")))?;
+    let (copyable, untriggered, unpublished): (bool, bool, bool) = (row.get(0), row.get(1), row.get(4));
     Ok(TableTraits {
         copyable,
-        reorderable: copyable && untriggered,
+        reorderable: copyable && untriggered && unpublished,
         sole_unique: row.get(2),
         skips_updates: row.get(3),
     })
