@@ -55,8 +55,9 @@ const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(10);
 /// How long a stopping pipeline may take to finish the transaction in
 /// hand. A target that does not answer (a statement waiting on a lock)
 /// would otherwise hold up the exit, and a reload of every other
-/// subscription; past it, the connection is dropped and the target rolls
-/// the transaction back, to be applied again at the next start.
+/// subscription; past it, the connection is dropped. The target rolls the
+/// transaction back, or commits it once the lock goes; the next start
+/// waits for that session to end (see `apply::tag_with_origin`).
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -442,7 +443,7 @@ async fn run_once(
     let applied = tokio::select! {
         applied = apply_events(&mut applier, events_rx, &durable_tx, state, &mut copy.task, &target) => applied,
         () = grace_over => {
-            tracing::warn!(subscription = %sub.name, "stopping: the target did not finish the transaction in hand within {}s; it is rolled back and applied again at the next start", STOP_GRACE.as_secs());
+            tracing::warn!(subscription = %sub.name, "stopping: the target did not finish the transaction in hand within {}s; its connection is dropped, and the next start goes on from whatever the target committed", STOP_GRACE.as_secs());
             Ok(())
         }
     };

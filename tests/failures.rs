@@ -406,6 +406,26 @@ async fn a_target_stuck_on_a_lock_does_not_hold_up_the_exit_and_loses_nothing() 
     stuck.loses_nothing().await;
 }
 
+/// Without the replication origin functions, the target session of a
+/// stopped pipeline left waiting on a lock (past the stop's grace) still
+/// commits once the lock goes. The next start waits for that session to end
+/// (an advisory lock stands in for the origin, which one session holds at a
+/// time) instead of reading the progress before that commit and applying
+/// the same transaction again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_origins_a_session_left_on_a_lock_is_waited_for_not_applied_again() {
+    let (stuck, daemon) = StuckOnALock::start_without_origins().await;
+    let (code, _) = tokio::task::block_in_place(|| daemon.signal_and_wait("TERM"));
+    assert_eq!(code, Some(0));
+    let daemon = Daemon::start(&stuck.config);
+    daemon.wait_for_log("another session of this subscription is still open", SETTLE).await;
+    exec(&stuck.holder, "ROLLBACK").await;
+    exec(&stuck.src, "INSERT INTO items VALUES (2, 2)").await;
+    wait_for_same(&stuck.src, &stuck.dst, "items", "items", "id, qty", "id", SETTLE).await;
+    let logs = daemon.logs();
+    assert!(!logs.contains("23505") && !logs.contains("pipeline stopped"), "{logs}");
+}
+
 /// A pipeline (its daemon returned beside) whose target statement waits on
 /// a lock that `holder` holds in an open transaction.
 struct StuckOnALock {
@@ -421,6 +441,30 @@ impl StuckOnALock {
     async fn start() -> (StuckOnALock, Daemon) {
         let (source, target) = setup_one(ClusterOptions::default()).await;
         let config = one_pipeline(&source, &target);
+        StuckOnALock::stuck(source, target, config).await
+    }
+
+    /// With ferry on the target as a role that may write the table but not
+    /// use replication origins.
+    async fn start_without_origins() -> (StuckOnALock, Daemon) {
+        let (source, target) = setup_one(ClusterOptions::default()).await;
+        exec(
+            &target.client("postgres").await,
+            "CREATE ROLE ferry_dst LOGIN; GRANT CREATE ON DATABASE postgres TO ferry_dst;
+             GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON items TO ferry_dst;",
+        )
+        .await;
+        let config = support::daemon::config(
+            &source.url("postgres"),
+            &target.conninfo("ferry_dst", "postgres"),
+            "test",
+            &[("items", "items")],
+            "",
+        );
+        StuckOnALock::stuck(source, target, config).await
+    }
+
+    async fn stuck(source: Cluster, target: Cluster, config: String) -> (StuckOnALock, Daemon) {
         let daemon = Daemon::start(&config);
         daemon.wait_for_log("streaming", SETTLE).await;
         let (src, dst) = (source.client("postgres").await, target.client("postgres").await);

@@ -354,6 +354,13 @@ const ORIGIN_RELEASE_TRIES: usize = 50;
 /// loops when two services replicate to each other). The origin functions
 /// are for superusers unless granted; without them ferry still applies,
 /// untagged, and says what that means.
+///
+/// Either way the session is the only one of `origin` on the target: a
+/// session ferry gave up on (its statement stuck on a lock past the stop's
+/// grace) may still commit once the lock goes, and a new session reading
+/// the progress before that would apply the same transactions again. An
+/// origin is held by one session at a time; without one, an advisory lock
+/// on its name stands in.
 async fn tag_with_origin(client: &Client, subscription: &str, origin: &str) -> Result<(), ApplyError> {
     let name = quote_literal(origin);
     let sql = format!(
@@ -370,7 +377,17 @@ async fn tag_with_origin(client: &Client, subscription: &str, origin: &str) -> R
                  and pg_replication_origin_session_setup to allow two-way replication",
                 describe_sql_error(&error)
             );
-            Ok(())
+            let lock = format!(
+                "DO $$ BEGIN
+                     IF NOT pg_try_advisory_lock(hashtextextended({name}, 0)) THEN
+                         RAISE EXCEPTION 'another session of this subscription is still open on the target'
+                             USING ERRCODE = 'object_in_use';
+                     END IF;
+                 END $$"
+            );
+            while_origin_in_use(client, &lock).await.map_err(target_error(format!(
+                "taking the lock that stands in for replication origin {origin}"
+            )))
         }
         Err(error) => Err(target_error(format!("setting up replication origin {origin}"))(error)),
     }
