@@ -1228,7 +1228,7 @@ impl Applier {
         let current = self
             .plans
             .get(&relation.oid)
-            .is_some_and(|p| Arc::ptr_eq(&p.relation, relation) || *p.relation == **relation);
+            .is_some_and(|p| Arc::ptr_eq(&p.relation, relation) || p.relation.describes_as(relation));
         if !current {
             self.settle().await?;
             let described = self.under_current_names(relation).await?;

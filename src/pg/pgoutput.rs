@@ -392,6 +392,15 @@ pub struct Relation {
     pub columns: Vec<RelationColumn>,
 }
 
+impl Relation {
+    /// Whether `other` describes the table the same way, whichever
+    /// transaction sent it: inside a streamed transaction the message
+    /// carries its xid, outside it none.
+    pub fn describes_as(&self, other: &Relation) -> bool {
+        Relation { xid: other.xid, ..self.clone() } == *other
+    }
+}
+
 /// Decides what old values Update and Delete carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReplicaIdentity {
@@ -1071,6 +1080,14 @@ mod tests {
                 RelationColumn { is_key: false, name: "note".into(), type_oid: 1043, type_modifier: 68 },
             ],
         }
+    }
+
+    #[test]
+    fn a_description_in_a_stream_is_the_same_as_one_outside() {
+        assert!(orders_relation(Some(7)).describes_as(&orders_relation(None)));
+        let mut renamed = orders_relation(None);
+        renamed.columns[1].name = "remark".into();
+        assert!(!orders_relation(Some(7)).describes_as(&renamed));
     }
 
     fn orders_relation_body() -> Bytes {

@@ -81,8 +81,14 @@ impl Spool {
     /// it, letting an `ALTER TABLE` in).
     fn abort_subtransaction(&mut self, xid: u32, subxid: u32) -> io::Result<()> {
         self.relations.clear();
-        let Some(pos) = self.first_offsets.iter().position(|(x, _)| *x == subxid) else {
-            return Ok(()); // it had no changes streamed
+        // Not a scan for one that had no changes spooled (or was cut out
+        // already, with a parent aborted first): rolling back an outer
+        // block sends an abort for each of its many committed children.
+        if !self.spooled_xids.contains(&subxid) {
+            return Ok(());
+        }
+        let Some(pos) = self.first_offsets.iter().rposition(|(x, _)| *x == subxid) else {
+            return Ok(());
         };
         let offset = self.first_offsets[pos].1;
         for (cut, _) in self.first_offsets.drain(pos..) {
