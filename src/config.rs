@@ -533,18 +533,19 @@ impl Checker<'_> {
             self.report(second.clone(), message);
             return None;
         }
-        let password = match (&raw.password_file, &raw.password_env) {
-            (Some(file), _) => self.password_file(&what, file)?,
-            (None, Some(var)) => self.password_env(&what, var)?,
-            (None, None) => return Some(info),
-        };
-        Some(info.with_password(password))
+        match (&raw.password_file, &raw.password_env) {
+            (Some(file), _) => {
+                let password = self.password_file(&what, file)?;
+                Some(info.with_password_file(file.get_ref().clone(), password))
+            }
+            (None, Some(var)) => Some(info.with_password(self.password_env(&what, var)?)),
+            (None, None) => Some(info),
+        }
     }
 
-    /// The file's first line ends at the newline a text editor adds.
     fn password_file(&mut self, what: &str, file: &Spanned<PathBuf>) -> Option<Secret> {
-        match std::fs::read_to_string(file.get_ref()) {
-            Ok(text) => Some(Secret::new(text.trim_end_matches(['\n', '\r']))),
+        match Secret::read_file(file.get_ref()) {
+            Ok(password) => Some(password),
             Err(error) => {
                 // A path that is neither absolute nor in a folder that
                 // exists may be the password itself (`/` is common in

@@ -152,11 +152,12 @@ impl Pipelines {
             self.metrics.forget(&pipeline.spec.subscription);
             // What is no longer configured no longer counts as failed.
             self.failed.remove(&name);
-            let slot = &pipeline.spec.subscription.slot;
+            let (slot, source) = (&pipeline.spec.subscription.slot, &pipeline.spec.subscription.source);
             tracing::warn!(
                 subscription = %name,
                 %slot,
-                "subscription removed: its pipeline stopped; slot {slot} stays on the source and keeps WAL until `ferry drop {name}` removes it"
+                "subscription removed: its pipeline stopped; its slot {slot}, if made, stays on the source and keeps \
+                 WAL until `ferry drop {name} --source {source}` removes it"
             );
         }
         for spec in starting {

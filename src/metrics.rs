@@ -722,7 +722,7 @@ pub const SLOT_QUERY: &str = concat!(
      FROM pg_replication_slots s, (SELECT ",
     current_wal_lsn!(),
     " AS lsn) w
-     WHERE s.slot_name = $1"
+     WHERE s.slot_name = $1 AND s.database = current_database()"
 );
 
 /// Measures, every [`SLOT_POLL_INTERVAL`] until `cancel`, how far the slot

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, Applier, ApplyError};
@@ -101,11 +102,17 @@ pub enum PipelineError {
     #[error(transparent)]
     CopyBehindStream(#[from] CopyBehindStream),
     #[error(
-        "slot {slot} no longer exists on the source, but the target has progress recorded: changes since then \
-         are lost to ferry. To start over, empty the target tables and run \
+        "slot {slot} no longer exists on the source, but the target has progress recorded. If the source url \
+         now reaches another server than the slot's, point it back; else changes since then are lost to \
+         ferry: to start over, empty the target tables and run \
          DELETE FROM ferry.progress WHERE subscription = '{subscription}' on the target"
     )]
     SlotVanished { slot: String, subscription: String },
+    #[error(
+        "slot {slot} is in database {database:?} of the source's server, not in the one the source url \
+         reaches now; point the url back (the slot keeps that database's WAL until it is read or dropped)"
+    )]
+    SlotInAnotherDatabase { slot: String, database: String },
     #[error(
         "slot {slot} was invalidated by the source (it retained more WAL than max_slot_wal_keep_size allows): \
          changes are lost to ferry. To start over, drop the slot, empty the target tables and run \
@@ -166,6 +173,7 @@ impl PipelineError {
             | PipelineError::CopyBehindStream(_) => ErrorKind::Target,
             PipelineError::Snapshot(_) => ErrorKind::Snapshot,
             PipelineError::SlotVanished { .. }
+            | PipelineError::SlotInAnotherDatabase { .. }
             | PipelineError::SlotInvalidated { .. }
             | PipelineError::SlotOfAnother { .. } => ErrorKind::Slot,
             PipelineError::Panicked(_) | PipelineError::NoThread(_) => ErrorKind::Internal,
@@ -179,8 +187,25 @@ impl PipelineError {
         match self {
             PipelineError::Pg(e) | PipelineError::Source(SourceError::Pg(e)) => e.sqlstate(),
             PipelineError::Apply(e) => e.sqlstate(),
+            PipelineError::ConnectSource(e) | PipelineError::ConnectTarget(e) => {
+                e.sqlstate().map(SqlState::code)
+            }
             _ => None,
         }
+    }
+
+    /// A password refused (`28P01`) on a side whose password comes from a
+    /// file: its Secret may be mid-rotation (the role's new password set,
+    /// the file not yet), and every attempt reads the file again, so this
+    /// is retried rather than waiting for a person and a SIGHUP, which in
+    /// a pod no one sends.
+    fn may_pass_with_a_rotated_password(&self, spec: &PipelineSpec) -> bool {
+        let side = match self.kind() {
+            ErrorKind::Source => &spec.source,
+            ErrorKind::Target => &spec.target,
+            _ => return false,
+        };
+        self.sqlstate() == Some("28P01") && side.password_file.is_some()
     }
 }
 
@@ -291,7 +316,7 @@ pub async fn run(
             return Ok(());
         }
         metrics.error(error.kind(), message.clone());
-        if !error.is_retryable() {
+        if !error.is_retryable() && !error.may_pass_with_a_rotated_password(&spec) {
             // Stopped before the log says so: whoever reads the log line
             // and then asks /status sees the same.
             metrics.set_state(State::Stopped);
@@ -359,7 +384,7 @@ pub fn stopped_outside_run(
 /// show connection strings without them already; this makes sure of it for
 /// what the operator sees (logs, `/status`).
 fn without_passwords(mut message: String, spec: &PipelineSpec) -> String {
-    for info in [&spec.source, &spec.target] {
+    for info in [&spec.source, &spec.target].map(ConnInfo::with_current_password) {
         if let Some(password) = info.password.as_ref().map(|p| p.expose()).filter(|p| !p.is_empty())
             && message.contains(password)
         {
@@ -465,6 +490,30 @@ async fn run_once(
     Ok(())
 }
 
+/// Why the slot's state forbids going on, if it does.
+fn slot_refusal(
+    spec: &PipelineSpec,
+    progress: Option<Lsn>,
+    slot: &SlotState,
+    tables: &TableStates,
+) -> Option<PipelineError> {
+    let sub = &spec.subscription;
+    let (slot_name, subscription) = (sub.slot.clone(), sub.name.clone());
+    match (progress, slot) {
+        (_, SlotState::InDatabase(database)) => {
+            Some(PipelineError::SlotInAnotherDatabase { slot: slot_name, database: database.clone() })
+        }
+        (Some(_), SlotState::Missing) => Some(PipelineError::SlotVanished { slot: slot_name, subscription }),
+        (Some(_), SlotState::Lost) => Some(PipelineError::SlotInvalidated { slot: slot_name, subscription }),
+        (None, SlotState::Usable) if tables.nothing_recorded() => Some(PipelineError::SlotOfAnother {
+            slot: slot_name,
+            subscription,
+            target: spec.target.to_string(),
+        }),
+        _ => None,
+    }
+}
+
 /// A pipeline set up and ready to stream.
 struct Ready {
     applier: Applier,
@@ -545,34 +594,21 @@ async fn set_up(
         tables = TableStates::load(applier.client(), sub).await?;
     }
 
+    // Before the publication: a source url that reaches another database
+    // than before must not leave one made there.
+    let slot = catalog::slot_state(&source_sql, &sub.slot).await?;
+    if let Some(refusal) = slot_refusal(spec, progress, &slot, &tables) {
+        return Err(refusal);
+    }
     catalog::ensure_publication(&source_sql, sub, &tables.copied(sub)).await?;
     let mut replication = ReplicationClient::connect(&spec.source).await?;
     let mut floors = Floors::default();
-    let (progress, start) = match (progress, catalog::slot_state(&source_sql, &sub.slot).await?) {
-        (Some(progress), SlotState::Usable) => {
+    let (progress, start) = match (progress, slot) {
+        (Some(progress), _) => {
             floors = tables.floors(sub);
             let start = floors.lowest(progress);
             join_new_tables(spec, &tables, &mut applier, &mut floors, start, metrics, copy).await?;
             (progress, start)
-        }
-        (Some(_), SlotState::Missing) => {
-            return Err(PipelineError::SlotVanished {
-                slot: sub.slot.clone(),
-                subscription: sub.name.clone(),
-            });
-        }
-        (Some(_), SlotState::Lost) => {
-            return Err(PipelineError::SlotInvalidated {
-                slot: sub.slot.clone(),
-                subscription: sub.name.clone(),
-            });
-        }
-        (None, SlotState::Usable) if tables.nothing_recorded() => {
-            return Err(PipelineError::SlotOfAnother {
-                slot: sub.slot.clone(),
-                subscription: sub.name.clone(),
-                target: spec.target.to_string(),
-            });
         }
         (None, state) => {
             // Nothing was ever committed on the target, and the tables were

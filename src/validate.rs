@@ -454,6 +454,9 @@ fn compare(
             None => {}
         }
     }
+    if let Some(warning) = route.move_in_warning() {
+        findings.warning(warning);
+    }
     let replicated = route
         .carried()
         .map(|(source_name, target_name)| {

@@ -159,6 +159,30 @@ async fn a_vanished_slot_is_a_clear_error_not_a_fresh_start() {
     assert_eq!(slots, 0, "ferry must not silently create a new slot");
 }
 
+/// A source url that now reaches another database of the same server finds
+/// the slot in the old one (slot names are the server's): the pipeline
+/// stops naming the slot's database, and makes nothing in the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_url_moved_to_another_database_stops_naming_the_slots_database() {
+    let (source, target) = setup_one(ClusterOptions::default()).await;
+    exec(&source.client("postgres").await, "CREATE DATABASE other").await;
+    let other = source.client("other").await;
+    exec(&other, "CREATE TABLE items (id int PRIMARY KEY, qty int)").await;
+    let config = one_pipeline(&source, &target);
+    let daemon = Daemon::start(&config);
+    daemon.wait_for_log("streaming", SETTLE).await;
+    assert_eq!(daemon.signal_and_wait("TERM").0, Some(0));
+
+    let moved = config.replace(&source.url("postgres"), &source.url("other"));
+    assert_ne!(moved, config);
+    let mut daemon = Daemon::start(&moved);
+    assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(1));
+    let logs = daemon.logs();
+    assert!(logs.contains("slot ferry_test is in database \"postgres\""), "{logs}");
+    let made: i64 = other.query_one("SELECT count(*) FROM pg_publication", &[]).await.unwrap().get(0);
+    assert_eq!(made, 0, "no publication in the database the url reaches now");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidated_slot_is_a_clear_error() {
     let options = ClusterOptions {

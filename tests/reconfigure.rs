@@ -1072,6 +1072,40 @@ async fn a_rotated_password_file_is_read_at_sighup() {
     assert!(!logs.contains("28P01") && !logs.contains("pw-"), "{logs}");
 }
 
+/// A password file is read again at every connection: a pipeline refused
+/// (28P01) between the role's new password and the file's rotation retries
+/// instead of stopping (which, the last pipeline stopped, ended the daemon
+/// before any SIGHUP could come), and takes the new password up without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_refused_mid_rotation_is_retried_until_the_file_has_the_new_one() {
+    let source = Cluster::start();
+    let target = Cluster::start_with(support::ClusterOptions {
+        hba: Some("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n".into()),
+        conf: vec!["password_encryption = 'scram-sha-256'".into()],
+        ..Default::default()
+    });
+    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+    exec(&src, SCHEMA).await;
+    exec(&dst, &format!("{SCHEMA} CREATE ROLE ferry LOGIN SUPERUSER PASSWORD 'pw-Alpha-1'")).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("target");
+    std::fs::write(&password_file, "pw-Alpha-1\n").unwrap();
+    let url = format!("postgresql://ferry@127.0.0.1:{}/postgres?sslmode=disable", target.port);
+    let config = support::daemon::config(&source.url("postgres"), &url, "sub", &[("steady", "steady")], "")
+        .replace(&url, &format!("{url}\"\npassword_file = \"{}", password_file.display()));
+    let daemon = Daemon::start(&config);
+    daemon.wait_for_log("streaming", WAIT).await;
+
+    exec(&dst, "ALTER ROLE ferry PASSWORD 'pw-Bravo-2'").await;
+    exec(&dst, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'ferry'").await;
+    daemon.wait_for_log("28P01", WAIT).await;
+    std::fs::write(&password_file, "pw-Bravo-2\n").unwrap();
+    exec(&src, "INSERT INTO steady (note) VALUES ('after the rotation')").await;
+    wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
+    let logs = daemon.logs();
+    assert!(!logs.contains("pipeline stopped") && !logs.contains("pw-"), "{logs}");
+}
+
 /// The copy of an added table goes on through a restart of its pipeline
 /// (here the careful replay that sets a refused change aside, with dead
 /// letters on): started over at each, a large copy under steady refusals

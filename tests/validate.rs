@@ -205,6 +205,31 @@ async fn reports_the_column_mismatches_a_pipeline_would_stop_for() {
     }
 }
 
+/// A filtered table whose carried columns can hold values the server does
+/// not resend when an update leaves them unchanged (TOAST) is warned of: an
+/// update moving a row into the filter without them stops the pipeline.
+/// REPLICA IDENTITY FULL resends every value, and no warning is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_over_columns_an_update_may_leave_out_is_warned_of() {
+    let cluster = Cluster::start();
+    let (source, target) = source_and_target(&cluster).await;
+    let schema = "CREATE TABLE orders (id int PRIMARY KEY, status text, total int, notes text)";
+    exec(&source, schema).await;
+    exec(&target, schema).await;
+    let mut text = config(&cluster.url("customers"), &cluster.url("orders"), "", &[]);
+    text.push_str("\n[[subscriptions.tables]]\nfrom = 'orders'\nwhere = \"status = 'shipped'\"\n");
+
+    let validated = validate(&text, &[]).await;
+    validated.assert_mentions(
+        "warning: subscription customers-to-orders, table public.orders: an update moving a row into the `where` \
+         filter stops the pipeline if status or notes holds a value over about 2 kB",
+    );
+    assert_eq!(validated.code, Some(0), "a warning only: {}", validated.output());
+    exec(&source, "ALTER TABLE orders REPLICA IDENTITY FULL").await;
+    let validated = validate(&text, &[]).await;
+    assert!(!validated.output().contains("moving a row into"), "{}", validated.output());
+}
+
 /// Pairs that store every value changed are refused through domains and
 /// arrays too (the values' own types count), as are integers into a
 /// negative scale, json into jsonb and text into "char".

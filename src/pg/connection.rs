@@ -159,6 +159,7 @@ impl Connection {
     /// waits until the server is ready. `startup` adds startup parameters
     /// (e.g. `replication=database`).
     pub async fn connect(info: &ConnInfo, startup: &[(&str, &str)]) -> Result<Self, PgError> {
+        let info = &info.with_current_password();
         let target = info.to_string();
         let mut last_error = None;
         for endpoint in info.endpoints() {

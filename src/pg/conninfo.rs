@@ -92,6 +92,14 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// A password file's password: its first line, without the newline a
+    /// text editor adds.
+    pub fn read_file(path: &Path) -> std::io::Result<Secret> {
+        Ok(Secret::new(std::fs::read_to_string(path)?.trim_end_matches(['\n', '\r'])))
+    }
+}
+
 impl From<String> for Secret {
     fn from(secret: String) -> Self {
         Secret(secret)
@@ -497,6 +505,9 @@ pub struct ConnInfo {
     pub ports: Vec<u16>,
     pub user: Option<String>,
     pub password: Option<Secret>,
+    /// Where `password` was read from, when from a file: read again at
+    /// each connection (see [`ConnInfo::with_current_password`]).
+    pub password_file: Option<PathBuf>,
     pub dbname: Option<String>,
     pub sslmode: SslMode,
     /// PEM file of trusted roots, or `system` for the system's store.
@@ -542,6 +553,23 @@ impl ConnInfo {
     pub fn with_password(mut self, password: Secret) -> Self {
         self.password = Some(password);
         self
+    }
+
+    /// The password as `file` holds it, read again at each connection: a
+    /// rotated Secret is taken up by the next connection, reload or not.
+    pub fn with_password_file(self, file: PathBuf, password: Secret) -> Self {
+        ConnInfo { password_file: Some(file), ..self.with_password(password) }
+    }
+
+    /// These settings with the password its file holds now (the one read
+    /// before, should the file be unreadable for a moment: mid-rotation, a
+    /// Kubernetes Secret's files are swapped by a symlink).
+    pub fn with_current_password(&self) -> ConnInfo {
+        let current = self.password_file.as_deref().and_then(|file| Secret::read_file(file).ok());
+        match current {
+            Some(password) => self.clone().with_password(password),
+            None => self.clone(),
+        }
     }
 
     /// Every host with its port, in the order connections are tried, with
@@ -782,6 +810,7 @@ impl Draft {
             ports,
             user: self.user,
             password: self.password,
+            password_file: None,
             dbname: self.dbname,
             sslmode,
             sslrootcert: self.sslrootcert,

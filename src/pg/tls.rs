@@ -519,6 +519,7 @@ impl fmt::Display for Attempts<'_> {
 /// spawned on the current runtime; if it ends with an error, that is logged
 /// (with the redacted target) and the client's calls fail.
 pub async fn connect_sql(info: &ConnInfo) -> Result<Client, SqlConnectError> {
+    let info = &info.with_current_password();
     let target = info.to_string();
     let tls = client_config(info).map_err(|error| SqlConnectError::Tls { target: target.clone(), error })?;
     let mut attempts = Vec::new();

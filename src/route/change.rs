@@ -227,7 +227,8 @@ fn carried_note(route: &TableRoute, column: &Column, carried: Option<&str>) -> (
         }
         None => (
             format!(
-                "not replicated (target table {} has no column {}; add it there to replicate it)",
+                "not replicated (target table {} has no column {}; added there, it is filled from the next start or \
+                 change of the source table's columns on)",
                 route.mapping.to,
                 quote_ident_if_needed(route.mapping.target_column(&column.name))
             ),

@@ -310,6 +310,33 @@ impl TableRoute {
         })
     }
 
+    /// `ferry validate`'s warning for a filtered table whose updates may
+    /// move a row into the filter without all its values: the carried
+    /// columns an update may leave out (unchanged TOAST values, which only
+    /// REPLICA IDENTITY FULL resends) cannot be filled in for a row the
+    /// target lacks, and the pipeline stops at such an update. Values over
+    /// about 2 kB are stored so; most tables never hold one.
+    pub fn move_in_warning(&self) -> Option<String> {
+        if self.filter.is_none() || !self.mapping.operations.update || self.full_identity {
+            return None;
+        }
+        let toastable: Vec<_> = self
+            .carried()
+            .filter_map(|(source, _)| self.source_columns.iter().find(|c| c.name == source))
+            .filter(|c| c.toastable)
+            .map(|c| quote_ident_if_needed(&c.name))
+            .collect();
+        (!toastable.is_empty()).then(|| {
+            format!(
+                "an update moving a row into the `where` filter stops the pipeline if {} holds a value over \
+                 about 2 kB that the update leaves unchanged (the server does not resend it, and the target \
+                 lacks the row); ALTER TABLE {} REPLICA IDENTITY FULL on the source makes it resend every value",
+                toastable.join(" or "),
+                self.mapping.from
+            )
+        })
+    }
+
     /// A filter column that is not carried cannot be looked up on the
     /// target when an update leaves it out, so it must never be left out.
     fn check_filter_columns(&self) -> Result<(), RouteError> {
