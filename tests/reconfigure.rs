@@ -1035,41 +1035,83 @@ async fn a_copy_that_ends_during_a_streamed_transaction_that_aborts_joins_at_the
     assert_same(&src, &dst).await;
 }
 
+/// A pipeline whose target password comes from a file, streaming; the
+/// target takes passwords over TCP (scram-sha-256) and the role starts with
+/// `pw-Alpha-1`.
+struct PasswordFromFile {
+    _source: Cluster,
+    _target: Cluster,
+    src: tokio_postgres::Client,
+    dst: tokio_postgres::Client,
+    _secrets: tempfile::TempDir,
+    file: std::path::PathBuf,
+    config: String,
+    daemon: Daemon,
+}
+
+impl PasswordFromFile {
+    async fn streaming() -> PasswordFromFile {
+        let source = Cluster::start();
+        let target = Cluster::start_with(support::ClusterOptions {
+            hba: Some("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n".into()),
+            conf: vec!["password_encryption = 'scram-sha-256'".into()],
+            ..Default::default()
+        });
+        let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
+        exec(&src, SCHEMA).await;
+        exec(&dst, &format!("{SCHEMA} CREATE ROLE ferry LOGIN SUPERUSER PASSWORD 'pw-Alpha-1'")).await;
+        let secrets = tempfile::tempdir().unwrap();
+        let file = secrets.path().join("target");
+        std::fs::write(&file, "pw-Alpha-1\n").unwrap();
+        let url = format!("postgresql://ferry@127.0.0.1:{}/postgres?sslmode=disable", target.port);
+        let config =
+            support::daemon::config(&source.url("postgres"), &url, "sub", &[("steady", "steady")], "")
+                .replace(&url, &format!("{url}\"\npassword_file = \"{}", file.display()));
+        let daemon = Daemon::start(&config);
+        daemon.wait_for_log("streaming", WAIT).await;
+        PasswordFromFile {
+            _source: source,
+            _target: target,
+            src,
+            dst,
+            _secrets: secrets,
+            file,
+            config,
+            daemon,
+        }
+    }
+
+    /// Ends ferry's target sessions, so that the pipeline connects again.
+    async fn cut_ferry_off(&self) {
+        exec(&self.dst, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'ferry'")
+            .await;
+    }
+
+    /// A row inserted on the source reaches the target; no password was
+    /// logged.
+    async fn still_replicates(&self, note: &str) {
+        exec(&self.src, &format!("INSERT INTO steady (note) VALUES ('{note}')")).await;
+        wait_for_same(&self.src, &self.dst, "steady", "steady", "id, note", "id", WAIT).await;
+        assert!(!self.daemon.logs().contains("pw-"), "{}", self.daemon.logs());
+    }
+}
+
 /// A rotated target password takes effect at SIGHUP: the `password_file` is
 /// read again, and the pipeline restarts with the new password, which a
 /// later reconnect uses (the server no longer takes the old one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_password_file_is_read_at_sighup() {
-    let source = Cluster::start();
-    let target = Cluster::start_with(support::ClusterOptions {
-        hba: Some("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n".into()),
-        conf: vec!["password_encryption = 'scram-sha-256'".into()],
-        ..Default::default()
-    });
-    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
-    exec(&src, SCHEMA).await;
-    exec(&dst, &format!("{SCHEMA} CREATE ROLE ferry LOGIN SUPERUSER PASSWORD 'pw-Alpha-1'")).await;
-    let secrets = tempfile::tempdir().unwrap();
-    let password_file = secrets.path().join("target");
-    std::fs::write(&password_file, "pw-Alpha-1\n").unwrap();
-    let url = format!("postgresql://ferry@127.0.0.1:{}/postgres?sslmode=disable", target.port);
-    let config = support::daemon::config(&source.url("postgres"), &url, "sub", &[("steady", "steady")], "")
-        .replace(&url, &format!("{url}\"\npassword_file = \"{}", password_file.display()));
-    let daemon = Daemon::start(&config);
-    daemon.wait_for_log("streaming", WAIT).await;
-    exec(&src, "INSERT INTO steady (note) VALUES ('first')").await;
-    wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
+    let setup = PasswordFromFile::streaming().await;
+    setup.still_replicates("first").await;
 
-    exec(&dst, "ALTER ROLE ferry PASSWORD 'pw-Bravo-2'").await;
-    std::fs::write(&password_file, "pw-Bravo-2\n").unwrap();
-    let started = daemon.logs().matches("streaming").count();
-    daemon.reload(&config);
-    daemon.wait_for_count("streaming", started + 1, WAIT).await;
-    exec(&dst, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'ferry'").await;
-    exec(&src, "INSERT INTO steady (note) VALUES ('second')").await;
-    wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
-    let logs = daemon.logs();
-    assert!(!logs.contains("28P01") && !logs.contains("pw-"), "{logs}");
+    exec(&setup.dst, "ALTER ROLE ferry PASSWORD 'pw-Bravo-2'").await;
+    std::fs::write(&setup.file, "pw-Bravo-2\n").unwrap();
+    let started = setup.daemon.logs().matches("streaming").count();
+    setup.daemon.reload(&setup.config);
+    setup.daemon.wait_for_count("streaming", started + 1, WAIT).await;
+    setup.cut_ferry_off().await;
+    setup.still_replicates("second").await;
+    assert!(!setup.daemon.logs().contains("28P01"), "{}", setup.daemon.logs());
 }
 
 /// A password file is read again at every connection: a pipeline refused
@@ -1078,32 +1120,13 @@ async fn a_rotated_password_file_is_read_at_sighup() {
 /// before any SIGHUP could come), and takes the new password up without one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_refused_mid_rotation_is_retried_until_the_file_has_the_new_one() {
-    let source = Cluster::start();
-    let target = Cluster::start_with(support::ClusterOptions {
-        hba: Some("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n".into()),
-        conf: vec!["password_encryption = 'scram-sha-256'".into()],
-        ..Default::default()
-    });
-    let (src, dst) = (source.client("postgres").await, target.client("postgres").await);
-    exec(&src, SCHEMA).await;
-    exec(&dst, &format!("{SCHEMA} CREATE ROLE ferry LOGIN SUPERUSER PASSWORD 'pw-Alpha-1'")).await;
-    let secrets = tempfile::tempdir().unwrap();
-    let password_file = secrets.path().join("target");
-    std::fs::write(&password_file, "pw-Alpha-1\n").unwrap();
-    let url = format!("postgresql://ferry@127.0.0.1:{}/postgres?sslmode=disable", target.port);
-    let config = support::daemon::config(&source.url("postgres"), &url, "sub", &[("steady", "steady")], "")
-        .replace(&url, &format!("{url}\"\npassword_file = \"{}", password_file.display()));
-    let daemon = Daemon::start(&config);
-    daemon.wait_for_log("streaming", WAIT).await;
-
-    exec(&dst, "ALTER ROLE ferry PASSWORD 'pw-Bravo-2'").await;
-    exec(&dst, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'ferry'").await;
-    daemon.wait_for_log("28P01", WAIT).await;
-    std::fs::write(&password_file, "pw-Bravo-2\n").unwrap();
-    exec(&src, "INSERT INTO steady (note) VALUES ('after the rotation')").await;
-    wait_for_same(&src, &dst, "steady", "steady", "id, note", "id", WAIT).await;
-    let logs = daemon.logs();
-    assert!(!logs.contains("pipeline stopped") && !logs.contains("pw-"), "{logs}");
+    let setup = PasswordFromFile::streaming().await;
+    exec(&setup.dst, "ALTER ROLE ferry PASSWORD 'pw-Bravo-2'").await;
+    setup.cut_ferry_off().await;
+    setup.daemon.wait_for_log("28P01", WAIT).await;
+    std::fs::write(&setup.file, "pw-Bravo-2\n").unwrap();
+    setup.still_replicates("after the rotation").await;
+    assert!(!setup.daemon.logs().contains("pipeline stopped"), "{}", setup.daemon.logs());
 }
 
 /// The copy of an added table goes on through a restart of its pipeline
