@@ -109,10 +109,10 @@ pub enum PipelineError {
     )]
     SlotVanished { slot: String, subscription: String },
     #[error(
-        "slot {slot} is in database {database:?} of the source's server, not in the one the source url \
-         reaches now; point the url back (the slot keeps that database's WAL until it is read or dropped)"
+        "slot {slot} on the source's server belongs to {owner}, not to the database the source url reaches \
+         now; point the url back (the slot keeps its WAL until it is read or dropped)"
     )]
-    SlotInAnotherDatabase { slot: String, database: String },
+    SlotElsewhere { slot: String, owner: String },
     #[error(
         "slot {slot} was invalidated by the source (it retained more WAL than max_slot_wal_keep_size allows): \
          changes are lost to ferry. To start over, drop the slot, empty the target tables and run \
@@ -173,7 +173,7 @@ impl PipelineError {
             | PipelineError::CopyBehindStream(_) => ErrorKind::Target,
             PipelineError::Snapshot(_) => ErrorKind::Snapshot,
             PipelineError::SlotVanished { .. }
-            | PipelineError::SlotInAnotherDatabase { .. }
+            | PipelineError::SlotElsewhere { .. }
             | PipelineError::SlotInvalidated { .. }
             | PipelineError::SlotOfAnother { .. } => ErrorKind::Slot,
             PipelineError::Panicked(_) | PipelineError::NoThread(_) => ErrorKind::Internal,
@@ -500,8 +500,8 @@ fn slot_refusal(
     let sub = &spec.subscription;
     let (slot_name, subscription) = (sub.slot.clone(), sub.name.clone());
     match (progress, slot) {
-        (_, SlotState::InDatabase(database)) => {
-            Some(PipelineError::SlotInAnotherDatabase { slot: slot_name, database: database.clone() })
+        (_, SlotState::Elsewhere(owner)) => {
+            Some(PipelineError::SlotElsewhere { slot: slot_name, owner: owner.clone() })
         }
         (Some(_), SlotState::Missing) => Some(PipelineError::SlotVanished { slot: slot_name, subscription }),
         (Some(_), SlotState::Lost) => Some(PipelineError::SlotInvalidated { slot: slot_name, subscription }),

@@ -178,7 +178,7 @@ async fn a_source_url_moved_to_another_database_stops_naming_the_slots_database(
     let mut daemon = Daemon::start(&moved);
     assert_eq!(daemon.wait_for_exit(SETTLE).await, Some(1));
     let logs = daemon.logs();
-    assert!(logs.contains("slot ferry_test is in database \"postgres\""), "{logs}");
+    assert!(logs.contains("slot ferry_test on the source's server belongs to database postgres"), "{logs}");
     let made: i64 = other.query_one("SELECT count(*) FROM pg_publication", &[]).await.unwrap().get(0);
     assert_eq!(made, 0, "no publication in the database the url reaches now");
 }

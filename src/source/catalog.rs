@@ -492,9 +492,10 @@ pub enum SlotState {
     /// held are gone.
     Lost,
     Usable,
-    /// It is another database's of the server (slot names are the
-    /// server's): the url reaches another database than before.
-    InDatabase(String),
+    /// It is not this database's (slot names are the server's): the url
+    /// reaches another database than before. Whose it is, for a message:
+    /// `database "shop"`, or none, being physical.
+    Elsewhere(String),
 }
 
 /// Checks that the server has a free `max_replication_slots` entry for
@@ -516,7 +517,9 @@ pub async fn check_slot_room(client: &Client, slots: &[&str]) -> Result<(), Cata
 pub async fn slot_state(client: &Client, slot: &str) -> Result<SlotState, CatalogError> {
     let row = client
         .query_opt(
-            "SELECT coalesce(wal_status, ''), coalesce(database, ''), database = current_database()
+            "SELECT coalesce(wal_status, ''),
+                    coalesce('database ' || quote_ident(database), 'no database (a physical slot)'),
+                    database = current_database()
              FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
@@ -524,7 +527,7 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<SlotState, Catalo
         .map_err(sql_error("looking up the slot"))?;
     Ok(match row {
         None => SlotState::Missing,
-        Some(row) if row.get::<_, Option<bool>>(2) != Some(true) => SlotState::InDatabase(row.get(1)),
+        Some(row) if row.get::<_, Option<bool>>(2) != Some(true) => SlotState::Elsewhere(row.get(1)),
         Some(row) if row.get::<_, String>(0) == "lost" => SlotState::Lost,
         Some(_) => SlotState::Usable,
     })

@@ -130,15 +130,23 @@ pub type EventChunk = Vec<SourceEvent>;
 /// renamed while ferry runs is still the same table (and still in the
 /// publication), so its changes go on to where they went before, instead
 /// of being taken for changes of a table the subscription does not map.
+///
+/// Only for a publication ferry manages, which lists exactly those tables:
+/// under one that publishes by schema or all tables, a table made since
+/// under the old name would be published too, and two tables would feed
+/// one target table.
 #[derive(Debug, Clone, Default)]
 pub struct TableNames {
     subscription: Arc<str>,
     by_oid: Arc<HashMap<u32, QualifiedName>>,
+    /// The renamed ones already logged: the server describes a table again
+    /// after every change to its catalog entry (an ANALYZE, say).
+    warned: Arc<std::sync::Mutex<std::collections::HashSet<u32>>>,
 }
 
 impl TableNames {
     pub fn new(subscription: &str, by_oid: HashMap<u32, QualifiedName>) -> TableNames {
-        TableNames { subscription: subscription.into(), by_oid: Arc::new(by_oid) }
+        TableNames { subscription: subscription.into(), by_oid: Arc::new(by_oid), warned: Arc::default() }
     }
 
     /// `relation` under its table's configured name.
@@ -147,7 +155,15 @@ impl TableNames {
         if table.schema == relation.namespace && table.name == relation.name {
             return Arc::new(relation);
         }
-        let now = QualifiedName::new(relation.namespace.clone(), relation.name.clone());
+        let renamed = Arc::new(Relation {
+            namespace: table.schema.clone(),
+            name: table.name.clone(),
+            ..relation.clone()
+        });
+        if !self.warned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(relation.oid) {
+            return renamed;
+        }
+        let now = QualifiedName::new(relation.namespace, relation.name);
         tracing::warn!(
             subscription = %self.subscription,
             %table,
@@ -155,7 +171,7 @@ impl TableNames {
              start looks it up by its configured name: rename it back before ferry next starts, or put the new \
              name in `from`, which takes it for a new table (copied again, into an emptied target table)"
         );
-        Arc::new(Relation { namespace: table.schema.clone(), name: table.name.clone(), ..relation })
+        renamed
     }
 }
 
