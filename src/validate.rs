@@ -244,6 +244,11 @@ async fn check_subscription(
     {
         findings.error(error);
     }
+    if let (Some(source), Some(target)) = (source, target)
+        && sub.publication_managed
+    {
+        check_published_copies(sub, source, target).await.unwrap_or_else(|e| findings.error(e));
+    }
     let copies = match target {
         Some(target) if sub.snapshot => {
             tables_to_copy(sub, source, target).await.map_err(|e| findings.error(e)).unwrap_or_default()
@@ -321,6 +326,38 @@ async fn tables_to_copy(
         .await
         .map_err(read)?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// The start's check that ferry's publication still holds every table the
+/// target has a copy of (one dropped and created again left it), read
+/// without writing: copies recorded, not unfinished, not of a table since
+/// taken out or mapped elsewhere.
+async fn check_published_copies(sub: &Subscription, source: &Client, target: &Client) -> Result<(), String> {
+    let read = |e| target_error("reading which tables were copied")(e).to_string();
+    let listed = catalog::published_tables(source, &sub.publication).await.map_err(|e| e.to_string())?;
+    let recorded =
+        target.query_one("SELECT to_regclass('ferry.tables') IS NOT NULL", &[]).await.map_err(read)?;
+    if listed.is_empty() || !recorded.get::<_, bool>(0) {
+        return Ok(()); // not made yet: the start makes it with every table
+    }
+    let (sources, targets): (Vec<String>, Vec<String>) =
+        sub.tables.iter().map(|t| (t.from.to_string(), t.to.to_string())).unzip();
+    let rows = target
+        .query(
+            "SELECT u.s FROM unnest($2::text[], $3::text[]) AS u (s, t)
+             WHERE EXISTS (SELECT 1 FROM ferry.tables f, to_jsonb(f) j
+                           WHERE f.subscription = $1 AND f.source_table = u.s
+                             AND (j ->> 'removed') IS DISTINCT FROM 'true'
+                             AND (j ->> 'copying') IS DISTINCT FROM 'true'
+                             AND coalesce(j ->> 'target_table', u.t) = u.t)",
+            &[&sub.name, &sources, &targets],
+        )
+        .await
+        .map_err(read)?;
+    let copied: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    let copied: Vec<&QualifiedName> =
+        sub.tables.iter().map(|t| &t.from).filter(|t| copied.contains(&t.to_string())).collect();
+    catalog::check_published_copies(&sub.publication, &listed, &copied).map_err(|e| e.to_string())
 }
 
 /// A table the start copies into must be empty: the copy refuses one

@@ -563,6 +563,9 @@ async fn a_source_table_created_again_under_its_name_stops_the_next_start_with_t
     )
     .await;
     assert_eq!(daemon.signal_and_wait("TERM").0, Some(0));
+    let validated = support::validate::validate(&config, &[]).await;
+    validated
+        .assert_mentions("error: subscription to-a: source table \"public\".\"items_a\" left publication");
 
     let daemon = setup.daemon(extra, "");
     let stopped = daemon.wait_for_log("pipeline stopped", SETTLE).await;

@@ -610,13 +610,16 @@ async fn a_target_an_older_ferry_wrote_is_read_as_the_start_reads_it() {
     validated.assert_mentions("target table \"public\".\"extra\" is not empty");
     assert!(!validated.output().contains("\"items\" is not empty"), "{}", validated.output());
 
-    // Both recorded as copied, in the older shape.
+    // Both recorded as copied, in the older shape, and so published.
     exec(
         &target,
         "INSERT INTO ferry.tables (subscription, source_table) VALUES
              ('customers-to-orders', '\"public\".\"items\"'), ('customers-to-orders', '\"public\".\"extra\"')",
     )
     .await;
+    let validated = validate(&text, &[]).await;
+    validated.assert_mentions("source table \"public\".\"extra\" left publication");
+    exec(&source, "ALTER PUBLICATION ferry_customers_to_orders ADD TABLE extra").await;
     let validated = validate(&text, &[]).await;
     assert_eq!(validated.code, Some(0), "{}", validated.output());
 }

@@ -427,9 +427,7 @@ pub async fn ensure_publication(
     let only = only.join(", ");
     let statement = if exists {
         let listed = published_tables(client, name).await?;
-        if let Some(&table) = copied.iter().find(|t| !listed.contains(t)) {
-            return Err(CatalogError::LeftPublication { publication: name.clone(), table: table.clone() });
-        }
+        check_published_copies(name, &listed, copied)?;
         let mut wanted: Vec<QualifiedName> = subscription.tables.iter().map(|t| t.from.clone()).collect();
         wanted.sort();
         if listed == wanted {
@@ -442,6 +440,22 @@ pub async fn ensure_publication(
     client.batch_execute(&statement).await.map_err(sql_error(format!("creating publication {name}")))?;
     tracing::info!(subscription = %subscription.name, publication = %name, "publication set to {tables}");
     Ok(())
+}
+
+/// Every table the target holds a copy of (`copied`) is still in ferry's
+/// publication `name`, which `listed` says it holds (see
+/// [`ensure_publication`]).
+pub fn check_published_copies(
+    name: &str,
+    listed: &[QualifiedName],
+    copied: &[&QualifiedName],
+) -> Result<(), CatalogError> {
+    match copied.iter().find(|t| !listed.contains(t)) {
+        Some(&table) => {
+            Err(CatalogError::LeftPublication { publication: name.to_string(), table: table.clone() })
+        }
+        None => Ok(()),
+    }
 }
 
 /// The oids of those of `tables` the source has, with their names.
