@@ -185,11 +185,19 @@ impl PipelineError {
 
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
-            PipelineError::Pg(e) | PipelineError::Source(SourceError::Pg(e)) => e.sqlstate(),
-            PipelineError::Apply(e) => e.sqlstate(),
+            PipelineError::Pg(e)
+            | PipelineError::Source(SourceError::Pg(e))
+            | PipelineError::Snapshot(SnapshotError::Source(e)) => e.sqlstate(),
             PipelineError::ConnectSource(e) | PipelineError::ConnectTarget(e) => {
                 e.sqlstate().map(SqlState::code)
             }
+            // A connection of its own for the catalog (a retyped column's types).
+            PipelineError::Catalog(CatalogError::Connect(e))
+            | PipelineError::Route(LoadError::Source(CatalogError::Connect(e)))
+            | PipelineError::Apply(ApplyError::Source(CatalogError::Connect(e))) => {
+                e.sqlstate().map(SqlState::code)
+            }
+            PipelineError::Apply(e) => e.sqlstate(),
             _ => None,
         }
     }
@@ -200,12 +208,15 @@ impl PipelineError {
     /// is retried rather than waiting for a person and a SIGHUP, which in
     /// a pod no one sends.
     fn may_pass_with_a_rotated_password(&self, spec: &PipelineSpec) -> bool {
-        let side = match self.kind() {
-            ErrorKind::Source => &spec.source,
-            ErrorKind::Target => &spec.target,
-            _ => return false,
+        let from_file = |info: &ConnInfo| info.password_file.is_some();
+        let rotating = match self.kind() {
+            ErrorKind::Source => from_file(&spec.source),
+            ErrorKind::Target => from_file(&spec.target),
+            // A copy's sessions are on both sides.
+            ErrorKind::Snapshot => from_file(&spec.source) || from_file(&spec.target),
+            _ => false,
         };
-        self.sqlstate() == Some("28P01") && side.password_file.is_some()
+        rotating && self.sqlstate() == Some("28P01")
     }
 }
 
@@ -573,8 +584,12 @@ async fn set_up(
         log_shape(&sub.name, &route);
         routes.push(route);
     }
-    let configured: Vec<&QualifiedName> = sub.tables.iter().map(|t| &t.from).collect();
-    let names = TableNames::new(&sub.name, catalog::table_oids(&source_sql, &configured).await?);
+    let names = if sub.publication_managed {
+        let configured: Vec<&QualifiedName> = sub.tables.iter().map(|t| &t.from).collect();
+        TableNames::new(&sub.name, catalog::table_oids(&source_sql, &configured).await?)
+    } else {
+        TableNames::default()
+    };
     let routes_read_at = catalog::wal_position(&source_sql).await?;
     let monitor = tls::connect_sql(&spec.target).await.map_err(PipelineError::ConnectTarget)?;
     let mut applier = Applier::new(target, monitor, sub, spec.source.clone(), routes, routes_read_at).await?;

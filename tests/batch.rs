@@ -178,7 +178,8 @@ async fn a_published_target_table_keeps_the_source_order_in_its_wal() {
     drop(daemon);
     // Decoding reads only flushed WAL, and ferry's commits (as the test
     // clusters' own) do not wait for the flush: one that does flushes all.
-    exec(&dst, "SET synchronous_commit = on; CREATE TABLE flushed (); RESET synchronous_commit").await;
+    exec(&dst, "SET synchronous_commit = on").await;
+    exec(&dst, "CREATE TABLE flushed ()").await;
     let decoded: Vec<String> = dst
         .query(
             "SELECT data FROM pg_logical_slot_get_changes('onward', NULL, NULL)

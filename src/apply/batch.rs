@@ -90,8 +90,14 @@ pub async fn traits(client: &Client, target: &QualifiedName) -> Result<TableTrai
                         -- tgtype bits: 1 row, 2 before, 16 update
                         SELECT 1 FROM pg_trigger t JOIN tree ON t.tgrelid = tree.oid
                         WHERE t.tgenabled <> 'D' AND t.tgtype & 19 = 19),
-                    NOT EXISTS (SELECT 1 FROM pg_publication_tables p
-                                WHERE p.schemaname = n.nspname AND p.tablename = c.relname)
+                    -- published itself or through a partitioned ancestor (which
+                    -- lists the table only when it is a partition)
+                    NOT EXISTS (SELECT 1 FROM (SELECT c.oid AS relid
+                                               UNION SELECT relid FROM pg_partition_ancestors(c.oid)) a
+                                JOIN pg_class ac ON ac.oid = a.relid
+                                JOIN pg_namespace an ON an.oid = ac.relnamespace
+                                JOIN pg_publication_tables p
+                                  ON p.schemaname = an.nspname AND p.tablename = ac.relname)
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2",
             &[&target.schema, &target.name],

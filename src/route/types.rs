@@ -34,10 +34,12 @@ pub enum TypeFit {
 }
 
 pub fn type_fit(source: &Column, target: &Column) -> TypeFit {
-    if source.type_name == target.type_name {
-        TypeFit::Same
-    } else if let Some(loss) = loss(source, target) {
+    // Before the names: a domain of one name may be over other types on
+    // the two sides.
+    if let Some(loss) = loss(source, target) {
         TypeFit::Lossy(loss)
+    } else if source.type_name == target.type_name {
+        TypeFit::Same
     } else if source.category == target.category || source.category == STRING || target.category == STRING {
         TypeFit::MayFail
     } else {
@@ -203,6 +205,9 @@ mod tests {
         let ts = typed("timestamp without time zone", 'D', oid::TIMESTAMP, -1);
         assert!(lossy(&over("timestamptz[]", 'A', &tz), &over("timestamp[]", 'A', &ts)));
         assert!(lossy(&tz, &over("local_time", 'D', &ts)));
+        let cents = |base: &Column| over("cents", 'N', base);
+        assert!(lossy(&cents(&n12_4), &cents(&n12_2)), "one name, other types underneath");
+        assert_eq!(type_fit(&cents(&n12_2), &cents(&n12_2)), TypeFit::Same);
         assert_eq!(
             type_fit(&over("numeric(12,4)[]", 'A', &n12_4), &n12_2),
             TypeFit::Incompatible,
