@@ -24,7 +24,7 @@
 //! fail for some values only (`text` → `integer`, `bigint` → `integer`),
 //! which only the data can tell.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -280,52 +280,25 @@ async fn check_subscription(
 /// subscription has progress; without progress, all but such unfinished
 /// ones. A target written before ferry recorded its tables has the
 /// publication's tables taken as copied (none known without the source).
-/// Columns an older ferry's `ferry.tables` lacks are read as absent.
 async fn tables_to_copy(
     sub: &Subscription,
     source: Option<&Client>,
     target: &Client,
 ) -> Result<HashSet<String>, String> {
-    let (sources, targets): (Vec<String>, Vec<String>) =
-        sub.tables.iter().map(|t| (t.from.to_string(), t.to.to_string())).unzip();
-    let read = |e| target_error("reading which tables were copied")(e).to_string();
-    let row = target
-        .query_one(
-            "SELECT to_regclass('ferry.tables') IS NOT NULL, to_regclass('ferry.progress') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(read)?;
-    let exists = |sql: &'static str, present: bool| async move {
-        Ok::<_, String>(present && target.query_one(sql, &[&sub.name]).await.map_err(read)?.get::<_, bool>(0))
-    };
-    let recorded =
-        exists("SELECT EXISTS (SELECT 1 FROM ferry.tables WHERE subscription = $1)", row.get(0)).await?;
-    let resumed =
-        exists("SELECT EXISTS (SELECT 1 FROM ferry.progress WHERE subscription = $1)", row.get(1)).await?;
+    let sources = sub.tables.iter().map(|t| t.from.to_string());
+    let (recorded, resumed) = recorded_and_resumed(sub, target).await?;
     if resumed && !recorded {
         let Some(source) = source else { return Ok(HashSet::new()) };
         let published =
             catalog::published_tables(source, &sub.publication).await.map_err(|e| e.to_string())?;
         let published: HashSet<String> = published.iter().map(ToString::to_string).collect();
-        return Ok(sources.into_iter().filter(|s| !published.contains(s)).collect());
+        return Ok(sources.filter(|s| !published.contains(s)).collect());
     }
     if !recorded {
-        return Ok(sources.into_iter().collect());
+        return Ok(sources.collect());
     }
-    let rows = target
-        .query(
-            "SELECT u.s FROM unnest($2::text[], $3::text[]) AS u (s, t)
-             WHERE NOT EXISTS (SELECT 1 FROM ferry.tables f, to_jsonb(f) j
-                               WHERE f.subscription = $1 AND f.source_table = u.s
-                                 AND (j ->> 'removed') IS DISTINCT FROM 'true'
-                                 AND coalesce(j ->> 'target_table', u.t) = u.t
-                                 AND ($4 OR (j ->> 'copying') = 'true'))",
-            &[&sub.name, &sources, &targets, &resumed],
-        )
-        .await
-        .map_err(read)?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
+    let standing = standing_tables(sub, target).await?;
+    Ok(sources.filter(|s| !standing.get(s).is_some_and(|&unfinished| resumed || unfinished)).collect())
 }
 
 /// The start's check that ferry's publication still holds every table the
@@ -333,31 +306,63 @@ async fn tables_to_copy(
 /// without writing: copies recorded, not unfinished, not of a table since
 /// taken out or mapped elsewhere.
 async fn check_published_copies(sub: &Subscription, source: &Client, target: &Client) -> Result<(), String> {
-    let read = |e| target_error("reading which tables were copied")(e).to_string();
     let listed = catalog::published_tables(source, &sub.publication).await.map_err(|e| e.to_string())?;
-    let recorded =
-        target.query_one("SELECT to_regclass('ferry.tables') IS NOT NULL", &[]).await.map_err(read)?;
-    if listed.is_empty() || !recorded.get::<_, bool>(0) {
+    if listed.is_empty() || !recorded_and_resumed(sub, target).await?.0 {
         return Ok(()); // not made yet: the start makes it with every table
     }
+    let standing = standing_tables(sub, target).await?;
+    let copied: Vec<&QualifiedName> =
+        sub.tables.iter().map(|t| &t.from).filter(|t| standing.get(&t.to_string()) == Some(&false)).collect();
+    catalog::check_published_copies(&sub.publication, &listed, &copied).map_err(|e| e.to_string())
+}
+
+fn read_tables_error(error: tokio_postgres::Error) -> String {
+    target_error("reading which tables were copied")(error).to_string()
+}
+
+/// Whether the target records anything of the subscription's tables, and
+/// whether it has the subscription's progress (a target without ferry's
+/// tables has neither).
+async fn recorded_and_resumed(sub: &Subscription, target: &Client) -> Result<(bool, bool), String> {
+    let row = target
+        .query_one(
+            "SELECT to_regclass('ferry.tables') IS NOT NULL, to_regclass('ferry.progress') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(read_tables_error)?;
+    let exists = |sql: &'static str, present: bool| async move {
+        Ok::<_, String>(
+            present
+                && target.query_one(sql, &[&sub.name]).await.map_err(read_tables_error)?.get::<_, bool>(0),
+        )
+    };
+    let recorded =
+        exists("SELECT EXISTS (SELECT 1 FROM ferry.tables WHERE subscription = $1)", row.get(0)).await?;
+    let resumed =
+        exists("SELECT EXISTS (SELECT 1 FROM ferry.progress WHERE subscription = $1)", row.get(1)).await?;
+    Ok((recorded, resumed))
+}
+
+/// The configured tables (as text) whose row in `ferry.tables` still
+/// stands as a start reads it (not taken out since, copied into the table
+/// they map to now), each with whether its copy is unfinished. Columns an
+/// older ferry's `ferry.tables` lacks are read as absent; the table must
+/// exist.
+async fn standing_tables(sub: &Subscription, target: &Client) -> Result<HashMap<String, bool>, String> {
     let (sources, targets): (Vec<String>, Vec<String>) =
         sub.tables.iter().map(|t| (t.from.to_string(), t.to.to_string())).unzip();
     let rows = target
         .query(
-            "SELECT u.s FROM unnest($2::text[], $3::text[]) AS u (s, t)
-             WHERE EXISTS (SELECT 1 FROM ferry.tables f, to_jsonb(f) j
-                           WHERE f.subscription = $1 AND f.source_table = u.s
-                             AND (j ->> 'removed') IS DISTINCT FROM 'true'
-                             AND (j ->> 'copying') IS DISTINCT FROM 'true'
-                             AND coalesce(j ->> 'target_table', u.t) = u.t)",
+            "SELECT u.s, (j ->> 'copying') IS NOT DISTINCT FROM 'true'
+             FROM unnest($2::text[], $3::text[]) AS u (s, t)
+             JOIN ferry.tables f ON f.subscription = $1 AND f.source_table = u.s, to_jsonb(f) j
+             WHERE (j ->> 'removed') IS DISTINCT FROM 'true' AND coalesce(j ->> 'target_table', u.t) = u.t",
             &[&sub.name, &sources, &targets],
         )
         .await
-        .map_err(read)?;
-    let copied: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
-    let copied: Vec<&QualifiedName> =
-        sub.tables.iter().map(|t| &t.from).filter(|t| copied.contains(&t.to_string())).collect();
-    catalog::check_published_copies(&sub.publication, &listed, &copied).map_err(|e| e.to_string())
+        .map_err(read_tables_error)?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
 /// A table the start copies into must be empty: the copy refuses one
