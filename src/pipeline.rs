@@ -393,9 +393,11 @@ pub fn stopped_outside_run(
 
 /// An error message with the source's and target's passwords masked. Errors
 /// show connection strings without them already; this makes sure of it for
-/// what the operator sees (logs, `/status`).
+/// what the operator sees (logs, `/status`). A password file's is masked as
+/// read at the start and as it holds now (a connection may have used either).
 fn without_passwords(mut message: String, spec: &PipelineSpec) -> String {
-    for info in [&spec.source, &spec.target].map(ConnInfo::with_current_password) {
+    let current = [&spec.source, &spec.target].map(ConnInfo::with_current_password);
+    for info in [&spec.source, &spec.target].into_iter().chain(&current) {
         if let Some(password) = info.password.as_ref().map(|p| p.expose()).filter(|p| !p.is_empty())
             && message.contains(password)
         {
